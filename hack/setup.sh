@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# Sets up a fresh machine for trackop: PostgreSQL server binaries (Debian packages),
+# a Python virtualenv with trackop and its test extra, and the Go-built test bed
+# binaries (cached under ~/.cache/trackop, so only the first run builds them).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+as_root() { if [ "$(id -u)" = 0 ]; then "$@"; elif command -v sudo >/dev/null; then sudo "$@"; else
+  echo "setup: need root for: $*" >&2; exit 1; fi; }
+
+# PostgreSQL: the test bed runs its own server from the distribution's binaries.
+if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 && ! command -v initdb >/dev/null; then
+  echo "setup: installing PostgreSQL from Debian's packages" >&2
+  as_root apt-get update -qq
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null
+fi
+# The Debian package starts a cluster of its own on 5432; the bed does not use it.
+
+# Go builds the control plane and MinIO (Go >= 1.25: k8s.io/kubernetes v1.35 needs it).
+if ! command -v go >/dev/null; then
+  echo "setup: Go >= 1.25 is needed to build the test bed's control plane; install it first" >&2
+  exit 1
+fi
+
+# Python: a virtualenv in .venv, reinstalled only when pyproject.toml changes.
+PY=${PYTHON:-python3}
+[ -x .venv/bin/python ] || "$PY" -m venv .venv
+stamp=.venv/.trackop-installed
+want=$(sha256sum pyproject.toml | cut -d' ' -f1)
+if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+  echo "setup: installing trackop and its test extra into .venv" >&2
+  .venv/bin/pip install -q --upgrade pip
+  .venv/bin/pip install -q -e ".[test]"
+  echo "$want" > "$stamp"
+fi
+
+# The Go-built binaries (a no-op once cached).
+.venv/bin/python -c 'from trackop.testbed import binaries; binaries.ensure_all()'

@@ -1,0 +1,76 @@
+"""The ``trackop`` command line."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from .testbed import Testbed
+
+DEFAULT_DEV_DIR = Path("/tmp/trackop-dev")
+
+
+def _progress(message: str) -> None:
+    print(f"trackop: {message}", file=sys.stderr, flush=True)
+
+
+def _testbed_up(args: argparse.Namespace) -> int:
+    info = Testbed(args.dir, progress=_progress).up()
+    print(json.dumps({"testbed": str(Path(args.dir).resolve() / "testbed.json"),
+                      "kubeconfig": info["kubeconfig"]}))
+    return 0
+
+
+def _testbed_down(args: argparse.Namespace) -> int:
+    Testbed(args.dir, progress=_progress).down()
+    return 0
+
+
+def _dev(args: argparse.Namespace) -> int:
+    bed = Testbed(args.dir, progress=_progress)
+    info = bed.up()
+    pg, s3 = info["postgres"], info["s3"]
+    print(
+        "\nThe local test bed is up (passwords are in testbed.json, mode 0600):\n"
+        f"  export KUBECONFIG={info['kubeconfig']}\n"
+        f"  kubectl:     {bed.dir / 'kubectl'}  (a link to the bed's own build)\n"
+        f"  PostgreSQL:  host {pg['host']} port {pg['port']} user {pg['user']}\n"
+        f"  S3 (MinIO):  {s3['endpoint']} region {s3['region']}\n"
+        f"  settings:    {bed.info_path}\n"
+        f"  stop it:     trackop testbed down --dir {bed.dir}\n"
+    )
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="trackop", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    testbed = commands.add_parser("testbed", help="the local test bed (control plane, PostgreSQL, S3)")
+    bed_commands = testbed.add_subparsers(dest="action", required=True)
+    up = bed_commands.add_parser("up", help="start the bed in the background (reuses a running one)")
+    up.add_argument("--dir", required=True, type=Path)
+    up.set_defaults(func=_testbed_up)
+    down = bed_commands.add_parser("down", help="stop exactly what 'up' started")
+    down.add_argument("--dir", required=True, type=Path)
+    down.set_defaults(func=_testbed_down)
+
+    dev = commands.add_parser("dev", help="the quickstart on the local test bed")
+    dev.add_argument("--dir", type=Path, default=DEFAULT_DEV_DIR)
+    dev.set_defaults(func=_dev)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (RuntimeError, FileNotFoundError, TimeoutError) as exc:
+        print(f"trackop: error: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

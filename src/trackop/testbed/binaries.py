@@ -1,0 +1,190 @@
+"""Build the test bed's Go programs from the Go module proxy and cache them.
+
+The control plane (etcd, kube-apiserver, kube-controller-manager, kubectl) is built by
+the small Go module in ``hack/`` (see the comment at the top of its ``go.mod``); MinIO,
+whose go.mod has no replace directives, is built with ``go install``. Binaries land
+under ``$XDG_CACHE_HOME/trackop/bin/<key>/`` where the key covers every input of the
+build, so a machine builds each version once and a changed input builds anew.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from contextlib import contextmanager
+from pathlib import Path
+
+K8S_VERSION = "v1.35.4"
+CONTROL_PLANE = ("etcd", "kube-apiserver", "kube-controller-manager", "kubectl")
+MINIO_MODULE = "github.com/minio/minio"
+# MinIO publishes no semver tags; this is its last commit on the module proxy.
+MINIO_VERSION = "v0.0.0-20260212201848-7aac2a2c5b7c"
+
+Progress = Callable[[str], None]
+
+
+def _stderr(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def cache_root() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "trackop"
+
+
+def hack_dir() -> Path:
+    """The Go module that builds the control plane: ``$TRACKOP_HACK_DIR`` or the checkout's ``hack/``."""
+    if os.environ.get("TRACKOP_HACK_DIR"):
+        return Path(os.environ["TRACKOP_HACK_DIR"])
+    for parent in Path(__file__).resolve().parents:
+        if (parent / "hack" / "go.mod").is_file():
+            return parent / "hack"
+    raise FileNotFoundError(
+        "hack/go.mod not found: run from a trackop checkout or set TRACKOP_HACK_DIR"
+    )
+
+
+def _go_env() -> dict[str, str]:
+    if shutil.which("go") is None:
+        raise FileNotFoundError("the Go toolchain is needed to build the test bed: install Go >= 1.25")
+    # GOTOOLCHAIN=local: a go.mod that asks for a newer Go fails fast instead of downloading one.
+    return {**os.environ, "GOTOOLCHAIN": "local", "CGO_ENABLED": "0", "GOFLAGS": "-mod=readonly"}
+
+
+def _go_version() -> str:
+    return subprocess.run(
+        ["go", "env", "GOVERSION"], env=_go_env(), check=True, capture_output=True, text=True
+    ).stdout.strip()
+
+
+def _control_plane_key() -> str:
+    digest = hashlib.sha256(K8S_VERSION.encode() + _go_version().encode())
+    root = hack_dir()
+    for path in sorted([root / "go.mod", root / "go.sum", *root.glob("cmd/*/*.go")]):
+        digest.update(str(path.relative_to(root)).encode())
+        digest.update(path.read_bytes())
+    return digest.hexdigest()[:12]
+
+
+def _version_ldflags(version: str) -> str:
+    major, minor = version.lstrip("v").split(".")[:2]
+    flags = ["-s", "-w"]
+    # Without these /version says v0.0.0 and version-checking tools (Helm's kubeVersion) trip.
+    for package in ("k8s.io/component-base/version", "k8s.io/client-go/pkg/version"):
+        flags += [
+            f"-X {package}.gitVersion={version}",
+            f"-X {package}.gitMajor={major}",
+            f"-X {package}.gitMinor={minor}",
+            f"-X {package}.gitTreeState=clean",
+        ]
+    return " ".join(flags)
+
+
+@contextmanager
+def _build_lock(directory: Path):
+    """One build at a time per cache, across processes (pytest and ``trackop dev`` together)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    with open(directory / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def _run_build(argv: list[str], cwd: Path | None, env: dict[str, str], what: str, progress: Progress) -> None:
+    """Run one Go build, report its wall time and the peak RSS of its largest process."""
+    progress(f"building {what} (first time on this machine; cached afterwards) ...")
+    started = time.monotonic()
+    with tempfile.TemporaryFile() as log:
+        proc = subprocess.Popen(argv, cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT)
+        last_note = started
+        while True:
+            # wait4 reports this build's own peak: its largest process, compilers and linker included.
+            pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+            if pid:
+                break
+            time.sleep(1)
+            if time.monotonic() - last_note >= 60:
+                last_note = time.monotonic()
+                progress(f"  ... still building {what}: {last_note - started:.0f}s")
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        if proc.returncode != 0:
+            log.seek(0)
+            output = log.read().decode(errors="replace")[-6000:]
+            raise RuntimeError(f"building {what} failed (exit {proc.returncode}):\n{output}")
+    peak_mib = usage.ru_maxrss / 1024  # KiB on Linux
+    progress(f"built {what} in {time.monotonic() - started:.0f}s (peak RSS of one build process {peak_mib:.0f} MiB)")
+
+
+def control_plane_dir() -> Path:
+    return cache_root() / "bin" / f"k8s-{K8S_VERSION}-{_control_plane_key()}"
+
+
+def ensure_control_plane(progress: Progress = _stderr) -> dict[str, Path]:
+    """Paths of etcd, kube-apiserver, kube-controller-manager and kubectl, built if missing."""
+    if os.environ.get("TRACKOP_BIN_DIR"):
+        found = {name: Path(os.environ["TRACKOP_BIN_DIR"]) / name for name in CONTROL_PLANE}
+        missing = [str(p) for p in found.values() if not p.is_file()]
+        if missing:
+            raise FileNotFoundError(f"TRACKOP_BIN_DIR lacks: {', '.join(missing)}")
+        return found
+    target = control_plane_dir()
+    found = {name: target / name for name in CONTROL_PLANE}
+    if all(p.is_file() for p in found.values()):
+        return found
+    with _build_lock(target.parent):
+        if all(p.is_file() for p in found.values()):
+            return found
+        staging = Path(tempfile.mkdtemp(prefix=".building-", dir=target.parent))
+        try:
+            _run_build(
+                ["go", "build", "-trimpath", "-ldflags", _version_ldflags(K8S_VERSION),
+                 "-o", str(staging) + "/", "./cmd/..."],
+                cwd=hack_dir(),
+                env=_go_env(),
+                what=f"Kubernetes {K8S_VERSION} control plane ({', '.join(CONTROL_PLANE)})",
+                progress=progress,
+            )
+            staging.rename(target)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+    return found
+
+
+def ensure_minio(progress: Progress = _stderr) -> Path:
+    """Path of the MinIO server binary, built with ``go install`` if missing."""
+    if os.environ.get("TRACKOP_MINIO"):
+        return Path(os.environ["TRACKOP_MINIO"])
+    key = hashlib.sha256((MINIO_VERSION + _go_version()).encode()).hexdigest()[:12]
+    target = cache_root() / "bin" / f"minio-{key}"
+    binary = target / "minio"
+    if binary.is_file():
+        return binary
+    with _build_lock(target.parent):
+        if binary.is_file():
+            return binary
+        staging = Path(tempfile.mkdtemp(prefix=".building-", dir=target.parent))
+        try:
+            env = {**_go_env(), "GOBIN": str(staging), "GOFLAGS": ""}
+            _run_build(
+                ["go", "install", "-trimpath", "-ldflags", "-s -w", f"{MINIO_MODULE}@{MINIO_VERSION}"],
+                cwd=None, env=env, what=f"MinIO {MINIO_VERSION}", progress=progress,
+            )
+            staging.rename(target)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+    return binary
+
+
+def ensure_all(progress: Progress = _stderr) -> dict[str, Path]:
+    binaries = ensure_control_plane(progress)
+    binaries["minio"] = ensure_minio(progress)
+    return binaries

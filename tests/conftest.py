@@ -1,0 +1,95 @@
+"""Session-scoped fixtures on the real local test bed.
+
+The bed (etcd, kube-apiserver, kube-controller-manager, PostgreSQL, MinIO) starts once
+per session in a fresh directory under /tmp and stops at the end. Variables:
+- ``TRACKOP_TESTBED_DIR``: use (and leave running) the bed in that directory.
+- ``TRACKOP_KUBECONFIG``: use that cluster (kind, or any kubeconfig) for the Kubernetes
+  part; PostgreSQL and MinIO still run locally.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import boto3
+import pytest
+from kubernetes import client, config
+
+from trackop.testbed import Testbed
+from trackop.testbed.kubelet import LocalKubelet
+
+
+def _progress(message: str) -> None:
+    # Straight to the terminal: the first run builds for minutes and should say so.
+    print(f"[testbed] {message}", file=sys.__stderr__, flush=True)
+
+
+@pytest.fixture(scope="session")
+def testbed() -> Testbed:
+    existing = os.environ.get("TRACKOP_TESTBED_DIR")
+    if existing:
+        bed = Testbed(existing, progress=_progress)
+        bed.up()
+        yield bed
+        return
+    directory = Path(tempfile.mkdtemp(prefix="trackop-bed-", dir="/tmp"))
+    bed = Testbed(directory, progress=_progress)
+    try:
+        bed.up()
+        yield bed
+    finally:
+        bed.down()
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def bed_info(testbed: Testbed) -> dict:
+    return testbed.info()
+
+
+@pytest.fixture(scope="session")
+def kube_api(bed_info: dict) -> client.ApiClient:
+    return config.new_client_from_config(config_file=bed_info["kubeconfig"])
+
+
+@pytest.fixture(scope="session")
+def core_v1(kube_api: client.ApiClient) -> client.CoreV1Api:
+    return client.CoreV1Api(kube_api)
+
+
+@pytest.fixture(scope="session")
+def s3_client(bed_info: dict):
+    s3 = bed_info["s3"]
+    return boto3.client(
+        "s3", endpoint_url=s3["endpoint"], aws_access_key_id=s3["access_key"],
+        aws_secret_access_key=s3["secret_key"], region_name=s3["region"],
+    )
+
+
+@pytest.fixture
+def namespace(core_v1: client.CoreV1Api) -> str:
+    """A fresh namespace for one test, deleted afterwards."""
+    name = f"t-{uuid.uuid4().hex[:10]}"
+    core_v1.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=name)))
+    # Pods are admitted only once kube-controller-manager made the default ServiceAccount.
+    deadline = time.monotonic() + 30
+    while not core_v1.list_namespaced_service_account(name, field_selector="metadata.name=default").items:
+        assert time.monotonic() < deadline, f"no default ServiceAccount in {name}"
+        time.sleep(0.1)
+    yield name
+    try:
+        core_v1.delete_namespace(name)
+    except client.ApiException as exc:
+        if exc.status != 404:
+            raise
+
+
+@pytest.fixture
+def kubelet(kube_api: client.ApiClient, tmp_path: Path) -> LocalKubelet:
+    return LocalKubelet(kube_api, workdir=tmp_path / "kubelet")
