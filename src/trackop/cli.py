@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -44,6 +45,24 @@ def _dev(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run(args: argparse.Namespace) -> int:
+    if args.kubeconfig:
+        # Before kopf and the kubernetes client are imported: both read it at import.
+        os.environ["KUBECONFIG"] = str(args.kubeconfig)
+    import kopf
+
+    from . import operator  # noqa: F401  (registers the handlers)
+
+    kopf.configure(verbose=args.verbose)
+    kopf.run(
+        clusterwide=args.all_namespaces,
+        namespaces=args.namespace or (),
+        standalone=not args.peering,
+        liveness_endpoint=f"http://{args.health_address}/healthz",
+    )
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="trackop", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -56,6 +75,18 @@ def build_parser() -> argparse.ArgumentParser:
     down = bed_commands.add_parser("down", help="stop exactly what 'up' started")
     down.add_argument("--dir", required=True, type=Path)
     down.set_defaults(func=_testbed_down)
+
+    run = commands.add_parser("run", help="the operator, against the current kubeconfig or in-cluster config")
+    scope = run.add_mutually_exclusive_group(required=True)
+    scope.add_argument("--namespace", "-n", action="append", help="watch this namespace (repeatable)")
+    scope.add_argument("--all-namespaces", "-A", action="store_true", help="watch every namespace")
+    run.add_argument("--kubeconfig", type=Path, help="default: $KUBECONFIG, then ~/.kube/config")
+    run.add_argument("--health-address", default="127.0.0.1:8080",
+                     help="host:port of the liveness endpoint /healthz (default %(default)s)")
+    run.add_argument("--peering", action="store_true",
+                     help="coordinate with other trackop replicas through kopf peering (needs its CRD)")
+    run.add_argument("--verbose", action="store_true")
+    run.set_defaults(func=_run)
 
     dev = commands.add_parser("dev", help="the quickstart on the local test bed")
     dev.add_argument("--dir", type=Path, default=DEFAULT_DEV_DIR)

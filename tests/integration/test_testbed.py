@@ -17,21 +17,11 @@ import psycopg
 import pytest
 from kubernetes import client
 
+from helpers import eventually
 from trackop.testbed import pki
 from trackop.testbed.procs import free_ports
 
 pytestmark = pytest.mark.bed
-
-
-def _eventually(check, what: str, timeout: float = 60.0, interval: float = 0.2):
-    deadline = time.monotonic() + timeout
-    while True:
-        result = check()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
-        time.sleep(interval)
 
 
 def _pod(name: str, **spec) -> client.V1Pod:
@@ -75,13 +65,13 @@ def test_crd_schema_rejects_invalid_object_with_field_message(kube_api, namespac
     ext = client.ApiextensionsV1Api(kube_api)
     ext.create_custom_resource_definition(WIDGET_CRD)
     try:
-        _eventually(
+        eventually(
             lambda: any(c.type == "Established" and c.status == "True"
                         for c in ext.read_custom_resource_definition("widgets.bed.trackop.dev").status.conditions or []),
             "CRD established",
         )
         objects = client.CustomObjectsApi(kube_api)
-        ok = _eventually(lambda: _try_create(objects, namespace, {"size": 3}), "the new API to be served")
+        ok = eventually(lambda: _try_create(objects, namespace, {"size": 3}), "the new API to be served")
         assert ok["spec"] == {"size": 3, "mode": "Safe"}, "the structural schema's default applies"
 
         with pytest.raises(client.ApiException) as rejected:
@@ -123,9 +113,9 @@ def test_deployment_gets_replicaset_and_pods_from_controller_manager(kube_api, c
             ),
         ),
     ))
-    replica_sets = _eventually(lambda: apps.list_namespaced_replica_set(namespace).items, "a ReplicaSet")
+    replica_sets = eventually(lambda: apps.list_namespaced_replica_set(namespace).items, "a ReplicaSet")
     assert replica_sets[0].metadata.owner_references[0].name == "web"
-    pods = _eventually(lambda: (p := core_v1.list_namespaced_pod(namespace, label_selector="app=web").items)
+    pods = eventually(lambda: (p := core_v1.list_namespaced_pod(namespace, label_selector="app=web").items)
                        and len(p) == 2 and p, "two Pods")
     assert {p.metadata.owner_references[0].name for p in pods} == {replica_sets[0].metadata.name}
 
@@ -143,7 +133,7 @@ def test_namespace_deletion_finishes_terminating(core_v1):
             return exc.status == 404
         return False
 
-    _eventually(gone, f"namespace {name} to finish terminating", timeout=90)
+    eventually(gone, f"namespace {name} to finish terminating", timeout=90)
 
 
 def test_owner_referenced_object_is_garbage_collected(core_v1, namespace):
@@ -155,7 +145,7 @@ def test_owner_referenced_object_is_garbage_collected(core_v1, namespace):
                                                   uid=owner.metadata.uid)],
     )))
     core_v1.delete_namespaced_config_map("owner", namespace)
-    _eventually(lambda: not core_v1.list_namespaced_config_map(
+    eventually(lambda: not core_v1.list_namespaced_config_map(
         namespace, field_selector="metadata.name=dependent").items, "the dependent to be collected")
 
 
@@ -222,7 +212,7 @@ def test_mutating_webhook_served_locally_mutates_a_pod(kube_api, core_v1, namesp
             pod = core_v1.create_namespaced_pod(namespace, _pod(f"p{next(attempt)}"))
             return pod if (pod.metadata.labels or {}).get("mutated-by") == "bed-webhook" else None
 
-        pod = _eventually(mutated_pod, "a Pod mutated by the local webhook", timeout=30, interval=0.5)
+        pod = eventually(mutated_pod, "a Pod mutated by the local webhook", timeout=30, interval=0.5)
         assert core_v1.read_namespaced_pod(pod.metadata.name, namespace).metadata.labels["mutated-by"] == "bed-webhook"
     finally:
         admission.delete_mutating_webhook_configuration(name)

@@ -1,0 +1,183 @@
+"""Typed view of a ``TrackingBackend``: spec parsing, defaults and derived names (pure).
+
+The CRD's schema is the first line of validation; this module checks again, so an
+object that reached the operator some other way (an older CRD, a direct etcd write)
+still cannot smuggle an unsafe identifier into SQL.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+GROUP = "trackop.dev"
+VERSION = "v1alpha1"
+PLURAL = "trackingbackends"
+KIND = "TrackingBackend"
+
+DEFAULT_MLFLOW_VERSION = "3.17.2"
+MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
+BACKEND_LABEL = "trackop.dev/backend"
+MANAGED_BY = "trackop"
+
+SSL_MODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
+DRIVERS = {"psycopg": "postgresql+psycopg", "psycopg2": "postgresql+psycopg2"}
+MIGRATION_MODES = ("Inline", "Job")
+DELETION_POLICIES = ("Retain", "Delete")
+
+# PostgreSQL's NAMEDATALEN is 64: identifiers are at most 63 bytes.
+MAX_IDENTIFIER = 63
+_IDENTIFIER = re.compile(r"^[a-z_][a-z0-9_]*$")
+_RESERVED_DATABASES = frozenset({"postgres", "template0", "template1"})
+_RESERVED_ROLES = frozenset({"postgres", "public", "current_user", "session_user", "current_role", "none"})
+_HOST = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9.:-]*[A-Za-z0-9])?$")
+_VERSION = re.compile(r"^[0-9]+\.[0-9]+\.[0-9]+$")
+
+
+class SpecError(ValueError):
+    """The spec is invalid; ``field`` names the offending path for conditions and events."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field
+
+
+@dataclass(frozen=True)
+class SecretRef:
+    name: str
+    key: str
+
+
+@dataclass(frozen=True)
+class ExternalServer:
+    host: str
+    port: int
+    ssl_mode: str
+    admin_secret: str
+    connect_timeout: int
+
+
+@dataclass(frozen=True)
+class BackendSpec:
+    namespace: str
+    name: str
+    server: ExternalServer
+    database: str
+    role: str
+    password_secret: SecretRef | None
+    driver: str
+    mlflow_version: str
+    migration: str
+    migration_image: str
+    deletion_policy: str
+
+    @property
+    def owner_marker(self) -> str:
+        """The comment trackop puts on the role and database it made, to recognise them later."""
+        return f"managed by trackop for TrackingBackend {self.namespace}/{self.name}"
+
+    @property
+    def connection_secret(self) -> str:
+        return connection_secret_name(self.name)
+
+    @property
+    def url_scheme(self) -> str:
+        return DRIVERS[self.driver]
+
+
+def connection_secret_name(backend_name: str) -> str:
+    return f"{backend_name}-mlflow"
+
+
+def migration_job_name(backend_name: str, mlflow_version: str) -> str:
+    digest = hashlib.sha256(mlflow_version.encode()).hexdigest()[:6]
+    return f"{backend_name[:40]}-migrate-{digest}"
+
+
+def default_database_name(namespace: str, name: str) -> str:
+    """``mlflow_<namespace>_<name>`` as a safe identifier; long ones keep a hash suffix."""
+    base = re.sub(r"[^a-z0-9_]", "_", f"mlflow_{namespace}_{name}".lower())
+    if len(base) <= MAX_IDENTIFIER:
+        return base
+    digest = hashlib.sha256(base.encode()).hexdigest()[:8]
+    return f"{base[:MAX_IDENTIFIER - 9]}_{digest}"
+
+
+def check_identifier(field: str, value: str, reserved: frozenset[str]) -> str:
+    if not isinstance(value, str) or not _IDENTIFIER.match(value):
+        raise SpecError(field, "must match ^[a-z_][a-z0-9_]*$ (lowercase letters, digits, underscore)")
+    if len(value.encode()) > MAX_IDENTIFIER:
+        raise SpecError(field, f"must be at most {MAX_IDENTIFIER} characters")
+    if value in reserved:
+        raise SpecError(field, f"{value!r} is reserved")
+    return value
+
+
+def _get(mapping: Mapping[str, Any] | None, key: str, default: Any = None) -> Any:
+    if mapping is None:
+        return default
+    value = mapping.get(key)
+    return default if value is None else value
+
+
+def parse(namespace: str, name: str, spec: Mapping[str, Any]) -> BackendSpec:
+    """The spec with every default applied; raises SpecError naming the field."""
+    postgres = _get(spec, "postgres", {})
+    external = _get(postgres, "external")
+    if not external:
+        raise SpecError("spec.postgres.external", "is required")
+    host = _get(external, "host", "")
+    if not _HOST.match(host) or len(host) > 253:
+        raise SpecError("spec.postgres.external.host", "must be a host name or IP address")
+    port = _get(external, "port", 5432)
+    if not isinstance(port, int) or not 1 <= port <= 65535:
+        raise SpecError("spec.postgres.external.port", "must be between 1 and 65535")
+    ssl_mode = _get(external, "sslMode", "prefer")
+    if ssl_mode not in SSL_MODES:
+        raise SpecError("spec.postgres.external.sslMode", f"must be one of {', '.join(SSL_MODES)}")
+    admin_secret = _get(_get(external, "adminSecretRef", {}), "name")
+    if not admin_secret:
+        raise SpecError("spec.postgres.external.adminSecretRef.name", "is required")
+
+    database = check_identifier(
+        "spec.postgres.database", _get(postgres, "database") or default_database_name(namespace, name),
+        _RESERVED_DATABASES,
+    )
+    role = check_identifier("spec.postgres.role", _get(postgres, "role") or database, _RESERVED_ROLES)
+    if role.startswith("pg_"):
+        raise SpecError("spec.postgres.role", "names starting with pg_ are reserved by PostgreSQL")
+    password_ref = _get(postgres, "passwordSecretRef")
+    password_secret = (
+        SecretRef(password_ref["name"], _get(password_ref, "key", "password")) if password_ref else None
+    )
+    driver = _get(postgres, "driver", "psycopg")
+    if driver not in DRIVERS:
+        raise SpecError("spec.postgres.driver", f"must be one of {', '.join(DRIVERS)}")
+
+    schema = _get(spec, "schema", {})
+    mlflow_version = _get(schema, "mlflowVersion", DEFAULT_MLFLOW_VERSION)
+    if not _VERSION.match(mlflow_version):
+        raise SpecError("spec.schema.mlflowVersion", "must look like 3.17.2")
+    migration = _get(schema, "migration", "Inline")
+    if migration not in MIGRATION_MODES:
+        raise SpecError("spec.schema.migration", f"must be one of {', '.join(MIGRATION_MODES)}")
+    deletion_policy = _get(spec, "deletionPolicy", "Retain")
+    if deletion_policy not in DELETION_POLICIES:
+        raise SpecError("spec.deletionPolicy", f"must be one of {', '.join(DELETION_POLICIES)}")
+
+    return BackendSpec(
+        namespace=namespace,
+        name=name,
+        server=ExternalServer(host, port, ssl_mode, admin_secret, _get(external, "connectTimeoutSeconds", 5)),
+        database=database,
+        role=role,
+        password_secret=password_secret,
+        driver=driver,
+        mlflow_version=mlflow_version,
+        migration=migration,
+        migration_image=_get(schema, "image", f"ghcr.io/mlflow/mlflow:v{mlflow_version}"),
+        deletion_policy=deletion_policy,
+    )

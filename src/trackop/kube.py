@@ -1,0 +1,76 @@
+"""The one place that reads and writes Kubernetes objects (besides kopf's own status patches)."""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Mapping
+from typing import Any
+
+from kubernetes import client
+
+
+def _decode(data: Mapping[str, str] | None) -> dict[str, str]:
+    return {k: base64.b64decode(v).decode() for k, v in (data or {}).items()}
+
+
+class Kube:
+    def __init__(self, api_client: client.ApiClient) -> None:
+        self.core = client.CoreV1Api(api_client)
+        self.batch = client.BatchV1Api(api_client)
+
+    # ---- Secrets ---------------------------------------------------------------------
+    def read_secret(self, namespace: str, name: str) -> dict[str, str] | None:
+        found = self.read_secret_and_owners(namespace, name)
+        return found[0] if found else None
+
+    def read_secret_and_owners(self, namespace: str, name: str) -> tuple[dict[str, str], set[str]] | None:
+        """The decoded data and the uids of the Secret's owners, or None if it does not exist."""
+        try:
+            secret = self.core.read_namespaced_secret(name, namespace)
+        except client.ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise
+        return _decode(secret.data), {ref.uid for ref in secret.metadata.owner_references or []}
+
+    def create_secret(self, body: Mapping[str, Any]) -> None:
+        self.core.create_namespaced_secret(body["metadata"]["namespace"], body)
+
+    def update_secret(self, body: Mapping[str, Any]) -> None:
+        """Merge-patch data, labels and owner of a Secret trackop manages."""
+        meta = body["metadata"]
+        patch = {"metadata": {"labels": meta.get("labels"), "annotations": meta.get("annotations"),
+                              "ownerReferences": meta.get("ownerReferences")},
+                 "stringData": body["stringData"]}
+        self.core.patch_namespaced_secret(meta["name"], meta["namespace"], patch)
+
+    def release_secret(self, namespace: str, name: str, owner_uid: str) -> bool:
+        """Drop the owner reference so garbage collection keeps the Secret (deletionPolicy Retain)."""
+        try:
+            secret = self.core.read_namespaced_secret(name, namespace)
+        except client.ApiException as exc:
+            if exc.status == 404:
+                return False
+            raise
+        if not any(r.uid == owner_uid for r in secret.metadata.owner_references or []):
+            return False
+        # Strategic merge: ownerReferences merge by uid, so this removes only that entry.
+        self.core.patch_namespaced_secret(
+            name, namespace, {"metadata": {"ownerReferences": [{"$patch": "delete", "uid": owner_uid}]}})
+        return True
+
+    # ---- Jobs ------------------------------------------------------------------------
+    def read_job(self, namespace: str, name: str) -> client.V1Job | None:
+        try:
+            return self.batch.read_namespaced_job(name, namespace)
+        except client.ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise
+
+    def create_job(self, body: Mapping[str, Any]) -> None:
+        try:
+            self.batch.create_namespaced_job(body["metadata"]["namespace"], body)
+        except client.ApiException as exc:
+            if exc.status != 409:  # made by a previous attempt: fine
+                raise

@@ -1,0 +1,130 @@
+"""kopf handlers only: events in, reconcile calls out, status and Events back.
+
+Every handler is a thin wrapper: parse the spec (api), run the Reconciler (reconcile),
+write what it returned into status and Events. The drift timer runs the same sequence,
+which is check-first and so costs one short round of catalog reads on a converged backend.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping
+from typing import Any
+
+import kopf
+from kubernetes import client, config
+
+from . import api, schema
+from . import conditions as cond
+from .kube import Kube
+from .reconcile import Outcome, Reconciler, StepFailed
+
+DRIFT_INTERVAL = float(os.environ.get("TRACKOP_DRIFT_INTERVAL", "60"))
+MAX_RETRY_DELAY = 60.0
+
+_reconciler: Reconciler | None = None
+
+
+def _api_client() -> client.ApiClient:
+    try:
+        config.load_incluster_config()
+    except config.ConfigException:
+        config.load_kube_config(config_file=os.environ.get("KUBECONFIG"))
+    return client.ApiClient()
+
+
+def reconciler() -> Reconciler:
+    global _reconciler
+    if _reconciler is None:
+        _reconciler = Reconciler(Kube(_api_client()))
+    return _reconciler
+
+
+@kopf.on.startup()
+def configure(settings: kopf.OperatorSettings, logger: logging.Logger, **_: Any) -> None:
+    # Our own Events only (one per step and per new failure); kopf's per-handler chatter
+    # would add an Event on every resume and drift check.
+    settings.posting.level = logging.CRITICAL + 10
+    settings.persistence.finalizer = "trackop.dev/finalizer"
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="trackop.dev")
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        prefix="trackop.dev", key="last-handled-configuration")
+    settings.watching.server_timeout = 300
+    schema.preload()  # import MLflow once, not during the first backend's reconcile
+    reconciler()
+    logger.info("trackop ready: MLflow %s bundled, drift interval %.0fs", schema.BUNDLED_MLFLOW_VERSION, DRIFT_INTERVAL)
+
+
+def _parse(body: Mapping[str, Any]) -> api.BackendSpec:
+    meta = body["metadata"]
+    return api.parse(meta["namespace"], meta["name"], body.get("spec") or {})
+
+
+def _write(outcome: Outcome, body: Mapping[str, Any], status: Mapping[str, Any], patch: kopf.Patch) -> None:
+    generation = body["metadata"].get("generation", 0)
+    merged = cond.merge(status.get("conditions"), outcome.conditions, generation)
+    new_status = {
+        **outcome.status,
+        "observedGeneration": generation,
+        "phase": cond.phase(outcome.ready, status.get("phase")),
+        "conditions": merged,
+    }
+    # Patch only what changed, so a converged drift check writes nothing at all.
+    for key, value in new_status.items():
+        if status.get(key) != value:
+            patch.status[key] = value
+    for event_type, reason, message in outcome.events:
+        kopf.event(body, type=event_type, reason=reason, message=message)
+
+
+def _run(body: Mapping[str, Any], status: Mapping[str, Any], patch: kopf.Patch) -> Outcome:
+    try:
+        spec = _parse(body)
+    except api.SpecError as error:
+        outcome = Outcome(
+            [cond.Condition(cond.READY, "False", "InvalidSpec", str(error))],
+            events=[] if cond.reason_of(status.get("conditions"), cond.READY) == "InvalidSpec"
+            else [("Warning", "InvalidSpec", str(error))],
+        )
+        _write(outcome, body, status, patch)
+        return outcome
+    outcome = reconciler().reconcile(spec, body, status)
+    _write(outcome, body, status, patch)
+    return outcome
+
+
+@kopf.on.resume(api.GROUP, api.VERSION, api.PLURAL)
+@kopf.on.create(api.GROUP, api.VERSION, api.PLURAL)
+@kopf.on.update(api.GROUP, api.VERSION, api.PLURAL, field="spec")
+def reconcile_backend(body: kopf.Body, status: kopf.Status, patch: kopf.Patch, retry: int, **_: Any) -> None:
+    outcome = _run(body, status, patch)
+    if outcome.retry_after is not None:
+        delay = min(outcome.retry_after * 2 ** min(retry, 4), MAX_RETRY_DELAY)
+        # The condition already says why; kopf retries this handler after the delay.
+        raise kopf.TemporaryError(outcome.conditions[-1].message, delay=delay)
+
+
+@kopf.timer(api.GROUP, api.VERSION, api.PLURAL, interval=DRIFT_INTERVAL, initial_delay=DRIFT_INTERVAL,
+            idle=DRIFT_INTERVAL / 2)
+def check_drift(body: kopf.Body, status: kopf.Status, patch: kopf.Patch, **_: Any) -> None:
+    if body["metadata"].get("deletionTimestamp"):
+        return
+    _run(body, status, patch)
+
+
+@kopf.on.delete(api.GROUP, api.VERSION, api.PLURAL)
+def delete_backend(body: kopf.Body, patch: kopf.Patch, retry: int, **_: Any) -> None:
+    patch.status["phase"] = "Deleting"
+    try:
+        spec = _parse(body)
+    except api.SpecError:
+        return  # nothing was ever provisioned from an invalid spec
+    try:
+        events = reconciler().delete(spec, body)
+    except StepFailed as failure:
+        kopf.event(body, type="Warning", reason=failure.reason, message=failure.message)
+        raise kopf.TemporaryError(failure.message, delay=min(failure.retry_after * 2 ** min(retry, 4),
+                                                             MAX_RETRY_DELAY)) from None
+    for event_type, reason, message in events:
+        kopf.event(body, type=event_type, reason=reason, message=message)

@@ -1,0 +1,329 @@
+"""Every SQL statement trackop sends to PostgreSQL.
+
+Deciding is pure (``plan_role``, ``plan_database``: catalog state in, statements out);
+``apply`` is the one place that executes them. Every identifier and literal goes
+through ``psycopg.sql``. Passwords travel as SCRAM-SHA-256 verifiers computed on this
+side (as psql's ``\\password`` does), so the clear password never reaches the server's
+statement log, ``pg_stat_activity`` or an error message.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import psycopg
+from psycopg import sql
+
+from .api import BackendSpec, ExternalServer
+
+APPLICATION_NAME = "trackop"
+
+
+class PostgresError(Exception):
+    """A failure with a condition reason and a message that says the fix. Never holds a secret."""
+
+    reason = "PostgresError"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class ServerUnreachable(PostgresError):
+    reason = "ServerUnreachable"
+
+
+class AdminAuthFailed(PostgresError):
+    reason = "AdminAuthenticationFailed"
+
+
+class AdminLacksPrivileges(PostgresError):
+    reason = "AdminLacksPrivileges"
+
+
+class DatabaseTaken(PostgresError):
+    reason = "DatabaseOwnedByOtherRole"
+
+
+class RoleTaken(PostgresError):
+    reason = "RoleNotManagedByTrackop"
+
+
+class StatementFailed(PostgresError):
+    reason = "StatementFailed"
+
+
+@dataclass(frozen=True)
+class Statement:
+    """One step of a plan: what it does (for events) and the SQL that does it."""
+
+    summary: str
+    query: sql.Composed
+    # CREATE/DROP DATABASE cannot run inside a transaction block.
+    autocommit: bool = False
+
+
+@dataclass(frozen=True)
+class AdminPrivileges:
+    superuser: bool
+    createdb: bool
+    createrole: bool
+
+
+@dataclass(frozen=True)
+class RoleState:
+    superuser: bool
+    createdb: bool
+    createrole: bool
+    can_login: bool
+    replication: bool
+    bypass_rls: bool
+    comment: str | None
+    admin_is_member: bool
+
+
+@dataclass(frozen=True)
+class DatabaseState:
+    owner: str
+    comment: str | None
+    public_can_connect: bool
+
+
+# ---- connections -----------------------------------------------------------------------
+
+def connect(server: ExternalServer, user: str, password: str, dbname: str = "postgres") -> psycopg.Connection:
+    """Connect with autocommit; map failures to conditions that name the cause."""
+    try:
+        return psycopg.connect(
+            host=server.host, port=server.port, user=user, password=password, dbname=dbname,
+            sslmode=server.ssl_mode, connect_timeout=server.connect_timeout,
+            application_name=APPLICATION_NAME, autocommit=True,
+        )
+    except psycopg.OperationalError as exc:
+        raise classify_connect_error(exc, server, user, dbname) from None
+
+
+def classify_connect_error(exc: psycopg.OperationalError, server: ExternalServer, user: str,
+                           dbname: str) -> PostgresError:
+    text = str(exc)
+    where = f"{server.host}:{server.port}"
+    if getattr(exc, "sqlstate", None) in ("28P01", "28000") or "password authentication failed" in text:
+        return AdminAuthFailed(
+            f"PostgreSQL at {where} rejected the password of role {user!r}: correct the credentials "
+            "in the Secret and trackop retries by itself")
+    if 'does not exist' in text and "database" in text:
+        return ServerUnreachable(f"database {dbname!r} does not exist on {where}")
+    return ServerUnreachable(
+        f"cannot connect to PostgreSQL at {where} as {user!r} ({_first_line(text)}): check host, port, "
+        "sslMode and network policy; trackop retries with backoff")
+
+
+def _first_line(text: str) -> str:
+    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+    return lines[-1] if lines else "no detail"
+
+
+def scram_verifier(conn: psycopg.Connection, role: str, password: str) -> str:
+    """The SCRAM-SHA-256 verifier of ``password``, computed client-side by libpq."""
+    return conn.pgconn.encrypt_password(password.encode(), role.encode(), b"scram-sha-256").decode()
+
+
+# ---- reading the catalog ---------------------------------------------------------------
+
+def admin_privileges(conn: psycopg.Connection) -> AdminPrivileges:
+    row = conn.execute(
+        "SELECT rolsuper, rolcreatedb, rolcreaterole FROM pg_roles WHERE rolname = current_user"
+    ).fetchone()
+    return AdminPrivileges(*row)
+
+
+def check_admin(privileges: AdminPrivileges, admin_user: str) -> None:
+    if privileges.superuser or (privileges.createdb and privileges.createrole):
+        return
+    missing = [name for name, has in (("CREATEDB", privileges.createdb),
+                                      ("CREATEROLE", privileges.createrole)) if not has]
+    raise AdminLacksPrivileges(
+        f"admin role {admin_user!r} lacks {' and '.join(missing)}: "
+        f"run ALTER ROLE {admin_user} {' '.join(missing)} as a superuser, or use another admin Secret")
+
+
+def inspect_role(conn: psycopg.Connection, role: str) -> RoleState | None:
+    row = conn.execute(
+        """SELECT rolsuper, rolcreatedb, rolcreaterole, rolcanlogin, rolreplication, rolbypassrls,
+                  shobj_description(oid, 'pg_authid'), pg_has_role(current_user, oid, 'MEMBER')
+           FROM pg_roles WHERE rolname = %s""",
+        (role,),
+    ).fetchone()
+    return RoleState(*row) if row else None
+
+
+def inspect_database(conn: psycopg.Connection, database: str) -> DatabaseState | None:
+    row = conn.execute(
+        """SELECT pg_get_userbyid(datdba), shobj_description(oid, 'pg_database'),
+                  has_database_privilege('public', oid, 'CONNECT')
+           FROM pg_database WHERE datname = %s""",
+        (database,),
+    ).fetchone()
+    return DatabaseState(*row) if row else None
+
+
+# ---- plans (pure) ----------------------------------------------------------------------
+
+def plan_role(spec: BackendSpec, state: RoleState | None, verifier: str | None,
+              admin: AdminPrivileges) -> list[Statement]:
+    """Statements that make the role exist with LOGIN and nothing more.
+
+    ``verifier`` is set when the password must be (re)set: on creation, or when a login
+    with the Secret's password failed.
+    """
+    role = sql.Identifier(spec.role)
+    steps: list[Statement] = []
+    if state is None:
+        assert verifier is not None, "a new role needs a password"
+        steps.append(Statement(
+            f"created role {spec.role}",
+            sql.SQL("CREATE ROLE {} WITH LOGIN NOCREATEDB NOCREATEROLE PASSWORD {}").format(
+                role, sql.Literal(verifier)),
+        ))
+        steps.append(Statement(
+            f"marked role {spec.role} as managed",
+            sql.SQL("COMMENT ON ROLE {} IS {}").format(role, sql.Literal(spec.owner_marker)),
+        ))
+    else:
+        if state.comment != spec.owner_marker:
+            raise RoleTaken(
+                f"role {spec.role!r} exists and is not managed by this TrackingBackend: trackop never "
+                "takes a role over; choose another spec.postgres.role or drop the role")
+        # Only drifted attributes are named: PostgreSQL wants a superuser to even mention some.
+        drift = [keyword for keyword, bad in (
+            ("LOGIN", not state.can_login), ("NOSUPERUSER", state.superuser),
+            ("NOCREATEDB", state.createdb), ("NOCREATEROLE", state.createrole),
+            ("NOREPLICATION", state.replication), ("NOBYPASSRLS", state.bypass_rls),
+        ) if bad]
+        if drift:
+            steps.append(Statement(
+                f"restored role {spec.role} attributes ({' '.join(drift)})",
+                sql.SQL("ALTER ROLE {} WITH {}").format(role, sql.SQL(" ").join(map(sql.SQL, drift))),
+            ))
+        if verifier is not None:
+            steps.append(Statement(
+                f"set the password of role {spec.role} from Secret {spec.connection_secret}",
+                sql.SQL("ALTER ROLE {} WITH PASSWORD {}").format(role, sql.Literal(verifier)),
+            ))
+    # CREATE DATABASE ... OWNER and DROP DATABASE need membership unless superuser.
+    if not admin.superuser and (state is None or not state.admin_is_member):
+        steps.append(Statement(
+            f"let the admin act for role {spec.role}",
+            sql.SQL("GRANT {} TO CURRENT_USER").format(role),
+        ))
+    return steps
+
+
+def is_ours(spec: BackendSpec, state: DatabaseState) -> bool:
+    # The owner check covers a crash between CREATE DATABASE and its COMMENT.
+    return state.comment == spec.owner_marker or state.owner == spec.role
+
+
+def plan_database(spec: BackendSpec, state: DatabaseState | None) -> list[Statement]:
+    """Statements that make the database exist, owned by the role, closed to PUBLIC."""
+    db = sql.Identifier(spec.database)
+    role = sql.Identifier(spec.role)
+    steps: list[Statement] = []
+    if state is None:
+        steps.append(Statement(
+            f"created database {spec.database} owned by {spec.role}",
+            sql.SQL("CREATE DATABASE {} WITH OWNER {} TEMPLATE template0 ENCODING 'UTF8'").format(db, role),
+            autocommit=True,
+        ))
+    elif not is_ours(spec, state):
+        raise DatabaseTaken(
+            f"database {spec.database!r} exists, owned by {state.owner!r}, and is not managed by this "
+            "TrackingBackend: trackop never takes a database over; set spec.postgres.database to "
+            "another name or drop that database")
+    else:
+        if state.owner != spec.role:
+            steps.append(Statement(
+                f"restored owner of database {spec.database} to {spec.role}",
+                sql.SQL("ALTER DATABASE {} OWNER TO {}").format(db, role),
+            ))
+    if state is None or state.comment != spec.owner_marker:
+        steps.append(Statement(
+            f"marked database {spec.database} as managed",
+            sql.SQL("COMMENT ON DATABASE {} IS {}").format(db, sql.Literal(spec.owner_marker)),
+        ))
+    if state is None or state.public_can_connect:
+        steps.append(Statement(
+            f"revoked CONNECT on database {spec.database} from PUBLIC",
+            sql.SQL("REVOKE ALL ON DATABASE {} FROM PUBLIC").format(db),
+        ))
+    return steps
+
+
+def plan_drop(spec: BackendSpec, role: RoleState | None, database: DatabaseState | None) -> list[Statement]:
+    """Statements for ``deletionPolicy: Delete``: only what this backend owns is dropped."""
+    steps: list[Statement] = []
+    if database is not None and is_ours(spec, database):
+        steps.append(Statement(
+            f"dropped database {spec.database}",
+            sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(spec.database)),
+            autocommit=True,
+        ))
+    if role is not None and role.comment == spec.owner_marker:
+        steps.append(Statement(
+            f"dropped role {spec.role}",
+            sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(spec.role)),
+        ))
+    return steps
+
+
+# ---- applying --------------------------------------------------------------------------
+
+def apply(conn: psycopg.Connection, steps: list[Statement]) -> list[str]:
+    """Execute a plan; consecutive transactional statements share one transaction."""
+    done: list[str] = []
+    pending: list[Statement] = []
+
+    def flush() -> None:
+        if not pending:
+            return
+        with conn.transaction():
+            for step in pending:
+                _execute(conn, step)
+        done.extend(step.summary for step in pending)
+        pending.clear()
+
+    for step in steps:
+        if step.autocommit:
+            flush()
+            _execute(conn, step)
+            done.append(step.summary)
+        else:
+            pending.append(step)
+    flush()
+    return done
+
+
+def _execute(conn: psycopg.Connection, step: Statement) -> None:
+    try:
+        conn.execute(step.query)
+    except psycopg.Error as exc:
+        # The server's message names objects, never the verifier; the statement is not echoed.
+        detail = exc.diag.message_primary if exc.diag and exc.diag.message_primary else type(exc).__name__
+        raise StatementFailed(f"PostgreSQL refused the step '{step.summary}': {detail}") from None
+
+
+def can_login(server: ExternalServer, role: str, password: str, database: str) -> bool:
+    """Whether the role logs in to its database with this password (the drift check of passwords)."""
+    try:
+        with connect(server, role, password, database):
+            return True
+    except AdminAuthFailed:
+        return False
+
+
+def terminate_connections(conn: psycopg.Connection, database: str) -> int:
+    rows = conn.execute(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid()",
+        (database,),
+    ).fetchall()
+    return len(rows)

@@ -1,0 +1,260 @@
+"""The ordered steps that turn a TrackingBackend into a ready database, and their conditions.
+
+Each step checks what exists before it changes anything, so running the whole sequence
+again (a re-apply, an operator restart, the drift timer) is cheap and changes nothing
+on a converged backend. A step that fails stops the sequence with a condition whose
+reason names the cause and whose message says the fix.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets as random_secrets
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from . import conditions as cond
+from . import manifests, postgres, schema
+from .api import BackendSpec, migration_job_name
+from .conditions import Condition
+from .kube import Kube
+
+log = logging.getLogger(__name__)
+
+GENERATED_PASSWORD_BYTES = 32  # token_urlsafe(32): 43 characters
+
+
+class StepFailed(Exception):
+    """A step could not complete; carries the condition that says why."""
+
+    def __init__(self, condition_type: str, reason: str, message: str, retry_after: float = 10) -> None:
+        super().__init__(message)
+        self.condition_type = condition_type
+        self.reason = reason
+        self.message = message
+        self.retry_after = retry_after
+
+
+@dataclass
+class Outcome:
+    """What a reconcile found and did; the operator turns it into status and Events."""
+
+    conditions: list[Condition]
+    status: dict[str, Any] = field(default_factory=dict)
+    events: list[tuple[str, str, str]] = field(default_factory=list)  # (type, reason, message)
+    retry_after: float | None = None  # None: converged
+
+    @property
+    def ready(self) -> bool:
+        return any(c.type == cond.READY and c.status == "True" for c in self.conditions)
+
+
+@dataclass
+class _Context:
+    spec: BackendSpec
+    owner: Mapping[str, Any]
+    previous_status: Mapping[str, Any]
+    secrets: set[str] = field(default_factory=set)
+    events: list[tuple[str, str, str]] = field(default_factory=list)
+
+    def did(self, reason: str, message: str) -> None:
+        self.events.append(("Normal", reason, message))
+
+
+class Reconciler:
+    def __init__(self, kube: Kube) -> None:
+        self.kube = kube
+
+    # ---- the sequence ----------------------------------------------------------------
+    def reconcile(self, spec: BackendSpec, owner: Mapping[str, Any], previous_status: Mapping[str, Any]) -> Outcome:
+        ctx = _Context(spec, owner, previous_status or {})
+        done: list[Condition] = []
+        step_type = cond.DATABASE_READY
+        try:
+            admin_user, admin_password = self._admin_credentials(ctx)
+            password = self._password(ctx)
+            self._database_and_role(ctx, admin_user, admin_password, password)
+            done.append(Condition(cond.DATABASE_READY, "True", "Provisioned",
+                                  f"database {spec.database} owned by role {spec.role} on "
+                                  f"{spec.server.host}:{spec.server.port}"))
+            step_type = cond.SCHEMA_READY
+            revision, message = self._schema(ctx, password)
+            done.append(Condition(cond.SCHEMA_READY, "True", "AtHead", message))
+            status = self._status_fields(spec, revision)
+            done.append(Condition(cond.READY, "True", "Ready", "the MLflow backend store is ready to use"))
+            return Outcome(done, status, ctx.events, None)
+        except StepFailed as failure:
+            return self._failed(ctx, done, failure)
+        except postgres.PostgresError as error:
+            return self._failed(ctx, done, StepFailed(step_type, error.reason, error.message, 15))
+
+    def _failed(self, ctx: _Context, done: list[Condition], failure: StepFailed) -> Outcome:
+        message = cond.redact(failure.message, ctx.secrets)
+        failed = Condition(failure.condition_type, "False", failure.reason, message)
+        waiting = [
+            Condition(t, "Unknown", "Waiting", f"waiting for {failure.condition_type}")
+            for t in (cond.DATABASE_READY, cond.SCHEMA_READY)
+            if t != failure.condition_type and t not in {c.type for c in done}
+        ]
+        ready = Condition(cond.READY, "False", failure.reason, message)
+        events = [(t, r, cond.redact(m, ctx.secrets)) for t, r, m in ctx.events]
+        # One Warning per new cause, not one per retry.
+        previous_reason = cond.reason_of(ctx.previous_status.get("conditions"), cond.READY)
+        if previous_reason != failure.reason:
+            events.append(("Warning", failure.reason, message))
+        status = self._status_fields(ctx.spec, (ctx.previous_status.get("schema") or {}).get("revision"))
+        return Outcome([*done, failed, *waiting, ready], status, events, failure.retry_after)
+
+    @staticmethod
+    def _status_fields(spec: BackendSpec, revision: str | None) -> dict[str, Any]:
+        status: dict[str, Any] = {
+            "database": {"host": spec.server.host, "port": spec.server.port,
+                         "name": spec.database, "role": spec.role},
+            "connectionSecret": spec.connection_secret,
+        }
+        if revision:
+            status["schema"] = {"mlflowVersion": spec.mlflow_version, "revision": revision}
+        return status
+
+    # ---- steps -----------------------------------------------------------------------
+    def _admin_credentials(self, ctx: _Context) -> tuple[str, str]:
+        spec = ctx.spec
+        ref = f"{spec.namespace}/{spec.server.admin_secret}"
+        data = self.kube.read_secret(spec.namespace, spec.server.admin_secret)
+        if data is None:
+            raise StepFailed(cond.DATABASE_READY, "AdminSecretMissing",
+                             f"admin Secret {ref} not found: create it with keys username and password "
+                             "(spec.postgres.external.adminSecretRef)", 15)
+        missing = [k for k in ("username", "password") if not data.get(k)]
+        if missing:
+            raise StepFailed(cond.DATABASE_READY, "AdminSecretInvalid",
+                             f"admin Secret {ref} lacks key(s) {', '.join(missing)}: add them", 15)
+        ctx.secrets.add(data["password"])
+        return data["username"], data["password"]
+
+    def _password(self, ctx: _Context) -> str:
+        """The role's password: the user's Secret, else the one already issued, else a new one.
+
+        The connection Secret is written before the role gets the password, so a crash in
+        between never leaves a password that exists only in PostgreSQL.
+        """
+        spec = ctx.spec
+        found = self.kube.read_secret_and_owners(spec.namespace, spec.connection_secret)
+        existing, owners = found if found else (None, set())
+        if spec.password_secret is not None:
+            ref = spec.password_secret
+            data = self.kube.read_secret(spec.namespace, ref.name)
+            if data is None or not data.get(ref.key):
+                raise StepFailed(cond.DATABASE_READY, "PasswordSecretMissing",
+                                 f"Secret {spec.namespace}/{ref.name} with key {ref.key!r} not found "
+                                 "(spec.postgres.passwordSecretRef): create it or remove the reference", 15)
+            password = data[ref.key]
+        elif existing and existing.get("PGPASSWORD"):
+            password = existing["PGPASSWORD"]
+        else:
+            password = random_secrets.token_urlsafe(GENERATED_PASSWORD_BYTES)
+        ctx.secrets.add(password)
+        body = manifests.connection_secret(spec, password, ctx.owner)
+        if existing is None:
+            self.kube.create_secret(body)
+            ctx.did("ConnectionSecretCreated", f"created Secret {spec.connection_secret}")
+        elif any(existing.get(k) != v for k, v in body["stringData"].items()) or ctx.owner["metadata"]["uid"] not in owners:
+            # Changed keys, or a Secret retained from an earlier backend of this name: adopt it.
+            self.kube.update_secret(body)
+            ctx.did("ConnectionSecretUpdated", f"updated Secret {spec.connection_secret}")
+        return password
+
+    def _database_and_role(self, ctx: _Context, admin_user: str, admin_password: str, password: str) -> None:
+        spec = ctx.spec
+        with postgres.connect(spec.server, admin_user, admin_password) as conn:
+            privileges = postgres.admin_privileges(conn)
+            postgres.check_admin(privileges, admin_user)
+            role = postgres.inspect_role(conn, spec.role)
+            verifier = postgres.scram_verifier(conn, spec.role, password) if role is None else None
+            for summary in postgres.apply(conn, postgres.plan_role(spec, role, verifier, privileges)):
+                ctx.did("RoleReconciled", summary)
+            database = postgres.inspect_database(conn, spec.database)
+            for summary in postgres.apply(conn, postgres.plan_database(spec, database)):
+                ctx.did("DatabaseReconciled", summary)
+            if role is not None and not postgres.can_login(spec.server, spec.role, password, spec.database):
+                # The password drifted (reset by hand, or the user's Secret rotated).
+                verifier = postgres.scram_verifier(conn, spec.role, password)
+                for summary in postgres.apply(conn, postgres.plan_role(
+                        spec, postgres.inspect_role(conn, spec.role), verifier, privileges)):
+                    ctx.did("RoleReconciled", summary)
+
+    def _schema(self, ctx: _Context, password: str) -> tuple[str, str]:
+        spec = ctx.spec
+        url = manifests.database_uri(spec, password)
+        if spec.migration == "Job":
+            return self._schema_by_job(ctx, url)
+        if spec.mlflow_version != schema.BUNDLED_MLFLOW_VERSION:
+            raise StepFailed(cond.SCHEMA_READY, "VersionNotBundled",
+                             f"Inline migration runs the MLflow {schema.BUNDLED_MLFLOW_VERSION} bundled in the "
+                             f"operator, not {spec.mlflow_version}: set spec.schema.mlflowVersion to "
+                             f"{schema.BUNDLED_MLFLOW_VERSION} or spec.schema.migration to Job", 300)
+        head = schema.head_revision()
+        try:
+            if schema.current_revision(url) == head:
+                return head, f"MLflow {spec.mlflow_version} schema at revision {head}"
+            result = schema.migrate(url)
+        except schema.SchemaNewerThanTarget as exc:
+            raise StepFailed(cond.SCHEMA_READY, "SchemaNewerThanTarget",
+                             f"{cond.redact(str(exc), ctx.secrets)}: trackop never downgrades; set "
+                             "spec.schema.mlflowVersion to the MLflow version that wrote it", 300) from None
+        except schema.SchemaMigrationError as exc:
+            raise StepFailed(cond.SCHEMA_READY, "MigrationFailed", cond.redact(str(exc), ctx.secrets), 30) from None
+        ctx.did("SchemaMigrated", f"migrated the MLflow schema from {result.before or 'empty'} to {result.after} "
+                                  f"in {result.seconds:.1f}s")
+        return result.after, f"MLflow {spec.mlflow_version} schema at revision {result.after}"
+
+    def _schema_by_job(self, ctx: _Context, url: str) -> tuple[str, str]:
+        spec = ctx.spec
+        previous = ctx.previous_status.get("schema") or {}
+        try:
+            current = schema.current_revision(url)
+        except schema.SchemaMigrationError as exc:
+            raise StepFailed(cond.SCHEMA_READY, "MigrationFailed", cond.redact(str(exc), ctx.secrets), 30) from None
+        if current and previous.get("mlflowVersion") == spec.mlflow_version and previous.get("revision") == current:
+            return current, f"MLflow {spec.mlflow_version} schema at revision {current} (migrated by a Job)"
+        name = migration_job_name(spec.name, spec.mlflow_version + spec.migration_image)
+        job = self.kube.read_job(spec.namespace, name)
+        if job is None:
+            body = manifests.migration_job(spec, ctx.owner)
+            body["metadata"]["name"] = name
+            self.kube.create_job(body)
+            ctx.did("MigrationJobCreated", f"created Job {name} running mlflow db upgrade with {spec.migration_image}")
+            raise StepFailed(cond.SCHEMA_READY, "Migrating", f"Job {name} is migrating the schema", 5)
+        finished = {c.type: c for c in job.status.conditions or [] if c.status == "True"}
+        if "Complete" in finished:
+            if not current:
+                raise StepFailed(cond.SCHEMA_READY, "MigrationFailed",
+                                 f"Job {name} completed but the database has no MLflow schema", 30)
+            ctx.did("SchemaMigrated", f"Job {name} migrated the MLflow schema to {current}")
+            return current, f"MLflow {spec.mlflow_version} schema at revision {current} (migrated by Job {name})"
+        if "Failed" in finished:
+            raise StepFailed(cond.SCHEMA_READY, "MigrationJobFailed",
+                             f"Job {name} failed ({finished['Failed'].reason}): read kubectl logs job/{name} "
+                             f"-n {spec.namespace}; delete the Job to retry", 60)
+        raise StepFailed(cond.SCHEMA_READY, "Migrating", f"Job {name} is migrating the schema", 5)
+
+    # ---- deletion --------------------------------------------------------------------
+    def delete(self, spec: BackendSpec, owner: Mapping[str, Any]) -> list[tuple[str, str, str]]:
+        """Apply the deletion policy; raises StepFailed if it must be retried."""
+        uid = owner["metadata"]["uid"]
+        if spec.deletion_policy == "Retain":
+            self.kube.release_secret(spec.namespace, spec.connection_secret, uid)
+            return [("Normal", "Retained",
+                     f"kept database {spec.database}, role {spec.role} and Secret {spec.connection_secret} "
+                     "(deletionPolicy Retain)")]
+        ctx = _Context(spec, owner, {})
+        try:
+            admin_user, admin_password = self._admin_credentials(ctx)
+            with postgres.connect(spec.server, admin_user, admin_password) as conn:
+                role = postgres.inspect_role(conn, spec.role)
+                database = postgres.inspect_database(conn, spec.database)
+                summaries = postgres.apply(conn, postgres.plan_drop(spec, role, database))
+        except postgres.PostgresError as error:
+            raise StepFailed(cond.READY, error.reason, cond.redact(error.message, ctx.secrets), 15) from None
+        return [("Normal", "Deleted", s) for s in summaries]

@@ -1,0 +1,362 @@
+"""MLflow's schema, applied by MLflow's own Alembic migrations, in-process.
+
+The operator never carries DDL of its own: it runs the migration scripts shipped with the
+MLflow version it bundles (``mlflow-skinny``), exactly as ``mlflow db upgrade`` would, and
+refuses databases that a newer MLflow already migrated (Alembic cannot downgrade them, and
+an MLflow client refuses a schema whose head it does not know).
+
+Importing this module is cheap (no MLflow, no Alembic); :func:`preload` imports them once
+at operator start so the first reconcile does not pay about a second of imports.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+from types import ModuleType
+from typing import TYPE_CHECKING, Iterable
+from urllib.parse import unquote, urlsplit
+
+if TYPE_CHECKING:  # pragma: no cover - typing only
+    from alembic.script import ScriptDirectory
+    from sqlalchemy.engine import Engine
+
+__all__ = [
+    "BUNDLED_MLFLOW_VERSION",
+    "MIGRATION_LOCK_KEY",
+    "MigrationResult",
+    "SchemaMigrationError",
+    "SchemaNewerThanTarget",
+    "current_revision",
+    "head_revision",
+    "known_revisions",
+    "migrate",
+    "preload",
+    "redact",
+]
+
+
+def _read_bundled_mlflow_version() -> str:
+    """``mlflow.version.VERSION`` without importing the ``mlflow`` package.
+
+    ``import mlflow.version`` runs ``mlflow/__init__.py`` first (about 1.3 s); the version
+    file itself only needs ``re`` and ``importlib.metadata``, so execute it on its own.
+    """
+    loaded = sys.modules.get("mlflow.version")
+    if loaded is not None:
+        return str(loaded.VERSION)
+    spec = importlib.util.find_spec("mlflow")  # locates the package, does not execute it
+    if spec is None or not spec.submodule_search_locations:
+        raise ImportError("mlflow (mlflow-skinny) is not installed")
+    path = Path(next(iter(spec.submodule_search_locations))) / "version.py"
+    file_spec = importlib.util.spec_from_file_location("_trackop_mlflow_version", path)
+    assert file_spec is not None and file_spec.loader is not None
+    module = importlib.util.module_from_spec(file_spec)
+    file_spec.loader.exec_module(module)
+    return str(module.VERSION)
+
+
+#: The MLflow version whose migrations this operator runs (``mlflow.version.VERSION``).
+BUNDLED_MLFLOW_VERSION: str = _read_bundled_mlflow_version()
+
+#: Key of the PostgreSQL advisory lock held around check-and-migrate. PostgreSQL tags
+#: advisory locks with the current database, so one key serialises migrations per
+#: database without blocking other databases on the same server. Signed 64-bit, as
+#: ``pg_try_advisory_lock(bigint)`` wants.
+MIGRATION_LOCK_KEY: int = int.from_bytes(
+    hashlib.sha256(b"trackop.dev/mlflow-migrate").digest()[:8], "big", signed=True
+)
+
+
+class SchemaNewerThanTarget(Exception):
+    """The database is at an Alembic revision the bundled MLflow does not know.
+
+    A newer MLflow migrated it; trackop never downgrades (MLflow has no supported
+    downgrade path and data could be lost).
+    """
+
+
+class SchemaMigrationError(Exception):
+    """Reading or migrating the schema failed. The message never contains the URL or password."""
+
+
+@dataclass(frozen=True)
+class MigrationResult:
+    """Outcome of :func:`migrate`.
+
+    ``before`` is ``None`` for an empty database; ``seconds`` is the wall time of the whole
+    call, lock wait included.
+    """
+
+    before: str | None
+    after: str
+    seconds: float
+
+
+# ---------------------------------------------------------------------------- secrets
+
+
+def redact(text: str, secrets: Iterable[str | None]) -> str:
+    """``text`` with every occurrence of each non-empty secret replaced by ``***``.
+
+    Longest secrets first, so a URL is masked whole before the password inside it.
+    """
+    for secret in sorted({s for s in secrets if s}, key=len, reverse=True):
+        text = text.replace(secret, "***")
+    return text
+
+
+def _url_secrets(url: str) -> list[str]:
+    """Every form in which ``url`` or its password could show up in an error string."""
+    found: list[str] = [url]
+    try:
+        raw_password = urlsplit(url).password  # still percent-encoded
+    except ValueError:
+        raw_password = None
+    if raw_password:
+        found += [raw_password, unquote(raw_password)]
+    try:
+        from sqlalchemy.engine import make_url
+
+        parsed = make_url(url)
+    except Exception:  # an unparsable URL: the raw forms above are all we have
+        return found
+    if parsed.password:
+        found.append(str(parsed.password))
+    # SQLAlchemy renders URLs in errors and reprs; mask both renderings of the whole URL.
+    found += [parsed.render_as_string(hide_password=False), parsed.render_as_string(hide_password=True)]
+    return found
+
+
+def _describe(url: str) -> str:
+    """``role@host:port/db`` for messages: enough to act on, no password, not the URL."""
+    try:
+        from sqlalchemy.engine import make_url
+
+        parsed = make_url(url)
+        return f"database {parsed.database!r} on {parsed.host}:{parsed.port or 5432} as role {parsed.username!r}"
+    except Exception:
+        return "the database (unparsable URL)"
+
+
+def _error(action: str, url: str, exc: BaseException) -> SchemaMigrationError:
+    """A SchemaMigrationError saying what failed, built from a redacted exception string.
+
+    SQLAlchemy appends ``[SQL: ...]``, ``[parameters: ...]`` and a background link to its
+    messages, and some errors (bad URL, engine reprs) embed the URL itself: keep only the
+    first part, then mask every form of the URL and password.
+    """
+    detail = str(getattr(exc, "orig", None) or exc)
+    detail = detail.split("\n[SQL:", 1)[0].split("\n(Background on this error", 1)[0]
+    detail = " ".join(redact(detail, _url_secrets(url)).split())
+    if len(detail) > 500:
+        detail = detail[:500] + "..."
+    return SchemaMigrationError(f"{action} failed for {_describe(url)}: {type(exc).__name__}: {detail}")
+
+
+# ---------------------------------------------------------------------------- MLflow, lazily
+
+_IMPORT_LOCK = threading.Lock()
+# Alembic's ``context`` and ``op`` are module-level proxies shared by the whole process, so
+# two migrations on different databases in two threads (kopf runs sync handlers in a
+# thread pool) would clobber each other. The advisory lock only covers one database.
+_ALEMBIC_LOCK = threading.Lock()
+
+
+def _mlflow_db_utils() -> ModuleType:
+    """``mlflow.store.db.utils``, imported once (about 1-2 s: it pulls in MLflow's ORM)."""
+    # Serialise the first import: concurrent first imports of a large package from two
+    # threads can observe partially initialised modules.
+    with _IMPORT_LOCK:
+        import mlflow.store.db.utils as db_utils
+
+    return db_utils
+
+
+@cache
+def _script_directory() -> ScriptDirectory:
+    from alembic.script import ScriptDirectory
+
+    # MLflow's own Alembic config: the script directory inside the installed package.
+    # No URL goes into the config; migrations get a live connection instead.
+    config = _mlflow_db_utils()._get_alembic_config(db_url="")
+    return ScriptDirectory.from_config(config)
+
+
+@cache
+def head_revision() -> str:
+    """The single Alembic head of the bundled MLflow's migration scripts."""
+    heads = _script_directory().get_heads()
+    if len(heads) != 1:  # MLflow itself insists on one head (_get_latest_schema_revision)
+        raise SchemaMigrationError(f"MLflow {BUNDLED_MLFLOW_VERSION} has {len(heads)} Alembic heads: {heads}")
+    return heads[0]
+
+
+@cache
+def known_revisions() -> frozenset[str]:
+    """Every Alembic revision in the bundled MLflow's migration scripts."""
+    return frozenset(script.revision for script in _script_directory().walk_revisions())
+
+
+def preload() -> None:
+    """Import MLflow's store and Alembic and parse the migration scripts, once.
+
+    Call at operator start: the first :func:`migrate` is then just the migration.
+    """
+    _mlflow_db_utils()
+    import alembic.command  # noqa: F401  (MLflow imports it lazily inside _upgrade_db)
+
+    head_revision()
+    known_revisions()
+
+
+# ---------------------------------------------------------------------------- database
+
+
+def _engine(url: str) -> Engine:
+    import sqlalchemy
+    from sqlalchemy.pool import NullPool
+
+    # NullPool: every connection is closed when released, so nothing lingers on the
+    # server after the call (and the advisory lock dies with its connection).
+    return sqlalchemy.create_engine(url, poolclass=NullPool)
+
+
+def _read_revision(engine: Engine) -> str | None:
+    from alembic.migration import MigrationContext
+
+    # Alembic's own reading of alembic_version (what MLflow's _get_schema_version uses).
+    with engine.connect() as connection:
+        heads = MigrationContext.configure(connection).get_current_heads()
+    if len(heads) > 1:
+        raise SchemaMigrationError(f"alembic_version holds several revisions: {sorted(heads)}")
+    return heads[0] if heads else None
+
+
+def current_revision(url: str) -> str | None:
+    """The revision in ``alembic_version``; ``None`` if the table is missing or empty."""
+    engine = None
+    try:
+        engine = _engine(url)
+        return _read_revision(engine)
+    except (SchemaMigrationError, SchemaNewerThanTarget):
+        raise
+    except Exception as exc:
+        # ``from None``: the original exception's text may hold the URL, and tracebacks
+        # of chained exceptions end up in the operator's logs.
+        raise _error("reading the schema revision", url, exc) from None
+    finally:
+        if engine is not None:
+            engine.dispose()
+
+
+def _acquire_advisory_lock(engine: Engine, timeout_s: float):
+    """A connection holding the session advisory lock; polls until ``timeout_s``."""
+    from sqlalchemy import text
+
+    connection = engine.connect().execution_options(isolation_level="AUTOCOMMIT")
+    try:
+        deadline = time.monotonic() + timeout_s
+        delay = 0.05
+        while True:
+            got = connection.execute(
+                text("SELECT pg_try_advisory_lock(:key)"), {"key": MIGRATION_LOCK_KEY}
+            ).scalar_one()
+            if got:
+                return connection
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise SchemaMigrationError(
+                    f"another migration holds the advisory lock {MIGRATION_LOCK_KEY}; "
+                    f"gave up after {timeout_s:g} s"
+                )
+            time.sleep(min(delay, remaining))
+            delay = min(delay * 2, 0.5)
+    except BaseException:
+        connection.close()
+        raise
+
+
+def _release_advisory_lock(connection) -> None:
+    from sqlalchemy import text
+
+    try:
+        connection.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": MIGRATION_LOCK_KEY})
+    except Exception:
+        pass  # closing the session below releases it anyway
+    finally:
+        connection.close()
+
+
+def migrate(url: str, *, lock_timeout_s: float = 60) -> MigrationResult:
+    """Bring the database at ``url`` to the bundled MLflow's Alembic head.
+
+    ``url`` is a SQLAlchemy URL (``postgresql+psycopg://role:pw@host:port/db?...``) of
+    the MLflow role, so the tables it creates belong to that role. Under a per-database
+    advisory lock: an unknown (newer) revision raises :class:`SchemaNewerThanTarget`; the
+    head is a no-op; an empty database is initialised as ``mlflow db upgrade`` does
+    (MLflow's pre-1.0 tables, then every migration); anything else is upgraded to head.
+    Every other failure raises :class:`SchemaMigrationError` with a redacted message.
+    """
+    started = time.monotonic()
+    engine = None
+    lock = None
+    step = "connecting"
+    try:
+        engine = _engine(url)
+        step = "connecting and taking the migration lock"
+        lock = _acquire_advisory_lock(engine, lock_timeout_s)
+        step = "reading the schema revision"
+        before = _read_revision(engine)
+        step = "loading MLflow's migration scripts"
+        head = head_revision()
+        if before is not None and before not in known_revisions():
+            raise SchemaNewerThanTarget(
+                f"database is at Alembic revision {before!r}, which MLflow {BUNDLED_MLFLOW_VERSION} "
+                f"(head {head!r}) does not know; a newer MLflow migrated it and trackop never "
+                "downgrades: bundle that MLflow version or restore a backup"
+            )
+        if before != head:
+            db_utils = _mlflow_db_utils()
+            step = "waiting for another in-process migration"
+            if not _ALEMBIC_LOCK.acquire(timeout=max(lock_timeout_s, 0.001)):
+                raise SchemaMigrationError(
+                    f"another in-process migration ran longer than {lock_timeout_s:g} s"
+                )
+            try:
+                if before is None and db_utils._is_empty_database(engine):
+                    # As `mlflow db upgrade` does: the first migration alters `metrics`, so
+                    # an empty database first gets MLflow's initial (pre-Alembic) tables
+                    # and then every migration; a plain `alembic upgrade` would fail.
+                    step = "creating MLflow's tables"
+                    db_utils._initialize_tables(engine)
+                else:
+                    step = f"upgrading from {before}"
+                    # MLflow's _upgrade_db: _get_alembic_config + `alembic upgrade heads`
+                    # on a connection of our engine (its env.py uses that engine).
+                    db_utils._upgrade_db(engine)
+            finally:
+                _ALEMBIC_LOCK.release()
+        step = "reading the schema revision after migrating"
+        after = _read_revision(engine)
+        if after != head:
+            raise SchemaMigrationError(
+                f"migration ended at revision {after!r}, expected MLflow {BUNDLED_MLFLOW_VERSION}'s head {head!r}"
+            )
+        return MigrationResult(before=before, after=after, seconds=time.monotonic() - started)
+    except (SchemaMigrationError, SchemaNewerThanTarget):
+        raise
+    except Exception as exc:
+        # ``from None``: the original exception's text may hold the URL (see _error).
+        raise _error(step, url, exc) from None
+    finally:
+        if lock is not None:
+            _release_advisory_lock(lock)
+        if engine is not None:
+            engine.dispose()

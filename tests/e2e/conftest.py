@@ -1,0 +1,40 @@
+"""Fixtures of the end-to-end tests: the operator (``trackop run``) and backends on the bed."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from kit import Admin, Backends, OperatorProcess, make_admin
+
+
+@pytest.fixture(scope="session")
+def operator(bed_info: dict, trackop_crd: dict) -> OperatorProcess:
+    proc = OperatorProcess(bed_info["kubeconfig"], Path(tempfile.mkdtemp(prefix="trackop-operator-")))
+    proc.start()
+    yield proc
+    proc.stop()
+
+
+@pytest.fixture
+def superuser_conn(bed_info: dict) -> psycopg.Connection:
+    """Per test: a PostgreSQL outage test must not leave later tests a dead connection."""
+    pg = bed_info["postgres"]
+    conn = psycopg.connect(host=pg["host"], port=pg["port"], user=pg["user"], password=pg["password"],
+                           dbname="postgres", autocommit=True)
+    yield conn
+    conn.close()
+
+
+@pytest.fixture
+def admin(superuser_conn: psycopg.Connection) -> Admin:
+    """A platform admin role with CREATEDB and CREATEROLE, not a superuser."""
+    return make_admin(superuser_conn, "CREATEDB", "CREATEROLE")
+
+
+@pytest.fixture
+def backends(kube_api, namespace: str, bed_info: dict, operator: OperatorProcess) -> Backends:
+    return Backends(kube_api, namespace, bed_info)

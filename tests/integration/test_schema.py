@@ -1,0 +1,225 @@
+"""MLflow's schema by MLflow's own migrations, on the bed's real PostgreSQL (no mocks)."""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from dataclasses import dataclass
+from urllib.parse import quote
+
+import psycopg
+import pytest
+from psycopg import sql
+
+from trackop import schema
+
+pytestmark = pytest.mark.bed
+
+# URI separators in the password: every one must survive URL encoding and redaction.
+PASSWORD_CORE = "p@ss:/w%rd#?x"
+MLFLOW_TABLES = {
+    "experiments", "runs", "params", "metrics", "latest_metrics", "tags",
+    "registered_models", "model_versions",
+}
+
+
+@dataclass(frozen=True)
+class Database:
+    role: str
+    password: str
+    name: str
+    host: str
+    port: int
+
+    @property
+    def url(self) -> str:
+        return url_for(self, self.password)
+
+
+def url_for(db: Database, password: str) -> str:
+    return (
+        f"postgresql+psycopg://{quote(db.role, safe='')}:{quote(password, safe='')}"
+        f"@{db.host}:{db.port}/{quote(db.name, safe='')}?sslmode=disable"
+    )
+
+
+@pytest.fixture
+def admin_conninfo(bed_info: dict) -> dict:
+    pg = bed_info["postgres"]
+    return {"host": pg["host"], "port": pg["port"], "user": pg["user"], "password": pg["password"]}
+
+
+@pytest.fixture
+def fresh_db(admin_conninfo: dict):
+    """A fresh LOGIN role and an empty database it owns; both dropped afterwards."""
+    suffix = uuid.uuid4().hex[:10]
+    db = Database(
+        role=f"mlflow_t_{suffix}", password=f"{PASSWORD_CORE}{suffix}", name=f"mlflow_t_{suffix}",
+        host=admin_conninfo["host"], port=int(admin_conninfo["port"]),
+    )
+    with psycopg.connect(**admin_conninfo, dbname="postgres", autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE ROLE {} LOGIN PASSWORD {}").format(sql.Identifier(db.role), sql.Literal(db.password)))
+        conn.execute(sql.SQL("CREATE DATABASE {} OWNER {}").format(sql.Identifier(db.name), sql.Identifier(db.role)))
+    try:
+        yield db
+    finally:
+        with psycopg.connect(**admin_conninfo, dbname="postgres", autocommit=True) as conn:
+            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(db.name)))
+            conn.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(db.role)))
+
+
+def admin_query(admin_conninfo: dict, db: Database, query: sql.Composable | str, params=None) -> list[tuple]:
+    with psycopg.connect(**admin_conninfo, dbname=db.name, autocommit=True) as conn:
+        return conn.execute(query, params).fetchall()
+
+
+def test_empty_database_is_migrated_to_head_with_tables_owned_by_the_role(fresh_db, admin_conninfo):
+    assert schema.current_revision(fresh_db.url) is None
+
+    result = schema.migrate(fresh_db.url)
+
+    assert result.before is None
+    assert result.after == schema.head_revision()
+    assert result.seconds > 0
+    assert admin_query(admin_conninfo, fresh_db, "SELECT version_num FROM alembic_version") == [(result.after,)]
+    assert schema.current_revision(fresh_db.url) == schema.head_revision()
+    owners = dict(admin_query(
+        admin_conninfo, fresh_db,
+        "SELECT tablename, tableowner FROM pg_tables WHERE schemaname = 'public' AND tablename = ANY(%s)",
+        (sorted(MLFLOW_TABLES),),
+    ))
+    assert set(owners) == MLFLOW_TABLES
+    assert set(owners.values()) == {fresh_db.role}
+
+
+def test_migrating_again_is_a_no_op(fresh_db, admin_conninfo):
+    first = schema.migrate(fresh_db.url)
+    tables_before = admin_query(admin_conninfo, fresh_db, "SELECT count(*) FROM pg_tables WHERE schemaname = 'public'")
+
+    second = schema.migrate(fresh_db.url)
+
+    assert second.before == second.after == first.after == schema.head_revision()
+    assert admin_query(admin_conninfo, fresh_db, "SELECT count(*) FROM pg_tables WHERE schemaname = 'public'") == tables_before
+    assert admin_query(admin_conninfo, fresh_db, "SELECT count(*) FROM alembic_version") == [(1,)]
+
+
+def test_the_real_mlflow_client_works_on_the_migrated_database(fresh_db, admin_conninfo, tmp_path, monkeypatch):
+    from mlflow.tracking import MlflowClient
+
+    monkeypatch.chdir(tmp_path)  # a Default experiment's ./mlruns would land here, not in the repo
+    schema.migrate(fresh_db.url)
+
+    client = MlflowClient(tracking_uri=fresh_db.url)
+    experiment_id = client.create_experiment("trackop-schema", artifact_location=(tmp_path / "artifacts").as_uri())
+    run = client.create_run(experiment_id)
+    client.log_param(run.info.run_id, "alpha", "0.5")
+    client.log_metric(run.info.run_id, "loss", 0.25, step=3)
+    client.set_terminated(run.info.run_id)
+
+    fetched = client.get_run(run.info.run_id)
+    assert fetched.data.params == {"alpha": "0.5"}
+    assert fetched.data.metrics == {"loss": 0.25}
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "loss")] == [3]
+
+    assert admin_query(
+        admin_conninfo, fresh_db, "SELECT experiment_id, status FROM runs WHERE run_uuid = %s", (run.info.run_id,)
+    ) == [(int(experiment_id), "FINISHED")]
+    assert admin_query(
+        admin_conninfo, fresh_db, "SELECT key, value FROM params WHERE run_uuid = %s", (run.info.run_id,)
+    ) == [("alpha", "0.5")]
+    # The client still agrees with the schema trackop reports.
+    assert schema.current_revision(fresh_db.url) == schema.head_revision()
+
+
+def test_an_older_mlflow_schema_is_upgraded_to_head(fresh_db, admin_conninfo):
+    import sqlalchemy
+    from alembic import command
+    from alembic.script import ScriptDirectory
+    from mlflow.store.db.utils import _get_alembic_config
+    from mlflow.store.tracking.dbmodels.initial_models import Base as InitialBase
+
+    config = _get_alembic_config(db_url="")
+    revisions = list(ScriptDirectory.from_config(config).walk_revisions())  # head first
+    older = revisions[5].revision
+    assert older != schema.head_revision() and older in schema.known_revisions()
+
+    # What an older MLflow left behind: its initial tables, then its migrations up to `older`.
+    engine = sqlalchemy.create_engine(fresh_db.url, poolclass=sqlalchemy.pool.NullPool)
+    try:
+        InitialBase.metadata.create_all(engine)
+        with engine.begin() as connection:
+            config.attributes["connection"] = connection
+            command.upgrade(config, older)
+    finally:
+        engine.dispose()
+    assert schema.current_revision(fresh_db.url) == older
+
+    result = schema.migrate(fresh_db.url)
+
+    assert (result.before, result.after) == (older, schema.head_revision())
+    assert admin_query(admin_conninfo, fresh_db, "SELECT version_num FROM alembic_version") == [(schema.head_revision(),)]
+
+
+def test_a_newer_unknown_revision_is_refused_and_left_untouched(fresh_db, admin_conninfo):
+    schema.migrate(fresh_db.url)
+    admin_query(admin_conninfo, fresh_db, "UPDATE alembic_version SET version_num = %s RETURNING 1", ("ffffffffffff",))
+
+    with pytest.raises(schema.SchemaNewerThanTarget) as caught:
+        schema.migrate(fresh_db.url)
+
+    message = str(caught.value)
+    assert "ffffffffffff" in message and schema.head_revision() in message
+    assert fresh_db.password not in message
+    assert admin_query(admin_conninfo, fresh_db, "SELECT version_num FROM alembic_version") == [("ffffffffffff",)]
+
+
+def test_two_concurrent_migrations_run_mlflows_migration_once(fresh_db, admin_conninfo):
+    schema.preload()  # as the operator does at start; the race is then on the database
+    barrier = threading.Barrier(2)
+    results: list[schema.MigrationResult] = []
+    errors: list[BaseException] = []
+
+    def worker() -> None:
+        barrier.wait()
+        try:
+            results.append(schema.migrate(fresh_db.url))
+        except BaseException as exc:  # surfaced by the assertions below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+
+    assert errors == []
+    assert len(results) == 2
+    assert {r.after for r in results} == {schema.head_revision()}
+    # One migrated the empty database; the other waited for the lock and found the head.
+    assert sorted((r.before or "") for r in results) == ["", schema.head_revision()]
+    assert admin_query(admin_conninfo, fresh_db, "SELECT count(*) FROM alembic_version") == [(1,)]
+
+
+def test_a_held_lock_times_out_without_touching_the_database(fresh_db, admin_conninfo):
+    # Advisory locks are per database: hold trackop's key in the same database.
+    with psycopg.connect(**admin_conninfo, dbname=fresh_db.name, autocommit=True) as holder:
+        holder.execute("SELECT pg_advisory_lock(%s)", (schema.MIGRATION_LOCK_KEY,))
+        with pytest.raises(schema.SchemaMigrationError, match="advisory lock"):
+            schema.migrate(fresh_db.url, lock_timeout_s=0.5)
+    assert schema.current_revision(fresh_db.url) is None
+    # Released with the holder's session: migrate goes through now.
+    assert schema.migrate(fresh_db.url, lock_timeout_s=5).after == schema.head_revision()
+
+
+def test_a_wrong_password_fails_without_leaking_it(fresh_db):
+    wrong = "wr@ng:/p%ss#?" + uuid.uuid4().hex[:6]
+    url = url_for(fresh_db, wrong)
+
+    for call in (lambda: schema.migrate(url, lock_timeout_s=1), lambda: schema.current_revision(url)):
+        with pytest.raises(schema.SchemaMigrationError) as caught:
+            call()
+        message = str(caught.value)
+        assert "password authentication failed" in message  # says what failed
+        for secret in (wrong, quote(wrong, safe=""), url, fresh_db.password):
+            assert secret not in message
+        assert caught.value.__cause__ is None and caught.value.__suppress_context__

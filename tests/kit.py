@@ -1,0 +1,169 @@
+"""Test kit for end-to-end tests: the operator as a real process, backends to apply, leak checks."""
+
+from __future__ import annotations
+
+import base64
+import os
+import secrets
+import subprocess
+import sys
+import urllib.request
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import psycopg
+from kubernetes import client
+from psycopg import sql
+
+from helpers import eventually
+from trackop.testbed.procs import free_ports
+
+GROUP, VERSION, PLURAL = "trackop.dev", "v1alpha1", "trackingbackends"
+DRIFT_INTERVAL = 3  # seconds: short, so drift repair is observable within a test
+
+
+class OperatorProcess:
+    """``trackop run --all-namespaces`` in a subprocess; its log is kept for leak checks."""
+
+    def __init__(self, kubeconfig: str, log_dir: Path) -> None:
+        self.kubeconfig = kubeconfig
+        self.log_path = log_dir / "operator.log"
+        self.process: subprocess.Popen | None = None
+        self.port = 0
+
+    def start(self) -> None:
+        self.port = free_ports(1)[0]
+        env = {**os.environ, "TRACKOP_DRIFT_INTERVAL": str(DRIFT_INTERVAL), "PYTHONUNBUFFERED": "1"}
+        log = open(self.log_path, "ab")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "trackop.cli", "run", "--all-namespaces", "--kubeconfig", self.kubeconfig,
+             "--health-address", f"127.0.0.1:{self.port}"],
+            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
+        )
+        log.close()
+        eventually(self._healthy, "the operator's /healthz", timeout=60, interval=0.3)
+
+    def _healthy(self) -> bool:
+        assert self.process.poll() is None, f"operator exited:\n{self.logs()[-3000:]}"
+        try:
+            opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+            with opener.open(f"http://127.0.0.1:{self.port}/healthz", timeout=1) as response:
+                return response.status == 200
+        except OSError:
+            return False
+
+    def stop(self, kill: bool = False) -> None:
+        if self.process and self.process.poll() is None:
+            (self.process.kill if kill else self.process.terminate)()
+            try:
+                self.process.wait(30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+    def logs(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+
+@dataclass
+class Admin:
+    user: str
+    password: str
+
+
+def make_admin(superuser_conn: psycopg.Connection, *attributes: str) -> Admin:
+    """A real platform admin role: not a superuser, with the attributes given."""
+    admin = Admin(f"adm_{uuid.uuid4().hex[:8]}", secrets.token_urlsafe(18))
+    superuser_conn.execute(sql.SQL("CREATE ROLE {} LOGIN PASSWORD {} {}").format(
+        sql.Identifier(admin.user), sql.Literal(admin.password), sql.SQL(" ".join(attributes))))
+    return admin
+
+
+class Backends:
+    """Applies TrackingBackends and Secrets in one test namespace and reads them back."""
+
+    def __init__(self, kube_api: client.ApiClient, namespace: str, bed_info: dict) -> None:
+        self.custom = client.CustomObjectsApi(kube_api)
+        self.core = client.CoreV1Api(kube_api)
+        self.namespace = namespace
+        self.pg = bed_info["postgres"]
+
+    def secret(self, name: str, data: dict[str, str]) -> None:
+        body = client.V1Secret(metadata=client.V1ObjectMeta(name=name), string_data=data)
+        try:
+            self.core.create_namespaced_secret(self.namespace, body)
+        except client.ApiException as exc:
+            if exc.status != 409:
+                raise
+            self.core.replace_namespaced_secret(name, self.namespace, body)
+
+    def admin_secret(self, admin: Admin, name: str = "pg-admin") -> str:
+        self.secret(name, {"username": admin.user, "password": admin.password})
+        return name
+
+    def spec(self, admin_secret: str = "pg-admin", **postgres) -> dict:
+        return {"postgres": {"external": {"host": self.pg["host"], "port": self.pg["port"], "sslMode": "disable",
+                                          "adminSecretRef": {"name": admin_secret}}, **postgres}}
+
+    def apply(self, name: str, spec: dict) -> dict:
+        body = {"apiVersion": f"{GROUP}/{VERSION}", "kind": "TrackingBackend",
+                "metadata": {"name": name}, "spec": spec}
+        return self.custom.create_namespaced_custom_object(GROUP, VERSION, self.namespace, PLURAL, body)
+
+    def patch(self, name: str, patch: dict) -> dict:
+        return self.custom.patch_namespaced_custom_object(GROUP, VERSION, self.namespace, PLURAL, name, patch)
+
+    def get(self, name: str) -> dict | None:
+        try:
+            return self.custom.get_namespaced_custom_object(GROUP, VERSION, self.namespace, PLURAL, name)
+        except client.ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise
+
+    def delete(self, name: str) -> None:
+        self.custom.delete_namespaced_custom_object(GROUP, VERSION, self.namespace, PLURAL, name)
+
+    def condition(self, name: str, type_: str) -> dict:
+        obj = self.get(name) or {}
+        return next((c for c in obj.get("status", {}).get("conditions", []) if c["type"] == type_), {})
+
+    def wait_condition(self, name: str, type_: str, status: str, reason: str | None = None,
+                       timeout: float = 90) -> dict:
+        def matches():
+            c = self.condition(name, type_)
+            return c if c.get("status") == status and (reason is None or c.get("reason") == reason) else None
+
+        try:
+            return eventually(matches, f"{name}: {type_}={status} {reason or ''}", timeout=timeout, interval=0.3)
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}; status now: {(self.get(name) or {}).get('status')}") from None
+
+    def wait_ready(self, name: str, timeout: float = 90) -> dict:
+        self.wait_condition(name, "Ready", "True", timeout=timeout)
+        return self.get(name)
+
+    def connection_secret(self, name: str) -> dict[str, str]:
+        secret = self.core.read_namespaced_secret(f"{name}-mlflow", self.namespace)
+        return {k: base64.b64decode(v).decode() for k, v in secret.data.items()}
+
+    def events(self, name: str) -> list[client.CoreV1Event]:
+        return [e for e in self.core.list_namespaced_event(self.namespace).items
+                if e.involved_object.name == name and e.involved_object.kind == "TrackingBackend"]
+
+
+def assert_no_secret_leaks(secrets_: list[str], operator: OperatorProcess, backends: Backends, name: str) -> None:
+    """No password appears in the operator's log, the backend's Events or its status."""
+    haystacks = {
+        "operator log": operator.logs(),
+        "events": "\n".join(f"{e.reason} {e.message}" for e in backends.events(name)),
+        "status": repr((backends.get(name) or {}).get("status")),
+    }
+    for secret in secrets_:
+        for where, text in haystacks.items():
+            assert secret not in text, f"a secret leaked into the {where}"
