@@ -19,10 +19,9 @@ from pathlib import Path
 
 import boto3
 import pytest
-import yaml
 from kubernetes import client, config
 
-from helpers import eventually
+from trackop.install import install_crd
 from trackop.testbed import Testbed
 from trackop.testbed.kubelet import LocalKubelet
 
@@ -92,35 +91,10 @@ def namespace(core_v1: client.CoreV1Api) -> str:
             raise
 
 
-CRD_FILE = Path(__file__).resolve().parents[1] / "deploy" / "crds" / "trackop.dev_trackingbackends.yaml"
-
-
 @pytest.fixture(scope="session")
 def trackop_crd(kube_api: client.ApiClient) -> dict:
     """The TrackingBackend CRD, server-side applied and served; it stays installed."""
-    manifest = yaml.safe_load(CRD_FILE.read_text())
-    name = manifest["metadata"]["name"]
-    ext = client.ApiextensionsV1Api(kube_api)
-    ext.patch_custom_resource_definition(name, manifest, field_manager="trackop-tests", force=True,
-                                         _content_type="application/apply-patch+yaml")
-    eventually(lambda: any(c.type == "Established" and c.status == "True"
-                           for c in ext.read_custom_resource_definition(name).status.conditions or []),
-               f"{name} to be Established")
-    custom = client.CustomObjectsApi(kube_api)
-    group, plural = manifest["spec"]["group"], manifest["spec"]["names"]["plural"]
-    version = manifest["spec"]["versions"][0]["name"]
-
-    def served() -> bool:
-        try:
-            custom.list_namespaced_custom_object(group, version, "default", plural, limit=1)
-            return True
-        except client.ApiException as exc:
-            if exc.status == 404:
-                return False
-            raise
-
-    eventually(served, f"{plural} to be served")
-    return manifest
+    return install_crd(kube_api)
 
 
 @pytest.fixture

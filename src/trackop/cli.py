@@ -30,19 +30,9 @@ def _testbed_down(args: argparse.Namespace) -> int:
 
 
 def _dev(args: argparse.Namespace) -> int:
-    bed = Testbed(args.dir, progress=_progress)
-    info = bed.up()
-    pg, s3 = info["postgres"], info["s3"]
-    print(
-        "\nThe local test bed is up (passwords are in testbed.json, mode 0600):\n"
-        f"  export KUBECONFIG={info['kubeconfig']}\n"
-        f"  kubectl:     {bed.dir / 'kubectl'}  (a link to the bed's own build)\n"
-        f"  PostgreSQL:  host {pg['host']} port {pg['port']} user {pg['user']}\n"
-        f"  S3 (MinIO):  {s3['endpoint']} region {s3['region']}\n"
-        f"  settings:    {bed.info_path}\n"
-        f"  stop it:     trackop testbed down --dir {bed.dir}\n"
-    )
-    return 0
+    from . import dev
+
+    return dev.run(args.dir, exit_after=args.exit, progress=_progress)
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -89,7 +79,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.set_defaults(func=_run)
 
     dev = commands.add_parser("dev", help="the quickstart on the local test bed")
-    dev.add_argument("--dir", type=Path, default=DEFAULT_DEV_DIR)
+    dev.add_argument("--dir", type=Path, default=DEFAULT_DEV_DIR, help="the bed's directory (default %(default)s)")
+    dev.add_argument("--exit", action="store_true", help="stop everything once the run is logged")
     dev.set_defaults(func=_dev)
     return parser
 
