@@ -8,6 +8,7 @@ still cannot smuggle an unsafe identifier into SQL.
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -30,11 +31,15 @@ DELETION_POLICIES = ("Retain", "Delete")
 
 # PostgreSQL's NAMEDATALEN is 64: identifiers are at most 63 bytes.
 MAX_IDENTIFIER = 63
-_IDENTIFIER = re.compile(r"^[a-z_][a-z0-9_]*$")
+_IDENTIFIER = re.compile(r"[a-z_][a-z0-9_]*")
 _RESERVED_DATABASES = frozenset({"postgres", "template0", "template1"})
 _RESERVED_ROLES = frozenset({"postgres", "public", "current_user", "session_user", "current_role", "none"})
-_HOST = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9.:-]*[A-Za-z0-9])?$")
-_VERSION = re.compile(r"^[0-9]+\.[0-9]+\.[0-9]+$")
+_HOST_NAME = re.compile(r"[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?")
+_VERSION = re.compile(r"[0-9]+\.[0-9]+\.[0-9]+")
+# The backend's name is part of Service, Job and label values: a DNS-1035 label with room
+# for the suffixes trackop adds ("-mlflow", "-migrate-<hash>").
+MAX_BACKEND_NAME = 45
+_BACKEND_NAME = re.compile(r"[a-z]([-a-z0-9]*[a-z0-9])?")
 
 
 class SpecError(ValueError):
@@ -84,6 +89,11 @@ class BackendSpec:
         return connection_secret_name(self.name)
 
     @property
+    def migration_job(self) -> str:
+        # A new MLflow version or image gets a new Job; a failed one stays for its logs.
+        return migration_job_name(self.name, f"{self.mlflow_version} {self.migration_image}")
+
+    @property
     def url_scheme(self) -> str:
         return DRIVERS[self.driver]
 
@@ -92,22 +102,46 @@ def connection_secret_name(backend_name: str) -> str:
     return f"{backend_name}-mlflow"
 
 
-def migration_job_name(backend_name: str, mlflow_version: str) -> str:
-    digest = hashlib.sha256(mlflow_version.encode()).hexdigest()[:6]
-    return f"{backend_name[:40]}-migrate-{digest}"
+def migration_job_name(backend_name: str, migration_key: str) -> str:
+    """``<name>-migrate-<hash>``: one Job per backend and MLflow version (and image)."""
+    digest = hashlib.sha256(f"{backend_name}\0{migration_key}".encode()).hexdigest()[:8]
+    return f"{backend_name}-migrate-{digest}"
 
 
 def default_database_name(namespace: str, name: str) -> str:
-    """``mlflow_<namespace>_<name>`` as a safe identifier; long ones keep a hash suffix."""
-    base = re.sub(r"[^a-z0-9_]", "_", f"mlflow_{namespace}_{name}".lower())
-    if len(base) <= MAX_IDENTIFIER:
-        return base
-    digest = hashlib.sha256(base.encode()).hexdigest()[:8]
-    return f"{base[:MAX_IDENTIFIER - 9]}_{digest}"
+    """``mlflow_<namespace>_<name>``, with a hash of the original names whenever the mapping
+    to an identifier loses information ('-' and '.' become '_'), so two backends never
+    derive the same database (``a-b``/``c`` and ``a``/``b-c`` would otherwise)."""
+    base = f"mlflow_{namespace}_{name}"
+    safe = re.sub(r"[^a-z0-9_]", "_", base.lower())
+    if safe == base and len(safe) <= MAX_IDENTIFIER:
+        return safe
+    digest = hashlib.sha256(f"{namespace}/{name}".encode()).hexdigest()[:8]
+    return f"{safe[:MAX_IDENTIFIER - 9]}_{digest}"
+
+
+def check_backend_name(name: str) -> str:
+    if not _BACKEND_NAME.fullmatch(name) or len(name) > MAX_BACKEND_NAME:
+        raise SpecError("metadata.name", f"must be a DNS-1035 label of at most {MAX_BACKEND_NAME} characters "
+                                         "(it names the backend's Service, Secret and Jobs)")
+    return name
+
+
+def check_host(host: object) -> str:
+    """A DNS name or an IP address, never a host:port pair."""
+    if isinstance(host, str) and len(host) <= 253:
+        if _HOST_NAME.fullmatch(host):
+            return host
+        try:
+            ipaddress.ip_address(host)
+            return host
+        except ValueError:
+            pass
+    raise SpecError("spec.postgres.external.host", "must be a host name or an IP address (put the port in port)")
 
 
 def check_identifier(field: str, value: str, reserved: frozenset[str]) -> str:
-    if not isinstance(value, str) or not _IDENTIFIER.match(value):
+    if not isinstance(value, str) or not _IDENTIFIER.fullmatch(value):
         raise SpecError(field, "must match ^[a-z_][a-z0-9_]*$ (lowercase letters, digits, underscore)")
     if len(value.encode()) > MAX_IDENTIFIER:
         raise SpecError(field, f"must be at most {MAX_IDENTIFIER} characters")
@@ -125,15 +159,14 @@ def _get(mapping: Mapping[str, Any] | None, key: str, default: Any = None) -> An
 
 def parse(namespace: str, name: str, spec: Mapping[str, Any]) -> BackendSpec:
     """The spec with every default applied; raises SpecError naming the field."""
+    check_backend_name(name)
     postgres = _get(spec, "postgres", {})
     external = _get(postgres, "external")
     if not external:
         raise SpecError("spec.postgres.external", "is required")
-    host = _get(external, "host", "")
-    if not _HOST.match(host) or len(host) > 253:
-        raise SpecError("spec.postgres.external.host", "must be a host name or IP address")
+    host = check_host(_get(external, "host", ""))
     port = _get(external, "port", 5432)
-    if not isinstance(port, int) or not 1 <= port <= 65535:
+    if type(port) is not int or not 1 <= port <= 65535:  # bool is an int subclass
         raise SpecError("spec.postgres.external.port", "must be between 1 and 65535")
     ssl_mode = _get(external, "sslMode", "prefer")
     if ssl_mode not in SSL_MODES:
@@ -146,20 +179,24 @@ def parse(namespace: str, name: str, spec: Mapping[str, Any]) -> BackendSpec:
         "spec.postgres.database", _get(postgres, "database") or default_database_name(namespace, name),
         _RESERVED_DATABASES,
     )
-    role = check_identifier("spec.postgres.role", _get(postgres, "role") or database, _RESERVED_ROLES)
+    # When the role is derived from the database, an error about it is the database's.
+    role_field = "spec.postgres.role" if _get(postgres, "role") else "spec.postgres.database"
+    role = check_identifier(role_field, _get(postgres, "role") or database, _RESERVED_ROLES)
     if role.startswith("pg_"):
-        raise SpecError("spec.postgres.role", "names starting with pg_ are reserved by PostgreSQL")
+        raise SpecError(role_field, "role names starting with pg_ are reserved by PostgreSQL")
     password_ref = _get(postgres, "passwordSecretRef")
-    password_secret = (
-        SecretRef(password_ref["name"], _get(password_ref, "key", "password")) if password_ref else None
-    )
+    password_secret = None
+    if password_ref:
+        if not _get(password_ref, "name"):
+            raise SpecError("spec.postgres.passwordSecretRef.name", "is required")
+        password_secret = SecretRef(password_ref["name"], _get(password_ref, "key", "password"))
     driver = _get(postgres, "driver", "psycopg")
     if driver not in DRIVERS:
         raise SpecError("spec.postgres.driver", f"must be one of {', '.join(DRIVERS)}")
 
     schema = _get(spec, "schema", {})
     mlflow_version = _get(schema, "mlflowVersion", DEFAULT_MLFLOW_VERSION)
-    if not _VERSION.match(mlflow_version):
+    if not isinstance(mlflow_version, str) or not _VERSION.fullmatch(mlflow_version):
         raise SpecError("spec.schema.mlflowVersion", "must look like 3.17.2")
     migration = _get(schema, "migration", "Inline")
     if migration not in MIGRATION_MODES:

@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from typing import Any
 from urllib.parse import quote
 
-from .api import BACKEND_LABEL, MANAGED_BY, MANAGED_BY_LABEL, BackendSpec, migration_job_name
+from .api import BACKEND_LABEL, MANAGED_BY, MANAGED_BY_LABEL, BackendSpec
 
 MIGRATION_JOB_BACKOFF_LIMIT = 2
 MIGRATION_JOB_TTL_SECONDS = 3600
@@ -89,7 +89,7 @@ def migration_job(spec: BackendSpec, owner: Mapping[str, Any]) -> dict[str, Any]
         "apiVersion": "batch/v1",
         "kind": "Job",
         "metadata": {
-            "name": migration_job_name(spec.name, spec.mlflow_version),
+            "name": spec.migration_job,
             "namespace": spec.namespace,
             "labels": {**labels(spec, "migration"), "trackop.dev/mlflow-version": spec.mlflow_version},
             "ownerReferences": [owner_reference(owner)],

@@ -107,20 +107,23 @@ def classify_connect_error(exc: psycopg.OperationalError, server: ExternalServer
                            dbname: str) -> PostgresError:
     text = str(exc)
     where = f"{server.host}:{server.port}"
-    if getattr(exc, "sqlstate", None) in ("28P01", "28000") or "password authentication failed" in text:
+    sqlstate = getattr(exc, "sqlstate", None)
+    if sqlstate in ("28P01", "28000") or "password authentication failed" in text:
         return AdminAuthFailed(
             f"PostgreSQL at {where} rejected the password of role {user!r}: correct the credentials "
             "in the Secret and trackop retries by itself")
-    if 'does not exist' in text and "database" in text:
+    # psycopg reports no SQLSTATE for a failed connection attempt: match the server's text too.
+    if sqlstate == "3D000" or f'database "{dbname}" does not exist' in text:
         return ServerUnreachable(f"database {dbname!r} does not exist on {where}")
     return ServerUnreachable(
-        f"cannot connect to PostgreSQL at {where} as {user!r} ({_first_line(text)}): check host, port, "
+        f"cannot connect to PostgreSQL at {where} as {user!r} ({_cause(text)}): check host, port, "
         "sslMode and network policy; trackop retries with backoff")
 
 
-def _first_line(text: str) -> str:
-    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
-    return lines[-1] if lines else "no detail"
+def _cause(text: str) -> str:
+    """libpq's first line ends with the cause ("... failed: Connection refused"); later lines are hints."""
+    first = text.strip().splitlines()[0] if text.strip() else "no detail"
+    return first.rsplit("failed: ", 1)[-1].strip()
 
 
 def scram_verifier(conn: psycopg.Connection, role: str, password: str) -> str:
@@ -219,23 +222,28 @@ def plan_role(spec: BackendSpec, state: RoleState | None, verifier: str | None,
     return steps
 
 
-def is_ours(spec: BackendSpec, state: DatabaseState) -> bool:
-    # The owner check covers a crash between CREATE DATABASE and its COMMENT.
-    return state.comment == spec.owner_marker or state.owner == spec.role
+def role_is_ours(spec: BackendSpec, role: RoleState | None) -> bool:
+    return role is not None and role.comment == spec.owner_marker
 
 
-def plan_database(spec: BackendSpec, state: DatabaseState | None) -> list[Statement]:
+def is_ours(spec: BackendSpec, state: DatabaseState, role: RoleState | None) -> bool:
+    """Our marker, or owned by our (marked) role: the latter covers a crash between
+    CREATE DATABASE and its COMMENT, and never a stranger's database of the same owner name."""
+    return state.comment == spec.owner_marker or (state.owner == spec.role and role_is_ours(spec, role))
+
+
+def plan_database(spec: BackendSpec, state: DatabaseState | None, role: RoleState | None) -> list[Statement]:
     """Statements that make the database exist, owned by the role, closed to PUBLIC."""
-    db = sql.Identifier(spec.database)
-    role = sql.Identifier(spec.role)
+    db_id = sql.Identifier(spec.database)
+    role_id = sql.Identifier(spec.role)
     steps: list[Statement] = []
     if state is None:
         steps.append(Statement(
             f"created database {spec.database} owned by {spec.role}",
-            sql.SQL("CREATE DATABASE {} WITH OWNER {} TEMPLATE template0 ENCODING 'UTF8'").format(db, role),
+            sql.SQL("CREATE DATABASE {} WITH OWNER {} TEMPLATE template0 ENCODING 'UTF8'").format(db_id, role_id),
             autocommit=True,
         ))
-    elif not is_ours(spec, state):
+    elif not is_ours(spec, state, role):
         raise DatabaseTaken(
             f"database {spec.database!r} exists, owned by {state.owner!r}, and is not managed by this "
             "TrackingBackend: trackop never takes a database over; set spec.postgres.database to "
@@ -244,17 +252,17 @@ def plan_database(spec: BackendSpec, state: DatabaseState | None) -> list[Statem
         if state.owner != spec.role:
             steps.append(Statement(
                 f"restored owner of database {spec.database} to {spec.role}",
-                sql.SQL("ALTER DATABASE {} OWNER TO {}").format(db, role),
+                sql.SQL("ALTER DATABASE {} OWNER TO {}").format(db_id, role_id),
             ))
     if state is None or state.comment != spec.owner_marker:
         steps.append(Statement(
             f"marked database {spec.database} as managed",
-            sql.SQL("COMMENT ON DATABASE {} IS {}").format(db, sql.Literal(spec.owner_marker)),
+            sql.SQL("COMMENT ON DATABASE {} IS {}").format(db_id, sql.Literal(spec.owner_marker)),
         ))
     if state is None or state.public_can_connect:
         steps.append(Statement(
             f"revoked CONNECT on database {spec.database} from PUBLIC",
-            sql.SQL("REVOKE ALL ON DATABASE {} FROM PUBLIC").format(db),
+            sql.SQL("REVOKE ALL ON DATABASE {} FROM PUBLIC").format(db_id),
         ))
     return steps
 
@@ -262,13 +270,13 @@ def plan_database(spec: BackendSpec, state: DatabaseState | None) -> list[Statem
 def plan_drop(spec: BackendSpec, role: RoleState | None, database: DatabaseState | None) -> list[Statement]:
     """Statements for ``deletionPolicy: Delete``: only what this backend owns is dropped."""
     steps: list[Statement] = []
-    if database is not None and is_ours(spec, database):
+    if database is not None and is_ours(spec, database, role):
         steps.append(Statement(
             f"dropped database {spec.database}",
             sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(spec.database)),
             autocommit=True,
         ))
-    if role is not None and role.comment == spec.owner_marker:
+    if role_is_ours(spec, role):
         steps.append(Statement(
             f"dropped role {spec.role}",
             sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(spec.role)),
@@ -312,13 +320,25 @@ def _execute(conn: psycopg.Connection, step: Statement) -> None:
         raise StatementFailed(f"PostgreSQL refused the step '{step.summary}': {detail}") from None
 
 
-def can_login(server: ExternalServer, role: str, password: str, database: str) -> bool:
-    """Whether the role logs in to its database with this password (the drift check of passwords)."""
+@dataclass(frozen=True)
+class RoleLogin:
+    """What a login as the MLflow role found: whether the password works, and the schema."""
+
+    ok: bool
+    revision: str | None = None
+
+
+def login_as_role(server: ExternalServer, role: str, password: str, database: str) -> RoleLogin:
+    """Log in as the role to its database (the password's drift check) and read the MLflow
+    revision on the same connection, so a converged backend costs one connection here."""
     try:
-        with connect(server, role, password, database):
-            return True
+        with connect(server, role, password, database) as conn:
+            if conn.execute("SELECT to_regclass('public.alembic_version')").fetchone()[0] is None:
+                return RoleLogin(True, None)
+            row = conn.execute("SELECT version_num FROM alembic_version LIMIT 1").fetchone()
+            return RoleLogin(True, row[0] if row else None)
     except AdminAuthFailed:
-        return False
+        return RoleLogin(False)
 
 
 def terminate_connections(conn: psycopg.Connection, database: str) -> int:

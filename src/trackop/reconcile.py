@@ -16,7 +16,7 @@ from typing import Any
 
 from . import conditions as cond
 from . import manifests, postgres, schema
-from .api import BackendSpec, migration_job_name
+from .api import BackendSpec
 from .conditions import Condition
 from .kube import Kube
 
@@ -74,12 +74,12 @@ class Reconciler:
         try:
             admin_user, admin_password = self._admin_credentials(ctx)
             password = self._password(ctx)
-            self._database_and_role(ctx, admin_user, admin_password, password)
+            login = self._database_and_role(ctx, admin_user, admin_password, password)
             done.append(Condition(cond.DATABASE_READY, "True", "Provisioned",
                                   f"database {spec.database} owned by role {spec.role} on "
                                   f"{spec.server.host}:{spec.server.port}"))
             step_type = cond.SCHEMA_READY
-            revision, message = self._schema(ctx, password)
+            revision, message = self._schema(ctx, password, login.revision)
             done.append(Condition(cond.SCHEMA_READY, "True", "AtHead", message))
             status = self._status_fields(spec, revision)
             done.append(Condition(cond.READY, "True", "Ready", "the MLflow backend store is ready to use"))
@@ -165,7 +165,8 @@ class Reconciler:
             ctx.did("ConnectionSecretUpdated", f"updated Secret {spec.connection_secret}")
         return password
 
-    def _database_and_role(self, ctx: _Context, admin_user: str, admin_password: str, password: str) -> None:
+    def _database_and_role(self, ctx: _Context, admin_user: str, admin_password: str,
+                           password: str) -> postgres.RoleLogin:
         spec = ctx.spec
         with postgres.connect(spec.server, admin_user, admin_password) as conn:
             privileges = postgres.admin_privileges(conn)
@@ -175,29 +176,38 @@ class Reconciler:
             for summary in postgres.apply(conn, postgres.plan_role(spec, role, verifier, privileges)):
                 ctx.did("RoleReconciled", summary)
             database = postgres.inspect_database(conn, spec.database)
-            for summary in postgres.apply(conn, postgres.plan_database(spec, database)):
+            role = postgres.inspect_role(conn, spec.role)
+            for summary in postgres.apply(conn, postgres.plan_database(spec, database, role)):
                 ctx.did("DatabaseReconciled", summary)
-            if role is not None and not postgres.can_login(spec.server, spec.role, password, spec.database):
+            login = postgres.login_as_role(spec.server, spec.role, password, spec.database)
+            if not login.ok:
                 # The password drifted (reset by hand, or the user's Secret rotated).
                 verifier = postgres.scram_verifier(conn, spec.role, password)
                 for summary in postgres.apply(conn, postgres.plan_role(
                         spec, postgres.inspect_role(conn, spec.role), verifier, privileges)):
                     ctx.did("RoleReconciled", summary)
+                login = postgres.login_as_role(spec.server, spec.role, password, spec.database)
+                if not login.ok:
+                    raise StepFailed(cond.DATABASE_READY, "RoleLoginFailed",
+                                     f"role {spec.role} cannot log in to {spec.database} even after its password "
+                                     "was set: check pg_hba.conf and the role's CONNECT privilege", 30)
+        return login
 
-    def _schema(self, ctx: _Context, password: str) -> tuple[str, str]:
+    def _schema(self, ctx: _Context, password: str, current: str | None) -> tuple[str, str]:
+        """``current`` is the revision read while checking the role's login."""
         spec = ctx.spec
         url = manifests.database_uri(spec, password)
         if spec.migration == "Job":
-            return self._schema_by_job(ctx, url)
+            return self._schema_by_job(ctx, current)
         if spec.mlflow_version != schema.BUNDLED_MLFLOW_VERSION:
             raise StepFailed(cond.SCHEMA_READY, "VersionNotBundled",
                              f"Inline migration runs the MLflow {schema.BUNDLED_MLFLOW_VERSION} bundled in the "
                              f"operator, not {spec.mlflow_version}: set spec.schema.mlflowVersion to "
                              f"{schema.BUNDLED_MLFLOW_VERSION} or spec.schema.migration to Job", 300)
         head = schema.head_revision()
+        if current == head:
+            return head, f"MLflow {spec.mlflow_version} schema at revision {head}"
         try:
-            if schema.current_revision(url) == head:
-                return head, f"MLflow {spec.mlflow_version} schema at revision {head}"
             result = schema.migrate(url)
         except schema.SchemaNewerThanTarget as exc:
             raise StepFailed(cond.SCHEMA_READY, "SchemaNewerThanTarget",
@@ -209,21 +219,15 @@ class Reconciler:
                                   f"in {result.seconds:.1f}s")
         return result.after, f"MLflow {spec.mlflow_version} schema at revision {result.after}"
 
-    def _schema_by_job(self, ctx: _Context, url: str) -> tuple[str, str]:
+    def _schema_by_job(self, ctx: _Context, current: str | None) -> tuple[str, str]:
         spec = ctx.spec
         previous = ctx.previous_status.get("schema") or {}
-        try:
-            current = schema.current_revision(url)
-        except schema.SchemaMigrationError as exc:
-            raise StepFailed(cond.SCHEMA_READY, "MigrationFailed", cond.redact(str(exc), ctx.secrets), 30) from None
         if current and previous.get("mlflowVersion") == spec.mlflow_version and previous.get("revision") == current:
             return current, f"MLflow {spec.mlflow_version} schema at revision {current} (migrated by a Job)"
-        name = migration_job_name(spec.name, spec.mlflow_version + spec.migration_image)
+        name = spec.migration_job
         job = self.kube.read_job(spec.namespace, name)
         if job is None:
-            body = manifests.migration_job(spec, ctx.owner)
-            body["metadata"]["name"] = name
-            self.kube.create_job(body)
+            self.kube.create_job(manifests.migration_job(spec, ctx.owner))
             ctx.did("MigrationJobCreated", f"created Job {name} running mlflow db upgrade with {spec.migration_image}")
             raise StepFailed(cond.SCHEMA_READY, "Migrating", f"Job {name} is migrating the schema", 5)
         finished = {c.type: c for c in job.status.conditions or [] if c.status == "True"}

@@ -16,6 +16,7 @@ from psycopg import sql
 from kit import Admin, Backends, assert_no_secret_leaks, make_admin
 from helpers import eventually
 from trackop import schema
+from trackop.api import default_database_name
 
 pytestmark = pytest.mark.bed
 
@@ -53,7 +54,8 @@ def test_backend_becomes_ready_and_mlflow_logs_a_run(backends: Backends, admin: 
     backends.apply("team-a", backends.spec())
     obj = backends.wait_ready("team-a")
 
-    database = f"mlflow_{backends.namespace.replace('-', '_')}_team_a"
+    database = default_database_name(backends.namespace, "team-a")
+    assert database.startswith(f"mlflow_{backends.namespace.replace('-', '_')}_team_a_")
     status = obj["status"]
     assert status["phase"] == "Ready"
     assert status["observedGeneration"] == obj["metadata"]["generation"]
@@ -112,7 +114,7 @@ def test_reapply_and_restart_keep_the_password_and_add_no_events(backends: Backe
 
     assert backends.connection_secret("stable")["PGPASSWORD"] == password
     assert len(backends.events("stable")) == events_before, [e.message for e in backends.events("stable")]
-    database = f"mlflow_{backends.namespace.replace('-', '_')}_stable"
+    database = default_database_name(backends.namespace, "stable")
     assert superuser_conn.execute("SELECT count(*) FROM pg_roles WHERE rolname = %s", (database,)).fetchone() == (1,)
     assert backends.get("stable")["status"]["phase"] == "Ready"
     # A converged backend is not rewritten by the drift timer.

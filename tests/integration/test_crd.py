@@ -128,6 +128,7 @@ HOSTILE = [
     ("admin-secret-bad-name", "spec.postgres.external.adminSecretRef", {"name": "Not_A_Name"},
      "spec.postgres.external.adminSecretRef.name", "should match"),
     ("host-injection", "spec.postgres.external.host", "pg.db.svc; DROP", "spec.postgres.external.host", "should match"),
+    ("host-with-port", "spec.postgres.external.host", "pg.db.svc:5432", "spec.postgres.external.host", "should match"),
     ("migration-sometimes", "spec.schema.migration", "Sometimes", "spec.schema.migration", "Unsupported value"),
     ("mlflow-version-latest", "spec.schema.mlflowVersion", "latest", "spec.schema.mlflowVersion", "should match"),
     ("driver-pg8000", "spec.postgres.driver", "pg8000", "spec.postgres.driver", "Unsupported value"),
@@ -146,6 +147,20 @@ def test_hostile_values_are_rejected(custom, namespace, path, value, field, frag
     with pytest.raises(client.ApiException) as missing:
         custom.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, "team-a")
     assert missing.value.status == 404
+
+
+@pytest.mark.parametrize("name", ["x" * 46, "Team-A", "1team", "team_a"])
+def test_backend_names_that_cannot_name_a_service_are_rejected(custom, namespace, name):
+    with pytest.raises(client.ApiException) as excinfo:
+        create(custom, namespace, with_value(backend(), "metadata.name", name))
+    message = rejection(excinfo)
+    assert "metadata.name must be a DNS-1035 label of at most 45 characters" in message or \
+        "metadata.name" in message, message
+
+
+def test_ipv6_host_is_accepted(custom, namespace):
+    created = create(custom, namespace, with_value(backend(), "spec.postgres.external.host", "fd00::5"))
+    assert created["spec"]["postgres"]["external"]["host"] == "fd00::5"
 
 
 def test_63_character_names_are_accepted(custom, namespace):

@@ -97,21 +97,26 @@ def spawn(
 
 
 def stop(record: ProcessRecord, timeout: float = 15.0) -> None:
-    """Stop one recorded process (and what is left of its process group), waiting for it."""
+    """Stop one recorded process (and what is left of its process group), waiting for it.
+
+    Nothing is signalled unless the pid still belongs to the recorded process.
+    """
+    if not is_alive(record):
+        _reap(record.pid)
+        return
+    try:
+        os.kill(record.pid, record.stop_signal)
+    except ProcessLookupError:
+        pass
+    deadline = time.monotonic() + timeout
+    while is_alive(record) and time.monotonic() < deadline:
+        _reap(record.pid)
+        time.sleep(0.05)
     if is_alive(record):
         try:
-            os.kill(record.pid, record.stop_signal)
+            os.kill(record.pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
-        deadline = time.monotonic() + timeout
-        while is_alive(record) and time.monotonic() < deadline:
-            _reap(record.pid)
-            time.sleep(0.05)
-        if is_alive(record):
-            try:
-                os.kill(record.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
     _reap(record.pid)
     # The process led its own session and group; children it left behind go too.
     try:
