@@ -42,7 +42,11 @@ class OperatorProcess:
             stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
         )
         log.close()
-        eventually(self._healthy, "the operator's /healthz", timeout=60, interval=0.3)
+        try:
+            eventually(self._healthy, "the operator's /healthz", timeout=60, interval=0.3)
+        except BaseException:
+            self.stop(kill=True)  # never leave an operator behind the test run
+            raise
 
     def _healthy(self) -> bool:
         assert self.process.poll() is None, f"operator exited:\n{self.logs()[-3000:]}"
