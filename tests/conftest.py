@@ -100,3 +100,16 @@ def trackop_crd(kube_api: client.ApiClient) -> dict:
 @pytest.fixture
 def kubelet(kube_api: client.ApiClient, tmp_path: Path) -> LocalKubelet:
     return LocalKubelet(kube_api, workdir=tmp_path / "kubelet")
+
+
+_TIERS = ("unit", "integration", "e2e")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Fast tiers first; and the e2e operator (which reconciles every namespace) starts only
+    after the integration tests that write TrackingBackend status by hand have run."""
+    def tier(item: pytest.Item) -> int:
+        parts = Path(str(item.fspath)).parts
+        return next((i for i, name in enumerate(_TIERS) if name in parts), len(_TIERS))
+
+    items.sort(key=tier)

@@ -28,6 +28,7 @@ SSL_MODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full"
 DRIVERS = {"psycopg": "postgresql+psycopg", "psycopg2": "postgresql+psycopg2"}
 MIGRATION_MODES = ("Inline", "Job")
 DELETION_POLICIES = ("Retain", "Delete")
+INJECTION_MODES = ("Server", "Direct")
 
 # PostgreSQL's NAMEDATALEN is 64: identifiers are at most 63 bytes.
 MAX_IDENTIFIER = 63
@@ -66,6 +67,35 @@ class ExternalServer:
 
 
 @dataclass(frozen=True)
+class S3Spec:
+    bucket: str
+    prefix: str
+    endpoint: str | None
+    region: str
+    credentials_secret: str | None
+    access_key_key: str
+    secret_key_key: str
+    create_bucket: bool
+
+    @property
+    def uri(self) -> str:
+        return f"s3://{self.bucket}/{self.prefix}" if self.prefix else f"s3://{self.bucket}"
+
+
+@dataclass(frozen=True)
+class ServerSpec:
+    enabled: bool
+    replicas: int
+    workers: int
+    image: str
+    port: int
+    serve_artifacts: bool
+    service_account: str | None
+    allowed_hosts: tuple[str, ...]
+    resources: Mapping[str, Any] | None
+
+
+@dataclass(frozen=True)
 class BackendSpec:
     namespace: str
     name: str
@@ -78,6 +108,20 @@ class BackendSpec:
     migration: str
     migration_image: str
     deletion_policy: str
+    artifacts: S3Spec | None = None
+    tracking_server: ServerSpec | None = None  # None: no tracking server
+    injection_mode: str = "Direct"
+
+    @property
+    def server_name(self) -> str:
+        """The tracking server's Deployment and Service."""
+        return f"{self.name}-mlflow"
+
+    @property
+    def tracking_server_uri(self) -> str | None:
+        if self.tracking_server is None:
+            return None
+        return f"http://{self.server_name}.{self.namespace}.svc:{self.tracking_server.port}"
 
     @property
     def owner_marker(self) -> str:
@@ -205,6 +249,14 @@ def parse(namespace: str, name: str, spec: Mapping[str, Any]) -> BackendSpec:
     if deletion_policy not in DELETION_POLICIES:
         raise SpecError("spec.deletionPolicy", f"must be one of {', '.join(DELETION_POLICIES)}")
 
+    artifacts = _parse_artifacts(_get(spec, "artifacts", {}))
+    tracking_server = _parse_server(_get(spec, "server"), mlflow_version)
+    injection_mode = _get(_get(spec, "injection", {}), "mode", "Server" if tracking_server else "Direct")
+    if injection_mode not in INJECTION_MODES:
+        raise SpecError("spec.injection.mode", f"must be one of {', '.join(INJECTION_MODES)}")
+    if injection_mode == "Server" and tracking_server is None:
+        raise SpecError("spec.injection.mode", "Server needs spec.server (the tracking server) enabled")
+
     return BackendSpec(
         namespace=namespace,
         name=name,
@@ -217,4 +269,57 @@ def parse(namespace: str, name: str, spec: Mapping[str, Any]) -> BackendSpec:
         migration=migration,
         migration_image=_get(schema, "image", f"ghcr.io/mlflow/mlflow:v{mlflow_version}"),
         deletion_policy=deletion_policy,
+        artifacts=artifacts,
+        tracking_server=tracking_server,
+        injection_mode=injection_mode,
+    )
+
+
+_BUCKET = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
+
+
+def _parse_artifacts(artifacts: Mapping[str, Any]) -> S3Spec | None:
+    s3 = _get(artifacts, "s3")
+    if not s3:
+        return None
+    bucket = _get(s3, "bucket", "")
+    if not isinstance(bucket, str) or not _BUCKET.fullmatch(bucket):
+        raise SpecError("spec.artifacts.s3.bucket", "must be an S3 bucket name (3-63 lowercase letters, digits, '.', '-')")
+    prefix = "/".join(part for part in str(_get(s3, "prefix", "")).split("/") if part)
+    endpoint = _get(s3, "endpoint") or None
+    if endpoint is not None and not re.fullmatch(r"https?://\S+", endpoint):
+        raise SpecError("spec.artifacts.s3.endpoint", "must be an http(s) URL")
+    credentials = _get(s3, "credentialsSecretRef")
+    return S3Spec(
+        bucket=bucket,
+        prefix=prefix,
+        endpoint=endpoint,
+        region=_get(s3, "region", "us-east-1"),
+        credentials_secret=_get(credentials, "name") if credentials else None,
+        access_key_key=_get(credentials, "accessKeyIdKey", "accessKeyId"),
+        secret_key_key=_get(credentials, "secretAccessKeyKey", "secretAccessKey"),
+        create_bucket=bool(_get(s3, "createBucket", False)),
+    )
+
+
+def _parse_server(server: Mapping[str, Any] | None, mlflow_version: str) -> ServerSpec | None:
+    if server is None or not _get(server, "enabled", True):
+        return None
+
+    def bounded(key: str, default: int, low: int, high: int) -> int:
+        value = _get(server, key, default)
+        if type(value) is not int or not low <= value <= high:
+            raise SpecError(f"spec.server.{key}", f"must be an integer from {low} to {high}")
+        return value
+
+    return ServerSpec(
+        enabled=True,
+        replicas=bounded("replicas", 1, 0, 50),
+        workers=bounded("workers", 2, 1, 32),
+        image=_get(server, "image", f"ghcr.io/mlflow/mlflow:v{mlflow_version}"),
+        port=bounded("port", 5000, 1024, 65535),
+        serve_artifacts=bool(_get(server, "serveArtifacts", True)),
+        service_account=_get(server, "serviceAccountName") or None,
+        allowed_hosts=tuple(_get(server, "allowedHosts", [])),
+        resources=_get(server, "resources"),
     )

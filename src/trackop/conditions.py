@@ -11,6 +11,8 @@ from urllib.parse import quote
 READY = "Ready"
 DATABASE_READY = "DatabaseReady"
 SCHEMA_READY = "SchemaReady"
+ARTIFACTS_READY = "ArtifactsReady"
+SERVER_READY = "ServerReady"
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,7 @@ class Kube:
     def __init__(self, api_client: client.ApiClient) -> None:
         self.core = client.CoreV1Api(api_client)
         self.batch = client.BatchV1Api(api_client)
+        self.apps = client.AppsV1Api(api_client)
 
     # ---- Secrets ---------------------------------------------------------------------
     def read_secret(self, namespace: str, name: str) -> dict[str, str] | None:
@@ -74,3 +75,30 @@ class Kube:
         except client.ApiException as exc:
             if exc.status != 409:  # made by a previous attempt: fine
                 raise
+
+    # ---- the tracking server ---------------------------------------------------------
+    def apply(self, body: Mapping[str, Any]) -> tuple[bool, Any]:
+        """Server-side apply a Deployment or Service trackop owns: (changed, the object)."""
+        meta = body["metadata"]
+        name, namespace = meta["name"], meta["namespace"]
+        read, patch = {
+            "Deployment": (self.apps.read_namespaced_deployment, self.apps.patch_namespaced_deployment),
+            "Service": (self.core.read_namespaced_service, self.core.patch_namespaced_service),
+        }[body["kind"]]
+        try:
+            before = read(name, namespace).metadata.resource_version
+        except client.ApiException as exc:
+            if exc.status != 404:
+                raise
+            before = None
+        after = patch(name, namespace, body, field_manager="trackop", force=True,
+                      _content_type="application/apply-patch+yaml")
+        return after.metadata.resource_version != before, after
+
+    def read_deployment(self, namespace: str, name: str) -> client.V1Deployment | None:
+        try:
+            return self.apps.read_namespaced_deployment(name, namespace)
+        except client.ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise

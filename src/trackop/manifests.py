@@ -45,12 +45,32 @@ def database_uri(spec: BackendSpec, password: str) -> str:
     )
 
 
-def connection_secret_data(spec: BackendSpec, password: str) -> dict[str, str]:
-    """The connection Secret's keys (DESIGN.md). Until a tracking server exists, workloads
-    reach MLflow through the database URI."""
+def workloads_need_bucket_access(spec: BackendSpec) -> bool:
+    """Clients write artifacts to the bucket themselves unless the server proxies them."""
+    if spec.artifacts is None:
+        return False
+    server = spec.tracking_server
+    return spec.injection_mode == "Direct" or server is None or not server.serve_artifacts
+
+
+def artifact_client_env(spec: BackendSpec) -> dict[str, str]:
+    """S3 client settings (no keys) for whoever talks to the bucket."""
+    s3 = spec.artifacts
+    if s3 is None:
+        return {}
+    env = {"AWS_DEFAULT_REGION": s3.region}
+    if s3.endpoint:
+        env["MLFLOW_S3_ENDPOINT_URL"] = s3.endpoint
+    return env
+
+
+def connection_secret_data(spec: BackendSpec, password: str,
+                           bucket_keys: tuple[str, str] | None = None) -> dict[str, str]:
+    """The connection Secret's keys (DESIGN.md). ``bucket_keys`` is the S3 key pair, copied
+    only when workloads reach the bucket themselves (Direct mode, or no artifact proxy)."""
     uri = database_uri(spec, password)
-    return {
-        "MLFLOW_TRACKING_URI": uri,
+    data = {
+        "MLFLOW_TRACKING_URI": spec.tracking_server_uri if spec.injection_mode == "Server" else uri,
         "MLFLOW_BACKEND_STORE_URI": uri,
         "PGHOST": spec.server.host,
         "PGPORT": str(spec.server.port),
@@ -59,9 +79,17 @@ def connection_secret_data(spec: BackendSpec, password: str) -> dict[str, str]:
         "PGPASSWORD": password,
         "PGSSLMODE": spec.server.ssl_mode,
     }
+    if spec.artifacts is not None:
+        data["MLFLOW_ARTIFACT_ROOT"] = spec.artifacts.uri
+    if workloads_need_bucket_access(spec):
+        data.update(artifact_client_env(spec))
+        if bucket_keys is not None:
+            data["AWS_ACCESS_KEY_ID"], data["AWS_SECRET_ACCESS_KEY"] = bucket_keys
+    return data
 
 
-def connection_secret(spec: BackendSpec, password: str, owner: Mapping[str, Any]) -> dict[str, Any]:
+def connection_secret(spec: BackendSpec, password: str, owner: Mapping[str, Any],
+                      bucket_keys: tuple[str, str] | None = None) -> dict[str, Any]:
     return {
         "apiVersion": "v1",
         "kind": "Secret",
@@ -75,7 +103,7 @@ def connection_secret(spec: BackendSpec, password: str, owner: Mapping[str, Any]
             },
             "ownerReferences": [owner_reference(owner)],
         },
-        "stringData": connection_secret_data(spec, password),
+        "stringData": connection_secret_data(spec, password, bucket_keys),
     }
 
 
@@ -131,5 +159,127 @@ def migration_job(spec: BackendSpec, owner: Mapping[str, Any]) -> dict[str, Any]
                     "volumes": [{"name": "tmp", "emptyDir": {}}],
                 },
             },
+        },
+    }
+
+
+# MLflow rejects Host headers it does not know (DNS rebinding protection); setting the list
+# replaces its defaults, so they are repeated: localhost and private addresses (pod IPs).
+_DEFAULT_ALLOWED_HOSTS = (
+    "localhost", "localhost:*", "127.0.0.1", "127.0.0.1:*", "[::1]", "[[]::1]:*",
+    "10.*", "192.168.*", *[f"172.{i}.*" for i in range(16, 32)], "fc00:*", "fd00:*",
+)
+
+SERVER_DEFAULT_RESOURCES = {"requests": {"cpu": "100m", "memory": "512Mi"}, "limits": {"memory": "1Gi"}}
+
+
+def server_allowed_hosts(spec: BackendSpec) -> list[str]:
+    name, ns = spec.server_name, spec.namespace
+    service_names = [name, f"{name}.{ns}", f"{name}.{ns}.svc", f"{name}.{ns}.svc.cluster.local"]
+    hosts = [h for n in service_names for h in (n, f"{n}:*")]
+    extra = list(spec.tracking_server.allowed_hosts) if spec.tracking_server else []
+    return [*hosts, *extra, *_DEFAULT_ALLOWED_HOSTS]
+
+
+def server_labels(spec: BackendSpec) -> dict[str, str]:
+    return {"app.kubernetes.io/name": "mlflow", "app.kubernetes.io/instance": spec.name}
+
+
+def tracking_server_deployment(spec: BackendSpec, owner: Mapping[str, Any], bucket_secret: str | None) -> dict[str, Any]:
+    """``mlflow server`` for the backend. The database URI and bucket keys come from Secrets
+    through env (MLflow's CLI reads MLFLOW_BACKEND_STORE_URI itself), never from args."""
+    server = spec.tracking_server
+    assert server is not None
+    env: list[dict[str, Any]] = [
+        {"name": "MLFLOW_BACKEND_STORE_URI", "valueFrom": {"secretKeyRef": {
+            "name": spec.connection_secret, "key": "MLFLOW_BACKEND_STORE_URI"}}},
+        {"name": "MLFLOW_SERVER_ALLOWED_HOSTS", "value": ",".join(server_allowed_hosts(spec))},
+        {"name": "HOME", "value": "/tmp"},
+    ]
+    args = ["--host", "0.0.0.0", "--port", str(server.port), "--workers", str(server.workers)]
+    if spec.artifacts is not None:
+        if server.serve_artifacts:
+            args.append("--serve-artifacts")
+            env.append({"name": "MLFLOW_ARTIFACTS_DESTINATION", "value": spec.artifacts.uri})
+        else:
+            args.append("--no-serve-artifacts")
+            env.append({"name": "MLFLOW_DEFAULT_ARTIFACT_ROOT", "value": spec.artifacts.uri})
+        env += [{"name": k, "value": v} for k, v in artifact_client_env(spec).items()]
+        if bucket_secret is not None:
+            s3 = spec.artifacts
+            env += [
+                {"name": "AWS_ACCESS_KEY_ID", "valueFrom": {"secretKeyRef": {
+                    "name": bucket_secret, "key": s3.access_key_key}}},
+                {"name": "AWS_SECRET_ACCESS_KEY", "valueFrom": {"secretKeyRef": {
+                    "name": bucket_secret, "key": s3.secret_key_key}}},
+            ]
+    probe = {"httpGet": {"path": "/health", "port": "http"}, "timeoutSeconds": 3}
+    pod_spec: dict[str, Any] = {
+        "automountServiceAccountToken": server.service_account is not None,
+        "securityContext": {
+            "runAsNonRoot": True,
+            "runAsUser": 65532,
+            "runAsGroup": 65532,
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+        "containers": [{
+            "name": "mlflow",
+            "image": server.image,
+            "command": ["mlflow", "server"],
+            "args": args,
+            "env": env,
+            "ports": [{"name": "http", "containerPort": server.port, "protocol": "TCP"}],
+            "readinessProbe": {**probe, "periodSeconds": 5, "failureThreshold": 3},
+            "livenessProbe": {**probe, "initialDelaySeconds": 30, "periodSeconds": 10, "failureThreshold": 6},
+            "resources": server.resources or SERVER_DEFAULT_RESOURCES,
+            "securityContext": {
+                "allowPrivilegeEscalation": False,
+                "readOnlyRootFilesystem": True,
+                "capabilities": {"drop": ["ALL"]},
+            },
+            "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}],
+        }],
+        "volumes": [{"name": "tmp", "emptyDir": {}}],
+    }
+    if server.service_account:
+        pod_spec["serviceAccountName"] = server.service_account
+    selector = server_labels(spec)
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {
+            "name": spec.server_name,
+            "namespace": spec.namespace,
+            "labels": {**labels(spec, "tracking-server"), **selector},
+            "ownerReferences": [owner_reference(owner)],
+        },
+        "spec": {
+            "replicas": server.replicas,
+            "selector": {"matchLabels": selector},
+            "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}},
+            "template": {
+                "metadata": {"labels": {**labels(spec, "tracking-server"), **selector}},
+                "spec": pod_spec,
+            },
+        },
+    }
+
+
+def tracking_server_service(spec: BackendSpec, owner: Mapping[str, Any]) -> dict[str, Any]:
+    server = spec.tracking_server
+    assert server is not None
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {
+            "name": spec.server_name,
+            "namespace": spec.namespace,
+            "labels": labels(spec, "tracking-server"),
+            "ownerReferences": [owner_reference(owner)],
+        },
+        "spec": {
+            "type": "ClusterIP",
+            "selector": server_labels(spec),
+            "ports": [{"name": "http", "port": server.port, "targetPort": "http", "protocol": "TCP"}],
         },
     }

@@ -100,7 +100,8 @@ def _run(body: Mapping[str, Any], status: Mapping[str, Any], patch: kopf.Patch) 
 def reconcile_backend(body: kopf.Body, status: kopf.Status, patch: kopf.Patch, retry: int, **_: Any) -> None:
     outcome = _run(body, status, patch)
     if outcome.retry_after is not None:
-        delay = min(outcome.retry_after * 2 ** min(retry, 4), MAX_RETRY_DELAY)
+        factor = 2 ** min(retry, 4) if outcome.backoff else 1
+        delay = min(outcome.retry_after * factor, MAX_RETRY_DELAY)
         # The condition already says why; kopf retries this handler after the delay.
         raise kopf.TemporaryError(outcome.conditions[-1].message, delay=delay)
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from . import conditions as cond
-from . import manifests, postgres, schema
+from . import artifacts, manifests, postgres, schema
 from .api import BackendSpec
 from .conditions import Condition
 from .kube import Kube
@@ -28,12 +28,15 @@ GENERATED_PASSWORD_BYTES = 32  # token_urlsafe(32): 43 characters
 class StepFailed(Exception):
     """A step could not complete; carries the condition that says why."""
 
-    def __init__(self, condition_type: str, reason: str, message: str, retry_after: float = 10) -> None:
+    def __init__(self, condition_type: str, reason: str, message: str, retry_after: float = 10,
+                 backoff: bool = True) -> None:
         super().__init__(message)
         self.condition_type = condition_type
         self.reason = reason
         self.message = message
         self.retry_after = retry_after
+        # Progress (a Job running, a rollout) is polled at a steady pace, not backed off.
+        self.backoff = backoff
 
 
 @dataclass
@@ -44,6 +47,7 @@ class Outcome:
     status: dict[str, Any] = field(default_factory=dict)
     events: list[tuple[str, str, str]] = field(default_factory=list)  # (type, reason, message)
     retry_after: float | None = None  # None: converged
+    backoff: bool = True
 
     @property
     def ready(self) -> bool:
@@ -73,7 +77,8 @@ class Reconciler:
         step_type = cond.DATABASE_READY
         try:
             admin_user, admin_password = self._admin_credentials(ctx)
-            password = self._password(ctx)
+            bucket_keys, bucket_problem = self._bucket_keys(ctx)
+            password = self._password(ctx, bucket_keys)
             login = self._database_and_role(ctx, admin_user, admin_password, password)
             done.append(Condition(cond.DATABASE_READY, "True", "Provisioned",
                                   f"database {spec.database} owned by role {spec.role} on "
@@ -81,6 +86,14 @@ class Reconciler:
             step_type = cond.SCHEMA_READY
             revision, message = self._schema(ctx, password, login.revision)
             done.append(Condition(cond.SCHEMA_READY, "True", "AtHead", message))
+            if spec.artifacts is not None:
+                step_type = cond.ARTIFACTS_READY
+                if bucket_problem is not None:
+                    raise bucket_problem
+                done.append(self._artifacts(ctx, password, bucket_keys))
+            if spec.tracking_server is not None:
+                step_type = cond.SERVER_READY
+                done.append(self._tracking_server(ctx))
             status = self._status_fields(spec, revision)
             done.append(Condition(cond.READY, "True", "Ready", "the MLflow backend store is ready to use"))
             return Outcome(done, status, ctx.events, None)
@@ -94,17 +107,26 @@ class Reconciler:
         failed = Condition(failure.condition_type, "False", failure.reason, message)
         waiting = [
             Condition(t, "Unknown", "Waiting", f"waiting for {failure.condition_type}")
-            for t in (cond.DATABASE_READY, cond.SCHEMA_READY)
+            for t in self._condition_types(ctx.spec)
             if t != failure.condition_type and t not in {c.type for c in done}
         ]
         ready = Condition(cond.READY, "False", failure.reason, message)
         events = [(t, r, cond.redact(m, ctx.secrets)) for t, r, m in ctx.events]
-        # One Warning per new cause, not one per retry.
+        # One Warning per new cause, not one per retry; progress is not a warning.
         previous_reason = cond.reason_of(ctx.previous_status.get("conditions"), cond.READY)
-        if previous_reason != failure.reason:
+        if previous_reason != failure.reason and failure.backoff:
             events.append(("Warning", failure.reason, message))
         status = self._status_fields(ctx.spec, (ctx.previous_status.get("schema") or {}).get("revision"))
-        return Outcome([*done, failed, *waiting, ready], status, events, failure.retry_after)
+        return Outcome([*done, failed, *waiting, ready], status, events, failure.retry_after, failure.backoff)
+
+    @staticmethod
+    def _condition_types(spec: BackendSpec) -> list[str]:
+        types = [cond.DATABASE_READY, cond.SCHEMA_READY]
+        if spec.artifacts is not None:
+            types.append(cond.ARTIFACTS_READY)
+        if spec.tracking_server is not None:
+            types.append(cond.SERVER_READY)
+        return types
 
     @staticmethod
     def _status_fields(spec: BackendSpec, revision: str | None) -> dict[str, Any]:
@@ -115,6 +137,8 @@ class Reconciler:
         }
         if revision:
             status["schema"] = {"mlflowVersion": spec.mlflow_version, "revision": revision}
+        # Only the server's http URI: a Direct-mode URI carries the password.
+        status["trackingUri"] = spec.tracking_server_uri if spec.injection_mode == "Server" else None
         return status
 
     # ---- steps -----------------------------------------------------------------------
@@ -133,7 +157,26 @@ class Reconciler:
         ctx.secrets.add(data["password"])
         return data["username"], data["password"]
 
-    def _password(self, ctx: _Context) -> str:
+    def _bucket_keys(self, ctx: _Context) -> tuple[tuple[str, str] | None, StepFailed | None]:
+        """The S3 key pair from the user's Secret; a problem is reported at the artifacts step,
+        so a missing bucket Secret does not hold the database back."""
+        s3 = ctx.spec.artifacts
+        if s3 is None or s3.credentials_secret is None:
+            return None, None
+        ref = f"{ctx.spec.namespace}/{s3.credentials_secret}"
+        data = self.kube.read_secret(ctx.spec.namespace, s3.credentials_secret)
+        if data is None:
+            return None, StepFailed(cond.ARTIFACTS_READY, "BucketSecretMissing",
+                                    f"Secret {ref} (spec.artifacts.s3.credentialsSecretRef) not found: create it "
+                                    f"with keys {s3.access_key_key} and {s3.secret_key_key}", 15)
+        missing = [k for k in (s3.access_key_key, s3.secret_key_key) if not data.get(k)]
+        if missing:
+            return None, StepFailed(cond.ARTIFACTS_READY, "BucketSecretInvalid",
+                                    f"Secret {ref} lacks key(s) {', '.join(missing)}: add them", 15)
+        ctx.secrets.update((data[s3.access_key_key], data[s3.secret_key_key]))
+        return (data[s3.access_key_key], data[s3.secret_key_key]), None
+
+    def _password(self, ctx: _Context, bucket_keys: tuple[str, str] | None) -> str:
         """The role's password: the user's Secret, else the one already issued, else a new one.
 
         The connection Secret is written before the role gets the password, so a crash in
@@ -155,7 +198,7 @@ class Reconciler:
         else:
             password = random_secrets.token_urlsafe(GENERATED_PASSWORD_BYTES)
         ctx.secrets.add(password)
-        body = manifests.connection_secret(spec, password, ctx.owner)
+        body = manifests.connection_secret(spec, password, ctx.owner, bucket_keys)
         if existing is None:
             self.kube.create_secret(body)
             ctx.did("ConnectionSecretCreated", f"created Secret {spec.connection_secret}")
@@ -242,6 +285,56 @@ class Reconciler:
                              f"Job {name} failed ({finished['Failed'].reason}): read kubectl logs job/{name} "
                              f"-n {spec.namespace}; delete the Job to retry", 60)
         raise StepFailed(cond.SCHEMA_READY, "Migrating", f"Job {name} is migrating the schema", 5)
+
+    def _artifacts(self, ctx: _Context, password: str, keys: tuple[str, str] | None) -> Condition:
+        spec = ctx.spec
+        s3 = spec.artifacts
+        location = artifacts.S3Location(s3.bucket, s3.prefix, s3.endpoint, s3.region, s3.create_bucket)
+        access_key, secret_key = keys if keys else (None, None)
+        checked = True
+        try:
+            for summary in artifacts.check_s3(location, access_key, secret_key,
+                                              credentials_ref=f"{spec.namespace}/{s3.credentials_secret}"
+                                              if s3.credentials_secret else None):
+                ctx.did("BucketCreated", summary)
+        except artifacts.ArtifactsError as error:
+            if error.reason != "NoCredentials" or s3.credentials_secret is not None:
+                raise StepFailed(cond.ARTIFACTS_READY, error.reason, cond.redact(error.message, ctx.secrets),
+                                 15) from None
+            checked = False  # workload identity: only the server's service account can reach it
+        # Direct clients give new experiments a local location unless the database says otherwise.
+        with postgres.connect(spec.server, spec.role, password, spec.database) as conn:
+            plan = postgres.plan_artifact_trigger(s3.uri, postgres.inspect_artifact_trigger(conn))
+            for summary in postgres.apply(conn, plan):
+                ctx.did("ArtifactLocationReconciled", summary)
+        if not checked:
+            return Condition(cond.ARTIFACTS_READY, "Unknown", "NoCredentialsToCheck",
+                             f"{s3.uri} is reached through workload identity, which the operator does not have: "
+                             "the tracking server's first upload is the check")
+        return Condition(cond.ARTIFACTS_READY, "True", "Writable", f"{s3.uri} is reachable and writable")
+
+    def _tracking_server(self, ctx: _Context) -> Condition:
+        """Service and Deployment; only reached once the schema is at the target head."""
+        spec = ctx.spec
+        server = spec.tracking_server
+        bucket_secret = spec.artifacts.credentials_secret if spec.artifacts else None
+        changed, _ = self.kube.apply(manifests.tracking_server_service(spec, ctx.owner))
+        if changed:
+            ctx.did("TrackingServerApplied", f"applied Service {spec.server_name}")
+        changed, deployment = self.kube.apply(manifests.tracking_server_deployment(spec, ctx.owner, bucket_secret))
+        if changed:
+            ctx.did("TrackingServerApplied", f"applied Deployment {spec.server_name} ({server.image})")
+        if server.replicas == 0:
+            raise StepFailed(cond.SERVER_READY, "ScaledToZero", f"Deployment {spec.server_name} has 0 replicas", 60)
+        status = deployment.status
+        updated, available = status.updated_replicas or 0, status.available_replicas or 0
+        if (status.observed_generation or 0) < deployment.metadata.generation or updated < server.replicas \
+                or available < 1:
+            raise StepFailed(cond.SERVER_READY, "RollingOut",
+                             f"Deployment {spec.server_name}: {updated}/{server.replicas} updated, "
+                             f"{available} available", 3, backoff=False)
+        return Condition(cond.SERVER_READY, "True", "Available",
+                         f"{available}/{server.replicas} replicas available at {spec.tracking_server_uri}")
 
     # ---- deletion --------------------------------------------------------------------
     def delete(self, spec: BackendSpec, owner: Mapping[str, Any]) -> list[tuple[str, str, str]]:

@@ -10,7 +10,9 @@ process instead of in the image; and the outcome goes back through the Pod's sta
 subresource, from which the real Job controller in kube-controller-manager completes the
 Job (and the Deployment controller counts ready replicas).
 
-What differs from a container: the image is not pulled, so the program named by
+What differs from a container: the Pod's network namespace is the host's loopback, so
+an argument ``0.0.0.0`` (bind every interface of the Pod) becomes ``127.0.0.1`` (servers
+on this machine listen on loopback only); the image is not pulled, so the program named by
 ``command`` must be installed here (the test extra installs ``mlflow``; this Python
 environment's ``bin`` comes first on PATH); the process runs in a scratch directory as
 its working directory, with only the Pod's env plus PATH, HOME and LANG; volumes other
@@ -182,6 +184,7 @@ class LocalKubelet:
                 f"container {container.name!r} has no command: the local kubelet cannot read an image's entrypoint")
         env = self.resolve_env(pod, container)
         argv = [expand(part, env) for part in [*container.command, *(container.args or [])]]
+        argv = ["127.0.0.1" if part == "0.0.0.0" else part for part in argv]
         workdir = self.workdir / f"{pod.metadata.namespace}.{pod.metadata.name}.{container.name}"
         workdir.mkdir(parents=True, exist_ok=True)
         local_bin = str(Path(sys.executable).parent)
@@ -266,17 +269,23 @@ class LocalKubelet:
         raise TimeoutError(f"no Pod for {label_selector!r} in {namespace} after {timeout:.0f}s")
 
     def run_job(self, namespace: str, name: str, timeout: float = 300) -> client.V1Job:
-        """Run the Pod the Job controller made for Job ``name``; return the Job once it finished."""
-        pod = self.wait_for_pods(namespace, f"batch.kubernetes.io/job-name={name}")[0]
-        self.run_pod(pod, timeout=timeout)
-        deadline = time.monotonic() + 60
+        """Run each Pod the Job controller makes for Job ``name`` (retries after a failure
+        included) until the Job finishes; return the finished Job."""
+        ran: set[str] = set()
+        deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             job = self.batch.read_namespaced_job_status(name, namespace)
             done = [c for c in job.status.conditions or [] if c.type in ("Complete", "Failed") and c.status == "True"]
             if done:
                 return job
+            pods = self.core.list_namespaced_pod(namespace, label_selector=f"batch.kubernetes.io/job-name={name}").items
+            fresh = [p for p in pods if p.metadata.name not in ran and p.metadata.deletion_timestamp is None
+                     and (p.status.phase or "Pending") == "Pending"]
+            for pod in fresh:
+                ran.add(pod.metadata.name)
+                self.run_pod(pod, timeout=timeout)
             time.sleep(0.2)
-        raise TimeoutError(f"Job {namespace}/{name} did not finish after its Pod ran")
+        raise TimeoutError(f"Job {namespace}/{name} did not finish within {timeout:.0f}s")
 
     def start_deployment(self, namespace: str, name: str) -> RunningPod:
         """Start one of the Pods the Deployment's ReplicaSet made for Deployment ``name``."""

@@ -1,0 +1,200 @@
+"""The tracking stack end to end: the MLflow tracking server run from trackop's own
+Deployment, artifacts in the bed's MinIO, Server and Direct mode with the real client."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import urllib.request
+import uuid
+from pathlib import Path
+
+import psycopg
+import pytest
+from kubernetes import client
+
+from helpers import eventually
+from kit import Admin, Backends, assert_no_secret_leaks
+from trackop.testbed.procs import free_ports
+
+pytestmark = pytest.mark.bed
+
+SEED_SCRIPT = """
+import json, os, sys, mlflow
+with open("model.txt", "w") as handle:
+    handle.write("weights")
+out = {}
+with mlflow.start_run() as run:                       # the Default experiment
+    mlflow.log_param("alpha", "0.5")
+    mlflow.log_metric("rmse", 0.78)
+    mlflow.log_artifact("model.txt")
+    out["default"] = {"run_id": run.info.run_id, "artifact_uri": run.info.artifact_uri}
+mlflow.set_experiment("seed-" + sys.argv[1])          # a new experiment
+with mlflow.start_run() as run:
+    mlflow.log_metric("rmse", 0.5)
+    mlflow.log_artifact("model.txt")
+    out["new"] = {"run_id": run.info.run_id, "artifact_uri": run.info.artifact_uri}
+print(json.dumps(out))
+"""
+
+
+def run_seed_script(env: dict[str, str], workdir: Path) -> dict:
+    workdir.mkdir(parents=True, exist_ok=True)
+    result = subprocess.run([sys.executable, "-c", SEED_SCRIPT, uuid.uuid4().hex[:6]], cwd=workdir,
+                            env={"PATH": os.environ["PATH"], "HOME": str(workdir), **env},
+                            capture_output=True, text=True, timeout=180)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+@pytest.fixture
+def bucket(s3_client):
+    name = f"art-{uuid.uuid4().hex[:10]}"
+    yield name
+    try:
+        for obj in s3_client.list_objects_v2(Bucket=name).get("Contents", []):
+            s3_client.delete_object(Bucket=name, Key=obj["Key"])
+        s3_client.delete_bucket(Bucket=name)
+    except s3_client.exceptions.NoSuchBucket:
+        pass
+
+
+def s3_spec(bed_info: dict, bucket: str, **extra) -> dict:
+    return {"s3": {"bucket": bucket, "prefix": "team-a", "endpoint": bed_info["s3"]["endpoint"],
+                   "region": bed_info["s3"]["region"], "credentialsSecretRef": {"name": "s3-creds"}, **extra}}
+
+
+def keys(s3_client, bucket: str, prefix: str = "") -> list[str]:
+    return [o["Key"] for o in s3_client.list_objects_v2(Bucket=bucket, Prefix=prefix).get("Contents", [])]
+
+
+def _healthy(port: int) -> bool:
+    try:
+        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+        with opener.open(f"http://127.0.0.1:{port}/health", timeout=2) as response:
+            return response.status == 200
+    except OSError:
+        return False
+
+
+def test_server_mode_logs_through_the_tracking_server(backends: Backends, admin: Admin, bed_info, s3_client,
+                                                      bucket, kubelet, kube_api, operator, tmp_path):
+    backends.admin_secret(admin)
+    s3 = bed_info["s3"]
+    backends.secret("s3-creds", {"accessKeyId": s3["access_key"], "secretAccessKey": s3["secret_key"]})
+    port = free_ports(1)[0]
+    backends.apply("stack", {**backends.spec(), "artifacts": s3_spec(bed_info, bucket, createBucket=True),
+                             "server": {"port": port}})
+    backends.wait_condition("stack", "ArtifactsReady", "True")
+    backends.wait_condition("stack", "ServerReady", "False", "RollingOut")
+
+    deployment = client.AppsV1Api(kube_api).read_namespaced_deployment("stack-mlflow", backends.namespace)
+    pod_spec = deployment.spec.template.spec
+    container = pod_spec.containers[0]
+    assert container.image == "ghcr.io/mlflow/mlflow:v3.17.2"
+    assert "--serve-artifacts" in container.args
+    text = json.dumps(client.ApiClient().sanitize_for_serialization(deployment.spec))
+    assert s3["secret_key"] not in text and "PGPASSWORD" not in text
+    assert backends.connection_secret("stack")["PGPASSWORD"] not in text
+    assert container.security_context.read_only_root_filesystem and pod_spec.security_context.run_as_non_root
+    assert container.readiness_probe.http_get.path == "/health"
+
+    server = kubelet.start_deployment(backends.namespace, "stack-mlflow")
+    try:
+        eventually(lambda: _healthy(port), "the tracking server's /health", timeout=90, interval=0.5)
+        obj = backends.wait_ready("stack", timeout=60)
+        assert obj["status"]["trackingUri"] == f"http://stack-mlflow.{backends.namespace}.svc:{port}"
+        secret = backends.connection_secret("stack")
+        assert secret["MLFLOW_TRACKING_URI"] == obj["status"]["trackingUri"]
+        assert "AWS_SECRET_ACCESS_KEY" not in secret, "the server proxies artifacts: workloads get no bucket keys"
+
+        # A training process with only the tracking URI (the Service name resolves to the
+        # server here through loopback: no cluster DNS on the bed).
+        logged = run_seed_script({"MLFLOW_TRACKING_URI": f"http://127.0.0.1:{port}"}, tmp_path / "client")
+    finally:
+        server.stop()
+    for run in logged.values():
+        assert run["artifact_uri"].startswith("mlflow-artifacts:")
+        assert any(k.endswith(f"{run['run_id']}/artifacts/model.txt") for k in keys(s3_client, bucket, "team-a/"))
+    assert not (tmp_path / "client" / "mlruns").exists() and not (tmp_path / "client" / "mlartifacts").exists()
+    with psycopg.connect(host=secret["PGHOST"], port=secret["PGPORT"], user=secret["PGUSER"],
+                         password=secret["PGPASSWORD"], dbname=secret["PGDATABASE"]) as conn:
+        assert conn.execute("SELECT count(*) FROM runs WHERE run_uuid = %s",
+                            (logged["default"]["run_id"],)).fetchone() == (1,)
+    assert_no_secret_leaks([s3["secret_key"], secret["PGPASSWORD"], admin.password], operator, backends, "stack")
+
+
+def test_direct_mode_puts_every_experiments_artifacts_in_the_bucket(backends: Backends, admin: Admin, bed_info,
+                                                                    s3_client, bucket, tmp_path):
+    backends.admin_secret(admin)
+    s3 = bed_info["s3"]
+    s3_client.create_bucket(Bucket=bucket)
+    backends.secret("s3-creds", {"accessKeyId": s3["access_key"], "secretAccessKey": s3["secret_key"]})
+    backends.apply("direct", {**backends.spec(), "artifacts": s3_spec(bed_info, bucket),
+                              "injection": {"mode": "Direct"}})
+    obj = backends.wait_ready("direct")
+    assert obj["status"].get("trackingUri") is None, "a Direct-mode URI holds a password: never in status"
+    secret = backends.connection_secret("direct")
+    assert secret["MLFLOW_ARTIFACT_ROOT"] == f"s3://{bucket}/team-a"
+    assert secret["MLFLOW_S3_ENDPOINT_URL"] == s3["endpoint"] and secret["AWS_SECRET_ACCESS_KEY"] == s3["secret_key"]
+
+    # Only the env a training pod would get from the Secret.
+    env = {k: v for k, v in secret.items() if k.startswith(("MLFLOW_", "AWS_"))}
+    logged = run_seed_script(env, tmp_path / "client")
+    for which, run in logged.items():
+        assert run["artifact_uri"].startswith(f"s3://{bucket}/team-a/"), (which, run)
+        assert any(k.endswith(f"{run['run_id']}/artifacts/model.txt") for k in keys(s3_client, bucket, "team-a/"))
+    assert not (tmp_path / "client" / "mlruns").exists(), "nothing on local disk"
+
+
+def test_missing_bucket_and_wrong_credentials_are_reported_and_recover(backends: Backends, admin: Admin, bed_info,
+                                                                       s3_client, bucket, operator):
+    backends.admin_secret(admin)
+    s3 = bed_info["s3"]
+    wrong = "wrong-" + s3["secret_key"]
+    backends.secret("s3-creds", {"accessKeyId": s3["access_key"], "secretAccessKey": wrong})
+    backends.apply("broken", {**backends.spec(), "artifacts": s3_spec(bed_info, bucket)})
+    cond = backends.wait_condition("broken", "ArtifactsReady", "False", "InvalidCredentials")
+    assert "s3-creds" in cond["message"]
+    assert backends.condition("broken", "DatabaseReady")["status"] == "True", "the database does not wait for S3"
+    assert_no_secret_leaks([wrong, s3["secret_key"], s3["access_key"]], operator, backends, "broken")
+
+    backends.secret("s3-creds", {"accessKeyId": s3["access_key"], "secretAccessKey": s3["secret_key"]})
+    cond = backends.wait_condition("broken", "ArtifactsReady", "False", "BucketNotFound", timeout=120)
+    assert bucket in cond["message"] and "createBucket" in cond["message"]
+    s3_client.create_bucket(Bucket=bucket)
+    backends.wait_ready("broken", timeout=120)
+
+
+def test_a_new_mlflow_version_migrates_before_the_server_rolls(backends: Backends, admin: Admin, bed_info,
+                                                               kubelet, kube_api):
+    apps = client.AppsV1Api(kube_api)
+    backends.admin_secret(admin)
+    port = free_ports(1)[0]
+    backends.apply("roll", {**backends.spec(), "schema": {"migration": "Job"}, "server": {"port": port}})
+    first_job = eventually(lambda: client.BatchV1Api(kube_api).list_namespaced_job(backends.namespace).items,
+                           "the first migration Job")[0]
+    assert apps.list_namespaced_deployment(backends.namespace).items == [], "no server before the schema"
+    kubelet.run_job(backends.namespace, first_job.metadata.name)
+    backends.wait_condition("roll", "ServerReady", "False", "RollingOut")
+    image = lambda: apps.read_namespaced_deployment("roll-mlflow", backends.namespace).spec.template.spec \
+        .containers[0].image  # noqa: E731
+    assert image() == "ghcr.io/mlflow/mlflow:v3.17.2"
+
+    # A migration that fails (the database is at a revision this MLflow does not know)
+    # leaves the old server as it was and says why.
+    secret = backends.connection_secret("roll")
+    with psycopg.connect(host=secret["PGHOST"], port=secret["PGPORT"], user=secret["PGUSER"],
+                         password=secret["PGPASSWORD"], dbname=secret["PGDATABASE"], autocommit=True) as conn:
+        conn.execute("UPDATE alembic_version SET version_num = 'ffffffffffff'")
+    backends.patch("roll", {"spec": {"schema": {"mlflowVersion": "3.17.1"}}})
+    jobs = eventually(lambda: [j for j in client.BatchV1Api(kube_api).list_namespaced_job(backends.namespace).items
+                               if j.metadata.name != first_job.metadata.name], "the new version's Job")
+    assert jobs[0].spec.template.spec.containers[0].image == "ghcr.io/mlflow/mlflow:v3.17.1"
+    finished = kubelet.run_job(backends.namespace, jobs[0].metadata.name, timeout=240)
+    assert any(c.type == "Failed" and c.status == "True" for c in finished.status.conditions)
+    cond = backends.wait_condition("roll", "SchemaReady", "False", "MigrationJobFailed", timeout=120)
+    assert jobs[0].metadata.name in cond["message"]
+    assert image() == "ghcr.io/mlflow/mlflow:v3.17.2", "the old server keeps running"
