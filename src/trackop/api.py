@@ -14,6 +14,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from .tuning import TuningError, TuningSpec, parse_tuning
+
 GROUP = "trackop.dev"
 VERSION = "v1alpha1"
 PLURAL = "trackingbackends"
@@ -108,6 +110,7 @@ class BackendSpec:
     migration: str
     migration_image: str
     deletion_policy: str
+    tuning: "TuningSpec | None" = None
     artifacts: S3Spec | None = None
     tracking_server: ServerSpec | None = None  # None: no tracking server
     injection_mode: str = "Direct"
@@ -249,6 +252,11 @@ def parse(namespace: str, name: str, spec: Mapping[str, Any]) -> BackendSpec:
     if deletion_policy not in DELETION_POLICIES:
         raise SpecError("spec.deletionPolicy", f"must be one of {', '.join(DELETION_POLICIES)}")
 
+    try:
+        raw_tuning = _get(postgres, "tuning")
+        tuning = parse_tuning(raw_tuning) if raw_tuning is not None else None
+    except TuningError as error:
+        raise SpecError(error.field, error.message) from None
     artifacts = _parse_artifacts(_get(spec, "artifacts", {}))
     tracking_server = _parse_server(_get(spec, "server"), mlflow_version)
     injection_mode = _get(_get(spec, "injection", {}), "mode", "Server" if tracking_server else "Direct")
@@ -269,6 +277,7 @@ def parse(namespace: str, name: str, spec: Mapping[str, Any]) -> BackendSpec:
         migration=migration,
         migration_image=_get(schema, "image", f"ghcr.io/mlflow/mlflow:v{mlflow_version}"),
         deletion_policy=deletion_policy,
+        tuning=tuning,
         artifacts=artifacts,
         tracking_server=tracking_server,
         injection_mode=injection_mode,

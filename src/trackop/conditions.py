@@ -12,6 +12,9 @@ READY = "Ready"
 DATABASE_READY = "DatabaseReady"
 SCHEMA_READY = "SchemaReady"
 ARTIFACTS_READY = "ArtifactsReady"
+TUNING_APPLIED = "TuningApplied"
+PENDING_RESTART = "PendingRestart"
+CONNECTION_BUDGET = "ConnectionBudget"
 SERVER_READY = "ServerReady"
 
 

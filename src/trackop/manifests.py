@@ -6,6 +6,7 @@ from collections.abc import Mapping
 from typing import Any
 from urllib.parse import quote
 
+from . import tuning
 from .api import BACKEND_LABEL, MANAGED_BY, MANAGED_BY_LABEL, BackendSpec
 
 MIGRATION_JOB_BACKOFF_LIMIT = 2
@@ -81,6 +82,9 @@ def connection_secret_data(spec: BackendSpec, password: str,
     }
     if spec.artifacts is not None:
         data["MLFLOW_ARTIFACT_ROOT"] = spec.artifacts.uri
+    if spec.injection_mode == "Direct":
+        # Each Direct client holds a SQLAlchemy pool: keep it to the budgeted size.
+        data.update(tuning.pool_env(spec.tuning or tuning.parse_tuning(None)))
     if workloads_need_bucket_access(spec):
         data.update(artifact_client_env(spec))
         if bucket_keys is not None:
@@ -195,6 +199,7 @@ def tracking_server_deployment(spec: BackendSpec, owner: Mapping[str, Any], buck
             "name": spec.connection_secret, "key": "MLFLOW_BACKEND_STORE_URI"}}},
         {"name": "MLFLOW_SERVER_ALLOWED_HOSTS", "value": ",".join(server_allowed_hosts(spec))},
         {"name": "HOME", "value": "/tmp"},
+        *({"name": k, "value": v} for k, v in tuning.pool_env(spec.tuning or tuning.parse_tuning(None)).items()),
     ]
     args = ["--host", "0.0.0.0", "--port", str(server.port), "--workers", str(server.workers)]
     if spec.artifacts is not None:

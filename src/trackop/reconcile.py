@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from . import conditions as cond
-from . import artifacts, manifests, postgres, schema
+from . import artifacts, manifests, postgres, schema, tuning
 from .api import BackendSpec
 from .conditions import Condition
 from .kube import Kube
@@ -79,10 +79,16 @@ class Reconciler:
             admin_user, admin_password = self._admin_credentials(ctx)
             bucket_keys, bucket_problem = self._bucket_keys(ctx)
             password = self._password(ctx, bucket_keys)
-            login = self._database_and_role(ctx, admin_user, admin_password, password)
-            done.append(Condition(cond.DATABASE_READY, "True", "Provisioned",
-                                  f"database {spec.database} owned by role {spec.role} on "
-                                  f"{spec.server.host}:{spec.server.port}"))
+            with postgres.connect(spec.server, admin_user, admin_password) as admin:
+                privileges = postgres.admin_privileges(admin)
+                postgres.check_admin(privileges, admin_user)
+                login = self._database_and_role(ctx, admin, privileges, password)
+                done.append(Condition(cond.DATABASE_READY, "True", "Provisioned",
+                                      f"database {spec.database} owned by role {spec.role} on "
+                                      f"{spec.server.host}:{spec.server.port}"))
+                step_type = cond.TUNING_APPLIED
+                tuning_conditions, budget = self._tuning(ctx, admin, privileges)
+                done.extend(tuning_conditions)
             step_type = cond.SCHEMA_READY
             revision, message = self._schema(ctx, password, login.revision)
             done.append(Condition(cond.SCHEMA_READY, "True", "AtHead", message))
@@ -95,6 +101,7 @@ class Reconciler:
                 step_type = cond.SERVER_READY
                 done.append(self._tracking_server(ctx))
             status = self._status_fields(spec, revision)
+            status["connectionBudget"] = budget
             done.append(Condition(cond.READY, "True", "Ready", "the MLflow backend store is ready to use"))
             return Outcome(done, status, ctx.events, None)
         except StepFailed as failure:
@@ -121,7 +128,10 @@ class Reconciler:
 
     @staticmethod
     def _condition_types(spec: BackendSpec) -> list[str]:
-        types = [cond.DATABASE_READY, cond.SCHEMA_READY]
+        types = [cond.DATABASE_READY]
+        if spec.tuning is not None:
+            types.append(cond.TUNING_APPLIED)
+        types += [cond.CONNECTION_BUDGET, cond.SCHEMA_READY]
         if spec.artifacts is not None:
             types.append(cond.ARTIFACTS_READY)
         if spec.tracking_server is not None:
@@ -208,33 +218,84 @@ class Reconciler:
             ctx.did("ConnectionSecretUpdated", f"updated Secret {spec.connection_secret}")
         return password
 
-    def _database_and_role(self, ctx: _Context, admin_user: str, admin_password: str,
+    def _database_and_role(self, ctx: _Context, conn, privileges: postgres.AdminPrivileges,
                            password: str) -> postgres.RoleLogin:
         spec = ctx.spec
-        with postgres.connect(spec.server, admin_user, admin_password) as conn:
-            privileges = postgres.admin_privileges(conn)
-            postgres.check_admin(privileges, admin_user)
-            role = postgres.inspect_role(conn, spec.role)
-            verifier = postgres.scram_verifier(conn, spec.role, password) if role is None else None
+        role = postgres.inspect_role(conn, spec.role)
+        verifier = postgres.scram_verifier(conn, spec.role, password) if role is None else None
+        for summary in postgres.apply(conn, postgres.plan_role(spec, role, verifier, privileges)):
+            ctx.did("RoleReconciled", summary)
+        database = postgres.inspect_database(conn, spec.database)
+        role = postgres.inspect_role(conn, spec.role)
+        for summary in postgres.apply(conn, postgres.plan_database(spec, database, role)):
+            ctx.did("DatabaseReconciled", summary)
+        login = postgres.login_as_role(spec.server, spec.role, password, spec.database)
+        if not login.ok:
+            # The password drifted (reset by hand, or the user's Secret rotated).
+            verifier = postgres.scram_verifier(conn, spec.role, password)
             for summary in postgres.apply(conn, postgres.plan_role(spec, role, verifier, privileges)):
                 ctx.did("RoleReconciled", summary)
-            database = postgres.inspect_database(conn, spec.database)
-            role = postgres.inspect_role(conn, spec.role)
-            for summary in postgres.apply(conn, postgres.plan_database(spec, database, role)):
-                ctx.did("DatabaseReconciled", summary)
             login = postgres.login_as_role(spec.server, spec.role, password, spec.database)
             if not login.ok:
-                # The password drifted (reset by hand, or the user's Secret rotated).
-                verifier = postgres.scram_verifier(conn, spec.role, password)
-                for summary in postgres.apply(conn, postgres.plan_role(
-                        spec, postgres.inspect_role(conn, spec.role), verifier, privileges)):
-                    ctx.did("RoleReconciled", summary)
-                login = postgres.login_as_role(spec.server, spec.role, password, spec.database)
-                if not login.ok:
-                    raise StepFailed(cond.DATABASE_READY, "RoleLoginFailed",
-                                     f"role {spec.role} cannot log in to {spec.database} even after its password "
-                                     "was set: check pg_hba.conf and the role's CONNECT privilege", 30)
+                raise StepFailed(cond.DATABASE_READY, "RoleLoginFailed",
+                                 f"role {spec.role} cannot log in to {spec.database} even after its password "
+                                 "was set: check pg_hba.conf and the role's CONNECT privilege", 30)
         return login
+
+    def _tuning(self, ctx: _Context, conn, privileges: postgres.AdminPrivileges
+                ) -> tuple[list[Condition], dict[str, int]]:
+        """Settings (when spec.postgres.tuning is given) and the connection budget (always)."""
+        spec = ctx.spec
+        wanted = spec.tuning or tuning.parse_tuning(None)
+        state = postgres.inspect_tuning(conn, spec)
+        found: list[Condition] = []
+        if spec.tuning is not None:
+            desired = tuning.settings_for_scope(wanted)
+            # Values in the units pg_settings compares in (kB, or a plain count for max_connections).
+            kb_values = tuning.auto_tune(wanted)
+            try:
+                postgres.check_settings(conn, desired, kb_values)
+            except postgres.InvalidSetting as error:
+                raise StepFailed(cond.TUNING_APPLIED, error.reason, error.message, 300) from None
+            if wanted.scope == tuning.SCOPE_SERVER:
+                if not privileges.superuser:
+                    raise StepFailed(cond.TUNING_APPLIED, "AdminNotSuperuser",
+                                     "tuning scope Server uses ALTER SYSTEM, which needs a superuser admin: "
+                                     "use scope Database on a shared server, or a superuser admin Secret", 300)
+                plan = postgres.plan_system_tuning(desired, state)
+            else:
+                plan = postgres.plan_database_tuning(spec, desired, tuning.connection_limit(wanted), state)
+            applied = postgres.apply(conn, plan)
+            for summary in applied:
+                ctx.did("TuningApplied", summary)
+            if applied:
+                state = postgres.inspect_tuning(conn, spec)
+            shown = ", ".join(f"{k}={v}" for k, v in desired.items()) or "no settings"
+            waiting = sorted(set(desired) & set(state.pending_restart))
+            found.append(Condition(cond.TUNING_APPLIED, "True", "Applied",
+                                   f"scope {wanted.scope}: {shown}"
+                                   + (f"; waiting for a restart: {', '.join(waiting)}" if waiting else "")))
+            if wanted.scope == tuning.SCOPE_SERVER:
+                found.append(Condition(cond.PENDING_RESTART, "True" if waiting else "False",
+                                       "RestartNeeded" if waiting else "NoRestartNeeded",
+                                       f"{', '.join(waiting)} take effect after the server restarts; trackop never "
+                                       "restarts an external server" if waiting else "every setting is in effect"))
+        server = spec.tracking_server
+        budget = tuning.connection_budget(
+            wanted, server.replicas if server else 0, server.workers if server else 0,
+            database_limit=state.database_limit, role_limit=state.role_limit,
+            server_max_connections=state.max_connections, reserved_slots=state.reserved_slots,
+            used_by_others=state.used_by_others)
+        parts = ", ".join(f"{k} {v}" for k, v in budget.breakdown.items())
+        if budget.within:
+            found.append(Condition(cond.CONNECTION_BUDGET, "True", "WithinLimit",
+                                   f"needs {budget.required} connections ({parts}) of {budget.limit}"))
+        else:
+            found.append(Condition(cond.CONNECTION_BUDGET, "False", "OverBudget",
+                                   f"may need {budget.required} connections ({parts}) but only {budget.limit} are "
+                                   "available: lower server replicas, workers, pool or expectedClients, or raise "
+                                   "the limit, before clients fail with 'too many connections'"))
+        return found, {"required": budget.required, "limit": budget.limit}
 
     def _schema(self, ctx: _Context, password: str, current: str | None) -> tuple[str, str]:
         """``current`` is the revision read while checking the role's login."""

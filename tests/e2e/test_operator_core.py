@@ -62,7 +62,8 @@ def test_backend_becomes_ready_and_mlflow_logs_a_run(backends: Backends, admin: 
     assert status["database"] == {"host": "127.0.0.1", "port": backends.pg["port"], "name": database, "role": database}
     assert status["schema"] == {"mlflowVersion": "3.17.2", "revision": schema.head_revision()}
     assert status["connectionSecret"] == "team-a-mlflow"
-    assert {c["type"] for c in status["conditions"]} == {"Ready", "DatabaseReady", "SchemaReady"}
+    assert {c["type"] for c in status["conditions"]} == {"Ready", "DatabaseReady", "SchemaReady", "ConnectionBudget"}
+    assert status["connectionBudget"]["required"] > 0 and status["connectionBudget"]["limit"] > 0
 
     # The catalog: a LOGIN role and nothing more, owning a database closed to PUBLIC.
     role = superuser_conn.execute(
@@ -76,7 +77,8 @@ def test_backend_becomes_ready_and_mlflow_logs_a_run(backends: Backends, admin: 
 
     secret = backends.connection_secret("team-a")
     assert set(secret) == {"MLFLOW_TRACKING_URI", "MLFLOW_BACKEND_STORE_URI", "PGHOST", "PGPORT", "PGDATABASE",
-                           "PGUSER", "PGPASSWORD", "PGSSLMODE"}
+                           "PGUSER", "PGPASSWORD", "PGSSLMODE", "MLFLOW_SQLALCHEMYSTORE_POOL_SIZE",
+                           "MLFLOW_SQLALCHEMYSTORE_MAX_OVERFLOW"}
     assert len(secret["PGPASSWORD"]) >= 32
     with connect_as(secret) as conn:
         assert conn.execute("SELECT version_num FROM alembic_version").fetchone() == (schema.head_revision(),)

@@ -99,7 +99,10 @@ def test_ipv4_and_names_are_not_bracketed():
 def test_connection_secret_data_keys_and_values():
     data = manifests.connection_secret_data(SPEC, PASSWORD)
     assert set(data) == {"MLFLOW_TRACKING_URI", "MLFLOW_BACKEND_STORE_URI", "PGHOST", "PGPORT", "PGDATABASE",
-                         "PGUSER", "PGPASSWORD", "PGSSLMODE"}
+                         "PGUSER", "PGPASSWORD", "PGSSLMODE",
+                         # Direct mode (no server): each client's pool is kept to the budgeted size.
+                         "MLFLOW_SQLALCHEMYSTORE_POOL_SIZE", "MLFLOW_SQLALCHEMYSTORE_MAX_OVERFLOW"}
+    assert (data["MLFLOW_SQLALCHEMYSTORE_POOL_SIZE"], data["MLFLOW_SQLALCHEMYSTORE_MAX_OVERFLOW"]) == ("2", "3")
     assert all(isinstance(value, str) for value in data.values())
     assert data["MLFLOW_BACKEND_STORE_URI"] == manifests.database_uri(SPEC, PASSWORD)
     assert data["MLFLOW_TRACKING_URI"] == data["MLFLOW_BACKEND_STORE_URI"]

@@ -1,4 +1,5 @@
-"""The local test bed: etcd, kube-apiserver, kube-controller-manager, PostgreSQL and MinIO.
+"""The local test bed: etcd, kube-apiserver, kube-controller-manager, PostgreSQL, and the
+object stores MinIO (S3), fake-gcs-server (Google Cloud Storage) and Azurite (Azure Blob).
 
 Every server binds to 127.0.0.1 on a free port and runs detached in the background;
 ``DIR/state.json`` records exactly what ``up`` started, ``DIR/testbed.json`` tells
@@ -6,7 +7,7 @@ clients how to reach it (the format in DESIGN.md). ``up`` on a running bed reuse
 restarts only what has stopped; ``down`` stops exactly the recorded processes.
 
 ``TRACKOP_KUBECONFIG`` swaps the Kubernetes part for an existing cluster (kind, or any
-kubeconfig): then only PostgreSQL and MinIO are started here.
+kubeconfig): then only PostgreSQL and the object stores are started here.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import secrets
 import signal
 import ssl
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -33,9 +35,12 @@ SERVICE_CIDR = "10.0.0.0/24"
 S3_REGION = "us-east-1"
 PG_SUPERUSER = "postgres"
 # Start order; ``down`` stops in reverse.
-COMPONENTS = ("postgres", "s3", "etcd", "kube-apiserver", "kube-controller-manager")
+COMPONENTS = ("postgres", "s3", "gcs", "azure", "etcd", "kube-apiserver", "kube-controller-manager")
 KUBE_COMPONENTS = ("etcd", "kube-apiserver", "kube-controller-manager")
-PORT_NAMES = ("postgres", "s3", "etcd", "etcd-peer", "kube-apiserver", "kube-controller-manager")
+PORT_NAMES = ("postgres", "s3", "gcs", "azure", "etcd", "etcd-peer", "kube-apiserver",
+              "kube-controller-manager")
+# fake-gcs-server checks no project; clients that create buckets must name one.
+GCS_PROJECT = "trackop-testbed"
 
 Progress = Callable[[str], None]
 
@@ -54,6 +59,10 @@ class BedState:
     s3_secret_key: str
     external_kubeconfig: str | None = None
     processes: dict[str, ProcessRecord] = field(default_factory=dict)
+    # Azurite's storage account (AZURITE_ACCOUNTS), generated per bed; empty in a state
+    # written before the Azure part existed, filled in by ``up``.
+    azure_account: str = ""
+    azure_key: str = ""
 
     def to_json(self) -> dict:
         data = dict(self.__dict__)
@@ -125,6 +134,16 @@ class Testbed:
                 "secret_key": state.s3_secret_key,
                 "region": S3_REGION,
             },
+            "gcs": {
+                "endpoint": f"http://127.0.0.1:{state.ports['gcs']}",
+                "project": GCS_PROJECT,
+            },
+            "azure": {
+                "endpoint": _azure_endpoint(state),
+                "account": state.azure_account,
+                "key": state.azure_key,
+                "connection_string": _azure_connection_string(state),
+            },
         }
         pki.write_private(self.info_path, json.dumps(info, indent=2).encode())
 
@@ -141,10 +160,11 @@ class Testbed:
             # The unprivileged PostgreSQL user must be able to enter the bed directory.
             os.chmod(self.dir, 0o711)
         state = self.load_state() or self._new_state()
+        _complete_state(state)
         self._save_state(state)
         wanted = self._components(state)
         kube = not state.external_kubeconfig
-        bins = binaries.ensure_all(self.progress) if kube else {"minio": binaries.ensure_minio(self.progress)}
+        bins = binaries.ensure_all(self.progress) if kube else binaries.ensure_stores(self.progress)
         if kube:
             self._ensure_pki(state)
             _link(self.dir / "kubectl", bins["kubectl"])
@@ -196,8 +216,8 @@ class Testbed:
         state = self._require_state()
         record = state.processes.get(name)
         if record is None or not is_alive(record):
-            bins = binaries.ensure_all(_quiet) if not state.external_kubeconfig else {
-                "minio": binaries.ensure_minio(_quiet)}
+            bins = binaries.ensure_all(_quiet) if not state.external_kubeconfig else \
+                binaries.ensure_stores(_quiet)
             state.processes[name] = self._start(name, state, bins)
             self._save_state(state)
         self._wait_ready(name, state)
@@ -212,13 +232,15 @@ class Testbed:
     def _new_state(self) -> BedState:
         ports = dict(zip(PORT_NAMES, free_ports(len(PORT_NAMES))))
         external = os.environ.get("TRACKOP_KUBECONFIG")
-        return BedState(
+        state = BedState(
             ports=ports,
             pg_password=secrets.token_urlsafe(24),
             s3_access_key="trackop" + secrets.token_hex(6),
             s3_secret_key=secrets.token_urlsafe(30),
             external_kubeconfig=str(Path(external).resolve()) if external else None,
         )
+        _complete_state(state)
+        return state
 
     def _ensure_pki(self, state: BedState) -> None:
         if (self.dir / "kubeconfig").exists():
@@ -282,6 +304,26 @@ class Testbed:
             argv = [str(bins["minio"]), "server", "--quiet", "--address", f"127.0.0.1:{p['s3']}",
                     str(self.dir / "s3")]
             return spawn(name, argv, log, env=env)
+        if name == "gcs":
+            # -public-host and -external-url: the URLs fake-gcs-server hands out (resumable
+            # upload locations, media links) point back at the loopback port, not at
+            # storage.googleapis.com.
+            endpoint = f"http://127.0.0.1:{p['gcs']}"
+            argv = [str(bins["fake-gcs-server"]), "-scheme", "http", "-host", "127.0.0.1",
+                    "-port", str(p["gcs"]), "-public-host", f"127.0.0.1:{p['gcs']}",
+                    "-external-url", endpoint, "-backend", "filesystem",
+                    "-filesystem-root", str(self.dir / "gcs"), "-log-level", "warn"]
+            return spawn(name, argv, log, env=_base_env())
+        if name == "azure":
+            data = self.dir / "azurite"
+            data.mkdir(parents=True, exist_ok=True)
+            # AZURITE_ACCOUNTS replaces the well-known devstoreaccount1 with this bed's own
+            # account and key. --disableTelemetry: no calls home from the bed.
+            env = {**_base_env(), "AZURITE_ACCOUNTS": f"{state.azure_account}:{state.azure_key}"}
+            argv = [str(bins["azurite-blob"]), "--blobHost", "127.0.0.1", "--blobPort", str(p["azure"]),
+                    "--location", str(data), "--skipApiVersionCheck", "--loose",
+                    "--disableTelemetry", "--disableProductStyleUrl"]
+            return spawn(name, argv, log, env=env, cwd=data)
         if name == "etcd":
             client = f"http://127.0.0.1:{p['etcd']}"
             peer = f"http://127.0.0.1:{p['etcd-peer']}"
@@ -342,6 +384,8 @@ class Testbed:
         checks: dict[str, tuple[Callable[[], bool], float]] = {
             "postgres": (lambda: postgres_server.is_ready(p["postgres"], PG_SUPERUSER, state.pg_password), 60),
             "s3": (lambda: _http_ok(f"http://127.0.0.1:{p['s3']}/minio/health/ready"), 60),
+            "gcs": (lambda: _http_ok(f"http://127.0.0.1:{p['gcs']}/_internal/healthcheck"), 60),
+            "azure": (lambda: _is_azurite(f"{_azure_endpoint(state)}?comp=list"), 60),
             "etcd": (lambda: b'"health":"true"' in _http_get(f"http://127.0.0.1:{p['etcd']}/health"), 60),
             "kube-apiserver": (
                 lambda: _http_get(f"https://127.0.0.1:{p['kube-apiserver']}/readyz", self._admin_tls()) == b"ok",
@@ -372,6 +416,44 @@ class Testbed:
 
     def logs(self, name: str, lines: int = 40) -> str:
         return tail(self.log_path(name), lines)
+
+
+def _complete_state(state: BedState) -> None:
+    """Fill in what a state written before a part existed lacks: its port and account.
+
+    A new port is one that is free now and not recorded for another part of this bed
+    (a stopped part's port is free, yet still its own).
+    """
+    missing = [name for name in PORT_NAMES if name not in state.ports]
+    if missing:
+        taken = set(state.ports.values())
+        fresh = [port for port in free_ports(len(missing) + len(taken)) if port not in taken]
+        state.ports.update(zip(missing, fresh))
+    if not state.azure_account:
+        # Storage account names: 3-24 lowercase letters and digits.
+        state.azure_account = "trackop" + secrets.token_hex(6)
+        # Azure account keys are 64 random bytes, base64-encoded.
+        state.azure_key = base64.b64encode(secrets.token_bytes(64)).decode()
+
+
+def _azure_endpoint(state: BedState) -> str:
+    """Azurite's blob endpoint for this bed's account (path style: the account is the first segment)."""
+    return f"http://127.0.0.1:{state.ports['azure']}/{state.azure_account}"
+
+
+def _azure_connection_string(state: BedState) -> str:
+    return (f"DefaultEndpointsProtocol=http;AccountName={state.azure_account};"
+            f"AccountKey={state.azure_key};BlobEndpoint={_azure_endpoint(state)};")
+
+
+def _is_azurite(url: str) -> bool:
+    """True once Azurite answers: an unauthenticated request gets its 403, from its server."""
+    try:
+        with _open(url) as response:
+            server = response.headers.get("Server", "")
+    except urllib.error.HTTPError as exc:
+        server = exc.headers.get("Server", "")
+    return server.startswith("Azurite-Blob")
 
 
 def _link(link: Path, target: Path) -> None:

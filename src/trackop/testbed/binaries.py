@@ -26,6 +26,12 @@ CONTROL_PLANE = ("etcd", "kube-apiserver", "kube-controller-manager", "kubectl")
 MINIO_MODULE = "github.com/minio/minio"
 # MinIO publishes no semver tags; this is its last commit on the module proxy.
 MINIO_VERSION = "v0.0.0-20260212201848-7aac2a2c5b7c"
+# Google Cloud Storage emulator; its go.mod has no replace directives either.
+FAKE_GCS_MODULE = "github.com/fsouza/fake-gcs-server"
+FAKE_GCS_VERSION = "v1.56.1"
+# Azure Storage emulator (Microsoft's), from npm; only its blob service runs on the bed.
+AZURITE_PACKAGE = "azurite"
+AZURITE_VERSION = "3.37.0"
 
 Progress = Callable[[str], None]
 
@@ -184,7 +190,89 @@ def ensure_minio(progress: Progress = _stderr) -> Path:
     return binary
 
 
+def ensure_fake_gcs(progress: Progress = _stderr) -> Path:
+    """Path of fake-gcs-server (the GCS emulator), built with ``go install`` if missing."""
+    if os.environ.get("TRACKOP_FAKE_GCS"):
+        return Path(os.environ["TRACKOP_FAKE_GCS"])
+    key = hashlib.sha256((FAKE_GCS_MODULE + "@" + FAKE_GCS_VERSION + _go_version()).encode()).hexdigest()[:12]
+    target = cache_root() / "bin" / f"fake-gcs-server-{key}"
+    binary = target / "fake-gcs-server"
+    if binary.is_file():
+        return binary
+    with _build_lock(target.parent):
+        if binary.is_file():
+            return binary
+        staging = Path(tempfile.mkdtemp(prefix=".building-", dir=target.parent))
+        try:
+            env = {**_go_env(), "GOBIN": str(staging), "GOFLAGS": ""}
+            _run_build(
+                ["go", "install", "-trimpath", "-ldflags", "-s -w", f"{FAKE_GCS_MODULE}@{FAKE_GCS_VERSION}"],
+                cwd=None, env=env, what=f"fake-gcs-server {FAKE_GCS_VERSION}", progress=progress,
+            )
+            staging.rename(target)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+    return binary
+
+
+def _npm_env() -> dict[str, str]:
+    if shutil.which("npm") is None or shutil.which("node") is None:
+        raise FileNotFoundError("Node.js and npm are needed to install Azurite for the test bed: install Node >= 20")
+    # No update nagging, no audit or funding requests to the registry beyond the install itself.
+    return {**os.environ, "NO_UPDATE_NOTIFIER": "1", "npm_config_update_notifier": "false",
+            "npm_config_audit": "false", "npm_config_fund": "false"}
+
+
+def _node_version() -> str:
+    return subprocess.run(["node", "--version"], env=_npm_env(), check=True, capture_output=True,
+                          text=True).stdout.strip()
+
+
+def azurite_dir() -> Path:
+    """Where ``npm install --prefix`` puts Azurite: keyed by its version and Node's."""
+    key = hashlib.sha256((AZURITE_PACKAGE + "@" + AZURITE_VERSION + _node_version()).encode()).hexdigest()[:12]
+    return cache_root() / "npm" / f"azurite-{AZURITE_VERSION}-{key}"
+
+
+def ensure_azurite(progress: Progress = _stderr) -> Path:
+    """Path of ``azurite-blob`` (Azurite's blob service alone), npm-installed into the cache if missing.
+
+    Never a global install: ``npm install --prefix <cache dir>``, staged and renamed into
+    place so a half-finished install is never taken for a complete one.
+    """
+    if os.environ.get("TRACKOP_AZURITE_BLOB"):
+        return Path(os.environ["TRACKOP_AZURITE_BLOB"])
+    target = azurite_dir()
+    binary = target / "node_modules" / ".bin" / "azurite-blob"
+    if binary.is_file():
+        return binary
+    with _build_lock(target.parent):
+        if binary.is_file():
+            return binary
+        staging = Path(tempfile.mkdtemp(prefix=".installing-", dir=target.parent))
+        try:
+            _run_build(
+                ["npm", "install", "--prefix", str(staging), "--no-save", "--no-audit", "--no-fund",
+                 "--omit=dev", f"{AZURITE_PACKAGE}@{AZURITE_VERSION}"],
+                cwd=staging, env=_npm_env(), what=f"Azurite {AZURITE_VERSION} (npm install)",
+                progress=progress,
+            )
+            staging.rename(target)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+    return binary
+
+
 def ensure_all(progress: Progress = _stderr) -> dict[str, Path]:
     binaries = ensure_control_plane(progress)
-    binaries["minio"] = ensure_minio(progress)
+    binaries.update(ensure_stores(progress))
     return binaries
+
+
+def ensure_stores(progress: Progress = _stderr) -> dict[str, Path]:
+    """The object-store emulators: MinIO (S3), fake-gcs-server (GCS), Azurite (Azure Blob)."""
+    return {
+        "minio": ensure_minio(progress),
+        "fake-gcs-server": ensure_fake_gcs(progress),
+        "azurite-blob": ensure_azurite(progress),
+    }

@@ -86,24 +86,36 @@ def initdb(bindir: Path, data_dir: Path, superuser: str, password: str, user: st
         pwfile.unlink(missing_ok=True)
 
 
+BED_CONF = "trackop-bed.conf"
+
+
 def server_argv(bindir: Path, data_dir: Path, port: int) -> list[str]:
-    # TCP on loopback only and no Unix socket, so clients authenticate as they would on
-    # a remote server. fsync is off because the bed's data is disposable; a killed
-    # server still recovers (only an OS crash could lose commits).
+    """The server's command line, after writing the bed's settings into the data directory.
+
+    The settings live in a file that postgresql.conf includes, not on the command line,
+    so that ``ALTER SYSTEM`` (postgresql.auto.conf) can override them as on a real server.
+    TCP on loopback only and no Unix socket, so clients authenticate as they would on a
+    remote server. fsync is off because the bed's data is disposable; a killed server
+    still recovers (only an OS crash could lose commits).
+    """
     settings = {
-        "listen_addresses": "127.0.0.1",
+        "listen_addresses": "'127.0.0.1'",
         "port": str(port),
-        "unix_socket_directories": "",
+        "unix_socket_directories": "''",
         "fsync": "off",
         "synchronous_commit": "off",
         "full_page_writes": "off",
         "max_connections": "200",
         "logging_collector": "off",
     }
-    argv = [str(bindir / "postgres"), "-D", str(data_dir)]
-    for name, value in settings.items():
-        argv += ["-c", f"{name}={value}"]
-    return argv
+    (data_dir / BED_CONF).write_text("".join(f"{name} = {value}\n" for name, value in settings.items()))
+    os.chmod(data_dir / BED_CONF, 0o644)
+    main_conf = data_dir / "postgresql.conf"
+    include = f"include_if_exists = '{BED_CONF}'\n"
+    if include not in main_conf.read_text():
+        with open(main_conf, "a") as handle:
+            handle.write(include)
+    return [str(bindir / "postgres"), "-D", str(data_dir)]
 
 
 def is_ready(port: int, user: str, password: str) -> bool:
