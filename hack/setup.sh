@@ -22,6 +22,13 @@ if ! command -v go >/dev/null; then
   exit 1
 fi
 
+# Node.js and npm install Azurite, the test bed's Azure Blob emulator (Azurite 3.37 declares
+# Node >= 22; it runs on the Node 20 this project is tested with).
+if ! command -v npm >/dev/null || ! command -v node >/dev/null; then
+  echo "setup: Node.js >= 20 with npm is needed to install the test bed's Azure emulator (Azurite); install it first" >&2
+  exit 1
+fi
+
 # Python: a virtualenv in .venv, reinstalled only when pyproject.toml changes.
 PY=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$PY" -m venv .venv

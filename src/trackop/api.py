@@ -69,19 +69,33 @@ class ExternalServer:
 
 
 @dataclass(frozen=True)
-class S3Spec:
-    bucket: str
+class ArtifactStore:
+    """``spec.artifacts``: one bucket (S3, GCS) or container (Azure) and a prefix."""
+
+    kind: str                           # "s3" | "gcs" | "azure"
+    bucket: str                         # the Azure container for azure
     prefix: str
-    endpoint: str | None
-    region: str
+    endpoint: str | None                # S3-compatible stores, emulators, private endpoints
+    create: bool                        # createBucket / createContainer
     credentials_secret: str | None
-    access_key_key: str
-    secret_key_key: str
-    create_bucket: bool
+    credential_keys: tuple[str, ...]    # s3: access key id, secret key; gcs: key JSON; azure: account key
+    region: str = "us-east-1"           # s3
+    project: str | None = None          # gcs
+    account: str | None = None          # azure
+
+    @property
+    def field(self) -> str:
+        return f"spec.artifacts.{self.kind}"
 
     @property
     def uri(self) -> str:
-        return f"s3://{self.bucket}/{self.prefix}" if self.prefix else f"s3://{self.bucket}"
+        """The artifact root in the form MLflow's artifact repository for the store parses."""
+        base = {
+            "s3": f"s3://{self.bucket}",
+            "gcs": f"gs://{self.bucket}",
+            "azure": f"wasbs://{self.bucket}@{self.account}.blob.core.windows.net",
+        }[self.kind]
+        return f"{base}/{self.prefix}" if self.prefix else base
 
 
 @dataclass(frozen=True)
@@ -111,7 +125,7 @@ class BackendSpec:
     migration_image: str
     deletion_policy: str
     tuning: "TuningSpec | None" = None
-    artifacts: S3Spec | None = None
+    artifacts: ArtifactStore | None = None
     tracking_server: ServerSpec | None = None  # None: no tracking server
     injection_mode: str = "Direct"
 
@@ -284,30 +298,51 @@ def parse(namespace: str, name: str, spec: Mapping[str, Any]) -> BackendSpec:
     )
 
 
-_BUCKET = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
+_BUCKET = {
+    "s3": re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]"),
+    "gcs": re.compile(r"[a-z0-9][a-z0-9._-]{1,220}[a-z0-9]"),
+    "azure": re.compile(r"[a-z0-9]([a-z0-9-]{1,61})[a-z0-9]"),
+}
+_DEFAULT_KEYS = {"s3": ("accessKeyId", "secretAccessKey"), "gcs": ("serviceAccountKey",), "azure": ("accountKey",)}
 
 
-def _parse_artifacts(artifacts: Mapping[str, Any]) -> S3Spec | None:
-    s3 = _get(artifacts, "s3")
-    if not s3:
+def _parse_artifacts(artifacts: Mapping[str, Any]) -> ArtifactStore | None:
+    given = [kind for kind in ("s3", "gcs", "azure") if _get(artifacts, kind)]
+    if not given:
         return None
-    bucket = _get(s3, "bucket", "")
-    if not isinstance(bucket, str) or not _BUCKET.fullmatch(bucket):
-        raise SpecError("spec.artifacts.s3.bucket", "must be an S3 bucket name (3-63 lowercase letters, digits, '.', '-')")
-    prefix = "/".join(part for part in str(_get(s3, "prefix", "")).split("/") if part)
-    endpoint = _get(s3, "endpoint") or None
+    if len(given) > 1:
+        raise SpecError("spec.artifacts", "set exactly one of s3, gcs and azure")
+    kind = given[0]
+    store = artifacts[kind]
+    field = f"spec.artifacts.{kind}"
+    bucket_key = "container" if kind == "azure" else "bucket"
+    bucket = _get(store, bucket_key, "")
+    if not isinstance(bucket, str) or not _BUCKET[kind].fullmatch(bucket):
+        raise SpecError(f"{field}.{bucket_key}", "is not a valid name for this store")
+    prefix = "/".join(part for part in str(_get(store, "prefix", "")).split("/") if part)
+    endpoint = _get(store, "endpoint") or None
     if endpoint is not None and not re.fullmatch(r"https?://\S+", endpoint):
-        raise SpecError("spec.artifacts.s3.endpoint", "must be an http(s) URL")
-    credentials = _get(s3, "credentialsSecretRef")
-    return S3Spec(
+        raise SpecError(f"{field}.endpoint", "must be an http(s) URL")
+    credentials = _get(store, "credentialsSecretRef")
+    if kind == "s3":
+        keys = (_get(credentials, "accessKeyIdKey", "accessKeyId"), _get(credentials, "secretAccessKeyKey",
+                                                                          "secretAccessKey"))
+    else:
+        keys = (_get(credentials, "key", _DEFAULT_KEYS[kind][0]),)
+    account = _get(store, "storageAccount")
+    if kind == "azure" and not (isinstance(account, str) and re.fullmatch(r"[a-z0-9]{3,24}", account)):
+        raise SpecError(f"{field}.storageAccount", "must be 3 to 24 lowercase letters and digits")
+    return ArtifactStore(
+        kind=kind,
         bucket=bucket,
         prefix=prefix,
         endpoint=endpoint,
-        region=_get(s3, "region", "us-east-1"),
+        create=bool(_get(store, "createContainer" if kind == "azure" else "createBucket", False)),
         credentials_secret=_get(credentials, "name") if credentials else None,
-        access_key_key=_get(credentials, "accessKeyIdKey", "accessKeyId"),
-        secret_key_key=_get(credentials, "secretAccessKeyKey", "secretAccessKey"),
-        create_bucket=bool(_get(s3, "createBucket", False)),
+        credential_keys=keys,
+        region=_get(store, "region", "us-east-1"),
+        project=_get(store, "project"),
+        account=account,
     )
 
 

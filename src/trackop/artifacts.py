@@ -20,11 +20,15 @@ import json
 import re
 import secrets
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit, urlunsplit
 
 import boto3
 import botocore.exceptions
 from botocore.config import Config
+
+if TYPE_CHECKING:
+    from .api import ArtifactStore
 
 DEFAULT_REGION = "us-east-1"
 BUCKET_FIELD = "spec.artifacts.s3.bucket"
@@ -500,8 +504,15 @@ def _gcs_error(exc: Exception, location: GCSLocation, credentials_ref: str | Non
     import requests
     from google.api_core import exceptions as gexc
 
-    if isinstance(exc, (requests.exceptions.ConnectionError, requests.exceptions.Timeout,
-                        google.auth.exceptions.TransportError)):
+    if isinstance(exc, google.auth.exceptions.TransportError):
+        # The token request, not the storage call, found no one to talk to.
+        return ArtifactsError(
+            "EndpointUnreachable",
+            "could not reach the token endpoint to get an access token (the key file's token_uri, "
+            "by default https://oauth2.googleapis.com/token): check the operator's egress and any "
+            "NetworkPolicy",
+        )
+    if isinstance(exc, (requests.exceptions.ConnectionError, requests.exceptions.Timeout)):
         return _gcs_unreachable(location)
     if isinstance(exc, google.auth.exceptions.RefreshError):
         return _gcs_credentials_rejected(credentials_ref, "the token request was refused")
@@ -960,3 +971,31 @@ def _azure_create_container(container, location: AzureLocation, credentials_ref:
         raise ArtifactsError(
             "BucketCreateFailed", f"could not create container {location.container!r} ({code}): {hint}",
         ) from None
+
+
+# ---- one entry point per ``spec.artifacts`` ---------------------------------------------
+
+Location = S3Location | GCSLocation | AzureLocation
+
+
+def location_for(store: "ArtifactStore") -> Location:
+    """The checkable location of ``spec.artifacts`` (whichever store it names)."""
+    if store.kind == "s3":
+        return S3Location(store.bucket, store.prefix, store.endpoint, store.region, store.create)
+    if store.kind == "gcs":
+        return GCSLocation(store.bucket, store.prefix, store.create, store.endpoint, store.project)
+    return AzureLocation(store.bucket, store.prefix, store.account, store.create, store.endpoint)
+
+
+def check_store(store: "ArtifactStore", secret_values: tuple[str, ...] | None,
+                credentials_ref: str | None) -> list[str]:
+    """Check ``spec.artifacts`` with the values of its credentials Secret (in
+    ``store.credential_keys`` order), or ambient credentials when there is no Secret."""
+    location = location_for(store)
+    if isinstance(location, S3Location):
+        access_key, secret_key = secret_values or (None, None)
+        return check_s3(location, access_key, secret_key, credentials_ref=credentials_ref)
+    value = secret_values[0] if secret_values else None
+    if isinstance(location, GCSLocation):
+        return check_gcs(location, value, credentials_ref=credentials_ref)
+    return check_azure(location, value, credentials_ref=credentials_ref)

@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from typing import Any
 from urllib.parse import quote
 
-from . import tuning
+from . import artifacts, tuning
 from .api import BACKEND_LABEL, MANAGED_BY, MANAGED_BY_LABEL, BackendSpec
 
 MIGRATION_JOB_BACKOFF_LIMIT = 2
@@ -54,21 +54,69 @@ def workloads_need_bucket_access(spec: BackendSpec) -> bool:
     return spec.injection_mode == "Direct" or server is None or not server.serve_artifacts
 
 
-def artifact_client_env(spec: BackendSpec) -> dict[str, str]:
-    """S3 client settings (no keys) for whoever talks to the bucket."""
-    s3 = spec.artifacts
-    if s3 is None:
+GCS_KEY_DIR = "/var/run/secrets/trackop/gcs"
+GCS_KEY_FILE = f"{GCS_KEY_DIR}/key.json"
+
+
+def bucket_env(spec: BackendSpec, secret_values: tuple[str, ...] | None) -> dict[str, str]:
+    """What a client needs to reach the artifact store, as literal values (for the
+    connection Secret): settings plus the credentials in ``secret_values``.
+
+    A GCS service-account key has to be a file (GOOGLE_APPLICATION_CREDENTIALS takes a
+    path), so Direct-mode clients of GCS use their own identity; only the server gets the
+    key, mounted.
+    """
+    store = spec.artifacts
+    if store is None:
         return {}
-    env = {"AWS_DEFAULT_REGION": s3.region}
-    if s3.endpoint:
-        env["MLFLOW_S3_ENDPOINT_URL"] = s3.endpoint
+    location = artifacts.location_for(store)
+    if store.kind == "s3":
+        env = artifacts.s3_client_env(location)
+        if secret_values:
+            env["AWS_ACCESS_KEY_ID"], env["AWS_SECRET_ACCESS_KEY"] = secret_values
+        return env
+    if store.kind == "gcs":
+        return artifacts.gcs_client_env(location)
+    env = {}
+    if secret_values:
+        env[artifacts.AZURE_KEY_ENV] = secret_values[0]
+        if location.endpoint:
+            env["AZURE_STORAGE_CONNECTION_STRING"] = artifacts.azure_connection_string(location, secret_values[0])
     return env
 
 
+def _server_bucket_env(spec: BackendSpec) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]]]:
+    """The tracking server's env for the store, with credentials by secretKeyRef (never
+    literal), plus the volumes and mounts a GCS key file needs: (env, volumes, mounts)."""
+    store = spec.artifacts
+    location = artifacts.location_for(store)
+    ref = store.credentials_secret
+
+    def from_secret(name: str, key: str) -> dict[str, Any]:
+        return {"name": name, "valueFrom": {"secretKeyRef": {"name": ref, "key": key}}}
+
+    literal = lambda values: [{"name": k, "value": v} for k, v in values.items()]  # noqa: E731
+    if store.kind == "s3":
+        secret = [from_secret("AWS_ACCESS_KEY_ID", store.credential_keys[0]),
+                  from_secret("AWS_SECRET_ACCESS_KEY", store.credential_keys[1])] if ref else []
+        return literal(artifacts.s3_client_env(location)) + secret, [], []
+    if store.kind == "gcs":
+        if not ref:
+            return literal(artifacts.gcs_client_env(location)), [], []
+        volume = {"name": "gcs-key", "secret": {"secretName": ref, "items": [
+            {"key": store.credential_keys[0], "path": "key.json"}]}}
+        mount = {"name": "gcs-key", "mountPath": GCS_KEY_DIR, "readOnly": True}
+        return literal(artifacts.gcs_client_env(location, credentials_file=GCS_KEY_FILE)), [volume], [mount]
+    # Azure: the key first, so the connection string can refer to it as $(AZURE_STORAGE_ACCESS_KEY).
+    secret = [from_secret(artifacts.AZURE_KEY_ENV, store.credential_keys[0])] if ref else []
+    return secret + literal(artifacts.azure_client_env(location)), [], []
+
+
 def connection_secret_data(spec: BackendSpec, password: str,
-                           bucket_keys: tuple[str, str] | None = None) -> dict[str, str]:
-    """The connection Secret's keys (DESIGN.md). ``bucket_keys`` is the S3 key pair, copied
-    only when workloads reach the bucket themselves (Direct mode, or no artifact proxy)."""
+                           bucket_secret: tuple[str, ...] | None = None) -> dict[str, str]:
+    """The connection Secret's keys (DESIGN.md). ``bucket_secret`` holds the store's
+    credentials, copied only when workloads reach the store themselves (Direct mode, or
+    no artifact proxy)."""
     uri = database_uri(spec, password)
     data = {
         "MLFLOW_TRACKING_URI": spec.tracking_server_uri if spec.injection_mode == "Server" else uri,
@@ -86,14 +134,12 @@ def connection_secret_data(spec: BackendSpec, password: str,
         # Each Direct client holds a SQLAlchemy pool: keep it to the budgeted size.
         data.update(tuning.pool_env(spec.tuning or tuning.parse_tuning(None)))
     if workloads_need_bucket_access(spec):
-        data.update(artifact_client_env(spec))
-        if bucket_keys is not None:
-            data["AWS_ACCESS_KEY_ID"], data["AWS_SECRET_ACCESS_KEY"] = bucket_keys
+        data.update(bucket_env(spec, bucket_secret))
     return data
 
 
 def connection_secret(spec: BackendSpec, password: str, owner: Mapping[str, Any],
-                      bucket_keys: tuple[str, str] | None = None) -> dict[str, Any]:
+                      bucket_secret: tuple[str, ...] | None = None) -> dict[str, Any]:
     return {
         "apiVersion": "v1",
         "kind": "Secret",
@@ -107,7 +153,7 @@ def connection_secret(spec: BackendSpec, password: str, owner: Mapping[str, Any]
             },
             "ownerReferences": [owner_reference(owner)],
         },
-        "stringData": connection_secret_data(spec, password, bucket_keys),
+        "stringData": connection_secret_data(spec, password, bucket_secret),
     }
 
 
@@ -189,7 +235,7 @@ def server_labels(spec: BackendSpec) -> dict[str, str]:
     return {"app.kubernetes.io/name": "mlflow", "app.kubernetes.io/instance": spec.name}
 
 
-def tracking_server_deployment(spec: BackendSpec, owner: Mapping[str, Any], bucket_secret: str | None) -> dict[str, Any]:
+def tracking_server_deployment(spec: BackendSpec, owner: Mapping[str, Any]) -> dict[str, Any]:
     """``mlflow server`` for the backend. The database URI and bucket keys come from Secrets
     through env (MLflow's CLI reads MLFLOW_BACKEND_STORE_URI itself), never from args."""
     server = spec.tracking_server
@@ -202,6 +248,8 @@ def tracking_server_deployment(spec: BackendSpec, owner: Mapping[str, Any], buck
         *({"name": k, "value": v} for k, v in tuning.pool_env(spec.tuning or tuning.parse_tuning(None)).items()),
     ]
     args = ["--host", "0.0.0.0", "--port", str(server.port), "--workers", str(server.workers)]
+    volumes: list[dict[str, Any]] = [{"name": "tmp", "emptyDir": {}}]
+    mounts: list[dict[str, Any]] = [{"name": "tmp", "mountPath": "/tmp"}]
     if spec.artifacts is not None:
         if server.serve_artifacts:
             args.append("--serve-artifacts")
@@ -209,15 +257,10 @@ def tracking_server_deployment(spec: BackendSpec, owner: Mapping[str, Any], buck
         else:
             args.append("--no-serve-artifacts")
             env.append({"name": "MLFLOW_DEFAULT_ARTIFACT_ROOT", "value": spec.artifacts.uri})
-        env += [{"name": k, "value": v} for k, v in artifact_client_env(spec).items()]
-        if bucket_secret is not None:
-            s3 = spec.artifacts
-            env += [
-                {"name": "AWS_ACCESS_KEY_ID", "valueFrom": {"secretKeyRef": {
-                    "name": bucket_secret, "key": s3.access_key_key}}},
-                {"name": "AWS_SECRET_ACCESS_KEY", "valueFrom": {"secretKeyRef": {
-                    "name": bucket_secret, "key": s3.secret_key_key}}},
-            ]
+        store_env, store_volumes, store_mounts = _server_bucket_env(spec)
+        env += store_env
+        volumes += store_volumes
+        mounts += store_mounts
     probe = {"httpGet": {"path": "/health", "port": "http"}, "timeoutSeconds": 3}
     pod_spec: dict[str, Any] = {
         "automountServiceAccountToken": server.service_account is not None,
@@ -242,9 +285,9 @@ def tracking_server_deployment(spec: BackendSpec, owner: Mapping[str, Any], buck
                 "readOnlyRootFilesystem": True,
                 "capabilities": {"drop": ["ALL"]},
             },
-            "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}],
+            "volumeMounts": mounts,
         }],
-        "volumes": [{"name": "tmp", "emptyDir": {}}],
+        "volumes": volumes,
     }
     if server.service_account:
         pod_spec["serviceAccountName"] = server.service_account

@@ -167,26 +167,28 @@ class Reconciler:
         ctx.secrets.add(data["password"])
         return data["username"], data["password"]
 
-    def _bucket_keys(self, ctx: _Context) -> tuple[tuple[str, str] | None, StepFailed | None]:
-        """The S3 key pair from the user's Secret; a problem is reported at the artifacts step,
-        so a missing bucket Secret does not hold the database back."""
-        s3 = ctx.spec.artifacts
-        if s3 is None or s3.credentials_secret is None:
+    def _bucket_keys(self, ctx: _Context) -> tuple[tuple[str, ...] | None, StepFailed | None]:
+        """The artifact store's credentials from the user's Secret, in ``credential_keys``
+        order; a problem is reported at the artifacts step, so a missing Secret does not
+        hold the database back."""
+        store = ctx.spec.artifacts
+        if store is None or store.credentials_secret is None:
             return None, None
-        ref = f"{ctx.spec.namespace}/{s3.credentials_secret}"
-        data = self.kube.read_secret(ctx.spec.namespace, s3.credentials_secret)
+        ref = f"{ctx.spec.namespace}/{store.credentials_secret}"
+        data = self.kube.read_secret(ctx.spec.namespace, store.credentials_secret)
         if data is None:
             return None, StepFailed(cond.ARTIFACTS_READY, "BucketSecretMissing",
-                                    f"Secret {ref} (spec.artifacts.s3.credentialsSecretRef) not found: create it "
-                                    f"with keys {s3.access_key_key} and {s3.secret_key_key}", 15)
-        missing = [k for k in (s3.access_key_key, s3.secret_key_key) if not data.get(k)]
+                                    f"Secret {ref} ({store.field}.credentialsSecretRef) not found: create it "
+                                    f"with key(s) {', '.join(store.credential_keys)}", 15)
+        missing = [k for k in store.credential_keys if not data.get(k)]
         if missing:
             return None, StepFailed(cond.ARTIFACTS_READY, "BucketSecretInvalid",
                                     f"Secret {ref} lacks key(s) {', '.join(missing)}: add them", 15)
-        ctx.secrets.update((data[s3.access_key_key], data[s3.secret_key_key]))
-        return (data[s3.access_key_key], data[s3.secret_key_key]), None
+        values = tuple(data[k] for k in store.credential_keys)
+        ctx.secrets.update(values)
+        return values, None
 
-    def _password(self, ctx: _Context, bucket_keys: tuple[str, str] | None) -> str:
+    def _password(self, ctx: _Context, bucket_keys: tuple[str, ...] | None) -> str:
         """The role's password: the user's Secret, else the one already issued, else a new one.
 
         The connection Secret is written before the role gets the password, so a crash in
@@ -347,42 +349,38 @@ class Reconciler:
                              f"-n {spec.namespace}; delete the Job to retry", 60)
         raise StepFailed(cond.SCHEMA_READY, "Migrating", f"Job {name} is migrating the schema", 5)
 
-    def _artifacts(self, ctx: _Context, password: str, keys: tuple[str, str] | None) -> Condition:
+    def _artifacts(self, ctx: _Context, password: str, keys: tuple[str, ...] | None) -> Condition:
         spec = ctx.spec
-        s3 = spec.artifacts
-        location = artifacts.S3Location(s3.bucket, s3.prefix, s3.endpoint, s3.region, s3.create_bucket)
-        access_key, secret_key = keys if keys else (None, None)
+        store = spec.artifacts
         checked = True
         try:
-            for summary in artifacts.check_s3(location, access_key, secret_key,
-                                              credentials_ref=f"{spec.namespace}/{s3.credentials_secret}"
-                                              if s3.credentials_secret else None):
+            ref = f"{spec.namespace}/{store.credentials_secret}" if store.credentials_secret else None
+            for summary in artifacts.check_store(store, keys, ref):
                 ctx.did("BucketCreated", summary)
         except artifacts.ArtifactsError as error:
-            if error.reason != "NoCredentials" or s3.credentials_secret is not None:
+            if error.reason != "NoCredentials" or store.credentials_secret is not None:
                 raise StepFailed(cond.ARTIFACTS_READY, error.reason, cond.redact(error.message, ctx.secrets),
                                  15) from None
             checked = False  # workload identity: only the server's service account can reach it
         # Direct clients give new experiments a local location unless the database says otherwise.
         with postgres.connect(spec.server, spec.role, password, spec.database) as conn:
-            plan = postgres.plan_artifact_trigger(s3.uri, postgres.inspect_artifact_trigger(conn))
+            plan = postgres.plan_artifact_trigger(store.uri, postgres.inspect_artifact_trigger(conn))
             for summary in postgres.apply(conn, plan):
                 ctx.did("ArtifactLocationReconciled", summary)
         if not checked:
             return Condition(cond.ARTIFACTS_READY, "Unknown", "NoCredentialsToCheck",
-                             f"{s3.uri} is reached through workload identity, which the operator does not have: "
-                             "the tracking server's first upload is the check")
-        return Condition(cond.ARTIFACTS_READY, "True", "Writable", f"{s3.uri} is reachable and writable")
+                             f"{store.uri} is reached through workload identity, which the operator does not "
+                             "have: the tracking server's first upload is the check")
+        return Condition(cond.ARTIFACTS_READY, "True", "Writable", f"{store.uri} is reachable and writable")
 
     def _tracking_server(self, ctx: _Context) -> Condition:
         """Service and Deployment; only reached once the schema is at the target head."""
         spec = ctx.spec
         server = spec.tracking_server
-        bucket_secret = spec.artifacts.credentials_secret if spec.artifacts else None
         changed, _ = self.kube.apply(manifests.tracking_server_service(spec, ctx.owner))
         if changed:
             ctx.did("TrackingServerApplied", f"applied Service {spec.server_name}")
-        changed, deployment = self.kube.apply(manifests.tracking_server_deployment(spec, ctx.owner, bucket_secret))
+        changed, deployment = self.kube.apply(manifests.tracking_server_deployment(spec, ctx.owner))
         if changed:
             ctx.did("TrackingServerApplied", f"applied Deployment {spec.server_name} ({server.image})")
         if server.replicas == 0:

@@ -79,6 +79,16 @@ def _healthy(port: int) -> bool:
         return False
 
 
+def _status_with_host(port: int, host: str) -> int:
+    import http.client
+
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    conn.request("GET", "/api/2.0/mlflow/experiments/search?max_results=1", headers={"Host": host})
+    status = conn.getresponse().status
+    conn.close()
+    return status
+
+
 def test_server_mode_logs_through_the_tracking_server(backends: Backends, admin: Admin, bed_info, s3_client,
                                                       bucket, kubelet, kube_api, operator, tmp_path):
     backends.admin_secret(admin)
@@ -113,6 +123,11 @@ def test_server_mode_logs_through_the_tracking_server(backends: Backends, admin:
         # A training process with only the tracking URI (the Service name resolves to the
         # server here through loopback: no cluster DNS on the bed).
         logged = run_seed_script({"MLFLOW_TRACKING_URI": f"http://127.0.0.1:{port}"}, tmp_path / "client")
+        # In the cluster, pods call the Service's name: MLflow must accept that Host header
+        # (and still refuse unknown ones: its DNS-rebinding protection stays on).
+        assert _status_with_host(port, f"stack-mlflow.{backends.namespace}.svc:{port}") == 200
+        assert _status_with_host(port, "stack-mlflow:5000") == 200
+        assert _status_with_host(port, "evil.example.com") == 403
     finally:
         server.stop()
     for run in logged.values():
@@ -198,3 +213,82 @@ def test_a_new_mlflow_version_migrates_before_the_server_rolls(backends: Backend
     cond = backends.wait_condition("roll", "SchemaReady", "False", "MigrationJobFailed", timeout=120)
     assert jobs[0].metadata.name in cond["message"]
     assert image() == "ghcr.io/mlflow/mlflow:v3.17.2", "the old server keeps running"
+
+
+# ---- GCS and Azure (the bed's fake-gcs-server and Azurite) -----------------------------
+
+def _gcs_objects(bed_info: dict, bucket: str) -> list[str]:
+    from google.auth.credentials import AnonymousCredentials
+    from google.cloud import storage
+
+    client = storage.Client(project=bed_info["gcs"]["project"], credentials=AnonymousCredentials(),
+                            client_options={"api_endpoint": bed_info["gcs"]["endpoint"]})
+    return [blob.name for blob in client.list_blobs(bucket)]
+
+
+def _azure_objects(bed_info: dict, container: str) -> list[str]:
+    from azure.storage.blob import BlobServiceClient
+
+    service = BlobServiceClient.from_connection_string(bed_info["azure"]["connection_string"])
+    return [blob.name for blob in service.get_container_client(container).list_blobs()]
+
+
+@pytest.mark.parametrize("kind", ["gcs", "azure"])
+def test_direct_mode_with_gcs_and_azure_puts_artifacts_in_the_store(kind, backends: Backends, admin: Admin,
+                                                                    bed_info, tmp_path, operator):
+    backends.admin_secret(admin)
+    name = f"art-{uuid.uuid4().hex[:10]}"
+    if kind == "gcs":
+        store = {"gcs": {"bucket": name, "prefix": "team-a", "endpoint": bed_info["gcs"]["endpoint"],
+                         "project": bed_info["gcs"]["project"], "createBucket": True}}
+        uri_prefix, list_objects = f"gs://{name}/team-a/", _gcs_objects
+    else:
+        azure = bed_info["azure"]
+        backends.secret("azure-creds", {"accountKey": azure["key"]})
+        store = {"azure": {"container": name, "storageAccount": azure["account"], "prefix": "team-a",
+                           "endpoint": azure["endpoint"], "credentialsSecretRef": {"name": "azure-creds"},
+                           "createContainer": True}}
+        uri_prefix = f"wasbs://{name}@{azure['account']}.blob.core.windows.net/team-a/"
+        list_objects = _azure_objects
+    backends.apply("cloud", {**backends.spec(), "artifacts": store})
+    obj = backends.wait_ready("cloud")
+    assert backends.condition("cloud", "ArtifactsReady")["reason"] == "Writable"
+    assert list_objects(bed_info, name) == [], "the probe object is deleted again"
+
+    secret = backends.connection_secret("cloud")
+    assert secret["MLFLOW_ARTIFACT_ROOT"] == uri_prefix.rstrip("/")
+    env = {k: v for k, v in secret.items() if k.startswith(("MLFLOW_", "AWS_", "AZURE_", "STORAGE_", "GOOGLE_"))}
+    logged = run_seed_script(env, tmp_path / "client")
+    stored = list_objects(bed_info, name)
+    for run in logged.values():
+        assert run["artifact_uri"].startswith(uri_prefix), run
+        assert any(k.endswith(f"{run['run_id']}/artifacts/model.txt") for k in stored), stored
+    assert not (tmp_path / "client" / "mlruns").exists()
+    if kind == "azure":
+        assert_no_secret_leaks([bed_info["azure"]["key"]], operator, backends, "cloud")
+        assert obj["status"].get("trackingUri") is None
+
+
+def test_server_mode_with_azure_takes_the_key_from_the_secret(backends: Backends, admin: Admin, bed_info, kubelet,
+                                                              kube_api, tmp_path):
+    backends.admin_secret(admin)
+    azure = bed_info["azure"]
+    backends.secret("azure-creds", {"accountKey": azure["key"]})
+    name = f"art-{uuid.uuid4().hex[:10]}"
+    port = free_ports(1)[0]
+    backends.apply("azsrv", {**backends.spec(), "server": {"port": port}, "artifacts": {"azure": {
+        "container": name, "storageAccount": azure["account"], "prefix": "team-a", "endpoint": azure["endpoint"],
+        "credentialsSecretRef": {"name": "azure-creds"}, "createContainer": True}}})
+    backends.wait_condition("azsrv", "ServerReady", "False", "RollingOut")
+    deployment = client.AppsV1Api(kube_api).read_namespaced_deployment("azsrv-mlflow", backends.namespace)
+    assert azure["key"] not in json.dumps(client.ApiClient().sanitize_for_serialization(deployment.spec))
+    server = kubelet.start_deployment(backends.namespace, "azsrv-mlflow")
+    try:
+        eventually(lambda: _healthy(port), "the tracking server's /health", timeout=90, interval=0.5)
+        backends.wait_ready("azsrv", timeout=60)
+        logged = run_seed_script({"MLFLOW_TRACKING_URI": f"http://127.0.0.1:{port}"}, tmp_path / "client")
+    finally:
+        server.stop()
+    stored = _azure_objects(bed_info, name)
+    for run in logged.values():
+        assert any(k.startswith("team-a/") and k.endswith(f"{run['run_id']}/artifacts/model.txt") for k in stored)

@@ -209,6 +209,12 @@ def test_gcs_refused_service_account_key_is_invalid_credentials_without_the_key(
         assert secret not in exc.message and secret not in str(exc)
 
 
+def test_gcs_unreachable_token_endpoint_is_named_as_such(gcs, gcs_bucket):
+    key_json, _ = _service_account_json(f"{_closed_port_endpoint()}/token", gcs["project"])
+    exc = gcs_failure(GCSLocation(gcs_bucket, endpoint=gcs["endpoint"]), key_json, timeout=2)
+    assert exc.reason == "EndpointUnreachable" and "token endpoint" in exc.message
+
+
 # ---- Azure Blob (Azurite) ------------------------------------------------------------------
 
 @pytest.fixture

@@ -31,7 +31,7 @@ def test_up_reuses_a_running_bed_and_down_leaves_nothing(testbed):
                                capture_output=True, text=True, timeout=300)
         assert first.returncode == 0, first.stderr
         info = json.loads((directory / "testbed.json").read_text())
-        assert set(info) == {"kubeconfig", "postgres", "s3"}
+        assert set(info) == {"kubeconfig", "postgres", "s3", "gcs", "azure"}
         assert set(info["postgres"]) == {"host", "port", "user", "password"}
         assert set(info["s3"]) == {"endpoint", "access_key", "secret_key", "region"}
         assert (directory / "testbed.json").stat().st_mode & 0o077 == 0, "holds passwords: owner only"
@@ -40,7 +40,7 @@ def test_up_reuses_a_running_bed_and_down_leaves_nothing(testbed):
         assert info["s3"]["secret_key"] not in first.stdout + first.stderr
 
         before = _records(directory)
-        assert set(before) == {"postgres", "s3", "etcd", "kube-apiserver", "kube-controller-manager"}
+        assert set(before) == {"postgres", "s3", "gcs", "azure", "etcd", "kube-apiserver", "kube-controller-manager"}
         assert all(is_alive(r) for r in before.values())
 
         again = subprocess.run([*TRACKOP, "testbed", "up", "--dir", str(directory)],

@@ -1,10 +1,12 @@
 """Build the test bed's Go programs from the Go module proxy and cache them.
 
 The control plane (etcd, kube-apiserver, kube-controller-manager, kubectl) is built by
-the small Go module in ``hack/`` (see the comment at the top of its ``go.mod``); MinIO,
-whose go.mod has no replace directives, is built with ``go install``. Binaries land
-under ``$XDG_CACHE_HOME/trackop/bin/<key>/`` where the key covers every input of the
-build, so a machine builds each version once and a changed input builds anew.
+the small Go module in ``hack/`` (see the comment at the top of its ``go.mod``); MinIO
+and fake-gcs-server, whose go.mods have no replace directives, are built with ``go
+install``. Binaries land under ``$XDG_CACHE_HOME/trackop/bin/<key>/`` where the key covers
+every input of the build, so a machine builds each version once and a changed input
+builds anew. Azurite (Node) is ``npm install``-ed the same way, under
+``$XDG_CACHE_HOME/trackop/npm/azurite-<version>-<key>/``, never globally.
 """
 
 from __future__ import annotations

@@ -1,0 +1,626 @@
+"""Tuning: MLflow metric-logging throughput, 16 concurrent clients through the tracking server.
+
+On the test bed (control plane + PostgreSQL), one operator process this script starts
+(``trackop.cli run --namespace <its own namespace>``, as bench_ready.py does) reconciles two
+TrackingBackends in a fresh namespace, with a non-superuser admin role (CREATEDB CREATEROLE)
+and its Secret ``pg-admin``:
+
+  U (untuned): ``spec.server: {port, workers: 1}``, and ``spec.postgres.tuning.pool: {size: 5,
+      maxOverflow: 10}`` only, which is what MLflow does without trackop: with
+      MLFLOW_SQLALCHEMYSTORE_POOL_SIZE/MAX_OVERFLOW unset, MLflow 3.17 passes neither to
+      ``sqlalchemy.create_engine`` and SQLAlchemy's QueuePool defaults (5, 10) apply. Without
+      a tuning block trackop would set its own default, 2/3 (``--untuned-pool trackop``).
+      No database setting, no connection limit.
+  T (tuned): ``spec.server: {port, workers: 2}`` and ``spec.postgres.tuning: {workMem,
+      pool: {size, maxOverflow}, maxConnections}`` (values from the command line).
+
+Both tracking servers run from the backends' own Deployments through the local kubelet
+(``LocalKubelet.start_deployment``), each on its own loopback port, at the same time; the
+benchmark waits for /health and for both backends Ready.
+
+Load: 16 client *processes* (multiprocessing, spawn), started once and kept for every round
+(MLflow's import costs each of them seconds of CPU: that stays out of the windows). Each has
+``MlflowClient("http://127.0.0.1:<port>")`` and one run per backend (created, and one warm-up
+metric logged, before the first round), and calls ``log_metric`` (one metric per call,
+increasing step) in a loop for ``--duration`` seconds from a common start time.
+Counted: calls that succeeded and completed inside the window (metrics/s = that / duration),
+exceptions (the client runs with MLFLOW_HTTP_REQUEST_MAX_RETRIES=0, so a failed request is
+an error instead of minutes of back-off inside a latency), and each call's latency.
+Rounds are interleaved U, T, U, T, ... (``-n`` pairs); reported: the median throughput of each,
+the ratio T/U, errors, pooled p50/p99 latency, and where the CPU went in each window
+(server process tree, the whole PostgreSQL server incl. exited backends via the postmaster's
+cutime, the 16 clients' getrusage, the machine from /proc/stat) and new PostgreSQL sessions
+(pg_stat_database.sessions: the pool's overflow churn). Rows in ``metrics`` are counted
+before and after each round as a check of the client-side count.
+
+Cleanup: servers stopped (RunningPod.stop()), backends deleted (deletionPolicy Delete), their
+databases and roles and the admin role dropped as the superuser (IF EXISTS), the namespace
+deleted, the operator stopped.
+
+    .venv/bin/python bench/bench_tuning.py [--testbed /tmp/bed1/testbed.json] [-n 2] [--duration 20]
+
+Prints a table and writes the section "Tuning: metric-logging throughput" of bench/RESULTS.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.metadata
+import json
+import multiprocessing as mp
+import os
+import re
+import statistics
+import sys
+import tempfile
+import time
+import urllib.request
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import bench_ready as br  # noqa: E402  (Postgres, Operator, Cluster, machine, other_operators)
+from kubernetes import client  # noqa: E402
+from psycopg import sql  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+HEADING = "## Tuning: metric-logging throughput, 16 clients through the tracking server"
+GROUP, VERSION, PLURAL = br.GROUP, br.VERSION, br.PLURAL
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+# ---------------------------------------------------------------------------- clients
+
+
+def client_worker(conn, index: int) -> None:
+    """One client process: commands from the parent over ``conn``.
+
+    ("prepare", port) -> create a run on that server and log one warm-up metric; replies "ready".
+    ("go", port, start_at, end_at) -> log_metric in a loop in [start_at, end_at); replies stats.
+    None -> exit.
+    """
+    os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = "0"  # a failed request is an error, not a back-off
+    os.environ["NO_PROXY"] = os.environ["no_proxy"] = "127.0.0.1,localhost"
+    import random
+    import resource
+
+    from mlflow.tracking import MlflowClient
+
+    clients: dict[int, tuple[object, str]] = {}
+    step = 0
+    while True:
+        cmd = conn.recv()
+        if cmd is None:
+            return
+        if cmd[0] == "prepare":
+            port = cmd[1]
+            try:
+                mc = MlflowClient(f"http://127.0.0.1:{port}")
+                run = mc.create_run("0", run_name=f"bench-client-{index}")
+                mc.log_metric(run.info.run_id, "warmup", 0.0, step=0)
+                clients[port] = (mc, run.info.run_id)
+                conn.send(("ready", None))
+            except Exception as exc:  # reported to the parent, which stops
+                conn.send(("failed", f"{type(exc).__name__}: {exc}"[:500]))
+            continue
+        _, port, start_at, end_at = cmd
+        mc, run_id = clients[port]
+        ok, late, errors, first_error, latencies = 0, 0, 0, "", []
+        while time.time() < start_at:
+            time.sleep(min(0.005, max(0.0, start_at - time.time())))
+        ru0 = resource.getrusage(resource.RUSAGE_SELF)
+        while time.time() < end_at:
+            step += 1
+            t0 = time.perf_counter()
+            try:
+                mc.log_metric(run_id, "loss", random.random(), step=step)
+                good = True
+            except Exception as exc:
+                good = False
+                if not first_error:
+                    first_error = f"{type(exc).__name__}: {exc}"[:300]
+            t1 = time.perf_counter()
+            if time.time() > end_at:  # finished after the window closed: not counted
+                late += 1
+                continue
+            if good:
+                ok += 1
+                latencies.append(t1 - t0)
+            else:
+                errors += 1
+        ru1 = resource.getrusage(resource.RUSAGE_SELF)
+        cpu = (ru1.ru_utime - ru0.ru_utime) + (ru1.ru_stime - ru0.ru_stime)
+        conn.send(("done", {"ok": ok, "late": late, "errors": errors, "first_error": first_error,
+                            "latencies": latencies, "cpu": cpu}))
+
+
+class ClientPool:
+    def __init__(self, n: int) -> None:
+        ctx = mp.get_context("spawn")  # no fork of a process holding API clients and threads
+        self.conns = []
+        self.procs = []
+        for i in range(n):
+            parent, child = ctx.Pipe()
+            proc = ctx.Process(target=client_worker, args=(child, i), daemon=True)
+            proc.start()
+            self.conns.append(parent)
+            self.procs.append(proc)
+
+    def prepare(self, port: int, timeout: float = 300) -> None:
+        for c in self.conns:
+            c.send(("prepare", port))
+        for c in self.conns:
+            if not c.poll(timeout):
+                raise SystemExit(f"a client did not get ready on port {port} in {timeout:.0f} s")
+            state, detail = c.recv()
+            if state != "ready":
+                raise SystemExit(f"a client failed to prepare on port {port}: {detail}")
+
+    def go(self, port: int, start_at: float, end_at: float) -> None:
+        for c in self.conns:
+            c.send(("go", port, start_at, end_at))
+
+    def collect(self, timeout: float) -> list[dict]:
+        out = []
+        for c in self.conns:
+            if not c.poll(timeout):
+                raise SystemExit("a client did not report after its window")
+            out.append(c.recv()[1])
+        return out
+
+    def stop(self) -> None:
+        for c in self.conns:
+            try:
+                c.send(None)
+            except OSError:
+                pass
+        for p in self.procs:
+            p.join(10)
+            if p.is_alive():
+                p.terminate()
+                p.join(5)
+
+
+# ---------------------------------------------------------------------------- CPU accounting
+
+
+def _stat(pid: int) -> tuple[int, int, int] | None:
+    """(ppid, own utime+stime, reaped children's cutime+cstime) in clock ticks."""
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = text.rsplit(")", 1)[1].split()
+    # fields[0] is state (field 3): ppid is field 4, utime..cstime fields 14..17
+    return int(fields[1]), int(fields[11]) + int(fields[12]), int(fields[13]) + int(fields[14])
+
+
+def tree_cpu(root: int) -> float:
+    """CPU seconds of ``root`` and its live descendants, plus what it reaped (its cutime/cstime).
+
+    Children that exit and are reaped by ``root`` (PostgreSQL backends, by the postmaster) stay
+    counted through the parent's cutime, so a delta over a window includes short-lived ones.
+    """
+    children: dict[int, list[int]] = {}
+    stats: dict[int, tuple[int, int, int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            st = _stat(int(entry.name))
+            if st:
+                stats[int(entry.name)] = st
+                children.setdefault(st[0], []).append(int(entry.name))
+    if root not in stats:
+        return 0.0
+    ticks = stats[root][2]  # the root's reaped children (descendants' reaped ones are in theirs)
+    todo = [root]
+    while todo:
+        pid = todo.pop()
+        ticks += stats[pid][1]
+        if pid != root:
+            ticks += stats[pid][2]
+        todo.extend(children.get(pid, []))
+    return ticks / CLK_TCK
+
+
+def machine_busy() -> tuple[float, float]:
+    """(busy, total) CPU seconds of the whole machine since boot, from /proc/stat."""
+    vals = [int(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+    idle = vals[3] + vals[4]  # idle + iowait
+    return (sum(vals[:8]) - idle) / CLK_TCK, sum(vals[:8]) / CLK_TCK
+
+
+# ---------------------------------------------------------------------------- backends
+
+
+@dataclass
+class Backend:
+    label: str  # "U" or "T"
+    name: str
+    port: int
+    workers: int
+    tuning: dict | None
+    database: str = ""
+    role: str = ""
+    server: object = None  # RunningPod
+    pool_env: dict = field(default_factory=dict)
+    budget: dict = field(default_factory=dict)
+    db_settings: list = field(default_factory=list)
+    conn_limit: int | None = None
+    tuning_applied: str = ""
+
+    def spec_text(self) -> str:
+        server = f"`server: {{port: <free>, workers: {self.workers}}}`"
+        if self.tuning is None:
+            return f"{server}, no `tuning`"
+        return f"{server}, `tuning: {json.dumps(self.tuning, separators=(', ', ': ')).replace(chr(34), '')}`"
+
+
+def body(b: Backend, pg: dict) -> dict:
+    postgres = {"external": {"host": pg["host"], "port": int(pg["port"]), "sslMode": "disable",
+                             "adminSecretRef": {"name": "pg-admin"}}}
+    if b.tuning is not None:
+        postgres["tuning"] = b.tuning
+    return {"apiVersion": f"{GROUP}/{VERSION}", "kind": "TrackingBackend", "metadata": {"name": b.name},
+            "spec": {"postgres": postgres, "server": {"port": b.port, "workers": b.workers},
+                     "deletionPolicy": "Delete"}}
+
+
+def wait_for(what: str, check, timeout: float = 120, interval: float = 0.3):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = check()
+        if value:
+            return value
+        time.sleep(interval)
+    raise SystemExit(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+def healthy(port: int) -> bool:
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    try:
+        with opener.open(f"http://127.0.0.1:{port}/health", timeout=2) as response:
+            return response.status == 200
+    except OSError:
+        return False
+
+
+def condition(obj: dict, kind: str) -> dict:
+    return next((c for c in (obj.get("status") or {}).get("conditions") or [] if c.get("type") == kind), {})
+
+
+# ---------------------------------------------------------------------------- rounds
+
+
+@dataclass
+class Round:
+    label: str
+    seconds: float
+    ok: int
+    errors: int
+    late: int
+    first_error: str
+    latencies: list[float]
+    server_cpu: float
+    pg_cpu: float
+    client_cpu: float
+    machine_cpu: float
+    sessions: int
+    rows: int
+
+    @property
+    def rate(self) -> float:
+        return self.ok / self.seconds
+
+
+def pct(xs: list[float], q: float) -> float | None:
+    if not xs:
+        return None
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, int(round(q * (len(xs) - 1))))]
+
+
+def run_round(b: Backend, clients: ClientPool, pg: br.Postgres, postmaster: int, duration: float) -> Round:
+    def rows() -> int:
+        with pg.connect(b.database) as conn:
+            return conn.execute("SELECT count(*) FROM metrics").fetchone()[0]
+
+    # Sessions are read from the postgres database, so these reads do not count themselves.
+    # Backends flush their statistics at most once a second: the count lags by about that.
+    with pg.connect() as stats:
+        def sessions() -> int:
+            stats.execute("SELECT pg_stat_clear_snapshot()")
+            return stats.execute("SELECT sessions FROM pg_stat_database WHERE datname = %s",
+                                 (b.database,)).fetchone()[0]
+
+        rows0 = rows()
+        start_at = time.time() + 1.0
+        end_at = start_at + duration
+        clients.go(b.port, start_at, end_at)
+        while time.time() < start_at:
+            time.sleep(0.002)
+        s0, p0, m0 = tree_cpu(b.server.process.pid), tree_cpu(postmaster), machine_busy()
+        sess0 = sessions()
+        while time.time() < end_at:
+            time.sleep(0.002)
+        s1, p1, m1 = tree_cpu(b.server.process.pid), tree_cpu(postmaster), machine_busy()
+        sess1 = sessions()
+    results = clients.collect(timeout=180)
+    time.sleep(0.5)
+    rows1 = rows()
+    return Round(
+        label=b.label, seconds=duration,
+        ok=sum(r["ok"] for r in results), errors=sum(r["errors"] for r in results),
+        late=sum(r["late"] for r in results),
+        first_error=next((r["first_error"] for r in results if r["first_error"]), ""),
+        latencies=[x for r in results for x in r["latencies"]],
+        server_cpu=s1 - s0, pg_cpu=p1 - p0, client_cpu=sum(r["cpu"] for r in results),
+        machine_cpu=m1[0] - m0[0], sessions=sess1 - sess0, rows=rows1 - rows0,
+    )
+
+
+# ---------------------------------------------------------------------------- results
+
+
+def write_section(path: Path, section: str) -> None:
+    """Replace this benchmark's section of RESULTS.md (or append it), leaving others alone."""
+    text = path.read_text() if path.exists() else "# Benchmarks\n"
+    pattern = re.compile(rf"^{re.escape(HEADING)}\n.*?(?=^## |\Z)", re.S | re.M)
+    if pattern.search(text):
+        text = pattern.sub(lambda _: section, text)
+    else:
+        text = text.rstrip("\n") + "\n\n" + section
+    path.write_text(text)
+
+
+def ms(x: float | None) -> str:
+    return "—" if x is None else f"{x * 1000:.0f} ms" if x >= 0.0095 else f"{x * 1000:.1f} ms"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--testbed", type=Path, default=Path("/tmp/bed1/testbed.json"))
+    parser.add_argument("-n", type=int, default=2, help="pairs of rounds, interleaved U, T, U, T, ... (default 2)")
+    parser.add_argument("--duration", type=float, default=20.0, help="seconds per round (default 20)")
+    parser.add_argument("--clients", type=int, default=16, help="client processes (default 16)")
+    parser.add_argument("--untuned-pool", choices=("mlflow", "trackop"), default="mlflow",
+                        help="U's pool: mlflow = tuning.pool {size: 5, maxOverflow: 10}, SQLAlchemy's defaults, "
+                             "which MLflow uses when not told otherwise (default); trackop = no tuning block, "
+                             "so trackop's default 2/3")
+    parser.add_argument("--tuned-workers", type=int, default=2)
+    parser.add_argument("--tuned-pool-size", type=int, default=4)
+    parser.add_argument("--tuned-max-overflow", type=int, default=4)
+    parser.add_argument("--tuned-work-mem", default="16MB")
+    parser.add_argument("--tuned-max-connections", type=int, default=None,
+                        help="default: the connection budget (workers x 2 engines x pool, + 4), rounded up to 8")
+    parser.add_argument("--results", type=Path, default=ROOT / "bench" / "RESULTS.md")
+    parser.add_argument("--no-write", action="store_true", help="print only")
+    args = parser.parse_args()
+
+    info = json.loads(args.testbed.read_text())
+    pg = br.Postgres(info["postgres"])
+    cluster = br.Cluster(info["kubeconfig"], info["postgres"])
+    log_dir = Path(tempfile.mkdtemp(prefix="trackop-bench-tuning-"))
+    operator = br.Operator(info["kubeconfig"], log_dir / "operator.log", ["--namespace", cluster.namespace])
+    for pid, cmd in br.other_operators():
+        print(f"warning: another trackop operator runs (pid {pid}): {cmd}", flush=True)
+
+    per_engine = args.tuned_pool_size + (args.tuned_max_overflow or 10)
+    budget = args.tuned_workers * 2 * per_engine + 4
+    max_conn = args.tuned_max_connections or -(-budget // 8) * 8
+    u_tuning = {"pool": {"size": 5, "maxOverflow": 10}} if args.untuned_pool == "mlflow" else None
+    t_tuning = {"workMem": args.tuned_work_mem,
+                "pool": {"size": args.tuned_pool_size, "maxOverflow": args.tuned_max_overflow},
+                "maxConnections": max_conn}
+    ports = br.free_port(), br.free_port()
+    while ports[0] == ports[1]:
+        ports = ports[0], br.free_port()
+    suffix = uuid.uuid4().hex[:6]
+    backends = [Backend("U", f"untuned-{suffix}", ports[0], 1, u_tuning),
+                Backend("T", f"tuned-{suffix}", ports[1], args.tuned_workers, t_tuning)]
+
+    from trackop.testbed.kubelet import LocalKubelet
+
+    kubelet = LocalKubelet(cluster.api, workdir=log_dir / "kubelet")
+    apps = client.AppsV1Api(cluster.api)
+    rounds: list[Round] = []
+    problems: list[str] = []
+    clients: ClientPool | None = None
+    namespace_made = False
+    load_before = os.getloadavg()
+    try:
+        admin_user, admin_password = pg.admin_role()
+        cluster.setup(admin_user, admin_password)
+        namespace_made = True
+        operator.start(settle=1.0)
+        print(f"namespace {cluster.namespace}, admin role {admin_user}, operator pid {operator.process.pid}; "
+              f"logs in {log_dir}", flush=True)
+        clients = ClientPool(args.clients)  # imports MLflow in the background while the backends converge
+
+        for b in backends:
+            cluster.custom.create_namespaced_custom_object(GROUP, VERSION, cluster.namespace, PLURAL,
+                                                           body(b, info["postgres"]))
+            cluster.backends.append(b.name)
+        for b in backends:
+            def deployment(b=b):
+                try:
+                    return apps.read_namespaced_deployment(f"{b.name}-mlflow", cluster.namespace)
+                except client.ApiException as exc:
+                    if exc.status == 404:
+                        return None
+                    raise
+            dep = wait_for(f"Deployment {b.name}-mlflow", deployment)
+            b.pool_env = {e.name: e.value for e in dep.spec.template.spec.containers[0].env
+                          if e.name.startswith("MLFLOW_SQLALCHEMYSTORE")}
+            b.server = kubelet.start_deployment(cluster.namespace, f"{b.name}-mlflow")
+            print(f"{b.label}: {b.name}, server pid {b.server.process.pid} on :{b.port} "
+                  f"({b.workers} worker(s), {b.pool_env})", flush=True)
+        for b in backends:
+            def up(b=b):
+                if not b.server.alive():
+                    raise SystemExit(f"{b.name}'s server exited:\n{b.server.logs()[-3000:]}")
+                return healthy(b.port)
+            wait_for(f"{b.name}'s /health", up, timeout=120, interval=0.5)
+        for b in backends:
+            def ready(b=b):
+                obj = cluster.custom.get_namespaced_custom_object(GROUP, VERSION, cluster.namespace, PLURAL, b.name)
+                return obj if condition(obj, "Ready").get("status") == "True" else None
+            obj = wait_for(f"{b.name} Ready", ready)
+            db = obj["status"].get("database") or {}
+            b.database, b.role = db.get("name", ""), db.get("role", "")
+            pg.databases.append(b.database)
+            pg.roles.insert(1, b.role)  # dropped before the admin role that made it
+            b.budget = obj["status"].get("connectionBudget") or {}
+            applied = condition(obj, "TuningApplied")
+            b.tuning_applied = f"{applied.get('status')} {applied.get('reason')}: {applied.get('message')}" if applied else "none"
+            with pg.connect() as conn:
+                row = conn.execute("SELECT datconnlimit FROM pg_database WHERE datname = %s", (b.database,)).fetchone()
+                b.conn_limit = row[0]
+                b.db_settings = conn.execute(
+                    "SELECT unnest(setconfig) FROM pg_db_role_setting s JOIN pg_database d ON d.oid = s.setdatabase "
+                    "WHERE d.datname = %s AND s.setrole = 0", (b.database,)).fetchall()
+            b.db_settings = [r[0] for r in b.db_settings]
+            print(f"{b.label} Ready: database {b.database}, budget {b.budget}, connection limit {b.conn_limit}, "
+                  f"database settings {b.db_settings or 'none'}; TuningApplied {b.tuning_applied}", flush=True)
+
+        with pg.connect() as conn:
+            postmaster = conn.execute("SELECT pg_backend_pid()").fetchone()[0]
+            pg_version = str(conn.execute("SHOW server_version").fetchone()[0])
+            pg_notes = {k: conn.execute(sql.SQL("SHOW {}").format(sql.Identifier(k))).fetchone()[0]
+                        for k in ("max_connections", "fsync", "synchronous_commit", "shared_buffers", "work_mem")}
+        postmaster = _stat(postmaster)[0]  # a backend's parent is the postmaster
+
+        started = time.perf_counter()
+        for b in backends:
+            clients.prepare(b.port)
+        print(f"{args.clients} clients ready (runs created, one warm-up metric each) "
+              f"{time.perf_counter() - started:.1f} s after the backends were Ready", flush=True)
+
+        order = [backends[i % 2] for i in range(2 * args.n)]
+        for i, b in enumerate(order):
+            r = run_round(b, clients, pg, postmaster, args.duration)
+            rounds.append(r)
+            print(f"round {i + 1} {b.label}: {r.rate:.1f} metrics/s ({r.ok} ok, {r.errors} errors, {r.late} late), "
+                  f"p50 {ms(pct(r.latencies, 0.5))} p99 {ms(pct(r.latencies, 0.99))}; CPU s: server "
+                  f"{r.server_cpu:.1f}, postgres {r.pg_cpu:.1f}, clients {r.client_cpu:.1f}, machine "
+                  f"{r.machine_cpu:.1f} of {args.duration * len(os.sched_getaffinity(0)):.0f}; "
+                  f"new PG sessions {r.sessions}; rows +{r.rows}", flush=True)
+            if r.first_error:
+                print(f"  first error: {r.first_error}", flush=True)
+            if r.rows < r.ok:
+                problems.append(f"round {i + 1}: {r.rows} metric rows written but {r.ok} calls counted")
+        load_after = os.getloadavg()
+    finally:
+        if clients is not None:
+            clients.stop()
+        for b in backends:
+            if b.server is not None:
+                b.server.stop()
+        if cluster.backends:
+            problems += cluster.delete_backends()
+        operator.stop()
+        problems += pg.drop_all()
+        if namespace_made:
+            problems += cluster.delete_namespace()
+    for p in problems:
+        print(f"warning: {p}", flush=True)
+
+    ncpu = len(os.sched_getaffinity(0))
+    by = {lab: [r for r in rounds if r.label == lab] for lab in ("U", "T")}
+    med = {lab: statistics.median(r.rate for r in rs) for lab, rs in by.items()}
+    ratio = med["T"] / med["U"]
+
+    def per_metric(rs: list[Round], attr: str) -> float:
+        return sum(getattr(r, attr) for r in rs) / sum(r.ok for r in rs)
+
+    lines = [
+        "| backend | spec | metrics/s per round (in order) | median metrics/s | errors | p50 | p99 "
+        "| CPU ms per metric: server / PostgreSQL / clients | machine busy | new PG sessions/s |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for b in backends:
+        rs = by[b.label]
+        lat = [x for r in rs for x in r.latencies]
+        busy = statistics.mean(r.machine_cpu / (r.seconds * ncpu) for r in rs)
+        lines.append(
+            f"| {b.label} | {b.spec_text()} | {', '.join(f'{r.rate:.1f}' for r in rs)} | **{med[b.label]:.1f}** "
+            f"| {sum(r.errors for r in rs)} | {ms(pct(lat, 0.5))} | {ms(pct(lat, 0.99))} "
+            f"| {per_metric(rs, 'server_cpu') * 1000:.1f} / {per_metric(rs, 'pg_cpu') * 1000:.1f} / "
+            f"{per_metric(rs, 'client_cpu') * 1000:.1f} | {busy:.0%} "
+            f"| {statistics.mean(r.sessions / r.seconds for r in rs):.1f} |")
+    table = "\n".join(lines)
+    summary = f"Ratio T/U of median throughput: **{ratio:.2f}** ({med['T']:.1f} / {med['U']:.1f} metrics/s)."
+    print()
+    print(table)
+    print(summary)
+    for b in backends:
+        print(f"{b.label}: pool env {b.pool_env}; budget {b.budget}; connection limit {b.conn_limit}; "
+              f"database settings {b.db_settings or 'none'}")
+    print(f"load average before {load_before[0]:.2f}, after {load_after[0]:.2f}; PostgreSQL {pg_notes}")
+    if args.no_write:
+        return
+
+    m = br.machine()
+    versions = {pkg: importlib.metadata.version(pkg)
+                for pkg in ("mlflow", "SQLAlchemy", "psycopg", "uvicorn", "fastapi", "kopf")}
+    u, t = backends
+    cmd = f".venv/bin/python bench/bench_tuning.py --testbed {args.testbed} -n {args.n} --duration {args.duration:g}"
+    defaults = {"clients": 16, "untuned_pool": "mlflow", "tuned_workers": 2, "tuned_pool_size": 4,
+                "tuned_max_overflow": 4, "tuned_work_mem": "16MB", "tuned_max_connections": None}
+    for key, default in defaults.items():
+        if getattr(args, key) != default:
+            cmd += f" --{key.replace('_', '-')} {getattr(args, key)}"
+    section = f"""{HEADING}
+
+{args.clients} client processes, each `MlflowClient("http://127.0.0.1:<port>")` with one run per
+backend, call `log_metric` (one metric per call) in a loop for {args.duration:g} s from a common
+start; rounds interleaved {", ".join(r.label for r in rounds)} (N={args.n} of each), same script,
+same run, both servers up throughout. Counted: calls that succeeded and returned inside the
+window (metrics/s = count / {args.duration:g} s); errors with MLFLOW_HTTP_REQUEST_MAX_RETRIES=0
+(a failed request counts instead of hiding in a back-off); latency per call, pooled over
+the clients of a backend's rounds. The clients were started, had imported MLflow, created
+their runs and logged one warm-up metric before the first window.
+Both TrackingBackends (external PostgreSQL, a non-superuser admin with CREATEDB CREATEROLE)
+were reconciled by the benchmark's own operator (`trackop.cli run --namespace <its
+namespace>`); each tracking server is `mlflow server` (uvicorn, MLflow's default) run from
+the backend's Deployment by the local kubelet on its own loopback port.
+
+- **U** (untuned): {u.spec_text()}. Pool env in the Deployment: {u.pool_env}.
+  {"That is MLflow's default: without MLFLOW_SQLALCHEMYSTORE_POOL_SIZE/MAX_OVERFLOW, MLflow 3.17 passes neither to `create_engine` and SQLAlchemy's QueuePool defaults (5, 10) apply; the tuning block holds nothing else, so no database setting and no connection limit are applied (TuningApplied lists none). Without any tuning block trackop would set its own default pool 2/3 (`--untuned-pool trackop`)." if u_tuning else "No tuning block, so this is trackop's default pool 2/3, not MLflow's 5/10."}
+  One worker: the brief's baseline; note MLflow's own CLI default is 4 uvicorn workers and trackop's is 2.
+- **T** (tuned): {t.spec_text()}. Pool env: {t.pool_env}; database settings {', '.join(t.db_settings) or 'none'},
+  connection limit {t.conn_limit} (budget {t.budget.get('required')} = 2 workers x 2 engines x
+  {per_engine} + 4).
+
+{table}
+
+{summary}
+
+CPU columns: the server's process tree (uvicorn and its workers), the whole PostgreSQL
+server (live backends plus the ones the postmaster reaped in the window), and the 16
+clients' getrusage, each divided by the metrics logged; machine busy is /proc/stat over
+the window ({ncpu} CPUs), which includes other work on the machine (load average
+{load_before[0]:.2f} before the run, {load_after[0]:.2f} after). New PG sessions are
+`pg_stat_database.sessions` of the backend's database: connections opened beyond the
+pool's idle ones and closed again. The bed's PostgreSQL runs with fsync={pg_notes['fsync']},
+synchronous_commit={pg_notes['synchronous_commit']}, so a commit costs no disk flush here.
+
+INTERPRETATION_PLACEHOLDER
+
+Machine: {m['nproc']} CPUs ({m['cpu']}), {m['memory']} RAM, Linux {m['kernel']}, Python {m['python']};
+PostgreSQL {pg_version}; {", ".join(f"{k} {v}" for k, v in versions.items())}.
+Measured {time.strftime("%Y-%m-%d")}.
+
+Rerun (from the repository root, with a running bed that has the CRD installed):
+
+```sh
+{cmd}
+```
+"""
+    write_section(args.results, section)
+    print(f"\nwrote {args.results}")
+
+
+if __name__ == "__main__":
+    main()
