@@ -31,14 +31,20 @@ class OperatorProcess:
         self.log_path = log_dir / "operator.log"
         self.process: subprocess.Popen | None = None
         self.port = 0
+        # The admission webhooks, on a loopback port of their own for the whole session.
+        self.webhook_port = free_ports(1)[0]
+        self.extra_args: list[str] = []
+        self.extra_env: dict[str, str] = {}
 
     def start(self) -> None:
         self.port = free_ports(1)[0]
-        env = {**os.environ, "TRACKOP_DRIFT_INTERVAL": str(DRIFT_INTERVAL), "PYTHONUNBUFFERED": "1"}
+        env = {**os.environ, "TRACKOP_DRIFT_INTERVAL": str(DRIFT_INTERVAL), "PYTHONUNBUFFERED": "1",
+               **self.extra_env}
         log = open(self.log_path, "ab")
         self.process = subprocess.Popen(
             [sys.executable, "-m", "trackop.cli", "run", "--all-namespaces", "--kubeconfig", self.kubeconfig,
-             "--health-address", f"127.0.0.1:{self.port}"],
+             "--health-address", f"127.0.0.1:{self.port}", "--webhook-address", f"127.0.0.1:{self.webhook_port}",
+             *self.extra_args],
             stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
         )
         log.close()
@@ -50,12 +56,22 @@ class OperatorProcess:
 
     def _healthy(self) -> bool:
         assert self.process.poll() is None, f"operator exited:\n{self.logs()[-3000:]}"
+        # Ready means the webhooks answer too (they are registered before they serve).
+        if not self._webhook_listening():
+            return False
         try:
             opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
             with opener.open(f"http://127.0.0.1:{self.port}/healthz", timeout=1) as response:
                 return response.status == 200
         except OSError:
             return False
+
+    def _webhook_listening(self) -> bool:
+        import socket
+
+        with socket.socket() as sock:
+            sock.settimeout(0.5)
+            return sock.connect_ex(("127.0.0.1", self.webhook_port)) == 0
 
     def stop(self, kill: bool = False) -> None:
         if self.process and self.process.poll() is None:
@@ -66,8 +82,10 @@ class OperatorProcess:
                 self.process.kill()
                 self.process.wait()
 
-    def restart(self) -> None:
+    def restart(self, extra_args: list[str] | None = None, extra_env: dict[str, str] | None = None) -> None:
         self.stop()
+        self.extra_args = extra_args or []
+        self.extra_env = extra_env or {}
         self.start()
 
     def logs(self) -> str:

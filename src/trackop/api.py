@@ -128,6 +128,8 @@ class BackendSpec:
     artifacts: ArtifactStore | None = None
     tracking_server: ServerSpec | None = None  # None: no tracking server
     injection_mode: str = "Direct"
+    # spec.injection.namespaceSelector: other namespaces whose pods may be injected.
+    namespace_selector: Mapping[str, Any] | None = None
 
     @property
     def server_name(self) -> str:
@@ -295,6 +297,7 @@ def parse(namespace: str, name: str, spec: Mapping[str, Any]) -> BackendSpec:
         artifacts=artifacts,
         tracking_server=tracking_server,
         injection_mode=injection_mode,
+        namespace_selector=_get(_get(spec, "injection", {}), "namespaceSelector"),
     )
 
 

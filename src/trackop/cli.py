@@ -39,6 +39,12 @@ def _run(args: argparse.Namespace) -> int:
     if args.kubeconfig:
         # Before kopf and the kubernetes client are imported: both read it at import.
         os.environ["KUBECONFIG"] = str(args.kubeconfig)
+    # The operator module reads its settings at import.
+    for name, value in (("TRACKOP_WEBHOOK_ADDRESS", args.webhook_address), ("TRACKOP_WEBHOOK_URL", args.webhook_url),
+                        ("TRACKOP_WEBHOOK_FAILURE_POLICY", args.webhook_failure_policy),
+                        ("TRACKOP_NAMESPACE", args.operator_namespace)):
+        if value:
+            os.environ[name] = value
     import kopf
 
     from . import operator  # noqa: F401  (registers the handlers)
@@ -75,6 +81,16 @@ def build_parser() -> argparse.ArgumentParser:
                      help="host:port of the liveness endpoint /healthz (default %(default)s)")
     run.add_argument("--peering", action="store_true",
                      help="coordinate with other trackop replicas through kopf peering (needs its CRD)")
+    run.add_argument("--operator-namespace", default=os.environ.get("TRACKOP_NAMESPACE", "trackop-system"),
+                     help="the operator's own namespace: never injected; holds the webhook certificate "
+                          "(default %(default)s)")
+    run.add_argument("--webhook-address", metavar="HOST:PORT",
+                     help="serve the admission webhooks here and register them (injection into pods, "
+                          "TrackingBackend validation); for the local bed, 127.0.0.1:PORT")
+    run.add_argument("--webhook-url", help="the URL the API server calls (default https://HOST:PORT)")
+    run.add_argument("--webhook-failure-policy", choices=("Ignore", "Fail"), default="Ignore",
+                     help="Ignore (default): pods are created uninjected, with a warning, when the webhook is down or "
+                          "the backend is unknown; Fail: such pods are rejected")
     run.add_argument("--verbose", action="store_true")
     run.set_defaults(func=_run)
 

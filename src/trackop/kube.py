@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import base64
+import datetime as dt
+import uuid
 from collections.abc import Mapping
 from typing import Any
 
@@ -102,3 +104,62 @@ class Kube:
             if exc.status == 404:
                 return None
             raise
+
+    # ---- injection: namespaces, Secret copies, pods, webhook configurations ------------
+    def namespace_labels(self) -> dict[str, dict[str, str]]:
+        return {ns.metadata.name: dict(ns.metadata.labels or {}) for ns in self.core.list_namespace().items
+                if ns.metadata.deletion_timestamp is None}
+
+    def secrets_by_label(self, selector: str) -> dict[tuple[str, str], dict[str, str]]:
+        """Secrets across all namespaces matching ``selector``: (namespace, name) -> data."""
+        found = self.core.list_secret_for_all_namespaces(label_selector=selector).items
+        return {(s.metadata.namespace, s.metadata.name): _decode(s.data) for s in found}
+
+    def put_secret(self, body: Mapping[str, Any]) -> None:
+        """Create, or replace whole (so keys no longer wanted go), a Secret trackop owns."""
+        meta = body["metadata"]
+        try:
+            self.core.create_namespaced_secret(meta["namespace"], body)
+        except client.ApiException as exc:
+            if exc.status != 409:
+                raise
+            self.core.replace_namespaced_secret(meta["name"], meta["namespace"], body)
+
+    def delete_secret(self, namespace: str, name: str) -> None:
+        try:
+            self.core.delete_namespaced_secret(name, namespace)
+        except client.ApiException as exc:
+            if exc.status != 404:
+                raise
+
+    def pods_by_label(self, selector: str) -> list[client.V1Pod]:
+        return self.core.list_pod_for_all_namespaces(label_selector=selector).items
+
+    def ensure_namespace(self, name: str) -> None:
+        try:
+            self.core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=name)))
+        except client.ApiException as exc:
+            if exc.status != 409:
+                raise
+
+    def apply_cluster(self, body: Mapping[str, Any]) -> None:
+        """Server-side apply a webhook configuration."""
+        admission = client.AdmissionregistrationV1Api(self.core.api_client)
+        patch = {
+            "MutatingWebhookConfiguration": admission.patch_mutating_webhook_configuration,
+            "ValidatingWebhookConfiguration": admission.patch_validating_webhook_configuration,
+        }[body["kind"]]
+        patch(body["metadata"]["name"], body, field_manager="trackop", force=True,
+              _content_type="application/apply-patch+yaml")
+
+    def post_event(self, namespace: str, involved: Mapping[str, Any], event_type: str, reason: str,
+                   message: str) -> None:
+        now = dt.datetime.now(dt.timezone.utc)
+        self.core.create_namespaced_event(namespace, client.CoreV1Event(
+            metadata=client.V1ObjectMeta(name=f"trackop.{uuid.uuid4().hex[:12]}", namespace=namespace),
+            involved_object=client.V1ObjectReference(**involved),
+            type=event_type, reason=reason, message=message[:1024],
+            first_timestamp=now, last_timestamp=now, count=1,
+            source=client.V1EventSource(component="trackop"),
+            reporting_component="trackop", reporting_instance="trackop",
+        ))

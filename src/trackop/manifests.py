@@ -138,6 +138,13 @@ def connection_secret_data(spec: BackendSpec, password: str,
     return data
 
 
+def secret_keys(spec: BackendSpec) -> tuple[str, ...]:
+    """The keys the connection Secret has for this spec (values do not matter here)."""
+    store = spec.artifacts
+    placeholder = ("-",) * len(store.credential_keys) if store and store.credentials_secret else None
+    return tuple(sorted(connection_secret_data(spec, "-", placeholder)))
+
+
 def connection_secret(spec: BackendSpec, password: str, owner: Mapping[str, Any],
                       bucket_secret: tuple[str, ...] | None = None) -> dict[str, Any]:
     return {

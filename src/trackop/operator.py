@@ -15,15 +15,24 @@ from typing import Any
 import kopf
 from kubernetes import client, config
 
-from . import api, schema
+from . import api, manifests, schema, webhook
+from .injection_service import InjectionService
+from .reconcile import injection_view
 from . import conditions as cond
 from .kube import Kube
 from .reconcile import Outcome, Reconciler, StepFailed
 
 DRIFT_INTERVAL = float(os.environ.get("TRACKOP_DRIFT_INTERVAL", "60"))
 MAX_RETRY_DELAY = 60.0
+OPERATOR_NAMESPACE = os.environ.get("TRACKOP_NAMESPACE", "trackop-system")
+# Set by `trackop run --webhook-address/--webhook-url/--webhook-failure-policy`.
+WEBHOOK_ADDRESS = os.environ.get("TRACKOP_WEBHOOK_ADDRESS", "")
+WEBHOOK_URL = os.environ.get("TRACKOP_WEBHOOK_URL", "")
+WEBHOOK_FAILURE_POLICY = os.environ.get("TRACKOP_WEBHOOK_FAILURE_POLICY", "Ignore")
 
 _reconciler: Reconciler | None = None
+INDEX = webhook.Index()
+_specs: dict[tuple[str, str], api.BackendSpec] = {}
 
 
 def _api_client() -> client.ApiClient:
@@ -37,7 +46,7 @@ def _api_client() -> client.ApiClient:
 def reconciler() -> Reconciler:
     global _reconciler
     if _reconciler is None:
-        _reconciler = Reconciler(Kube(_api_client()))
+        _reconciler = Reconciler(Kube(_api_client()), OPERATOR_NAMESPACE)
     return _reconciler
 
 
@@ -53,6 +62,12 @@ def configure(settings: kopf.OperatorSettings, logger: logging.Logger, **_: Any)
     settings.watching.server_timeout = 300
     schema.preload()  # import MLflow once, not during the first backend's reconcile
     reconciler()
+    if WEBHOOK_ADDRESS:
+        global _injection
+        _injection = InjectionService(reconciler().kube, INDEX, address=WEBHOOK_ADDRESS, url=WEBHOOK_URL,
+                                      failure_policy=WEBHOOK_FAILURE_POLICY, operator_namespace=OPERATOR_NAMESPACE)
+        _injection.start()
+        logger.info("admission webhooks served on %s (failurePolicy %s)", WEBHOOK_ADDRESS, WEBHOOK_FAILURE_POLICY)
     logger.info("trackop ready: MLflow %s bundled, drift interval %.0fs", schema.BUNDLED_MLFLOW_VERSION, DRIFT_INTERVAL)
 
 
@@ -112,6 +127,56 @@ def check_drift(body: kopf.Body, status: kopf.Status, patch: kopf.Patch, **_: An
     if body["metadata"].get("deletionTimestamp"):
         return
     _run(body, status, patch)
+    spec = _specs.get((body["metadata"]["namespace"], body["metadata"]["name"]))
+    if spec is not None:
+        for event_type, reason, message in reconciler().missed_injections(spec):
+            kopf.event(body, type=event_type, reason=reason, message=message)
+
+
+_injection: InjectionService | None = None
+
+
+@kopf.on.cleanup()
+def stop_webhooks(**_: Any) -> None:
+    if _injection is not None:
+        _injection.stop()
+
+
+@kopf.on.event(api.GROUP, api.VERSION, api.PLURAL)
+def index_backend(event: kopf.RawEvent, body: kopf.Body, **_: Any) -> None:
+    """Keep what admission decisions need in memory: no API call per pod creation."""
+    key = (body["metadata"]["namespace"], body["metadata"]["name"])
+    try:
+        spec = _parse(body)
+    except api.SpecError:
+        spec = None
+    if event["type"] == "DELETED" or spec is None:
+        INDEX.drop_backend(*key)
+        _specs.pop(key, None)
+        return
+    _specs[key] = spec
+    INDEX.set_backend(injection_view(spec, manifests.secret_keys(spec)),
+                      (spec.server.host, spec.server.port, spec.database))
+
+
+@kopf.on.event("", "v1", "namespaces")
+def index_namespace(event: kopf.RawEvent, body: kopf.Body, **_: Any) -> None:
+    name = body["metadata"]["name"]
+    if event["type"] == "DELETED":
+        INDEX.drop_namespace(name)
+        return
+    labels = dict(body["metadata"].get("labels") or {})
+    before = INDEX.namespaces().get(name)
+    INDEX.set_namespace(name, labels)
+    if event["type"] is None or before == labels:
+        return  # the initial listing: every backend's own reconcile places its copies
+    # A new namespace, or new labels: copies for backends that select namespaces by label.
+    for spec in list(_specs.values()):
+        if spec.namespace_selector is None:
+            continue
+        data = reconciler().kube.read_secret(spec.namespace, spec.connection_secret)
+        if data:
+            reconciler().sync_copies(spec, data)
 
 
 @kopf.on.delete(api.GROUP, api.VERSION, api.PLURAL)

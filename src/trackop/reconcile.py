@@ -8,14 +8,15 @@ reason names the cause and whose message says the fix.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import secrets as random_secrets
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from . import conditions as cond
-from . import artifacts, manifests, postgres, schema, tuning
+from . import artifacts, injection, manifests, postgres, schema, tuning
 from .api import BackendSpec
 from .conditions import Condition
 from .kube import Kube
@@ -66,9 +67,24 @@ class _Context:
         self.events.append(("Normal", reason, message))
 
 
+COPY_LABEL = "trackop.dev/copy-of"
+
+
+def copy_label_value(namespace: str, name: str) -> str:
+    # Label values stop at 63 characters; a hash of the backend's reference always fits.
+    return hashlib.sha256(f"{namespace}/{name}".encode()).hexdigest()[:16]
+
+
+def injection_view(spec: BackendSpec, secret_keys: Iterable[str]) -> injection.BackendView:
+    return injection.BackendView(spec.namespace, spec.name, spec.injection_mode, spec.namespace_selector,
+                                 tuple(sorted(secret_keys)))
+
+
 class Reconciler:
-    def __init__(self, kube: Kube) -> None:
+    def __init__(self, kube: Kube, operator_namespace: str | None = None) -> None:
         self.kube = kube
+        self.operator_namespace = operator_namespace
+        self._reported_pods: set[str] = set()  # uids already reported as missing injection
 
     # ---- the sequence ----------------------------------------------------------------
     def reconcile(self, spec: BackendSpec, owner: Mapping[str, Any], previous_status: Mapping[str, Any]) -> Outcome:
@@ -78,7 +94,8 @@ class Reconciler:
         try:
             admin_user, admin_password = self._admin_credentials(ctx)
             bucket_keys, bucket_problem = self._bucket_keys(ctx)
-            password = self._password(ctx, bucket_keys)
+            password, secret_data = self._password(ctx, bucket_keys)
+            self.sync_copies(spec, secret_data, ctx.did)
             with postgres.connect(spec.server, admin_user, admin_password) as admin:
                 privileges = postgres.admin_privileges(admin)
                 postgres.check_admin(privileges, admin_user)
@@ -188,7 +205,7 @@ class Reconciler:
         ctx.secrets.update(values)
         return values, None
 
-    def _password(self, ctx: _Context, bucket_keys: tuple[str, ...] | None) -> str:
+    def _password(self, ctx: _Context, bucket_keys: tuple[str, ...] | None) -> tuple[str, dict[str, str]]:
         """The role's password: the user's Secret, else the one already issued, else a new one.
 
         The connection Secret is written before the role gets the password, so a crash in
@@ -218,7 +235,58 @@ class Reconciler:
             # Changed keys, or a Secret retained from an earlier backend of this name: adopt it.
             self.kube.update_secret(body)
             ctx.did("ConnectionSecretUpdated", f"updated Secret {spec.connection_secret}")
-        return password
+        return password, body["stringData"]
+
+    # ---- injection ---------------------------------------------------------------------
+    def sync_copies(self, spec: BackendSpec, data: Mapping[str, str],
+                    did: Callable[[str, str], None] = lambda reason, message: None) -> None:
+        """Keep a copy of the connection Secret, with only the keys the mode needs, in every
+        namespace whose pods may be injected; remove copies where they no longer may."""
+        view = injection_view(spec, data)
+        name = injection.copy_secret_name(spec.namespace, spec.name)
+        label = copy_label_value(spec.namespace, spec.name)
+        existing = self.kube.secrets_by_label(f"{COPY_LABEL}={label}")
+        wanted = {ns for ns, labels in self.kube.namespace_labels().items()
+                  if injection.admits_namespace(spec.namespace, spec.namespace_selector, ns, labels,
+                                                self.operator_namespace)}
+        copy = injection.copy_secret_data(view, data)
+        for namespace in sorted(wanted):
+            if existing.get((namespace, name)) == copy:
+                continue
+            self.kube.put_secret({
+                "apiVersion": "v1", "kind": "Secret", "type": "Opaque",
+                "metadata": {"name": name, "namespace": namespace,
+                             "labels": {**manifests.labels(spec, "injection"), COPY_LABEL: label},
+                             "annotations": {"trackop.dev/copy-of": f"{spec.namespace}/{spec.connection_secret}"}},
+                "stringData": copy,
+            })
+            did("SecretCopied", f"copied the {spec.injection_mode}-mode keys of Secret {spec.connection_secret} "
+                                f"to {namespace}/{name}")
+        for namespace, secret in existing:
+            if namespace not in wanted:
+                self.kube.delete_secret(namespace, secret)
+                did("SecretCopyRemoved", f"removed {namespace}/{secret}: the namespace is no longer admitted")
+
+    def remove_copies(self, spec: BackendSpec) -> None:
+        for namespace, secret in self.kube.secrets_by_label(f"{COPY_LABEL}={copy_label_value(spec.namespace, spec.name)}"):
+            self.kube.delete_secret(namespace, secret)
+
+    def missed_injections(self, spec: BackendSpec) -> list[tuple[str, str, str]]:
+        """Warnings for pods that opted in to this backend but were created without
+        injection (the webhook was down with failurePolicy Ignore); each pod once."""
+        events = []
+        for pod in self.kube.pods_by_label(f"{injection.INJECT_LABEL}=true"):
+            meta = pod.metadata
+            reference = injection.parse_backend_reference(
+                (meta.annotations or {}).get(injection.BACKEND_ANNOTATION), meta.namespace)
+            if reference != (spec.namespace, spec.name) or meta.uid in self._reported_pods:
+                continue
+            if injection.missed_injection({"metadata": {"labels": meta.labels, "annotations": meta.annotations}}):
+                self._reported_pods.add(meta.uid)
+                events.append(("Warning", "InjectionMissed",
+                               f"pod {meta.namespace}/{meta.name} opted in but was created without "
+                               "MLFLOW_TRACKING_URI (the webhook was unavailable): delete it to recreate it"))
+        return events
 
     def _database_and_role(self, ctx: _Context, conn, privileges: postgres.AdminPrivileges,
                            password: str) -> postgres.RoleLogin:
@@ -399,6 +467,7 @@ class Reconciler:
     def delete(self, spec: BackendSpec, owner: Mapping[str, Any]) -> list[tuple[str, str, str]]:
         """Apply the deletion policy; raises StepFailed if it must be retried."""
         uid = owner["metadata"]["uid"]
+        self.remove_copies(spec)
         if spec.deletion_policy == "Retain":
             self.kube.release_secret(spec.namespace, spec.connection_secret, uid)
             return [("Normal", "Retained",

@@ -1,0 +1,266 @@
+"""The admission webhooks: Pod injection and TrackingBackend validation, served over HTTPS.
+
+The decisions are pure (``injection.mutate``, ``validate_backend``); this module holds
+the in-memory index the handlers read (fed by kopf's watch events, so an admission
+request costs no API call), the webhook configurations trackop registers, and a small
+threaded HTTPS server whose certificate can be swapped while it serves (rotation).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import ssl
+import tempfile
+import threading
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+from . import api, injection
+from .injection import BackendView
+
+log = logging.getLogger(__name__)
+
+MUTATING_NAME = "trackop-injection"
+VALIDATING_NAME = "trackop-validation"
+MUTATE_PATH = "/mutate-pods"
+VALIDATE_PATH = "/validate-trackingbackends"
+TIMEOUT_SECONDS = 3  # an opted-in pod creation waits at most this long on a slow operator
+
+
+class Index:
+    """What admission decisions need, kept current by watch events; safe across threads."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._backends: dict[tuple[str, str], BackendView] = {}
+        self._stores: dict[tuple[str, str], tuple[str, int, str]] = {}
+        self._namespaces: dict[str, dict[str, str]] = {}
+
+    def set_backend(self, view: BackendView, store: tuple[str, int, str] | None) -> None:
+        with self._lock:
+            self._backends[(view.namespace, view.name)] = view
+            if store is not None:
+                self._stores[(view.namespace, view.name)] = store
+
+    def drop_backend(self, namespace: str, name: str) -> None:
+        with self._lock:
+            self._backends.pop((namespace, name), None)
+            self._stores.pop((namespace, name), None)
+
+    def backend(self, namespace: str, name: str) -> BackendView | None:
+        with self._lock:
+            return self._backends.get((namespace, name))
+
+    def backends(self) -> list[BackendView]:
+        with self._lock:
+            return list(self._backends.values())
+
+    def store_owner(self, store: tuple[str, int, str]) -> tuple[str, str] | None:
+        with self._lock:
+            return next((key for key, value in self._stores.items() if value == store), None)
+
+    def set_namespace(self, name: str, labels: Mapping[str, str]) -> None:
+        with self._lock:
+            self._namespaces[name] = dict(labels)
+
+    def drop_namespace(self, name: str) -> None:
+        with self._lock:
+            self._namespaces.pop(name, None)
+
+    def namespace_labels(self, name: str) -> dict[str, str]:
+        with self._lock:
+            return dict(self._namespaces.get(name, {"kubernetes.io/metadata.name": name}))
+
+    def namespaces(self) -> dict[str, dict[str, str]]:
+        with self._lock:
+            return {k: dict(v) for k, v in self._namespaces.items()}
+
+
+def backend_view(spec: api.BackendSpec, secret_keys: tuple[str, ...]) -> BackendView:
+    return BackendView(spec.namespace, spec.name, spec.injection_mode, spec.namespace_selector, secret_keys)
+
+
+# ---- validation (pure) -----------------------------------------------------------------
+
+def validate_backend(body: Mapping[str, Any], index: Index) -> tuple[bool, str]:
+    """What the CRD schema cannot check: the operator's full parse, a well-formed
+    namespaceSelector, and no second backend on the same database of the same server."""
+    meta = body.get("metadata") or {}
+    namespace, name = meta.get("namespace", ""), meta.get("name", "")
+    try:
+        spec = api.parse(namespace, name, body.get("spec") or {})
+    except api.SpecError as error:
+        return False, str(error)
+    if spec.namespace_selector is not None:
+        try:
+            injection.label_selector_matches(spec.namespace_selector, {})
+        except ValueError as error:
+            return False, f"spec.injection.namespaceSelector: {error}"
+    owner = index.store_owner((spec.server.host, spec.server.port, spec.database))
+    if owner is not None and owner != (namespace, name):
+        return False, (f"spec.postgres.database: {spec.database} on {spec.server.host}:{spec.server.port} is "
+                       f"already used by TrackingBackend {owner[0]}/{owner[1]}")
+    return True, ""
+
+
+# ---- admission reviews -----------------------------------------------------------------
+
+def review_response(uid: str, allowed: bool, *, message: str = "", patch: list | None = None,
+                    warnings: list[str] | None = None) -> dict[str, Any]:
+    response: dict[str, Any] = {"uid": uid, "allowed": allowed}
+    if not allowed:
+        response["status"] = {"code": 403, "message": message}
+    if patch:
+        response["patchType"] = "JSONPatch"
+        response["patch"] = base64.b64encode(json.dumps(patch).encode()).decode()
+    if warnings:
+        response["warnings"] = warnings
+    return {"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "response": response}
+
+
+@dataclass
+class Handlers:
+    """Turns AdmissionReview requests into responses, reading only the index."""
+
+    index: Index
+    operator_namespace: str | None
+    fail_closed: bool
+    on_warning: Callable[[str, str | None, str], None] = lambda namespace, backend, message: None
+
+    def mutate_pod(self, request: Mapping[str, Any]) -> dict[str, Any]:
+        pod = request.get("object") or {}
+        namespace = request.get("namespace") or (pod.get("metadata") or {}).get("namespace") or ""
+        annotations = (pod.get("metadata") or {}).get("annotations") or {}
+        reference = injection.parse_backend_reference(annotations.get(injection.BACKEND_ANNOTATION), namespace)
+        backend = self.index.backend(*reference) if reference else None
+        decision = injection.mutate(pod, namespace, backend, self.index.namespace_labels(namespace),
+                                    operator_namespace=self.operator_namespace, fail_closed=self.fail_closed)
+        if decision.warnings or not decision.allowed:
+            self.on_warning(namespace, backend.reference if backend else None, decision.reason)
+        return review_response(request["uid"], decision.allowed, message=decision.reason, patch=decision.patch,
+                               warnings=decision.warnings)
+
+    def validate(self, request: Mapping[str, Any]) -> dict[str, Any]:
+        if request.get("operation") == "DELETE":
+            return review_response(request["uid"], True)
+        allowed, message = validate_backend(request.get("object") or {}, self.index)
+        return review_response(request["uid"], allowed, message=message)
+
+
+# ---- configurations (pure) -------------------------------------------------------------
+
+def webhook_configurations(url: str, ca_bundle: bytes, *, failure_policy: str,
+                           operator_namespace: str | None) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The Mutating (pods) and Validating (TrackingBackends) webhook configurations."""
+    bundle = base64.b64encode(ca_bundle).decode()
+    never = sorted({*injection.NEVER_NAMESPACES, *([operator_namespace] if operator_namespace else [])})
+    mutating = {
+        "apiVersion": "admissionregistration.k8s.io/v1",
+        "kind": "MutatingWebhookConfiguration",
+        "metadata": {"name": MUTATING_NAME, "labels": {api.MANAGED_BY_LABEL: api.MANAGED_BY}},
+        "webhooks": [{
+            "name": "inject.trackop.dev",
+            "clientConfig": {"url": url + MUTATE_PATH, "caBundle": bundle},
+            "rules": [{"operations": ["CREATE"], "apiGroups": [""], "apiVersions": ["v1"],
+                       "resources": ["pods"], "scope": "Namespaced"}],
+            # Only pods that opted in reach the operator; kube-system and its own namespace never.
+            "objectSelector": {"matchLabels": {injection.INJECT_LABEL: "true"}},
+            "namespaceSelector": {"matchExpressions": [
+                {"key": "kubernetes.io/metadata.name", "operator": "NotIn", "values": never}]},
+            "failurePolicy": failure_policy,
+            "sideEffects": "None",
+            "timeoutSeconds": TIMEOUT_SECONDS,
+            "reinvocationPolicy": "IfNeeded",
+            "admissionReviewVersions": ["v1"],
+        }],
+    }
+    validating = {
+        "apiVersion": "admissionregistration.k8s.io/v1",
+        "kind": "ValidatingWebhookConfiguration",
+        "metadata": {"name": VALIDATING_NAME, "labels": {api.MANAGED_BY_LABEL: api.MANAGED_BY}},
+        "webhooks": [{
+            "name": "validate.trackop.dev",
+            "clientConfig": {"url": url + VALIDATE_PATH, "caBundle": bundle},
+            "rules": [{"operations": ["CREATE", "UPDATE"], "apiGroups": [api.GROUP], "apiVersions": [api.VERSION],
+                       "resources": [api.PLURAL], "scope": "Namespaced"}],
+            "failurePolicy": failure_policy,
+            "sideEffects": "None",
+            "timeoutSeconds": TIMEOUT_SECONDS,
+            "admissionReviewVersions": ["v1"],
+        }],
+    }
+    return mutating, validating
+
+
+# ---- the HTTPS server ------------------------------------------------------------------
+
+class WebhookServer:
+    """A threaded HTTPS server; ``load_certificate`` swaps the certificate for new
+    connections while existing ones finish (rotation without a failed admission)."""
+
+    def __init__(self, host: str, port: int, handlers: Handlers) -> None:
+        self.handlers = handlers
+        self._context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        self._context.minimum_version = ssl.TLSVersion.TLSv1_2
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def do_POST(self) -> None:  # noqa: N802 (http.server's naming)
+                try:
+                    review = json.loads(self.rfile.read(int(self.headers.get("Content-Length", "0"))))
+                    request = review["request"]
+                    if self.path.startswith(MUTATE_PATH):
+                        body = outer.handlers.mutate_pod(request)
+                    elif self.path.startswith(VALIDATE_PATH):
+                        body = outer.handlers.validate(request)
+                    else:
+                        self.send_error(404)
+                        return
+                except Exception:  # a bad request must not take the server down
+                    log.exception("admission request failed")
+                    self.send_error(400)
+                    return
+                data = json.dumps(body).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def log_message(self, *args: Any) -> None:
+                pass  # requests are not logged: pod specs may carry values users consider private
+
+        self._server = ThreadingHTTPServer((host, port), Handler)
+        self._server.daemon_threads = True
+        self._thread: threading.Thread | None = None
+
+    @property
+    def port(self) -> int:
+        return self._server.server_address[1]
+
+    def load_certificate(self, cert_pem: bytes, key_pem: bytes) -> None:
+        # load_cert_chain wants files; they live only for the call, readable by us alone.
+        with tempfile.TemporaryDirectory() as tmp:
+            cert, key = Path(tmp) / "tls.crt", Path(tmp) / "tls.key"
+            cert.write_bytes(cert_pem)
+            key.touch(mode=0o600)
+            key.write_bytes(key_pem)
+            self._context.load_cert_chain(str(cert), str(key))
+
+    def start(self) -> None:
+        # The handshake happens in each request's own thread, not in the accepting one.
+        self._server.socket = self._context.wrap_socket(self._server.socket, server_side=True,
+                                                        do_handshake_on_connect=False)
+        self._thread = threading.Thread(target=self._server.serve_forever, name="trackop-webhook", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()

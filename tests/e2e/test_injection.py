@@ -1,0 +1,194 @@
+"""Injection end to end: the operator's own HTTPS webhook on the bed's real API server,
+pods made by kube-controller-manager, and the local kubelet running a real MLflow script."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+import uuid
+
+import psycopg
+import pytest
+from kubernetes import client
+
+from helpers import eventually
+from kit import Admin, Backends
+from trackop.injection import copy_secret_name
+
+pytestmark = pytest.mark.bed
+
+MLFLOW_POD_SCRIPT = """
+import os, mlflow
+mlflow.set_experiment("injected")
+with mlflow.start_run() as run:
+    mlflow.log_param("injected", "yes")
+    mlflow.log_metric("loss", 0.1)
+print(run.info.run_id)
+"""
+
+
+def opted_in(name: str, backend: str | None, env: list | None = None, labels: dict | None = None) -> dict:
+    annotations = {"trackop.dev/backend": backend} if backend else {}
+    return {
+        "metadata": {"name": name, "labels": {"trackop.dev/inject": "true", **(labels or {})},
+                     "annotations": annotations},
+        "spec": {"restartPolicy": "Never", "containers": [{
+            "name": "train", "image": "python:3.11-slim", "command": ["python", "-c", MLFLOW_POD_SCRIPT],
+            **({"env": env} if env else {})}]},
+    }
+
+
+@pytest.fixture
+def other_namespace(core_v1):
+    name = f"team-{uuid.uuid4().hex[:8]}"
+    core_v1.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=name, labels={"team": "a"})))
+    eventually(lambda: core_v1.list_namespaced_service_account(name, field_selector="metadata.name=default").items,
+               "the default ServiceAccount")
+    yield name
+    core_v1.delete_namespace(name)
+
+
+def env_names(pod: client.V1Pod) -> dict[str, client.V1EnvVar]:
+    return {e.name: e for e in pod.spec.containers[0].env or []}
+
+
+def test_a_deployment_in_an_admitted_namespace_gets_injected_and_logs_a_run(
+        backends: Backends, admin: Admin, other_namespace, kube_api, core_v1, kubelet):
+    backends.admin_secret(admin)
+    backends.apply("shared", {**backends.spec(), "injection": {"mode": "Direct",
+                                                               "namespaceSelector": {"matchLabels": {"team": "a"}}}})
+    backends.wait_ready("shared")
+    copy = copy_secret_name(backends.namespace, "shared")
+    secret = eventually(lambda: _secret(core_v1, other_namespace, copy), "the Secret copy in the admitted namespace")
+    assert "MLFLOW_TRACKING_URI" in secret and "PGPASSWORD" not in secret, "only the keys the mode needs"
+
+    template = opted_in("ignored", f"{backends.namespace}/shared")
+    template["metadata"].pop("name")
+    client.AppsV1Api(kube_api).create_namespaced_deployment(other_namespace, {
+        "apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "trainer"},
+        "spec": {"replicas": 1, "selector": {"matchLabels": {"app": "trainer"}},
+                 "template": {**template, "metadata": {**template["metadata"],
+                                                       "labels": {**template["metadata"]["labels"], "app": "trainer"}},
+                              "spec": {**template["spec"], "restartPolicy": "Always"}}},
+    })
+    pod = kubelet.wait_for_pods(other_namespace, "app=trainer")[0]
+    env = env_names(pod)
+    assert env["MLFLOW_TRACKING_URI"].value_from.secret_key_ref.name == copy
+    assert pod.metadata.annotations["trackop.dev/injected"] == f"{backends.namespace}/shared"
+    result = kubelet.run_pod(pod)
+    assert result.returncode == 0, result.stderr[-2000:]
+    run_id = result.stdout.strip().splitlines()[-1]
+    owner = backends.connection_secret("shared")
+    with psycopg.connect(host=owner["PGHOST"], port=owner["PGPORT"], user=owner["PGUSER"],
+                         password=owner["PGPASSWORD"], dbname=owner["PGDATABASE"]) as conn:
+        assert conn.execute("SELECT count(*) FROM runs WHERE run_uuid = %s", (run_id,)).fetchone() == (1,)
+
+    # The namespace stops matching: its copy goes.
+    core_v1.patch_namespace(other_namespace, {"metadata": {"labels": {"team": "b"}}})
+    eventually(lambda: _secret(core_v1, other_namespace, copy) is None, "the copy to be removed", timeout=30)
+
+
+def _secret(core_v1, namespace: str, name: str) -> dict | None:
+    try:
+        return core_v1.read_namespaced_secret(name, namespace).data
+    except client.ApiException as exc:
+        if exc.status == 404:
+            return None
+        raise
+
+
+def test_each_case_behaves_as_specified(backends: Backends, admin: Admin, core_v1, other_namespace):
+    backends.admin_secret(admin)
+    backends.apply("own", backends.spec())   # no selector: only its own namespace
+    backends.wait_ready("own")
+    ns = backends.namespace
+
+    plain = core_v1.create_namespaced_pod(ns, {"metadata": {"name": "plain", "annotations": {
+        "trackop.dev/backend": "own"}}, "spec": opted_in("x", None)["spec"]})
+    assert not (plain.metadata.annotations or {}).get("trackop.dev/injected"), "not opted in: untouched"
+
+    injected = core_v1.create_namespaced_pod(ns, opted_in("in", "own"))
+    assert set(env_names(injected)) >= {"MLFLOW_TRACKING_URI"}
+
+    mine = [{"name": "MLFLOW_TRACKING_URI", "value": "http://mine:5000"}]
+    kept = core_v1.create_namespaced_pod(ns, opted_in("kept", "own", env=mine))
+    assert env_names(kept)["MLFLOW_TRACKING_URI"].value == "http://mine:5000", "the pod's own env wins"
+
+    unknown = core_v1.create_namespaced_pod(ns, opted_in("unknown", "nobody"))
+    assert not env_names(unknown) and "trackop.dev/injected" not in (unknown.metadata.annotations or {})
+
+    elsewhere = core_v1.create_namespaced_pod(other_namespace, opted_in("elsewhere", f"{ns}/own"))
+    assert not env_names(elsewhere), "a namespace the backend does not admit is not injected"
+
+    system = core_v1.create_namespaced_pod("kube-system", opted_in(f"sys-{uuid.uuid4().hex[:6]}", f"{ns}/own"))
+    try:
+        assert not env_names(system) and "trackop.dev/injected" not in (system.metadata.annotations or {})
+    finally:
+        core_v1.delete_namespaced_pod(system.metadata.name, "kube-system")
+
+    def events_say(namespace: str, text: str) -> bool:
+        return any(e.reason == "InjectionSkipped" and text in e.message
+                   for e in core_v1.list_namespaced_event(namespace).items)
+
+    eventually(lambda: events_say(ns, "unknown backend"), "an Event about the unknown backend", timeout=20)
+    eventually(lambda: events_say(ns, other_namespace), "an Event on the backend about the namespace", timeout=20)
+
+
+def test_webhook_down_with_ignore_then_fail_policy(backends: Backends, admin: Admin, core_v1, operator):
+    backends.admin_secret(admin)
+    backends.apply("resilient", backends.spec())
+    backends.wait_ready("resilient")
+    ns = backends.namespace
+    operator.stop()
+    try:
+        pod = core_v1.create_namespaced_pod(ns, opted_in("while-down", "resilient"))
+        assert not env_names(pod), "Ignore: created, uninjected"
+    finally:
+        operator.start()
+    eventually(lambda: any(e.reason == "InjectionMissed" and "while-down" in e.message
+                           for e in backends.events("resilient")), "the timer to report the missed pod", timeout=30)
+
+    operator.restart(extra_args=["--webhook-failure-policy", "Fail"])
+    try:
+        with pytest.raises(client.ApiException) as rejected:
+            core_v1.create_namespaced_pod(ns, opted_in("unknown", "nobody"))
+        assert "unknown backend" in json.loads(rejected.value.body)["message"]
+        operator.stop()
+        with pytest.raises(client.ApiException) as down:
+            core_v1.create_namespaced_pod(ns, opted_in("while-down-fail", "resilient"))
+        assert "inject.trackop.dev" in json.loads(down.value.body)["message"]
+    finally:
+        operator.restart()  # back to Ignore for the rest of the session
+
+
+def test_certificate_rotation_while_pods_are_created(backends: Backends, admin: Admin, core_v1, operator):
+    backends.admin_secret(admin)
+    backends.apply("rotating", backends.spec())
+    backends.wait_ready("rotating")
+    # Renew when less than 90 of 90 days are left, checked every second: every check rotates.
+    operator.restart(extra_env={"TRACKOP_WEBHOOK_ROTATION_CHECK": "1", "TRACKOP_WEBHOOK_RENEW_BEFORE_DAYS": "90"})
+    try:
+        rotations_before = operator.logs().count("rotated the webhook certificate")
+        created = []
+        deadline = time.monotonic() + 8
+        while time.monotonic() < deadline:
+            pod = core_v1.create_namespaced_pod(backends.namespace, opted_in(f"r{len(created)}", "rotating"))
+            created.append(pod)
+        rotations = operator.logs().count("rotated the webhook certificate") - rotations_before
+        assert rotations >= 3, f"only {rotations} rotations happened"
+        assert created and all("MLFLOW_TRACKING_URI" in env_names(p) for p in created), \
+            "every pod created during rotation was injected"
+    finally:
+        operator.restart()
+
+
+def test_the_validating_webhook_refuses_a_second_backend_on_the_same_database(backends: Backends, admin: Admin):
+    backends.admin_secret(admin)
+    backends.apply("first", backends.spec(database=f"dup_{uuid.uuid4().hex[:8]}"))
+    database = backends.get("first")["spec"]["postgres"]["database"]
+    eventually(lambda: backends.get("first").get("status"), "the first backend to be seen")
+    with pytest.raises(client.ApiException) as rejected:
+        backends.apply("second", backends.spec(database=database, role=f"r_{uuid.uuid4().hex[:8]}"))
+    message = json.loads(rejected.value.body)["message"]
+    assert "spec.postgres.database" in message and "first" in message
