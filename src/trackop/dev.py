@@ -8,8 +8,6 @@ and prints where to look. Ctrl-C (or ``--exit``) stops everything it started.
 
 from __future__ import annotations
 
-import base64
-import os
 import secrets
 import signal
 import subprocess
@@ -24,13 +22,15 @@ import yaml
 from kubernetes import client, config
 from psycopg import sql
 
+from .injection import BACKEND_ANNOTATION, INJECT_LABEL
 from .install import install_crd
 from .testbed import Testbed
+from .testbed.kubelet import LocalKubelet
 from .testbed.procs import free_ports
 
 ADMIN_ROLE = "trackop_admin"
 QUICKSTART_RUN = """
-import os, mlflow
+import mlflow
 mlflow.set_experiment("quickstart")
 with mlflow.start_run(run_name="trackop-dev") as run:
     mlflow.log_param("learning_rate", 0.01)
@@ -107,13 +107,20 @@ def _wait_ready(api: client.ApiClient, namespace: str, name: str, timeout: float
     raise TimeoutError(f"TrackingBackend {namespace}/{name} not Ready after {timeout:.0f}s: {last}")
 
 
-def _log_run(api: client.ApiClient, namespace: str, secret_name: str, workdir: Path) -> str:
-    """A real MLflow run, in a process that sees only what a training pod would get."""
-    secret = client.CoreV1Api(api).read_namespaced_secret(secret_name, namespace)
-    env = {k: base64.b64decode(v).decode() for k, v in secret.data.items() if k.startswith("MLFLOW_")}
-    workdir.mkdir(parents=True, exist_ok=True)
-    result = subprocess.run([sys.executable, "-c", QUICKSTART_RUN], cwd=workdir, capture_output=True, text=True,
-                            env={"PATH": os.environ.get("PATH", ""), "HOME": str(workdir), **env}, timeout=300)
+def _log_run(api: client.ApiClient, namespace: str, backend: str, workdir: Path) -> str:
+    """A real MLflow run from an opted-in Pod: the webhook injects the settings, the local
+    kubelet runs the Pod's command (no kubelet runs on the bed)."""
+    core = client.CoreV1Api(api)
+    pod = core.create_namespaced_pod(namespace, {
+        "metadata": {"generateName": "quickstart-run-", "labels": {INJECT_LABEL: "true"},
+                     "annotations": {BACKEND_ANNOTATION: backend}},
+        "spec": {"restartPolicy": "Never", "containers": [{
+            "name": "train", "image": "python:3.11-slim", "command": ["python", "-c", QUICKSTART_RUN]}]},
+    })
+    injected = [e.name for e in pod.spec.containers[0].env or []]
+    if "MLFLOW_TRACKING_URI" not in injected:
+        raise RuntimeError("the webhook did not inject MLFLOW_TRACKING_URI into the quickstart Pod")
+    result = LocalKubelet(api, workdir).run_pod(pod)
     if result.returncode != 0:
         raise RuntimeError(f"the MLflow run failed:\n{result.stderr[-2000:]}")
     return result.stdout.strip().splitlines()[-1]
@@ -127,12 +134,12 @@ def run(directory: Path, exit_after: bool, progress: Callable[[str], None]) -> i
         api = config.new_client_from_config(config_file=info["kubeconfig"])
         install_crd(api)
         progress("CRD trackingbackends.trackop.dev installed")
-        health = free_ports(1)[0]
+        health, webhook_port = free_ports(2)
         log_path = bed.dir / "logs" / "operator.log"
         with open(log_path, "ab") as log:
             operator = subprocess.Popen(
                 [sys.executable, "-m", "trackop.cli", "run", "--all-namespaces", "--kubeconfig", info["kubeconfig"],
-                 "--health-address", f"127.0.0.1:{health}"],
+                 "--health-address", f"127.0.0.1:{health}", "--webhook-address", f"127.0.0.1:{webhook_port}"],
                 stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
             )
         progress(f"operator started (pid {operator.pid}, log {log_path})")
@@ -142,10 +149,11 @@ def run(directory: Path, exit_after: bool, progress: Callable[[str], None]) -> i
         started = time.monotonic()
         backend = _wait_ready(api, namespace, name)
         progress(f"{name} is Ready after {time.monotonic() - started:.1f}s")
-        run_id = _log_run(api, namespace, backend["status"]["connectionSecret"], bed.dir / "quickstart-run")
+        run_id = _log_run(api, namespace, name, bed.dir / "quickstart-run")
         status = backend["status"]
         print(
-            f"\nMLflow run {run_id} logged through Secret {namespace}/{status['connectionSecret']}.\n\n"
+            f"\nMLflow run {run_id} logged by an opted-in Pod with the injected MLFLOW_TRACKING_URI\n"
+            f"(Secret {namespace}/{status['connectionSecret']}).\n\n"
             f"  export KUBECONFIG={info['kubeconfig']}\n"
             f"  {bed.dir / 'kubectl'} get tb -A            # the backend, its conditions\n"
             f"  {bed.dir / 'kubectl'} -n {namespace} describe tb {name}\n"

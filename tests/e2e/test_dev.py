@@ -24,7 +24,7 @@ def test_dev_reaches_a_logged_run_and_stops_everything(testbed):
                                 capture_output=True, text=True, timeout=600)
         assert result.returncode == 0, result.stderr[-3000:]
         assert "is Ready after" in result.stderr
-        assert "MLflow run " in result.stdout and "logged through Secret ml-platform/team-a-mlflow" in result.stdout
+        assert "MLflow run " in result.stdout and "with the injected MLFLOW_TRACKING_URI" in result.stdout
         info = json.loads((directory / "testbed.json").read_text())
         assert info["postgres"]["password"] not in result.stdout + result.stderr
         state = json.loads((directory / "state.json").read_text())
