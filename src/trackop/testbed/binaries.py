@@ -167,13 +167,14 @@ def ensure_control_plane(progress: Progress = _stderr) -> dict[str, Path]:
     return found
 
 
-def ensure_minio(progress: Progress = _stderr) -> Path:
-    """Path of the MinIO server binary, built with ``go install`` if missing."""
-    if os.environ.get("TRACKOP_MINIO"):
-        return Path(os.environ["TRACKOP_MINIO"])
-    key = hashlib.sha256((MINIO_VERSION + _go_version()).encode()).hexdigest()[:12]
-    target = cache_root() / "bin" / f"minio-{key}"
-    binary = target / "minio"
+def _go_install(module: str, version: str, binary_name: str, override_env: str, key_material: str,
+                progress: Progress) -> Path:
+    """A ``go install module@version`` binary in the cache (``$override_env`` names a prebuilt one)."""
+    if os.environ.get(override_env):
+        return Path(os.environ[override_env])
+    key = hashlib.sha256((key_material + _go_version()).encode()).hexdigest()[:12]
+    target = cache_root() / "bin" / f"{binary_name}-{key}"
+    binary = target / binary_name
     if binary.is_file():
         return binary
     with _build_lock(target.parent):
@@ -183,38 +184,24 @@ def ensure_minio(progress: Progress = _stderr) -> Path:
         try:
             env = {**_go_env(), "GOBIN": str(staging), "GOFLAGS": ""}
             _run_build(
-                ["go", "install", "-trimpath", "-ldflags", "-s -w", f"{MINIO_MODULE}@{MINIO_VERSION}"],
-                cwd=None, env=env, what=f"MinIO {MINIO_VERSION}", progress=progress,
+                ["go", "install", "-trimpath", "-ldflags", "-s -w", f"{module}@{version}"],
+                cwd=None, env=env, what=f"{binary_name} {version}", progress=progress,
             )
             staging.rename(target)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
     return binary
+
+
+def ensure_minio(progress: Progress = _stderr) -> Path:
+    """Path of the MinIO server binary, built with ``go install`` if missing."""
+    return _go_install(MINIO_MODULE, MINIO_VERSION, "minio", "TRACKOP_MINIO", MINIO_VERSION, progress)
 
 
 def ensure_fake_gcs(progress: Progress = _stderr) -> Path:
     """Path of fake-gcs-server (the GCS emulator), built with ``go install`` if missing."""
-    if os.environ.get("TRACKOP_FAKE_GCS"):
-        return Path(os.environ["TRACKOP_FAKE_GCS"])
-    key = hashlib.sha256((FAKE_GCS_MODULE + "@" + FAKE_GCS_VERSION + _go_version()).encode()).hexdigest()[:12]
-    target = cache_root() / "bin" / f"fake-gcs-server-{key}"
-    binary = target / "fake-gcs-server"
-    if binary.is_file():
-        return binary
-    with _build_lock(target.parent):
-        if binary.is_file():
-            return binary
-        staging = Path(tempfile.mkdtemp(prefix=".building-", dir=target.parent))
-        try:
-            env = {**_go_env(), "GOBIN": str(staging), "GOFLAGS": ""}
-            _run_build(
-                ["go", "install", "-trimpath", "-ldflags", "-s -w", f"{FAKE_GCS_MODULE}@{FAKE_GCS_VERSION}"],
-                cwd=None, env=env, what=f"fake-gcs-server {FAKE_GCS_VERSION}", progress=progress,
-            )
-            staging.rename(target)
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
-    return binary
+    return _go_install(FAKE_GCS_MODULE, FAKE_GCS_VERSION, "fake-gcs-server", "TRACKOP_FAKE_GCS",
+                       f"{FAKE_GCS_MODULE}@{FAKE_GCS_VERSION}", progress)
 
 
 def _npm_env() -> dict[str, str]:
