@@ -42,6 +42,7 @@ def _run(args: argparse.Namespace) -> int:
     # The operator module reads its settings at import.
     for name, value in (("TRACKOP_WEBHOOK_ADDRESS", args.webhook_address), ("TRACKOP_WEBHOOK_URL", args.webhook_url),
                         ("TRACKOP_WEBHOOK_FAILURE_POLICY", args.webhook_failure_policy),
+                        ("TRACKOP_WEBHOOK_CERT_SECRET", args.webhook_cert_secret),
                         ("TRACKOP_NAMESPACE", args.operator_namespace)):
         if value:
             os.environ[name] = value
@@ -91,6 +92,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--webhook-failure-policy", choices=("Ignore", "Fail"), default="Ignore",
                      help="Ignore (default): pods are created uninjected, with a warning, when the webhook is down or "
                           "the backend is unknown; Fail: such pods are rejected")
+    run.add_argument("--webhook-cert-secret", metavar="NAME",
+                     help="serve the certificate of this TLS Secret in the operator's namespace (tls.crt, tls.key, "
+                          "ca.crt; for example one cert-manager renews) instead of trackop's own CA; reloaded when "
+                          "it changes")
     run.add_argument("--verbose", action="store_true")
     run.set_defaults(func=_run)
 

@@ -7,6 +7,7 @@ The decisions themselves are pure (``injection``, ``webhook.validate_backend``,
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
 import ipaddress
 import logging
@@ -33,7 +34,7 @@ def _now() -> dt.datetime:
 
 class InjectionService:
     def __init__(self, kube: Kube, index: webhook.Index, *, address: str, url: str, failure_policy: str,
-                 operator_namespace: str) -> None:
+                 operator_namespace: str, cert_secret: str = "") -> None:
         host, _, port = address.rpartition(":")
         self.kube = kube
         self.url = url or f"https://{host}:{port}"
@@ -51,6 +52,9 @@ class InjectionService:
         self.server = webhook.WebhookServer(host, int(port), handlers)
         self._stop = threading.Event()
         self.certs: webhook_tls.WebhookCerts | None = None
+        # A TLS Secret someone else renews (cert-manager: tls.crt, tls.key, ca.crt) instead of our own CA.
+        self.cert_secret = cert_secret
+        self._external_version = ""
 
     # ---- certificates ------------------------------------------------------------------
     def _load_or_create(self) -> webhook_tls.WebhookCerts:
@@ -83,6 +87,24 @@ class InjectionService:
                                                    operator_namespace=self.operator_namespace):
             self.kube.apply_cluster(body)
 
+    def _reload_external(self) -> bool:
+        """Serve the externally managed certificate; re-register when it changed."""
+        secret = self.kube.core.read_namespaced_secret(self.cert_secret, self.operator_namespace)
+        if secret.metadata.resource_version == self._external_version:
+            return False
+        data = {k: base64.b64decode(v) for k, v in (secret.data or {}).items()}
+        missing = [k for k in ("tls.crt", "tls.key", "ca.crt") if k not in data]
+        if missing:
+            raise ValueError(f"Secret {self.operator_namespace}/{self.cert_secret} lacks {', '.join(missing)}")
+        ca = data["ca.crt"]
+        for body in webhook.webhook_configurations(self.url, ca, failure_policy=self.failure_policy,
+                                                   operator_namespace=self.operator_namespace):
+            self.kube.apply_cluster(body)
+        self.server.load_certificate(data["tls.crt"], data["tls.key"])
+        self._external_version = secret.metadata.resource_version
+        log.info("serving the certificate from Secret %s/%s", self.operator_namespace, self.cert_secret)
+        return True
+
     def rotate_if_needed(self) -> str | None:
         """Renew before expiry. A new CA is published in the bundle (next to the old one)
         before the server presents a certificate it signed, so no admission fails."""
@@ -100,6 +122,12 @@ class InjectionService:
 
     # ---- lifecycle ---------------------------------------------------------------------
     def start(self) -> None:
+        if self.cert_secret:
+            self._reload_external()
+            self.server.start()
+            threading.Thread(target=self._rotation_loop, name="trackop-cert-reload", daemon=True).start()
+            threading.Thread(target=self._event_loop, name="trackop-admission-events", daemon=True).start()
+            return
         self.certs = self._load_or_create()
         self.server.load_certificate(self.certs.cert_pem, self.certs.key_pem)
         self.server.start()
@@ -116,7 +144,7 @@ class InjectionService:
     def _rotation_loop(self) -> None:
         while not self._stop.wait(ROTATION_CHECK_SECONDS):
             try:
-                self.rotate_if_needed()
+                self._reload_external() if self.cert_secret else self.rotate_if_needed()
             except Exception:  # retried at the next check; the old certificate still serves
                 log.exception("webhook certificate rotation failed")
 

@@ -29,6 +29,7 @@ OPERATOR_NAMESPACE = os.environ.get("TRACKOP_NAMESPACE", "trackop-system")
 WEBHOOK_ADDRESS = os.environ.get("TRACKOP_WEBHOOK_ADDRESS", "")
 WEBHOOK_URL = os.environ.get("TRACKOP_WEBHOOK_URL", "")
 WEBHOOK_FAILURE_POLICY = os.environ.get("TRACKOP_WEBHOOK_FAILURE_POLICY", "Ignore")
+WEBHOOK_CERT_SECRET = os.environ.get("TRACKOP_WEBHOOK_CERT_SECRET", "")
 
 _reconciler: Reconciler | None = None
 INDEX = webhook.Index()
@@ -65,7 +66,8 @@ def configure(settings: kopf.OperatorSettings, logger: logging.Logger, **_: Any)
     if WEBHOOK_ADDRESS:
         global _injection
         _injection = InjectionService(reconciler().kube, INDEX, address=WEBHOOK_ADDRESS, url=WEBHOOK_URL,
-                                      failure_policy=WEBHOOK_FAILURE_POLICY, operator_namespace=OPERATOR_NAMESPACE)
+                                      failure_policy=WEBHOOK_FAILURE_POLICY, operator_namespace=OPERATOR_NAMESPACE,
+                                      cert_secret=WEBHOOK_CERT_SECRET)
         _injection.start()
         logger.info("admission webhooks served on %s (failurePolicy %s)", WEBHOOK_ADDRESS, WEBHOOK_FAILURE_POLICY)
     logger.info("trackop ready: MLflow %s bundled, drift interval %.0fs", schema.BUNDLED_MLFLOW_VERSION, DRIFT_INTERVAL)

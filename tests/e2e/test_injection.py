@@ -192,3 +192,52 @@ def test_the_validating_webhook_refuses_a_second_backend_on_the_same_database(ba
         backends.apply("second", backends.spec(database=database, role=f"r_{uuid.uuid4().hex[:8]}"))
     message = json.loads(rejected.value.body)["message"]
     assert "spec.postgres.database" in message and "first" in message
+
+
+def _tls_secret(core_v1, name: str) -> None:
+    """What cert-manager would write: a CA and a serving certificate for 127.0.0.1."""
+    from trackop.testbed import pki
+
+    ca = pki.make_ca(f"external-ca-{uuid.uuid4().hex[:6]}")
+    leaf = pki.issue(ca, "trackop-webhook", ip_addresses=("127.0.0.1",), server=True)
+    body = client.V1Secret(metadata=client.V1ObjectMeta(name=name), type="kubernetes.io/tls",
+                           string_data={"tls.crt": leaf.cert_pem.decode(), "tls.key": leaf.key_pem.decode(),
+                                        "ca.crt": ca.cert_pem.decode()})
+    try:
+        core_v1.create_namespaced_secret("trackop-system", body)
+    except client.ApiException as exc:
+        if exc.status != 409:
+            raise
+        core_v1.replace_namespaced_secret(name, "trackop-system", body)
+
+
+def test_certificates_from_an_externally_renewed_secret(backends: Backends, admin: Admin, core_v1, kube_api,
+                                                        operator):
+    backends.admin_secret(admin)
+    backends.apply("external", backends.spec())
+    backends.wait_ready("external")
+    _tls_secret(core_v1, "webhook-tls")
+    operator.restart(extra_args=["--webhook-cert-secret", "webhook-tls"],
+                     extra_env={"TRACKOP_WEBHOOK_ROTATION_CHECK": "1"})
+    try:
+        first = core_v1.create_namespaced_pod(backends.namespace, opted_in("ext-1", "external"))
+        assert "MLFLOW_TRACKING_URI" in env_names(first)
+        bundle = lambda: client.AdmissionregistrationV1Api(kube_api).read_mutating_webhook_configuration(  # noqa
+            "trackop-injection").webhooks[0].client_config.ca_bundle
+        before = bundle()
+        _tls_secret(core_v1, "webhook-tls")  # renewed, with a new CA
+        eventually(lambda: bundle() != before, "the new CA in the webhook configuration", timeout=20)
+        second = eventually(lambda: _try_create(core_v1, backends.namespace, opted_in("ext-2", "external")),
+                            "a pod admitted with the renewed certificate", timeout=20)
+        assert "MLFLOW_TRACKING_URI" in env_names(second)
+    finally:
+        operator.restart()
+
+
+def _try_create(core_v1, namespace: str, body: dict):
+    try:
+        return core_v1.create_namespaced_pod(namespace, body)
+    except client.ApiException as exc:
+        if exc.status == 500:  # the few moments between the new CA and the new certificate
+            return None
+        raise

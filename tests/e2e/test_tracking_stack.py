@@ -214,6 +214,22 @@ def test_a_new_mlflow_version_migrates_before_the_server_rolls(backends: Backend
     assert jobs[0].metadata.name in cond["message"]
     assert image() == "ghcr.io/mlflow/mlflow:v3.17.2", "the old server keeps running"
 
+    # Repaired and retried (the message says: delete the Job), the migration runs first and
+    # only then does the server roll to the new version.
+    from trackop import schema
+
+    with psycopg.connect(host=secret["PGHOST"], port=secret["PGPORT"], user=secret["PGUSER"],
+                         password=secret["PGPASSWORD"], dbname=secret["PGDATABASE"], autocommit=True) as conn:
+        conn.execute("UPDATE alembic_version SET version_num = %s", (schema.head_revision(),))
+    batch = client.BatchV1Api(kube_api)
+    batch.delete_namespaced_job(jobs[0].metadata.name, backends.namespace, propagation_policy="Background")
+    retried = eventually(lambda: [j for j in batch.list_namespaced_job(backends.namespace).items
+                                  if j.metadata.name == jobs[0].metadata.name and j.metadata.uid != jobs[0].metadata.uid],
+                         "the migration Job to be recreated", timeout=60)[0]
+    assert image() == "ghcr.io/mlflow/mlflow:v3.17.2", "no rollout before the migration"
+    kubelet.run_job(backends.namespace, retried.metadata.name)
+    eventually(lambda: image() == "ghcr.io/mlflow/mlflow:v3.17.1", "the rollout after the migration", timeout=60)
+
 
 # ---- GCS and Azure (the bed's fake-gcs-server and Azurite) -----------------------------
 
