@@ -681,6 +681,9 @@ def main() -> None:
             f"encoded and sent over TLS, the patch applied and the pod decoded and defaulted again) and a "
             f"larger object to store and return.")
     m = machine()
+    busiest = max(float(part.split()[0]) for r in rounds for part in r.load.split(" / "))
+    busy = (f" (more runnable processes than the {m['nproc']} CPUs: other work shared the machine, which "
+            f"shows in the tails)" if busiest > int(m["nproc"]) else "")
     versions = {pkg: importlib.metadata.version(pkg) for pkg in ("kopf", "kubernetes")}
     rounds_text = ("" if len(rounds) == 1 else
                    "\nThe whole measurement then runs a second time with the operator restarted with TCP_NODELAY on "
@@ -716,8 +719,7 @@ Checks: {" ".join(checks(r, args) for r in rounds)}
 
 Machine: {m['nproc']} CPUs ({m['cpu']}), {m['memory']} RAM, Linux {m['kernel']},
 Python {m['python']}; {", ".join(f"{k} {v}" for k, v in versions.items())}. Load average (1/5/15 min)
-before / after the blocks: {"; ".join(f"{r.label} {r.load}" for r in rounds)} (other test beds and
-benchmarks shared the machine). Measured {time.strftime("%Y-%m-%d")}.
+before / after the blocks: {"; ".join(f"{r.label} {r.load}" for r in rounds)}{busy}. Measured {time.strftime("%Y-%m-%d")}.
 
 Rerun (from the repository root; starts its own bed in `--dir` and stops it at the end):
 
