@@ -1,8 +1,8 @@
 """Tuning: MLflow metric-logging throughput, 16 concurrent clients through the tracking server.
 
 On the test bed (control plane + PostgreSQL), one operator process this script starts
-(``trackop.cli run --namespace <its own namespace>``, as bench_ready.py does) reconciles two
-TrackingBackends in a fresh namespace, with a non-superuser admin role (CREATEDB CREATEROLE)
+(``trackop.cli run --namespace <its own namespace>``, as bench_ready.py does) reconciles two or
+three TrackingBackends in a fresh namespace, with a non-superuser admin role (CREATEDB CREATEROLE)
 and its Secret ``pg-admin``:
 
   U (untuned): ``spec.server: {port, workers: 1}``, and ``spec.postgres.tuning.pool: {size: 5,
@@ -11,12 +11,16 @@ and its Secret ``pg-admin``:
       ``sqlalchemy.create_engine`` and SQLAlchemy's QueuePool defaults (5, 10) apply. Without
       a tuning block trackop would set its own default, 2/3 (``--untuned-pool trackop``).
       No database setting, no connection limit.
-  T (tuned): ``spec.server: {port, workers: 2}`` and ``spec.postgres.tuning: {workMem,
-      pool: {size, maxOverflow}, maxConnections}`` (values from the command line).
+  T (tuned): ``spec.server: {port, workers: --tuned-workers}`` and ``spec.postgres.tuning:
+      {workMem, pool: {size, maxOverflow}, maxConnections}``; defaults picked after a short
+      exploration: 1 worker, pool 16/1 (one connection per concurrent request, so the pool never
+      opens and closes overflow connections; maxOverflow 0 would mean SQLAlchemy's 10 in
+      MLflow), workMem 16MB, maxConnections = the connection budget rounded up to 8.
+  Tb (the issue's suggestion, unless --no-brief-variant): 2 workers, workMem 16MB, pool 4/4.
 
-Both tracking servers run from the backends' own Deployments through the local kubelet
+All tracking servers run from the backends' own Deployments through the local kubelet
 (``LocalKubelet.start_deployment``), each on its own loopback port, at the same time; the
-benchmark waits for /health and for both backends Ready.
+benchmark waits for /health and for every backend Ready.
 
 Load: 16 client *processes* (multiprocessing, spawn), started once and kept for every round
 (MLflow's import costs each of them seconds of CPU: that stays out of the windows). Each has
@@ -26,8 +30,8 @@ increasing step) in a loop for ``--duration`` seconds from a common start time.
 Counted: calls that succeeded and completed inside the window (metrics/s = that / duration),
 exceptions (the client runs with MLFLOW_HTTP_REQUEST_MAX_RETRIES=0, so a failed request is
 an error instead of minutes of back-off inside a latency), and each call's latency.
-Rounds are interleaved U, T, U, T, ... (``-n`` pairs); reported: the median throughput of each,
-the ratio T/U, errors, pooled p50/p99 latency, and where the CPU went in each window
+Rounds are interleaved U, T, Tb, U, T, Tb, ... (``-n`` of each); reported: the median throughput
+of each, the ratios T/U and Tb/U, errors, pooled p50/p99 latency, and where the CPU went in each window
 (server process tree, the whole PostgreSQL server incl. exited backends via the postmaster's
 cutime, the 16 clients' getrusage, the machine from /proc/stat) and new PostgreSQL sessions
 (pg_stat_database.sessions: the pool's overflow churn). Rows in ``metrics`` are counted
@@ -378,22 +382,35 @@ def ms(x: float | None) -> str:
     return "—" if x is None else f"{x * 1000:.0f} ms" if x >= 0.0095 else f"{x * 1000:.1f} ms"
 
 
+def tuned_spec(workers: int, size: int, overflow: int, work_mem: str, max_connections: int | None) -> dict:
+    """A tuning block with maxConnections = the connection budget rounded up to 8, unless given."""
+    per_engine = size + (overflow or 10)  # MLflow drops a maxOverflow of 0: SQLAlchemy's 10 applies
+    budget = workers * 2 * per_engine + 4  # 2 engines per worker, + migration 2 + operator 2
+    return {"workMem": work_mem, "pool": {"size": size, "maxOverflow": overflow},
+            "maxConnections": max_connections or -(-budget // 8) * 8}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--testbed", type=Path, default=Path("/tmp/bed1/testbed.json"))
-    parser.add_argument("-n", type=int, default=2, help="pairs of rounds, interleaved U, T, U, T, ... (default 2)")
+    parser.add_argument("-n", type=int, default=2, help="rounds of each backend, interleaved U, T, ... (default 2)")
     parser.add_argument("--duration", type=float, default=20.0, help="seconds per round (default 20)")
     parser.add_argument("--clients", type=int, default=16, help="client processes (default 16)")
+    parser.add_argument("--warmup", type=float, default=5.0,
+                        help="seconds of load on each backend before the measured rounds, discarded (default 5): "
+                             "fills the pools and warms the servers")
     parser.add_argument("--untuned-pool", choices=("mlflow", "trackop"), default="mlflow",
                         help="U's pool: mlflow = tuning.pool {size: 5, maxOverflow: 10}, SQLAlchemy's defaults, "
                              "which MLflow uses when not told otherwise (default); trackop = no tuning block, "
                              "so trackop's default 2/3")
-    parser.add_argument("--tuned-workers", type=int, default=2)
-    parser.add_argument("--tuned-pool-size", type=int, default=4)
-    parser.add_argument("--tuned-max-overflow", type=int, default=4)
+    parser.add_argument("--tuned-workers", type=int, default=1)
+    parser.add_argument("--tuned-pool-size", type=int, default=16, help="default 16: one connection per client")
+    parser.add_argument("--tuned-max-overflow", type=int, default=1, help="default 1 (0 would mean 10 in MLflow)")
     parser.add_argument("--tuned-work-mem", default="16MB")
     parser.add_argument("--tuned-max-connections", type=int, default=None,
                         help="default: the connection budget (workers x 2 engines x pool, + 4), rounded up to 8")
+    parser.add_argument("--no-brief-variant", action="store_true",
+                        help="leave out Tb, the issue's suggested tuning (2 workers, workMem 16MB, pool 4/4)")
     parser.add_argument("--results", type=Path, default=ROOT / "bench" / "RESULTS.md")
     parser.add_argument("--no-write", action="store_true", help="print only")
     args = parser.parse_args()
@@ -403,22 +420,24 @@ def main() -> None:
     cluster = br.Cluster(info["kubeconfig"], info["postgres"])
     log_dir = Path(tempfile.mkdtemp(prefix="trackop-bench-tuning-"))
     operator = br.Operator(info["kubeconfig"], log_dir / "operator.log", ["--namespace", cluster.namespace])
-    for pid, cmd in br.other_operators():
+    others_before = br.other_operators()
+    for pid, cmd in others_before:
         print(f"warning: another trackop operator runs (pid {pid}): {cmd}", flush=True)
 
-    per_engine = args.tuned_pool_size + (args.tuned_max_overflow or 10)
-    budget = args.tuned_workers * 2 * per_engine + 4
-    max_conn = args.tuned_max_connections or -(-budget // 8) * 8
-    u_tuning = {"pool": {"size": 5, "maxOverflow": 10}} if args.untuned_pool == "mlflow" else None
-    t_tuning = {"workMem": args.tuned_work_mem,
-                "pool": {"size": args.tuned_pool_size, "maxOverflow": args.tuned_max_overflow},
-                "maxConnections": max_conn}
-    ports = br.free_port(), br.free_port()
-    while ports[0] == ports[1]:
-        ports = ports[0], br.free_port()
     suffix = uuid.uuid4().hex[:6]
-    backends = [Backend("U", f"untuned-{suffix}", ports[0], 1, u_tuning),
-                Backend("T", f"tuned-{suffix}", ports[1], args.tuned_workers, t_tuning)]
+    variants = [("U", "untuned", 1, {"pool": {"size": 5, "maxOverflow": 10}} if args.untuned_pool == "mlflow" else None),
+                ("T", "tuned", args.tuned_workers,
+                 tuned_spec(args.tuned_workers, args.tuned_pool_size, args.tuned_max_overflow, args.tuned_work_mem,
+                            args.tuned_max_connections))]
+    if not args.no_brief_variant:
+        variants.append(("Tb", "tuned-b", 2, tuned_spec(2, 4, 4, "16MB", None)))
+    ports: list[int] = []
+    while len(ports) < len(variants):
+        port = br.free_port()
+        if port not in ports:
+            ports.append(port)
+    backends = [Backend(label, f"{prefix}-{suffix}", port, workers, tun)
+                for (label, prefix, workers, tun), port in zip(variants, ports)]
 
     from trackop.testbed.kubelet import LocalKubelet
 
@@ -473,23 +492,22 @@ def main() -> None:
             pg.roles.insert(1, b.role)  # dropped before the admin role that made it
             b.budget = obj["status"].get("connectionBudget") or {}
             applied = condition(obj, "TuningApplied")
-            b.tuning_applied = f"{applied.get('status')} {applied.get('reason')}: {applied.get('message')}" if applied else "none"
+            b.tuning_applied = (f"{applied.get('status')} {applied.get('reason')}: {applied.get('message')}"
+                                if applied else "none")
             with pg.connect() as conn:
-                row = conn.execute("SELECT datconnlimit FROM pg_database WHERE datname = %s", (b.database,)).fetchone()
-                b.conn_limit = row[0]
-                b.db_settings = conn.execute(
+                b.conn_limit = conn.execute("SELECT datconnlimit FROM pg_database WHERE datname = %s",
+                                            (b.database,)).fetchone()[0]
+                b.db_settings = [r[0] for r in conn.execute(
                     "SELECT unnest(setconfig) FROM pg_db_role_setting s JOIN pg_database d ON d.oid = s.setdatabase "
-                    "WHERE d.datname = %s AND s.setrole = 0", (b.database,)).fetchall()
-            b.db_settings = [r[0] for r in b.db_settings]
+                    "WHERE d.datname = %s AND s.setrole = 0", (b.database,)).fetchall()]
             print(f"{b.label} Ready: database {b.database}, budget {b.budget}, connection limit {b.conn_limit}, "
                   f"database settings {b.db_settings or 'none'}; TuningApplied {b.tuning_applied}", flush=True)
 
         with pg.connect() as conn:
-            postmaster = conn.execute("SELECT pg_backend_pid()").fetchone()[0]
+            postmaster = _stat(conn.execute("SELECT pg_backend_pid()").fetchone()[0])[0]  # a backend's parent
             pg_version = str(conn.execute("SHOW server_version").fetchone()[0])
             pg_notes = {k: conn.execute(sql.SQL("SHOW {}").format(sql.Identifier(k))).fetchone()[0]
                         for k in ("max_connections", "fsync", "synchronous_commit", "shared_buffers", "work_mem")}
-        postmaster = _stat(postmaster)[0]  # a backend's parent is the postmaster
 
         started = time.perf_counter()
         for b in backends:
@@ -497,7 +515,10 @@ def main() -> None:
         print(f"{args.clients} clients ready (runs created, one warm-up metric each) "
               f"{time.perf_counter() - started:.1f} s after the backends were Ready", flush=True)
 
-        order = [backends[i % 2] for i in range(2 * args.n)]
+        for b in backends:
+            r = run_round(b, clients, pg, postmaster, args.warmup)
+            print(f"warm-up {b.label}: {r.rate:.1f} metrics/s, {r.errors} errors (discarded)", flush=True)
+        order = [b for _ in range(args.n) for b in backends]
         for i, b in enumerate(order):
             r = run_round(b, clients, pg, postmaster, args.duration)
             rounds.append(r)
@@ -511,6 +532,7 @@ def main() -> None:
             if r.rows < r.ok:
                 problems.append(f"round {i + 1}: {r.rows} metric rows written but {r.ok} calls counted")
         load_after = os.getloadavg()
+        others_during = [o for o in br.other_operators(operator.process.pid)]
     finally:
         if clients is not None:
             clients.stop()
@@ -527,30 +549,45 @@ def main() -> None:
         print(f"warning: {p}", flush=True)
 
     ncpu = len(os.sched_getaffinity(0))
-    by = {lab: [r for r in rounds if r.label == lab] for lab in ("U", "T")}
+    by = {b.label: [r for r in rounds if r.label == b.label] for b in backends}
     med = {lab: statistics.median(r.rate for r in rs) for lab, rs in by.items()}
     ratio = med["T"] / med["U"]
 
-    def per_metric(rs: list[Round], attr: str) -> float:
-        return sum(getattr(r, attr) for r in rs) / sum(r.ok for r in rs)
+    def per_metric(label: str, attr: str) -> float:  # ms of CPU per logged metric
+        rs = by[label]
+        return 1000 * sum(getattr(r, attr) for r in rs) / sum(r.ok for r in rs)
+
+    def cores(label: str, attr: str) -> float:
+        return statistics.mean(getattr(r, attr) / r.seconds for r in by[label])
+
+    def other(label: str) -> float:  # cores used by everything else on the machine
+        return statistics.mean((r.machine_cpu - r.server_cpu - r.pg_cpu - r.client_cpu) / r.seconds
+                               for r in by[label])
+
+    def sessions(label: str) -> float:
+        return statistics.mean(r.sessions / r.seconds for r in by[label])
 
     lines = [
         "| backend | spec | metrics/s per round (in order) | median metrics/s | errors | p50 | p99 "
-        "| CPU ms per metric: server / PostgreSQL / clients | machine busy | new PG sessions/s |",
+        "| CPU ms per metric: server / PostgreSQL / clients | cores used: server / PostgreSQL / clients / rest of machine "
+        "| new PG sessions/s |",
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for b in backends:
         rs = by[b.label]
         lat = [x for r in rs for x in r.latencies]
-        busy = statistics.mean(r.machine_cpu / (r.seconds * ncpu) for r in rs)
         lines.append(
             f"| {b.label} | {b.spec_text()} | {', '.join(f'{r.rate:.1f}' for r in rs)} | **{med[b.label]:.1f}** "
             f"| {sum(r.errors for r in rs)} | {ms(pct(lat, 0.5))} | {ms(pct(lat, 0.99))} "
-            f"| {per_metric(rs, 'server_cpu') * 1000:.1f} / {per_metric(rs, 'pg_cpu') * 1000:.1f} / "
-            f"{per_metric(rs, 'client_cpu') * 1000:.1f} | {busy:.0%} "
-            f"| {statistics.mean(r.sessions / r.seconds for r in rs):.1f} |")
+            f"| {per_metric(b.label, 'server_cpu'):.1f} / {per_metric(b.label, 'pg_cpu'):.1f} / "
+            f"{per_metric(b.label, 'client_cpu'):.1f} "
+            f"| {cores(b.label, 'server_cpu'):.2f} / {cores(b.label, 'pg_cpu'):.2f} / {cores(b.label, 'client_cpu'):.2f}"
+            f" / {other(b.label):.2f} | {sessions(b.label):.1f} |")
     table = "\n".join(lines)
-    summary = f"Ratio T/U of median throughput: **{ratio:.2f}** ({med['T']:.1f} / {med['U']:.1f} metrics/s)."
+    summary = f"Ratio T/U of median throughput: **{ratio:.2f}** ({med['T']:.1f} / {med['U']:.1f} metrics/s)"
+    if "Tb" in med:
+        summary += f"; Tb/U: **{med['Tb'] / med['U']:.2f}** ({med['Tb']:.1f} / {med['U']:.1f})"
+    summary += "."
     print()
     print(table)
     print(summary)
@@ -564,53 +601,107 @@ def main() -> None:
     m = br.machine()
     versions = {pkg: importlib.metadata.version(pkg)
                 for pkg in ("mlflow", "SQLAlchemy", "psycopg", "uvicorn", "fastapi", "kopf")}
-    u, t = backends
+    u, t = backends[0], backends[1]
     cmd = f".venv/bin/python bench/bench_tuning.py --testbed {args.testbed} -n {args.n} --duration {args.duration:g}"
-    defaults = {"clients": 16, "untuned_pool": "mlflow", "tuned_workers": 2, "tuned_pool_size": 4,
-                "tuned_max_overflow": 4, "tuned_work_mem": "16MB", "tuned_max_connections": None}
+    defaults = {"clients": 16, "warmup": 5.0, "untuned_pool": "mlflow", "tuned_workers": 1, "tuned_pool_size": 16,
+                "tuned_max_overflow": 1, "tuned_work_mem": "16MB", "tuned_max_connections": None}
     for key, default in defaults.items():
         if getattr(args, key) != default:
-            cmd += f" --{key.replace('_', '-')} {getattr(args, key)}"
+            cmd += f" --{key.replace('_', '-')} {getattr(args, key):g}" if isinstance(default, float) else \
+                f" --{key.replace('_', '-')} {getattr(args, key)}"
+    if args.no_brief_variant:
+        cmd += " --no-brief-variant"
+
+    tb = next((b for b in backends if b.label == "Tb"), None)
+
+    def describe(b: Backend) -> str:
+        return (f"pool env in the Deployment {b.pool_env}; database settings "
+                f"{', '.join(b.db_settings) or 'none'}; connection limit {b.conn_limit}; connection budget "
+                f"{b.budget.get('required')} of {b.budget.get('limit')}")
+
+    u_note = ("That is MLflow's own default: without MLFLOW_SQLALCHEMYSTORE_POOL_SIZE/MAX_OVERFLOW, "
+              "MLflow 3.17 passes neither to `create_engine`, so SQLAlchemy's QueuePool defaults (5, 10) "
+              "apply; trackop always sets those variables (2/3 without a tuning block), so giving "
+              "5/10 is how to get MLflow's behaviour, and the block holds nothing else (no database "
+              "setting, no connection limit: TuningApplied says \"no settings\")."
+              if u.tuning else "No tuning block: trackop's default pool 2/3, not MLflow's 5/10.")
+    tb_line = (f"\n- **Tb** (the issue's suggestion): {tb.spec_text()}; {describe(tb)}." if tb else "")
+
+    def total(label: str) -> float:
+        return sum(per_metric(label, a) for a in ("server_cpu", "pg_cpu", "client_cpu"))
+
+    def spread_note(label: str) -> str:
+        a, b = [r.rate for r in by["U"]], [r.rate for r in by[label]]
+        if len(a) < 2:
+            return "not comparable with (one round each)"
+        overlap = min(a) <= max(b) and min(b) <= max(a)
+        return "within" if overlap else "outside"
+
+    busy = statistics.mean(r.machine_cpu / (r.seconds * ncpu) for r in rounds)
+    bottleneck = (
+        f"With servers, clients and PostgreSQL on {ncpu} CPUs the machine was {busy:.0%} busy in the windows, "
+        f"so throughput is set by CPU: in U a logged metric cost {total('U'):.1f} ms of CPU, "
+        f"{per_metric('U', 'server_cpu'):.1f} ms of it in the tracking server's Python (uvicorn, Flask, "
+        f"SQLAlchemy ORM), {per_metric('U', 'client_cpu'):.1f} ms in the clients and only "
+        f"{per_metric('U', 'pg_cpu'):.1f} ms in PostgreSQL, which is not the bottleneck (single-row inserts "
+        f"never use work_mem, and commits do not flush here).")
+    u_srv = cores("U", "server_cpu")
+    effect = (
+        f"Tuning can therefore only help by cutting CPU per metric: T's pool is there to end the overflow "
+        f"churn of U's {u.pool_env.get('MLFLOW_SQLALCHEMYSTORE_POOL_SIZE')}/"
+        f"{u.pool_env.get('MLFLOW_SQLALCHEMYSTORE_MAX_OVERFLOW')} under {args.clients} concurrent requests ({sessions('U'):.1f} → {sessions('T'):.1f} new sessions/s, "
+        f"each a backend fork and a SCRAM handshake; PostgreSQL {per_metric('U', 'pg_cpu'):.1f} → "
+        f"{per_metric('T', 'pg_cpu'):.1f} ms, all together {total('U'):.1f} → {total('T'):.1f} ms per metric)")
+    if tb:
+        effect += (
+            f", and a second worker (Tb, {total('Tb'):.1f} ms per metric) can only help once one worker "
+            f"is saturated at the single core its GIL allows, which U's {'was' if u_srv >= 0.9 else 'was not'} "
+            f"({u_srv:.2f} cores)")
+    effect += (f"; T/U {ratio:.2f} is {spread_note('T')} the round-to-round spread"
+               + (f", Tb/U {med['Tb'] / med['U']:.2f} {spread_note('Tb')} it" if tb else "")
+               + ", which here comes from other work sharing the machine.")
+    others_note = (f"\nOther work ran on the machine during the run (the \"rest of machine\" column; load average "
+                   f"{load_before[0]:.2f} before, {load_after[0]:.2f} after, including this benchmark's own "
+                   f"processes){f'; {len(others_during)} other trackop operator process(es) on the machine' if others_during else ''}, "
+                   "so single rounds vary; the rounds are interleaved so that it hits every backend alike.")
     section = f"""{HEADING}
 
 {args.clients} client processes, each `MlflowClient("http://127.0.0.1:<port>")` with one run per
 backend, call `log_metric` (one metric per call) in a loop for {args.duration:g} s from a common
-start; rounds interleaved {", ".join(r.label for r in rounds)} (N={args.n} of each), same script,
-same run, both servers up throughout. Counted: calls that succeeded and returned inside the
-window (metrics/s = count / {args.duration:g} s); errors with MLFLOW_HTTP_REQUEST_MAX_RETRIES=0
-(a failed request counts instead of hiding in a back-off); latency per call, pooled over
-the clients of a backend's rounds. The clients were started, had imported MLflow, created
-their runs and logged one warm-up metric before the first window.
-Both TrackingBackends (external PostgreSQL, a non-superuser admin with CREATEDB CREATEROLE)
+start; rounds interleaved {", ".join(r.label for r in rounds)} ({args.n} of each), one script, one run,
+all servers up throughout. Counted: calls that succeeded and returned inside the window
+(metrics/s = count / {args.duration:g} s, checked against the rows added to `metrics`); errors,
+with MLFLOW_HTTP_REQUEST_MAX_RETRIES=0 so that a failed request counts instead of hiding in
+a back-off; latency per call, pooled over a backend's rounds. The clients had imported
+MLflow, created their runs and put {args.warmup:g} s of load on each server (discarded)
+before the first window.
+The TrackingBackends (external PostgreSQL, a non-superuser admin with CREATEDB CREATEROLE)
 were reconciled by the benchmark's own operator (`trackop.cli run --namespace <its
-namespace>`); each tracking server is `mlflow server` (uvicorn, MLflow's default) run from
-the backend's Deployment by the local kubelet on its own loopback port.
+namespace>`); each tracking server is `mlflow server` (uvicorn) run from the backend's
+Deployment by the local kubelet, on its own loopback port.
 
-- **U** (untuned): {u.spec_text()}. Pool env in the Deployment: {u.pool_env}.
-  {"That is MLflow's default: without MLFLOW_SQLALCHEMYSTORE_POOL_SIZE/MAX_OVERFLOW, MLflow 3.17 passes neither to `create_engine` and SQLAlchemy's QueuePool defaults (5, 10) apply; the tuning block holds nothing else, so no database setting and no connection limit are applied (TuningApplied lists none). Without any tuning block trackop would set its own default pool 2/3 (`--untuned-pool trackop`)." if u_tuning else "No tuning block, so this is trackop's default pool 2/3, not MLflow's 5/10."}
-  One worker: the brief's baseline; note MLflow's own CLI default is 4 uvicorn workers and trackop's is 2.
-- **T** (tuned): {t.spec_text()}. Pool env: {t.pool_env}; database settings {', '.join(t.db_settings) or 'none'},
-  connection limit {t.conn_limit} (budget {t.budget.get('required')} = 2 workers x 2 engines x
-  {per_engine} + 4).
+- **U** (untuned): {u.spec_text()}; {describe(u)}. {u_note} One worker as the issue asks
+  (MLflow's CLI defaults to 4, trackop to 2).
+- **T** (tuned, picked after a short exploration): {t.spec_text()}; {describe(t)}.
+  A pool of one connection per concurrent request (16 clients, one worker), so no request
+  opens a connection; maxOverflow 1 because MLflow turns 0 into SQLAlchemy's 10.{tb_line}
 
 {table}
 
 {summary}
 
-CPU columns: the server's process tree (uvicorn and its workers), the whole PostgreSQL
-server (live backends plus the ones the postmaster reaped in the window), and the 16
-clients' getrusage, each divided by the metrics logged; machine busy is /proc/stat over
-the window ({ncpu} CPUs), which includes other work on the machine (load average
-{load_before[0]:.2f} before the run, {load_after[0]:.2f} after). New PG sessions are
-`pg_stat_database.sessions` of the backend's database: connections opened beyond the
-pool's idle ones and closed again. The bed's PostgreSQL runs with fsync={pg_notes['fsync']},
-synchronous_commit={pg_notes['synchronous_commit']}, so a commit costs no disk flush here.
+CPU columns: the server's process tree (uvicorn and its workers), the whole PostgreSQL server
+(live backends and the ones the postmaster reaped during the window), the 16 clients'
+getrusage, and the rest of /proc/stat's busy time; per metric = CPU seconds / metrics logged.
+New PG sessions: `pg_stat_database.sessions` of the backend's database (flushed by backends
+at most once a second, so approximate). The bed's PostgreSQL {pg_version} runs with
+fsync={pg_notes['fsync']}, synchronous_commit={pg_notes['synchronous_commit']}, shared_buffers {pg_notes['shared_buffers']}.{others_note}
 
-INTERPRETATION_PLACEHOLDER
+{bottleneck}
+{effect}
 
 Machine: {m['nproc']} CPUs ({m['cpu']}), {m['memory']} RAM, Linux {m['kernel']}, Python {m['python']};
-PostgreSQL {pg_version}; {", ".join(f"{k} {v}" for k, v in versions.items())}.
-Measured {time.strftime("%Y-%m-%d")}.
+{", ".join(f"{k} {v}" for k, v in versions.items())}. Measured {time.strftime("%Y-%m-%d")}.
 
 Rerun (from the repository root, with a running bed that has the CRD installed):
 

@@ -25,6 +25,9 @@ log = logging.getLogger(__name__)
 
 CERT_SECRET = "trackop-webhook-certs"
 ROTATION_CHECK_SECONDS = float(os.environ.get("TRACKOP_WEBHOOK_ROTATION_CHECK", "3600"))
+# The API server picks a new caBundle up through its informers: give it a moment before
+# serving a certificate only the new CA signed.
+BUNDLE_PROPAGATION_SECONDS = 2.0
 RENEW_BEFORE = dt.timedelta(days=float(os.environ.get("TRACKOP_WEBHOOK_RENEW_BEFORE_DAYS", "30")))
 
 
@@ -55,6 +58,7 @@ class InjectionService:
         # A TLS Secret someone else renews (cert-manager: tls.crt, tls.key, ca.crt) instead of our own CA.
         self.cert_secret = cert_secret
         self._external_version = ""
+        self._external_ca = b""
 
     # ---- certificates ------------------------------------------------------------------
     def _load_or_create(self) -> webhook_tls.WebhookCerts:
@@ -96,12 +100,17 @@ class InjectionService:
         missing = [k for k in ("tls.crt", "tls.key", "ca.crt") if k not in data]
         if missing:
             raise ValueError(f"Secret {self.operator_namespace}/{self.cert_secret} lacks {', '.join(missing)}")
-        ca = data["ca.crt"]
+        # The bundle keeps the CA served until now next to the new one, so the API server
+        # trusts both the old certificate (still served for a moment) and the new one.
+        ca = data["ca.crt"] if not self._external_ca else self._external_ca + b"\n" + data["ca.crt"]
         for body in webhook.webhook_configurations(self.url, ca, failure_policy=self.failure_policy,
                                                    operator_namespace=self.operator_namespace):
             self.kube.apply_cluster(body)
+        if self._external_ca and self._external_ca != data["ca.crt"]:
+            self._stop.wait(BUNDLE_PROPAGATION_SECONDS)
         self.server.load_certificate(data["tls.crt"], data["tls.key"])
         self._external_version = secret.metadata.resource_version
+        self._external_ca = data["ca.crt"]
         log.info("serving the certificate from Secret %s/%s", self.operator_namespace, self.cert_secret)
         return True
 
@@ -115,6 +124,8 @@ class InjectionService:
         rotated = webhook_tls.rotate(self.certs, _now(), self.names, self.ips)
         self._save(rotated)
         self._register(rotated)
+        if rotated.ca_cert_pem != self.certs.ca_cert_pem:
+            self._stop.wait(BUNDLE_PROPAGATION_SECONDS)
         self.server.load_certificate(rotated.cert_pem, rotated.key_pem)
         self.certs = rotated
         log.info("rotated the webhook certificate: %s", reason)

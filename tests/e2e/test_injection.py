@@ -220,7 +220,12 @@ def test_certificates_from_an_externally_renewed_secret(backends: Backends, admi
     operator.restart(extra_args=["--webhook-cert-secret", "webhook-tls"],
                      extra_env={"TRACKOP_WEBHOOK_ROTATION_CHECK": "1"})
     try:
-        first = core_v1.create_namespaced_pod(backends.namespace, opted_in("ext-1", "external"))
+        # Right after a restart the API server may still hold the previous caBundle for a
+        # moment (its informer catches up); with failurePolicy Ignore such a pod slips through
+        # uninjected, which the missed-injection timer reports. Wait for the first injected one.
+        attempt = iter(range(100))
+        first = eventually(lambda: _injected_or_none(core_v1, backends.namespace, f"ext-1-{next(attempt)}"),
+                           "the external certificate to be trusted", timeout=20)
         assert "MLFLOW_TRACKING_URI" in env_names(first)
         bundle = lambda: client.AdmissionregistrationV1Api(kube_api).read_mutating_webhook_configuration(  # noqa
             "trackop-injection").webhooks[0].client_config.ca_bundle
@@ -232,6 +237,11 @@ def test_certificates_from_an_externally_renewed_secret(backends: Backends, admi
         assert "MLFLOW_TRACKING_URI" in env_names(second)
     finally:
         operator.restart()
+
+
+def _injected_or_none(core_v1, namespace: str, name: str):
+    pod = core_v1.create_namespaced_pod(namespace, opted_in(name, "external"))
+    return pod if "MLFLOW_TRACKING_URI" in env_names(pod) else None
 
 
 def _try_create(core_v1, namespace: str, body: dict):
