@@ -43,7 +43,8 @@ def _run(args: argparse.Namespace) -> int:
     for name, value in (("TRACKOP_WEBHOOK_ADDRESS", args.webhook_address), ("TRACKOP_WEBHOOK_URL", args.webhook_url),
                         ("TRACKOP_WEBHOOK_FAILURE_POLICY", args.webhook_failure_policy),
                         ("TRACKOP_WEBHOOK_CERT_SECRET", args.webhook_cert_secret),
-                        ("TRACKOP_NAMESPACE", args.operator_namespace)):
+                        ("TRACKOP_NAMESPACE", args.operator_namespace),
+                        ("TRACKOP_VERBOSE", "1" if args.verbose else "")):
         if value:
             os.environ[name] = value
     import kopf

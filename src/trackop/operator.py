@@ -56,6 +56,10 @@ def configure(settings: kopf.OperatorSettings, logger: logging.Logger, **_: Any)
     # Our own Events only (one per step and per new failure); kopf's per-handler chatter
     # would add an Event on every resume and drift check.
     settings.posting.level = logging.CRITICAL + 10
+    # Likewise in the log: no "Timer 'check_drift' succeeded" per backend per interval;
+    # failures (WARNING and up) still show. `trackop run --verbose` shows everything.
+    if not os.environ.get("TRACKOP_VERBOSE"):
+        logging.getLogger("kopf.objects").setLevel(logging.WARNING)
     settings.persistence.finalizer = "trackop.dev/finalizer"
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="trackop.dev")
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
