@@ -209,7 +209,9 @@ class Operator:
 
     def start(self, settle: float) -> float:
         """Start, wait for /healthz and the startup handler, then ``settle`` s; returns seconds to /healthz."""
-        env = {**os.environ, "TRACKOP_DRIFT_INTERVAL": str(DRIFT_INTERVAL), "PYTHONUNBUFFERED": "1"}
+        # TRACKOP_VERBOSE keeps kopf's per-handler INFO lines, which the phase breakdown reads.
+        env = {**os.environ, "TRACKOP_DRIFT_INTERVAL": str(DRIFT_INTERVAL), "PYTHONUNBUFFERED": "1",
+               "TRACKOP_VERBOSE": "1"}
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "trackop.cli", "run", *self.scope, "--kubeconfig", self.kubeconfig,

@@ -12,10 +12,12 @@ and its Secret ``pg-admin``:
       a tuning block trackop would set its own default, 2/3 (``--untuned-pool trackop``).
       No database setting, no connection limit.
   T (tuned): ``spec.server: {port, workers: --tuned-workers}`` and ``spec.postgres.tuning:
-      {workMem, pool: {size, maxOverflow}, maxConnections}``; defaults picked after a short
-      exploration: 1 worker, pool 16/1 (one connection per concurrent request, so the pool never
-      opens and closes overflow connections; maxOverflow 0 would mean SQLAlchemy's 10 in
-      MLflow), workMem 16MB, maxConnections = the connection budget rounded up to 8.
+      {workMem, pool: {size, maxOverflow}, maxConnections}``; defaults picked after exploring:
+      2 workers (one uvicorn worker is held to one core by the GIL), pool 16/1 in each (one
+      connection per client, however the clients' keep-alive connections are split between the
+      workers, so the pool never opens and closes overflow connections; maxOverflow 0 would
+      mean SQLAlchemy's 10 in MLflow), workMem 16MB, maxConnections = the connection budget
+      rounded up to 8 (2 workers x 2 engines x 17 + 4 = 72).
   Tb (the issue's suggestion, unless --no-brief-variant): 2 workers, workMem 16MB, pool 4/4.
 
 All tracking servers run from the backends' own Deployments through the local kubelet
@@ -403,8 +405,9 @@ def main() -> None:
                         help="U's pool: mlflow = tuning.pool {size: 5, maxOverflow: 10}, SQLAlchemy's defaults, "
                              "which MLflow uses when not told otherwise (default); trackop = no tuning block, "
                              "so trackop's default 2/3")
-    parser.add_argument("--tuned-workers", type=int, default=1)
-    parser.add_argument("--tuned-pool-size", type=int, default=16, help="default 16: one connection per client")
+    parser.add_argument("--tuned-workers", type=int, default=2)
+    parser.add_argument("--tuned-pool-size", type=int, default=16,
+                        help="default 16: one connection per client in each worker")
     parser.add_argument("--tuned-max-overflow", type=int, default=1, help="default 1 (0 would mean 10 in MLflow)")
     parser.add_argument("--tuned-work-mem", default="16MB")
     parser.add_argument("--tuned-max-connections", type=int, default=None,
@@ -608,7 +611,7 @@ def main() -> None:
                 for pkg in ("mlflow", "SQLAlchemy", "psycopg", "uvicorn", "fastapi", "kopf")}
     u, t = backends[0], backends[1]
     cmd = f".venv/bin/python bench/bench_tuning.py --testbed {args.testbed} -n {args.n} --duration {args.duration:g}"
-    defaults = {"clients": 16, "warmup": 5.0, "untuned_pool": "mlflow", "tuned_workers": 1, "tuned_pool_size": 16,
+    defaults = {"clients": 16, "warmup": 5.0, "untuned_pool": "mlflow", "tuned_workers": 2, "tuned_pool_size": 16,
                 "tuned_max_overflow": 1, "tuned_work_mem": "16MB", "tuned_max_connections": None}
     for key, default in defaults.items():
         if getattr(args, key) != default:
@@ -639,35 +642,33 @@ def main() -> None:
         overlap = min(a) <= max(b) and min(b) <= max(a)
         return "within" if overlap else "outside"
 
-    busy = statistics.mean(r.machine_cpu / (r.seconds * ncpu) for r in rounds)
-    bottleneck = (
-        f"With servers, clients and PostgreSQL on {ncpu} CPUs the machine was {busy:.0%} busy in the windows, "
-        f"so throughput is set by CPU: in U a logged metric cost {total('U'):.1f} ms of CPU, "
-        f"{per_metric('U', 'server_cpu'):.1f} ms of it in the tracking server's Python (uvicorn, Flask, "
-        f"SQLAlchemy ORM), {per_metric('U', 'client_cpu'):.1f} ms in the clients and only "
-        f"{per_metric('U', 'pg_cpu'):.1f} ms in PostgreSQL, which is not the bottleneck (single-row inserts "
-        f"never use work_mem, and commits do not flush here).")
+    def busy(label: str) -> float:
+        return statistics.mean(r.machine_cpu / (r.seconds * ncpu) for r in by[label])
+
     rest = [(r.machine_cpu - r.server_cpu - r.pg_cpu - r.client_cpu) / r.seconds for r in rounds]
+    u_srv = cores("U", "server_cpu")
+    bottleneck = (
+        f"With servers, clients and PostgreSQL on {ncpu} CPUs, a logged metric cost U {total('U'):.1f} ms of CPU, "
+        f"{per_metric('U', 'server_cpu'):.1f} ms of it in the tracking server's Python (uvicorn, Flask, "
+        f"SQLAlchemy ORM), {per_metric('U', 'client_cpu'):.1f} ms in the clients and "
+        f"{per_metric('U', 'pg_cpu'):.1f} ms in PostgreSQL, and U's single worker ran at {u_srv:.2f} cores, "
+        f"{'close to' if u_srv >= 0.8 else 'below'} the one core its GIL allows, with the machine "
+        f"{busy('U'):.0%} busy: the bottleneck is the server's Python, first that one-core cap and then the "
+        f"machine's CPUs, not PostgreSQL (single-row inserts never use work_mem, and commits do not flush here).")
     churn = "ends" if sessions("T") < 1 else "reduces"
     effect = (
-        f"Tuning can therefore help only by lowering CPU per metric or by taking a larger share of the "
-        f"CPUs: T's pool {churn} the overflow churn of U's {u.pool_env.get('MLFLOW_SQLALCHEMYSTORE_POOL_SIZE')}/"
-        f"{u.pool_env.get('MLFLOW_SQLALCHEMYSTORE_MAX_OVERFLOW')} under {args.clients} concurrent requests "
-        f"({sessions('U'):.1f} → {sessions('T'):.1f} new sessions/s, each a backend fork and a SCRAM "
-        f"handshake) and takes the CPU per metric from {total('U'):.1f} to {total('T'):.1f} ms (PostgreSQL "
-        f"{per_metric('U', 'pg_cpu'):.1f} → {per_metric('T', 'pg_cpu'):.1f}), worth x{total('U') / total('T'):.2f} "
-        f"where the CPUs are the only limit")
+        f"T {f'lifts the cap with {t.workers} workers' if t.workers > 1 else 'keeps one worker'} (server {u_srv:.2f} → {cores('T', 'server_cpu'):.2f} "
+        f"cores, machine {busy('T'):.0%} busy) and its pool {churn} the overflow churn of U's "
+        f"{u.pool_env.get('MLFLOW_SQLALCHEMYSTORE_POOL_SIZE')}/{u.pool_env.get('MLFLOW_SQLALCHEMYSTORE_MAX_OVERFLOW')} "
+        f"under {args.clients} concurrent requests ({sessions('U'):.1f} → {sessions('T'):.1f} new sessions/s, "
+        f"each a backend fork and a SCRAM handshake; PostgreSQL {per_metric('U', 'pg_cpu'):.1f} → "
+        f"{per_metric('T', 'pg_cpu'):.1f} ms, all {total('U'):.1f} → {total('T'):.1f} ms per metric)")
     if tb:
-        more = cores("Tb", "server_cpu") - cores("U", "server_cpu")
-        effect += (f", while Tb's second worker ({total('Tb'):.1f} ms per metric) "
-                   + (f"mainly got the server more of the shared CPUs ({cores('Tb', 'server_cpu'):.2f} instead of "
-                      f"{cores('U', 'server_cpu'):.2f} cores)" if more > 0.05 else
-                      f"did not get the server more CPU ({cores('Tb', 'server_cpu'):.2f} vs "
-                      f"{cores('U', 'server_cpu'):.2f} cores)"))
-    effect += (f"; T/U {ratio:.2f}" + (f" and Tb/U {med['Tb'] / med['U']:.2f}" if tb else "")
-               + f" are {spread_note('T') if not tb or spread_note('T') == spread_note('Tb') else 'partly within'} "
-               f"the round-to-round spread, which comes from other work on the machine "
-               f"({min(rest):.2f}-{max(rest):.2f} cores in the windows).")
+        effect += (f", while Tb has the second worker ({cores('Tb', 'server_cpu'):.2f} cores) but its 4/4 pool "
+                   f"still churns ({sessions('Tb'):.1f} new sessions/s, {total('Tb'):.1f} ms per metric)")
+    effect += (f"; T/U {ratio:.2f} is {spread_note('T')} the round-to-round spread"
+               + (f" and Tb/U {med['Tb'] / med['U']:.2f} {spread_note('Tb').split(' ')[0]} it" if tb else "")
+               + f", which comes from other work on the machine ({min(rest):.2f}-{max(rest):.2f} cores).")
     others_note = (f"\nOther work ran on the machine during the run (the \"rest of machine\" column; load average "
                    f"{load_before[0]:.2f} before, {load_after[0]:.2f} after, including this benchmark's own "
                    f"processes){f'; {len(others_during)} other trackop operator process(es) on the machine' if others_during else ''}, "
@@ -690,10 +691,10 @@ Deployment by the local kubelet, on its own loopback port.
 
 - **U** (untuned): {u.spec_text()}; {describe(u)}. {u_note} One worker as the issue asks
   (MLflow's CLI defaults to 4, trackop to 2).
-- **T** (tuned, picked after a short exploration of single rounds on this busy machine, where it
-  looked better than Tb{"" if med["T"] >= med.get("Tb", 0) else "; in this run Tb did better"}): {t.spec_text()}; {describe(t)}.
-  A pool of one connection per concurrent request (16 clients, one worker), so no request
-  opens a connection; maxOverflow 1 because MLflow turns 0 into SQLAlchemy's 10.{tb_line}
+- **T** (tuned, picked after exploring): {t.spec_text()}; {describe(t)}.
+  Each worker's pool has one connection per client, so no request opens a connection however
+  uvicorn splits the clients' keep-alive connections between the workers; maxOverflow 1
+  because MLflow turns 0 into SQLAlchemy's 10. maxConnections is the budget this implies.{tb_line}
 
 {table}
 
