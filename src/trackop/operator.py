@@ -16,11 +16,10 @@ import kopf
 from kubernetes import client, config
 
 from . import api, manifests, schema, webhook
-from .injection_service import InjectionService
-from .reconcile import injection_view
 from . import conditions as cond
+from .injection_service import InjectionService
 from .kube import Kube
-from .reconcile import Outcome, Reconciler, StepFailed
+from .reconcile import Outcome, Reconciler, StepFailed, injection_view
 
 DRIFT_INTERVAL = float(os.environ.get("TRACKOP_DRIFT_INTERVAL", "60"))
 MAX_RETRY_DELAY = 60.0
@@ -32,6 +31,7 @@ WEBHOOK_FAILURE_POLICY = os.environ.get("TRACKOP_WEBHOOK_FAILURE_POLICY", "Ignor
 WEBHOOK_CERT_SECRET = os.environ.get("TRACKOP_WEBHOOK_CERT_SECRET", "")
 
 _reconciler: Reconciler | None = None
+_injection: InjectionService | None = None
 INDEX = webhook.Index()
 _specs: dict[tuple[str, str], api.BackendSpec] = {}
 
@@ -138,8 +138,6 @@ def check_drift(body: kopf.Body, status: kopf.Status, patch: kopf.Patch, **_: An
         for event_type, reason, message in reconciler().missed_injections(spec):
             kopf.event(body, type=event_type, reason=reason, message=message)
 
-
-_injection: InjectionService | None = None
 
 
 @kopf.on.cleanup()
