@@ -41,8 +41,6 @@ import http.client
 import importlib.metadata
 import json
 import os
-import platform
-import re
 import secrets
 import signal
 import socket
@@ -64,6 +62,8 @@ from psycopg import sql
 from trackop.install import install_crd
 
 ROOT = Path(__file__).resolve().parents[1]
+from benchlib import free_port, machine, write_section  # noqa: E402
+
 HEADING = "## Injection: admission overhead of the webhook"
 GROUP, VERSION, PLURAL = "trackop.dev", "v1alpha1", "trackingbackends"
 INJECT_LABEL, BACKEND_ANNOTATION, INJECTED_ANNOTATION = "trackop.dev/inject", "trackop.dev/backend", "trackop.dev/injected"
@@ -78,30 +78,8 @@ TARGET_MS = 10.0
 # ---------------------------------------------------------------------------- machine
 
 
-def machine() -> dict[str, str]:
-    cpu = "unknown"
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            cpu = line.split(":", 1)[1].strip()
-            break
-    mem_kib = int(re.search(r"MemTotal:\s+(\d+)", Path("/proc/meminfo").read_text()).group(1))
-    return {
-        "nproc": str(len(os.sched_getaffinity(0))),
-        "memory": f"{mem_kib / 1024 / 1024:.1f} GiB",
-        "cpu": cpu,
-        "kernel": platform.release(),
-        "python": platform.python_version(),
-    }
-
-
 def loadavg() -> str:
     return " ".join(Path("/proc/loadavg").read_text().split()[:3])
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def listening(port: int) -> bool:
@@ -410,17 +388,6 @@ def webhook_metric(api: client.ApiClient) -> tuple[float, int]:
 # ---------------------------------------------------------------------------- results
 
 
-def write_section(path: Path, section: str) -> None:
-    """Replace this benchmark's section of RESULTS.md (or append it), leaving others alone."""
-    text = path.read_text() if path.exists() else "# Benchmarks\n"
-    pattern = re.compile(rf"^{re.escape(HEADING)}\n.*?(?=^## |\Z)", re.S | re.M)
-    if pattern.search(text):
-        text = pattern.sub(lambda _: section, text)
-    else:
-        text = text.rstrip("\n") + "\n\n" + section
-    path.write_text(text)
-
-
 def row(label: str, st: dict[str, float], n: int) -> str:
     return (f"| {label} | {n} | {st['p50']:.2f} | {st['p90']:.2f} | {st['p99']:.2f} | {st['mean']:.2f} "
             f"| {st['min']:.2f} | {st['max']:.2f} |")
@@ -727,7 +694,7 @@ Rerun (from the repository root; starts its own bed in `--dir` and stops it at t
 .venv/bin/python bench/bench_injection.py --dir {args.dir} -n {args.n} --block {args.block}
 ```
 """
-    write_section(args.results, section)
+    write_section(args.results, HEADING, section)
     print(f"\nwrote {args.results}")
 
 

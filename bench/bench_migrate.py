@@ -15,12 +15,8 @@ from __future__ import annotations
 import argparse
 import importlib.metadata
 import json
-import os
-import platform
-import re
 import resource
 import statistics
-import subprocess
 import sys
 import time
 import uuid
@@ -33,6 +29,8 @@ import psycopg
 from psycopg import sql
 
 ROOT = Path(__file__).resolve().parents[1]
+from benchlib import machine, run_cli, write_section  # noqa: E402
+
 HEADING = "## Schema migration: in-process vs `mlflow db upgrade`"
 
 
@@ -77,47 +75,6 @@ class Bed:
                 conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
                 conn.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(role)))
         self.created.clear()
-
-
-def run_cli(mlflow: Path, url: str) -> tuple[float, float]:
-    """(wall seconds, peak RSS MB) of ``mlflow db upgrade url``."""
-    started = time.perf_counter()
-    proc = subprocess.Popen([str(mlflow), "db", "upgrade", url], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    assert proc.stderr is not None
-    stderr = proc.stderr.read()  # drain before waiting, so a chatty child cannot block
-    _, status, usage = os.wait4(proc.pid, 0)
-    wall = time.perf_counter() - started
-    proc.returncode = os.waitstatus_to_exitcode(status)  # already reaped: keep Popen quiet
-    if proc.returncode != 0:
-        raise SystemExit(f"mlflow db upgrade failed ({proc.returncode}):\n{stderr.decode(errors='replace')[-2000:]}")
-    return wall, usage.ru_maxrss / 1024
-
-
-def machine() -> dict[str, str]:
-    cpu = "unknown"
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            cpu = line.split(":", 1)[1].strip()
-            break
-    mem_kib = int(re.search(r"MemTotal:\s+(\d+)", Path("/proc/meminfo").read_text()).group(1))
-    return {
-        "nproc": str(len(os.sched_getaffinity(0))),
-        "memory": f"{mem_kib / 1024 / 1024:.1f} GiB",
-        "cpu": cpu,
-        "kernel": platform.release(),
-        "python": platform.python_version(),
-    }
-
-
-def write_section(path: Path, section: str) -> None:
-    """Replace this benchmark's section of RESULTS.md (or append it), leaving others alone."""
-    text = path.read_text() if path.exists() else "# Benchmarks\n"
-    pattern = re.compile(rf"^{re.escape(HEADING)}\n.*?(?=^## |\Z)", re.S | re.M)
-    if pattern.search(text):
-        text = pattern.sub(lambda _: section, text)
-    else:
-        text = text.rstrip("\n") + "\n\n" + section
-    path.write_text(text)
 
 
 def main() -> None:
@@ -225,7 +182,7 @@ Rerun (from the repository root, with a running bed):
 .venv/bin/python bench/bench_migrate.py --testbed {args.testbed} -n {args.n}
 ```
 """
-    write_section(args.results, section)
+    write_section(args.results, HEADING, section)
     print(f"\nwrote {args.results}")
 
 

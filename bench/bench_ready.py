@@ -24,11 +24,9 @@ import datetime as dt
 import importlib.metadata
 import json
 import os
-import platform
 import re
 import secrets
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -45,6 +43,8 @@ from kubernetes import client, config, watch
 from psycopg import sql
 
 ROOT = Path(__file__).resolve().parents[1]
+from benchlib import free_port, machine, run_cli, write_section  # noqa: E402
+
 HEADING = "## Apply to Ready: operator vs `mlflow db upgrade`"
 GROUP, VERSION, PLURAL = "trackop.dev", "v1alpha1", "trackingbackends"
 FINALIZER = "trackop.dev/finalizer"
@@ -53,22 +53,6 @@ DRIFT_INTERVAL = 60  # the operator's drift timer: longer than a run, so it stay
 
 
 # ---------------------------------------------------------------------------- machine
-
-
-def machine() -> dict[str, str]:
-    cpu = "unknown"
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            cpu = line.split(":", 1)[1].strip()
-            break
-    mem_kib = int(re.search(r"MemTotal:\s+(\d+)", Path("/proc/meminfo").read_text()).group(1))
-    return {
-        "nproc": str(len(os.sched_getaffinity(0))),
-        "memory": f"{mem_kib / 1024 / 1024:.1f} GiB",
-        "cpu": cpu,
-        "kernel": platform.release(),
-        "python": platform.python_version(),
-    }
 
 
 def proc_status_kib(pid: int, key: str) -> int:
@@ -105,12 +89,6 @@ def other_operators(own_pid: int | None = None) -> list[tuple[int, str]]:
             state = "its /healthz answers" if healthz(address) else "its /healthz does not answer"
             found.append((int(entry.name), f"{' '.join(words)} ({state})"))
     return found
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 # ---------------------------------------------------------------------------- PostgreSQL
@@ -175,20 +153,6 @@ class Postgres:
                 except psycopg.Error as exc:
                     problems.append(f"role {role}: {exc}")
         return problems
-
-
-def run_cli(mlflow: Path, url: str) -> tuple[float, float]:
-    """(wall seconds, peak RSS MB) of ``mlflow db upgrade url``."""
-    started = time.perf_counter()
-    proc = subprocess.Popen([str(mlflow), "db", "upgrade", url], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    assert proc.stderr is not None
-    stderr = proc.stderr.read()  # drain before waiting, so a chatty child cannot block
-    _, status, usage = os.wait4(proc.pid, 0)
-    wall = time.perf_counter() - started
-    proc.returncode = os.waitstatus_to_exitcode(status)  # already reaped: keep Popen quiet
-    if proc.returncode != 0:
-        raise SystemExit(f"mlflow db upgrade failed ({proc.returncode}):\n{stderr.decode(errors='replace')[-2000:]}")
-    return wall, usage.ru_maxrss / 1024
 
 
 # ---------------------------------------------------------------------------- operator
@@ -395,17 +359,6 @@ def resolve_phases(run: ReadyRun, operator: Operator, cluster: Cluster) -> None:
 # ---------------------------------------------------------------------------- results
 
 
-def write_section(path: Path, section: str) -> None:
-    """Replace this benchmark's section of RESULTS.md (or append it), leaving others alone."""
-    text = path.read_text() if path.exists() else "# Benchmarks\n"
-    pattern = re.compile(rf"^{re.escape(HEADING)}\n.*?(?=^## |\Z)", re.S | re.M)
-    if pattern.search(text):
-        text = pattern.sub(lambda _: section, text)
-    else:
-        text = text.rstrip("\n") + "\n\n" + section
-    path.write_text(text)
-
-
 def med(xs: list[float | None]) -> float | None:
     xs = [x for x in xs if x is not None]
     return statistics.median(xs) if xs else None
@@ -597,7 +550,7 @@ other trackop operator watching it):
 .venv/bin/python bench/bench_ready.py --testbed {args.testbed} -n {args.n}{" --all-namespaces" if args.all_namespaces else ""}
 ```
 """
-    write_section(args.results, section)
+    write_section(args.results, HEADING, section)
     print(f"\nwrote {args.results}")
 
 

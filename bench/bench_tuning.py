@@ -55,7 +55,6 @@ import importlib.metadata
 import json
 import multiprocessing as mp
 import os
-import re
 import statistics
 import sys
 import tempfile
@@ -72,6 +71,8 @@ from kubernetes import client  # noqa: E402
 from psycopg import sql  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
+from benchlib import free_port, machine, write_section  # noqa: E402
+
 HEADING = "## Tuning: metric-logging throughput, 16 clients through the tracking server"
 GROUP, VERSION, PLURAL = br.GROUP, br.VERSION, br.PLURAL
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -369,17 +370,6 @@ def run_round(b: Backend, clients: ClientPool, pg: br.Postgres, postmaster: int,
 # ---------------------------------------------------------------------------- results
 
 
-def write_section(path: Path, section: str) -> None:
-    """Replace this benchmark's section of RESULTS.md (or append it), leaving others alone."""
-    text = path.read_text() if path.exists() else "# Benchmarks\n"
-    pattern = re.compile(rf"^{re.escape(HEADING)}\n.*?(?=^## |\Z)", re.S | re.M)
-    if pattern.search(text):
-        text = pattern.sub(lambda _: section, text)
-    else:
-        text = text.rstrip("\n") + "\n\n" + section
-    path.write_text(text)
-
-
 def ms(x: float | None) -> str:
     return "—" if x is None else f"{x * 1000:.0f} ms" if x >= 0.0095 else f"{x * 1000:.1f} ms"
 
@@ -436,7 +426,7 @@ def main() -> None:
         variants.append(("Tb", "tuned-b", 2, tuned_spec(2, 4, 4, "16MB", None)))
     ports: list[int] = []
     while len(ports) < len(variants):
-        port = br.free_port()
+        port = free_port()
         if port not in ports:
             ports.append(port)
     backends = [Backend(label, f"{prefix}-{suffix}", port, workers, tun)
@@ -606,7 +596,7 @@ def main() -> None:
     if args.no_write:
         return
 
-    m = br.machine()
+    m = machine()
     versions = {pkg: importlib.metadata.version(pkg)
                 for pkg in ("mlflow", "SQLAlchemy", "psycopg", "uvicorn", "fastapi", "kopf")}
     u, t = backends[0], backends[1]
@@ -719,7 +709,7 @@ Rerun (from the repository root, with a running bed that has the CRD installed):
 {cmd}
 ```
 """
-    write_section(args.results, section)
+    write_section(args.results, HEADING, section)
     print(f"\nwrote {args.results}")
 
 

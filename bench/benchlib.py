@@ -1,0 +1,59 @@
+"""What the benchmarks share: the machine's description, a loopback port, a timed
+`mlflow db upgrade`, and writing one benchmark's section of RESULTS.md."""
+
+from __future__ import annotations
+
+import os
+import platform
+import re
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+
+def machine() -> dict[str, str]:
+    cpu = "unknown"
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            cpu = line.split(":", 1)[1].strip()
+            break
+    mem_kib = int(re.search(r"MemTotal:\s+(\d+)", Path("/proc/meminfo").read_text()).group(1))
+    return {
+        "nproc": str(len(os.sched_getaffinity(0))),
+        "memory": f"{mem_kib / 1024 / 1024:.1f} GiB",
+        "cpu": cpu,
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+    }
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def run_cli(mlflow: Path, url: str) -> tuple[float, float]:
+    """(wall seconds, peak RSS MB) of ``mlflow db upgrade url``."""
+    started = time.perf_counter()
+    proc = subprocess.Popen([str(mlflow), "db", "upgrade", url], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    assert proc.stderr is not None
+    stderr = proc.stderr.read()  # drain before waiting, so a chatty child cannot block
+    _, status, usage = os.wait4(proc.pid, 0)
+    wall = time.perf_counter() - started
+    proc.returncode = os.waitstatus_to_exitcode(status)  # already reaped: keep Popen quiet
+    if proc.returncode != 0:
+        raise SystemExit(f"mlflow db upgrade failed ({proc.returncode}):\n{stderr.decode(errors='replace')[-2000:]}")
+    return wall, usage.ru_maxrss / 1024
+
+
+def write_section(path: Path, heading: str, section: str) -> None:
+    """Replace the section under ``heading`` in RESULTS.md (or append it), leaving others alone."""
+    text = path.read_text() if path.exists() else "# Benchmarks\n"
+    pattern = re.compile(rf"^{re.escape(heading)}\n.*?(?=^## |\Z)", re.S | re.M)
+    if pattern.search(text):
+        text = pattern.sub(lambda _: section, text)
+    else:
+        text = text.rstrip("\n") + "\n\n" + section
+    path.write_text(text)
