@@ -19,3 +19,13 @@ def eventually(check: Callable[[], T], what: str, timeout: float = 60.0, interva
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
         time.sleep(interval)
+
+
+def deep_merge(base: dict, overrides: dict) -> dict:
+    """``overrides`` merged into ``base`` (in place), nested mappings key by key."""
+    for key, value in overrides.items():
+        if isinstance(value, dict) and isinstance(base.get(key), dict):
+            deep_merge(base[key], value)
+        else:
+            base[key] = value
+    return base

@@ -10,6 +10,7 @@ import pytest
 
 from trackop import api
 from trackop.api import SpecError
+from helpers import deep_merge
 
 NAMESPACE = "ml-platform"
 NAME = "team-a"
@@ -24,22 +25,13 @@ _DNS1035_LABEL = re.compile(r"[a-z]([-a-z0-9]*[a-z0-9])?")
 _LABEL_VALUE = re.compile(r"(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?")
 
 
-def _merge(base: dict, overrides: dict) -> dict:
-    for key, value in overrides.items():
-        if isinstance(value, dict) and isinstance(base.get(key), dict):
-            _merge(base[key], value)
-        else:
-            base[key] = value
-    return base
-
-
 def base_spec() -> dict:
     return {"postgres": {"external": {"host": "pg.db.svc", "adminSecretRef": {"name": "pg-admin"}}}}
 
 
 def make_spec(overrides: dict | None = None, namespace: str = NAMESPACE, name: str = NAME) -> api.BackendSpec:
     """api.parse of a minimal valid spec with ``overrides`` merged in (nested dicts merge)."""
-    return api.parse(namespace, name, _merge(copy.deepcopy(base_spec()), overrides or {}))
+    return api.parse(namespace, name, deep_merge(copy.deepcopy(base_spec()), overrides or {}))
 
 
 def spec_error(overrides: dict, namespace: str = NAMESPACE, name: str = NAME) -> SpecError:

@@ -11,6 +11,7 @@ import pytest
 from sqlalchemy.engine import make_url
 
 from trackop import api, manifests
+from helpers import deep_merge
 
 OWNER = {
     "apiVersion": "trackop.dev/v1alpha1",
@@ -22,18 +23,9 @@ _LABEL_VALUE = re.compile(r"(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?")
 _DNS1123_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
 
 
-def _merge(base: dict, overrides: dict) -> dict:
-    for key, value in overrides.items():
-        if isinstance(value, dict) and isinstance(base.get(key), dict):
-            _merge(base[key], value)
-        else:
-            base[key] = value
-    return base
-
-
 def make_spec(overrides: dict | None = None, namespace: str = "ml-platform", name: str = "team-a") -> api.BackendSpec:
     spec = {"postgres": {"external": {"host": "pg.db.svc", "adminSecretRef": {"name": "pg-admin"}}}}
-    return api.parse(namespace, name, _merge(spec, copy.deepcopy(overrides or {})))
+    return api.parse(namespace, name, deep_merge(spec, copy.deepcopy(overrides or {})))
 
 
 SPEC = make_spec()
