@@ -132,6 +132,11 @@ class BackendSpec:
     namespace_selector: Mapping[str, Any] | None = None
 
     @property
+    def effective_tuning(self) -> TuningSpec:
+        """``spec.postgres.tuning``, or its defaults (pool sizes) when none is given."""
+        return self.tuning or parse_tuning(None)
+
+    @property
     def server_name(self) -> str:
         """The tracking server's Deployment and Service."""
         return f"{self.name}-mlflow"

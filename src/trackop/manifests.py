@@ -132,7 +132,7 @@ def connection_secret_data(spec: BackendSpec, password: str,
         data["MLFLOW_ARTIFACT_ROOT"] = spec.artifacts.uri
     if spec.injection_mode == "Direct":
         # Each Direct client holds a SQLAlchemy pool: keep it to the budgeted size.
-        data.update(tuning.pool_env(spec.tuning or tuning.parse_tuning(None)))
+        data.update(tuning.pool_env(spec.effective_tuning))
     if workloads_need_bucket_access(spec):
         data.update(bucket_env(spec, bucket_secret))
     return data
@@ -252,7 +252,7 @@ def tracking_server_deployment(spec: BackendSpec, owner: Mapping[str, Any]) -> d
             "name": spec.connection_secret, "key": "MLFLOW_BACKEND_STORE_URI"}}},
         {"name": "MLFLOW_SERVER_ALLOWED_HOSTS", "value": ",".join(server_allowed_hosts(spec))},
         {"name": "HOME", "value": "/tmp"},
-        *({"name": k, "value": v} for k, v in tuning.pool_env(spec.tuning or tuning.parse_tuning(None)).items()),
+        *({"name": k, "value": v} for k, v in tuning.pool_env(spec.effective_tuning).items()),
     ]
     args = ["--host", "0.0.0.0", "--port", str(server.port), "--workers", str(server.workers)]
     volumes: list[dict[str, Any]] = [{"name": "tmp", "emptyDir": {}}]

@@ -430,7 +430,7 @@ class TuningState:
     used_by_others: int                    # client connections to other databases now
 
 
-def inspect_tuning(conn: psycopg.Connection, spec: BackendSpec) -> TuningState:
+def inspect_tuning(conn: psycopg.Connection, spec: BackendSpec, superuser: bool) -> TuningState:
     """One round of catalog reads: everything tuning and the connection budget need."""
     config = conn.execute(
         """SELECT s.setconfig FROM pg_db_role_setting s JOIN pg_database d ON d.oid = s.setdatabase
@@ -443,7 +443,7 @@ def inspect_tuning(conn: psycopg.Connection, spec: BackendSpec) -> TuningState:
     system = dict(conn.execute(
         """SELECT name, setting FROM pg_file_settings
            WHERE sourcefile LIKE '%%postgresql.auto.conf' AND error IS NULL""").fetchall()) \
-        if admin_privileges(conn).superuser else {}
+        if superuser else {}  # pg_file_settings is readable by superusers only
     pending = tuple(row[0] for row in conn.execute(
         "SELECT name FROM pg_settings WHERE pending_restart ORDER BY name").fetchall())
     max_connections, reserved, others = conn.execute(

@@ -316,8 +316,8 @@ class Reconciler:
                 ) -> tuple[list[Condition], dict[str, int]]:
         """Settings (when spec.postgres.tuning is given) and the connection budget (always)."""
         spec = ctx.spec
-        wanted = spec.tuning or tuning.parse_tuning(None)
-        state = postgres.inspect_tuning(conn, spec)
+        wanted = spec.effective_tuning
+        state = postgres.inspect_tuning(conn, spec, privileges.superuser)
         found: list[Condition] = []
         if spec.tuning is not None:
             desired = tuning.settings_for_scope(wanted)
@@ -339,7 +339,7 @@ class Reconciler:
             for summary in applied:
                 ctx.did("TuningApplied", summary)
             if applied:
-                state = postgres.inspect_tuning(conn, spec)
+                state = postgres.inspect_tuning(conn, spec, privileges.superuser)
             shown = ", ".join(f"{k}={v}" for k, v in desired.items()) or "no settings"
             waiting = sorted(set(desired) & set(state.pending_restart))
             found.append(Condition(cond.TUNING_APPLIED, "True", "Applied",

@@ -21,7 +21,6 @@ than ``emptyDir`` and the automatic service-account token are refused rather tha
 
 from __future__ import annotations
 
-import base64
 import datetime as dt
 import os
 import re
@@ -34,6 +33,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from kubernetes import client
+
+from ..kube import Kube
 
 _VAR_REF = re.compile(r"\$\$|\$\(([A-Za-z_][A-Za-z0-9_.\-]*)\)")
 
@@ -92,17 +93,12 @@ class LocalKubelet:
         self.core = client.CoreV1Api(api_client)
         self.batch = client.BatchV1Api(api_client)
         self.apps = client.AppsV1Api(api_client)
+        self.kube = Kube(api_client)
         self.workdir = Path(workdir or tempfile.mkdtemp(prefix="trackop-kubelet-"))
 
     # ---- env ---------------------------------------------------------------------------
     def _secret_data(self, namespace: str, name: str) -> dict[str, str] | None:
-        try:
-            secret = self.core.read_namespaced_secret(name, namespace)
-        except client.ApiException as exc:
-            if exc.status == 404:
-                return None
-            raise
-        return {k: base64.b64decode(v).decode() for k, v in (secret.data or {}).items()}
+        return self.kube.read_secret(namespace, name)
 
     def _config_map_data(self, namespace: str, name: str) -> dict[str, str] | None:
         try:
