@@ -34,7 +34,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from .api import INJECTION_MODES, MAX_BACKEND_NAME
+from .api import INJECTION_MODES, SpecError, check_backend_name
 from .tuning import MAX_OVERFLOW_ENV, POOL_SIZE_ENV
 
 INJECT_LABEL = "trackop.dev/inject"
@@ -49,7 +49,6 @@ NEVER_NAMESPACES = frozenset({"kube-system"})
 _COPY_PREFIX = "trackop-"
 _MAX_SECRET_NAME = 253
 _DNS1123_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
-_DNS1035_LABEL = re.compile(r"[a-z]([-a-z0-9]*[a-z0-9])?")
 
 _S3_CLIENT_KEYS = ("MLFLOW_S3_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION")
 # Fixed orders, so the env a pod gets does not depend on the Secret's key order.
@@ -177,7 +176,9 @@ def parse_backend_reference(annotation: str | None, pod_namespace: str) -> tuple
         return None
     if not (_DNS1123_LABEL.fullmatch(namespace) and len(namespace) <= 63):
         return None
-    if not (_DNS1035_LABEL.fullmatch(name) and len(name) <= MAX_BACKEND_NAME):
+    try:
+        check_backend_name(name)
+    except SpecError:
         return None
     return namespace, name
 
