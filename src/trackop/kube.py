@@ -10,6 +10,8 @@ from typing import Any
 
 from kubernetes import client
 
+from . import api
+
 
 def _decode(data: Mapping[str, str] | None) -> dict[str, str]:
     return {k: base64.b64decode(v).decode() for k, v in (data or {}).items()}
@@ -20,6 +22,7 @@ class Kube:
         self.core = client.CoreV1Api(api_client)
         self.batch = client.BatchV1Api(api_client)
         self.apps = client.AppsV1Api(api_client)
+        self.custom = client.CustomObjectsApi(api_client)
 
     # ---- Secrets ---------------------------------------------------------------------
     def read_secret(self, namespace: str, name: str) -> dict[str, str] | None:
@@ -109,6 +112,11 @@ class Kube:
     def namespace_labels(self) -> dict[str, dict[str, str]]:
         return {ns.metadata.name: dict(ns.metadata.labels or {}) for ns in self.core.list_namespace().items
                 if ns.metadata.deletion_timestamp is None}
+
+    def backends(self) -> list[dict[str, Any]]:
+        """Every TrackingBackend in the cluster, as plain dicts (as kopf hands them over)."""
+        found = self.custom.list_cluster_custom_object(api.GROUP, api.VERSION, api.PLURAL)
+        return list(found.get("items") or [])
 
     def secrets_by_label(self, selector: str) -> dict[tuple[str, str], dict[str, str]]:
         """Secrets across all namespaces matching ``selector``: (namespace, name) -> data."""

@@ -69,6 +69,10 @@ def configure(settings: kopf.OperatorSettings, logger: logging.Logger, **_: Any)
     reconciler()
     if WEBHOOK_ADDRESS:
         global _injection
+        # kopf starts watching only after the startup handlers: without this listing, pods
+        # admitted in the first moments after a restart would meet an empty index ("unknown
+        # backend") and go uninjected, or be refused under failurePolicy Fail.
+        _seed_index(reconciler().kube)
         _injection = InjectionService(reconciler().kube, INDEX, address=WEBHOOK_ADDRESS, url=WEBHOOK_URL,
                                       failure_policy=WEBHOOK_FAILURE_POLICY, operator_namespace=OPERATOR_NAMESPACE,
                                       cert_secret=WEBHOOK_CERT_SECRET)
@@ -146,15 +150,32 @@ def stop_webhooks(**_: Any) -> None:
         _injection.stop()
 
 
+def _seed_index(kube: Kube) -> None:
+    for name, labels in kube.namespace_labels().items():
+        INDEX.set_namespace(name, labels)
+    try:
+        bodies = kube.backends()
+    except client.ApiException as exc:
+        if exc.status != 404:
+            raise
+        bodies = []  # no CRD yet: kopf waits for it, and its events fill the index
+    for body in bodies:
+        _index_backend_body("ADDED", body)
+
+
 @kopf.on.event(api.GROUP, api.VERSION, api.PLURAL)
 def index_backend(event: kopf.RawEvent, body: kopf.Body, **_: Any) -> None:
     """Keep what admission decisions need in memory: no API call per pod creation."""
+    _index_backend_body(event["type"], body)
+
+
+def _index_backend_body(event_type: str | None, body: Mapping[str, Any]) -> None:
     key = (body["metadata"]["namespace"], body["metadata"]["name"])
     try:
         spec = _parse(body)
     except api.SpecError:
         spec = None
-    if event["type"] == "DELETED" or spec is None:
+    if event_type == "DELETED" or spec is None:
         INDEX.drop_backend(*key)
         _specs.pop(key, None)
         return

@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import json
 import logging
+import socket
 import ssl
 import tempfile
 import threading
@@ -201,12 +202,15 @@ def webhook_configurations(url: str, ca_bundle: bytes, *, failure_policy: str,
 
 class WebhookServer:
     """A threaded HTTPS server; ``load_certificate`` swaps the certificate for new
-    connections while existing ones finish (rotation without a failed admission)."""
+    connections while existing ones finish (rotation without a failed admission).
+
+    Each certificate gets a context of its own, swapped in whole: loading a new chain
+    into a context in use leaves a moment with the new certificate and no key, and a
+    handshake in that moment fails."""
 
     def __init__(self, host: str, port: int, handlers: Handlers) -> None:
         self.handlers = handlers
-        self._context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        self._context.minimum_version = ssl.TLSVersion.TLSv1_2
+        self._context: ssl.SSLContext | None = None
         outer = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -240,8 +244,15 @@ class WebhookServer:
             def log_message(self, *args: Any) -> None:
                 pass  # requests are not logged: pod specs may carry values users consider private
 
-        self._server = ThreadingHTTPServer((host, port), Handler)
-        self._server.daemon_threads = True
+        class Server(ThreadingHTTPServer):
+            daemon_threads = True
+
+            def get_request(self) -> tuple[socket.socket, Any]:
+                raw, address = super().get_request()
+                # The handshake happens in the request's own thread, not the accepting one.
+                return outer._context.wrap_socket(raw, server_side=True, do_handshake_on_connect=False), address
+
+        self._server = Server((host, port), Handler)
         self._thread: threading.Thread | None = None
 
     @property
@@ -249,18 +260,20 @@ class WebhookServer:
         return self._server.server_address[1]
 
     def load_certificate(self, cert_pem: bytes, key_pem: bytes) -> None:
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.minimum_version = ssl.TLSVersion.TLSv1_2
         # load_cert_chain wants files; they live only for the call, readable by us alone.
         with tempfile.TemporaryDirectory() as tmp:
             cert, key = Path(tmp) / "tls.crt", Path(tmp) / "tls.key"
             cert.write_bytes(cert_pem)
             key.touch(mode=0o600)
             key.write_bytes(key_pem)
-            self._context.load_cert_chain(str(cert), str(key))
+            context.load_cert_chain(str(cert), str(key))
+        self._context = context  # one reference swap: a handshake sees the old pair or the new
 
     def start(self) -> None:
-        # The handshake happens in each request's own thread, not in the accepting one.
-        self._server.socket = self._context.wrap_socket(self._server.socket, server_side=True,
-                                                        do_handshake_on_connect=False)
+        if self._context is None:
+            raise RuntimeError("load_certificate before start")
         self._thread = threading.Thread(target=self._server.serve_forever, name="trackop-webhook", daemon=True)
         self._thread.start()
 

@@ -1,0 +1,63 @@
+"""The HTTPS webhook server on its own (no cluster): certificate swaps under load."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import ssl
+import threading
+import urllib.request
+
+from trackop import webhook, webhook_tls
+
+MUTATE_REVIEW = json.dumps({
+    "apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
+    "request": {"uid": "u-1", "namespace": "ns", "operation": "CREATE",
+                "object": {"metadata": {"name": "p", "namespace": "ns"}, "spec": {"containers": []}}},
+}).encode()
+
+
+def _post(port: int, context: ssl.SSLContext) -> dict:
+    request = urllib.request.Request(f"https://127.0.0.1:{port}{webhook.MUTATE_PATH}", data=MUTATE_REVIEW,
+                                     headers={"Content-Type": "application/json"}, method="POST")
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}), urllib.request.HTTPSHandler(context=context))
+    with opener.open(request, timeout=5) as response:
+        return json.loads(response.read())
+
+
+def test_rotating_the_certificate_under_load_fails_no_handshake():
+    now = dt.datetime.now(dt.timezone.utc)
+    certs = webhook_tls.new_certs([], ["127.0.0.1"], now)
+    handlers = webhook.Handlers(webhook.Index(), "trackop-system", fail_closed=False, on_warning=lambda *a: None)
+    server = webhook.WebhookServer("127.0.0.1", 0, handlers)
+    server.load_certificate(certs.cert_pem, certs.key_pem)
+    server.start()
+    client_context = ssl.create_default_context(cadata=certs.ca_cert_pem.decode())
+    failures: list[BaseException] = []
+    answered = 0
+    stop = threading.Event()
+
+    def hammer() -> None:
+        nonlocal answered
+        while not stop.is_set():
+            try:
+                assert _post(server.port, client_context)["response"]["allowed"] is True
+                answered += 1
+            except BaseException as exc:  # noqa: BLE001 (every failure counts)
+                failures.append(exc)
+
+    threads = [threading.Thread(target=hammer) for _ in range(4)]
+    try:
+        for thread in threads:
+            thread.start()
+        # Same CA, a new serving pair each time: what the rotation loop does within a CA's life.
+        for _ in range(60):
+            certs = webhook_tls.rotate(certs, dt.datetime.now(dt.timezone.utc), [], ["127.0.0.1"])
+            server.load_certificate(certs.cert_pem, certs.key_pem)
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join()
+        server.stop()
+    assert answered > 0
+    assert not failures, f"{len(failures)} of {len(failures) + answered} requests failed: {failures[:3]}"
