@@ -29,15 +29,17 @@ if ! command -v npm >/dev/null || ! command -v node >/dev/null; then
   exit 1
 fi
 
-# Python: a virtualenv in .venv, reinstalled only when pyproject.toml changes.
+# Python: a virtualenv in .venv, reinstalled only when pyproject.toml or constraints.txt
+# changes. The runtime dependencies are held to constraints.txt, the versions the image
+# installs (Dockerfile), so the tests run against what ships.
 PY=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
 stamp=.venv/.trackop-installed
-want=$(sha256sum pyproject.toml | cut -d' ' -f1)
+want=$(cat pyproject.toml constraints.txt | sha256sum | cut -d' ' -f1)
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   echo "setup: installing trackop and its test extra into .venv" >&2
   .venv/bin/pip install -q --upgrade pip
-  .venv/bin/pip install -q -e ".[test]"
+  .venv/bin/pip install -q -e ".[test]" --constraint constraints.txt
   echo "$want" > "$stamp"
 fi
 
