@@ -37,13 +37,14 @@ class OperatorProcess:
         self.extra_env: dict[str, str] = {}
 
     def start(self) -> None:
-        self.port = free_ports(1)[0]
+        self.port, self.metrics_port = free_ports(2)
         env = {**os.environ, "TRACKOP_DRIFT_INTERVAL": str(DRIFT_INTERVAL), "PYTHONUNBUFFERED": "1",
                **self.extra_env}
         log = open(self.log_path, "ab")
         self.process = subprocess.Popen(
             [sys.executable, "-m", "trackop.cli", "run", "--all-namespaces", "--kubeconfig", self.kubeconfig,
              "--health-address", f"127.0.0.1:{self.port}", "--webhook-address", f"127.0.0.1:{self.webhook_port}",
+             "--metrics-address", f"127.0.0.1:{self.metrics_port}",
              *self.extra_args],
             stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
         )
@@ -87,6 +88,18 @@ class OperatorProcess:
         self.extra_args = extra_args or []
         self.extra_env = extra_env or {}
         self.start()
+
+    def metrics(self) -> dict[str, float]:
+        """The /metrics samples: 'name{label="v",...}' -> value (comments left out)."""
+        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+        with opener.open(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5) as response:
+            text = response.read().decode()
+        samples = {}
+        for line in text.splitlines():
+            if line and not line.startswith("#"):
+                name, _, value = line.rpartition(" ")
+                samples[name] = float(value)
+        return samples
 
     def logs(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""

@@ -43,6 +43,8 @@ def _run(args: argparse.Namespace) -> int:
     for name, value in (("TRACKOP_WEBHOOK_ADDRESS", args.webhook_address), ("TRACKOP_WEBHOOK_URL", args.webhook_url),
                         ("TRACKOP_WEBHOOK_FAILURE_POLICY", args.webhook_failure_policy),
                         ("TRACKOP_WEBHOOK_CERT_SECRET", args.webhook_cert_secret),
+                        ("TRACKOP_WEBHOOK_SERVICE", args.webhook_service),
+                        ("TRACKOP_METRICS_ADDRESS", args.metrics_address),
                         ("TRACKOP_NAMESPACE", args.operator_namespace),
                         ("TRACKOP_VERBOSE", "1" if args.verbose else "")):
         if value:
@@ -56,6 +58,8 @@ def _run(args: argparse.Namespace) -> int:
         clusterwide=args.all_namespaces,
         namespaces=args.namespace or (),
         standalone=not args.peering,
+        # A name makes kopf's peering mandatory (it pauses until the peering CRD exists).
+        peering_name=args.peering_name if args.peering else None,
         liveness_endpoint=f"http://{args.health_address}/healthz",
     )
     return 0
@@ -81,8 +85,13 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--kubeconfig", type=Path, help="default: $KUBECONFIG, then ~/.kube/config")
     run.add_argument("--health-address", default="127.0.0.1:8080",
                      help="host:port of the liveness endpoint /healthz (default %(default)s)")
+    run.add_argument("--metrics-address", metavar="HOST:PORT",
+                     help="serve Prometheus metrics on http://HOST:PORT/metrics (default: off)")
     run.add_argument("--peering", action="store_true",
-                     help="coordinate with other trackop replicas through kopf peering (needs its CRD)")
+                     help="coordinate with other trackop replicas through kopf peering, so only one acts "
+                          "(needs kopf's ClusterKopfPeering CRD, or KopfPeering with --namespace)")
+    run.add_argument("--peering-name", default="trackop",
+                     help="the kopf peering object the replicas share (default %(default)s)")
     run.add_argument("--operator-namespace", default=os.environ.get("TRACKOP_NAMESPACE", "trackop-system"),
                      help="the operator's own namespace: never injected; holds the webhook certificate "
                           "(default %(default)s)")
@@ -90,6 +99,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="serve the admission webhooks here and register them (injection into pods, "
                           "TrackingBackend validation); for the local bed, 127.0.0.1:PORT")
     run.add_argument("--webhook-url", help="the URL the API server calls (default https://HOST:PORT)")
+    run.add_argument("--webhook-service", metavar="NAME",
+                     help="in a cluster: the API server calls this Service (in the operator's namespace, port 443) "
+                          "instead of a URL; the certificate names it")
     run.add_argument("--webhook-failure-policy", choices=("Ignore", "Fail"), default="Ignore",
                      help="Ignore (default): pods are created uninjected, with a warning, when the webhook is down or "
                           "the backend is unknown; Fail: such pods are rejected")

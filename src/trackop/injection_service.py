@@ -14,11 +14,14 @@ import logging
 import os
 import queue
 import threading
+from collections.abc import Callable, Mapping
+from typing import Any
 from urllib.parse import urlsplit
 
 from kubernetes import client
 
-from . import api, webhook, webhook_tls
+from . import api, metrics, webhook, webhook_tls
+from .injection import BackendView
 from .kube import Kube
 
 log = logging.getLogger(__name__)
@@ -31,24 +34,120 @@ BUNDLE_PROPAGATION_SECONDS = 2.0
 RENEW_BEFORE = dt.timedelta(days=float(os.environ.get("TRACKOP_WEBHOOK_RENEW_BEFORE_DAYS", "30")))
 
 
+# A TrackingBackend body -> what the index keeps of it (None: an invalid spec, not indexed).
+ViewOf = Callable[[Mapping[str, Any]], "tuple[BackendView, tuple[str, int, str]] | None"]
+WATCH_RETRY_SECONDS = 1.0
+
+
 def _now() -> dt.datetime:
     return dt.datetime.now(dt.timezone.utc)
 
 
+class IndexWatch:
+    """Lists, then watches, what admission decisions read (TrackingBackends, Namespaces)
+    into the index, on threads of its own: kopf pauses its watches on a standby peer, and
+    every replica behind the webhook Service must answer from a current index."""
+
+    KINDS = ("backends", "namespaces")
+
+    def __init__(self, kube: Kube, index: webhook.Index, view_of: ViewOf) -> None:
+        self.kube = kube
+        self.index = index
+        self.view_of = view_of
+        self._versions: dict[str, str] = {}
+
+    def prime(self) -> None:
+        for kind in self.KINDS:
+            self._relist(kind)
+
+    def start(self, stop: threading.Event) -> None:
+        for kind in self.KINDS:
+            threading.Thread(target=self._watch_loop, args=(kind, stop), name=f"trackop-index-{kind}",
+                             daemon=True).start()
+
+    def _relist(self, kind: str) -> None:
+        try:
+            items, version = self.kube.listing(kind)
+        except client.ApiException as exc:
+            if kind != "backends" or exc.status != 404:
+                raise
+            items, version = [], ""  # no CRD yet: watched again after the retry pause
+        seen = set()
+        for body in items:
+            seen.add(self._apply(kind, "ADDED", body))
+        stale = ({(v.namespace, v.name) for v in self.index.backends()} if kind == "backends"
+                 else set(self.index.namespaces()))
+        for key in stale - seen:
+            self._apply_drop(kind, key)
+        self._versions[kind] = version
+        metrics.BACKENDS.set(len(self.index.backends()))
+
+    def _apply(self, kind: str, event_type: str, body: Mapping[str, Any]) -> Any:
+        meta = body["metadata"]
+        if kind == "namespaces":
+            if event_type == "DELETED":
+                self.index.drop_namespace(meta["name"])
+            else:
+                self.index.set_namespace(meta["name"], meta.get("labels") or {})
+            return meta["name"]
+        key = (meta["namespace"], meta["name"])
+        found = None if event_type == "DELETED" else self.view_of(body)
+        if found is None:
+            self.index.drop_backend(*key)
+        else:
+            self.index.set_backend(*found)
+        return key
+
+    def _apply_drop(self, kind: str, key: Any) -> None:
+        if kind == "namespaces":
+            self.index.drop_namespace(key)
+        else:
+            self.index.drop_backend(*key)
+
+    def _watch_loop(self, kind: str, stop: threading.Event) -> None:
+        while not stop.is_set():
+            try:
+                if not self._versions.get(kind):
+                    self._relist(kind)
+                for event_type, body in self.kube.watch(kind, self._versions[kind]):
+                    if event_type == "ERROR":  # 410 Gone and the like: list again
+                        self._versions[kind] = ""
+                        break
+                    self._versions[kind] = body["metadata"]["resourceVersion"]
+                    if event_type != "BOOKMARK":
+                        self._apply(kind, event_type, body)
+                        metrics.BACKENDS.set(len(self.index.backends()))
+                    if stop.is_set():
+                        return
+            except Exception as exc:  # the API server restarting, an expired version: list again
+                status = getattr(exc, "status", "")
+                log.warning("watching %s for the webhook index failed (%s %s); listing again",
+                            kind, type(exc).__name__, status)
+                self._versions[kind] = ""
+                stop.wait(WATCH_RETRY_SECONDS)
+
+
 class InjectionService:
-    def __init__(self, kube: Kube, index: webhook.Index, *, address: str, url: str, failure_policy: str,
-                 operator_namespace: str, cert_secret: str = "") -> None:
+    def __init__(self, kube: Kube, index: webhook.Index, view_of: ViewOf, *, address: str, url: str,
+                 failure_policy: str, operator_namespace: str, cert_secret: str = "", service: str = "") -> None:
         host, _, port = address.rpartition(":")
         self.kube = kube
         self.url = url or f"https://{host}:{port}"
+        self.service = service
         self.failure_policy = failure_policy
         self.operator_namespace = operator_namespace
-        served = urlsplit(self.url).hostname or host
-        try:
-            ipaddress.ip_address(served)
-            self.names, self.ips = [], [served]
-        except ValueError:
-            self.names, self.ips = [served], []
+        if service:
+            # The names the API server may use for a Service reference (it uses NAME.NS.svc).
+            base = f"{service}.{operator_namespace}"
+            self.names, self.ips = [service, base, f"{base}.svc", f"{base}.svc.cluster.local"], []
+        else:
+            served = urlsplit(self.url).hostname or host
+            try:
+                ipaddress.ip_address(served)
+                self.names, self.ips = [], [served]
+            except ValueError:
+                self.names, self.ips = [served], []
+        self.index_watch = IndexWatch(kube, index, view_of)
         self._events: queue.Queue = queue.Queue(maxsize=1000)
         handlers = webhook.Handlers(index, operator_namespace, fail_closed=failure_policy == "Fail",
                                     on_warning=self._warn)
@@ -62,33 +161,49 @@ class InjectionService:
 
     # ---- certificates ------------------------------------------------------------------
     def _load_or_create(self) -> webhook_tls.WebhookCerts:
+        """The certificates in the Secret, or new ones. Replicas share the Secret: the one
+        whose create wins writes it, the others read and serve what it wrote."""
         self.kube.ensure_namespace(self.operator_namespace)
+        for _ in range(3):
+            certs, _version = self._read()
+            if certs is not None:
+                return certs
+            certs = webhook_tls.new_certs(self.names, self.ips, _now())
+            try:
+                self.kube.core.create_namespaced_secret(self.operator_namespace, self._body(certs))
+                return certs
+            except client.ApiException as exc:
+                if exc.status != 409:
+                    raise
+        raise RuntimeError(f"Secret {self.operator_namespace}/{CERT_SECRET} could not be read or created")
+
+    def _read(self) -> tuple[webhook_tls.WebhookCerts | None, str]:
+        """The certificates in the Secret (None: missing or unreadable) and its resourceVersion."""
         try:
             secret = self.kube.core.read_namespaced_secret(CERT_SECRET, self.operator_namespace)
-            certs = webhook_tls.from_secret_data(secret.data or {})
-        except (client.ApiException, KeyError, ValueError) as exc:
-            if isinstance(exc, client.ApiException) and exc.status != 404:
-                raise
-            certs = webhook_tls.new_certs(self.names, self.ips, _now())
-            self._save(certs)
-        return certs
-
-    def _save(self, certs: webhook_tls.WebhookCerts) -> None:
-        body = client.V1Secret(
-            metadata=client.V1ObjectMeta(name=CERT_SECRET, namespace=self.operator_namespace,
-                                         labels={api.MANAGED_BY_LABEL: api.MANAGED_BY}),
-            type="Opaque", data=webhook_tls.to_secret_data(certs))
-        try:
-            self.kube.core.create_namespaced_secret(self.operator_namespace, body)
         except client.ApiException as exc:
-            if exc.status != 409:
+            if exc.status != 404:
                 raise
-            self.kube.core.replace_namespaced_secret(CERT_SECRET, self.operator_namespace, body)
+            return None, ""
+        try:
+            return webhook_tls.from_secret_data(secret.data or {}), secret.metadata.resource_version
+        except (KeyError, ValueError):
+            return None, secret.metadata.resource_version
+
+    def _body(self, certs: webhook_tls.WebhookCerts, resource_version: str = "") -> client.V1Secret:
+        return client.V1Secret(
+            metadata=client.V1ObjectMeta(name=CERT_SECRET, namespace=self.operator_namespace,
+                                         labels={api.MANAGED_BY_LABEL: api.MANAGED_BY},
+                                         resource_version=resource_version or None),
+            type="Opaque", data=webhook_tls.to_secret_data(certs))
 
     def _register(self, certs: webhook_tls.WebhookCerts) -> None:
-        for body in webhook.webhook_configurations(self.url, webhook_tls.ca_bundle(certs, _now()),
-                                                   failure_policy=self.failure_policy,
-                                                   operator_namespace=self.operator_namespace):
+        self._apply_configurations(webhook_tls.ca_bundle(certs, _now()))
+
+    def _apply_configurations(self, ca_bundle: bytes) -> None:
+        for body in webhook.webhook_configurations(self.url, ca_bundle, failure_policy=self.failure_policy,
+                                                   operator_namespace=self.operator_namespace,
+                                                   service=self.service or None):
             self.kube.apply_cluster(body)
 
     def _reload_external(self) -> bool:
@@ -103,36 +218,59 @@ class InjectionService:
         # The bundle keeps the CA served until now next to the new one, so the API server
         # trusts both the old certificate (still served for a moment) and the new one.
         ca = data["ca.crt"] if not self._external_ca else self._external_ca + b"\n" + data["ca.crt"]
-        for body in webhook.webhook_configurations(self.url, ca, failure_policy=self.failure_policy,
-                                                   operator_namespace=self.operator_namespace):
-            self.kube.apply_cluster(body)
+        self._apply_configurations(ca)
         if self._external_ca and self._external_ca != data["ca.crt"]:
             self._stop.wait(BUNDLE_PROPAGATION_SECONDS)
         self.server.load_certificate(data["tls.crt"], data["tls.key"])
         self._external_version = secret.metadata.resource_version
         self._external_ca = data["ca.crt"]
+        metrics.CERT_ROTATIONS.inc()
         log.info("serving the certificate from Secret %s/%s", self.operator_namespace, self.cert_secret)
         return True
 
     def rotate_if_needed(self) -> str | None:
         """Renew before expiry. A new CA is published in the bundle (next to the old one)
-        before the server presents a certificate it signed, so no admission fails."""
+        before the server presents a certificate it signed, so no admission fails.
+
+        Another replica may have renewed first: what the Secret holds is adopted, and a
+        renewal is written only over the version read (a conflict means another won)."""
+        stored, version = self._read()
+        if stored is not None and stored.cert_pem != self.certs.cert_pem:
+            self._adopt(stored)
+            log.info("serving the webhook certificate another replica renewed")
         reason = webhook_tls.needs_rotation(self.certs, _now(), renew_before=RENEW_BEFORE,
                                             names=self.names, ips=self.ips)
         if reason is None:
             return None
         rotated = webhook_tls.rotate(self.certs, _now(), self.names, self.ips)
-        self._save(rotated)
-        self._register(rotated)
-        if rotated.ca_cert_pem != self.certs.ca_cert_pem:
-            self._stop.wait(BUNDLE_PROPAGATION_SECONDS)
-        self.server.load_certificate(rotated.cert_pem, rotated.key_pem)
-        self.certs = rotated
+        try:
+            if version:
+                self.kube.core.replace_namespaced_secret(CERT_SECRET, self.operator_namespace,
+                                                         self._body(rotated, version))
+            else:
+                self.kube.core.create_namespaced_secret(self.operator_namespace, self._body(rotated))
+        except client.ApiException as exc:
+            if exc.status != 409:
+                raise
+            return None  # another replica renewed; the next check adopts its certificates
+        self._adopt(rotated)
         log.info("rotated the webhook certificate: %s", reason)
         return reason
 
+    def _adopt(self, certs: webhook_tls.WebhookCerts) -> None:
+        """Publish the bundle, then serve the certificate (after a pause when the CA changed)."""
+        self._register(certs)
+        if self.certs is not None and certs.ca_cert_pem != self.certs.ca_cert_pem:
+            self._stop.wait(BUNDLE_PROPAGATION_SECONDS)
+        self.server.load_certificate(certs.cert_pem, certs.key_pem)
+        self.certs = certs
+        metrics.CERT_ROTATIONS.inc()
+
     # ---- lifecycle ---------------------------------------------------------------------
     def start(self) -> None:
+        # Listed before serving: the first pods after a restart meet a full index.
+        self.index_watch.prime()
+        self.index_watch.start(self._stop)
         if self.cert_secret:
             self._reload_external()
             self.server.start()

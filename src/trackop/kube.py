@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
+import functools
 import uuid
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
-from kubernetes import client
+from kubernetes import client, watch
 
 from . import api
 
@@ -113,10 +114,26 @@ class Kube:
         return {ns.metadata.name: dict(ns.metadata.labels or {}) for ns in self.core.list_namespace().items
                 if ns.metadata.deletion_timestamp is None}
 
-    def backends(self) -> list[dict[str, Any]]:
-        """Every TrackingBackend in the cluster, as plain dicts (as kopf hands them over)."""
-        found = self.custom.list_cluster_custom_object(api.GROUP, api.VERSION, api.PLURAL)
-        return list(found.get("items") or [])
+    def listing(self, kind: str) -> tuple[list[dict[str, Any]], str]:
+        """Every TrackingBackend ("backends") or Namespace ("namespaces") as plain dicts, and
+        the list's resourceVersion to watch from."""
+        if kind == "backends":
+            found = self.custom.list_cluster_custom_object(api.GROUP, api.VERSION, api.PLURAL)
+            return list(found.get("items") or []), found["metadata"]["resourceVersion"]
+        listed = self.core.list_namespace()
+        items = [self.core.api_client.sanitize_for_serialization(ns) for ns in listed.items]
+        return items, listed.metadata.resource_version
+
+    def watch(self, kind: str, resource_version: str, timeout_seconds: int = 300,
+              ) -> Iterator[tuple[str, dict[str, Any]]]:
+        """(event type, object) from ``resource_version`` on, until the server ends the watch."""
+        func = {"backends": functools.partial(self.custom.list_cluster_custom_object, api.GROUP, api.VERSION,
+                                              api.PLURAL),
+                "namespaces": self.core.list_namespace}[kind]
+        stream = watch.Watch().stream(func, resource_version=resource_version, timeout_seconds=timeout_seconds,
+                                      allow_watch_bookmarks=True, _request_timeout=(10, timeout_seconds + 30))
+        for event in stream:
+            yield event["type"], event["raw_object"]
 
     def secrets_by_label(self, selector: str) -> dict[tuple[str, str], dict[str, str]]:
         """Secrets across all namespaces matching ``selector``: (namespace, name) -> data."""
@@ -144,6 +161,13 @@ class Kube:
         return self.core.list_pod_for_all_namespaces(label_selector=selector).items
 
     def ensure_namespace(self, name: str) -> None:
+        """Create the namespace if it is missing (the local bed has no trackop-system).
+
+        Looks first, and by list, which the operator has anyway: in a cluster the namespace
+        exists and the chart grants no namespace create, so a blind create would be
+        refused (403 comes before 409)."""
+        if self.core.list_namespace(field_selector=f"metadata.name={name}").items:
+            return
         try:
             self.core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=name)))
         except client.ApiException as exc:

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from collections.abc import Mapping
 from typing import Any
 
 import kopf
 from kubernetes import client, config
 
-from . import api, manifests, schema, webhook
+from . import api, manifests, metrics, schema, webhook
 from . import conditions as cond
 from .injection_service import InjectionService
 from .kube import Kube
@@ -29,11 +30,14 @@ WEBHOOK_ADDRESS = os.environ.get("TRACKOP_WEBHOOK_ADDRESS", "")
 WEBHOOK_URL = os.environ.get("TRACKOP_WEBHOOK_URL", "")
 WEBHOOK_FAILURE_POLICY = os.environ.get("TRACKOP_WEBHOOK_FAILURE_POLICY", "Ignore")
 WEBHOOK_CERT_SECRET = os.environ.get("TRACKOP_WEBHOOK_CERT_SECRET", "")
+WEBHOOK_SERVICE = os.environ.get("TRACKOP_WEBHOOK_SERVICE", "")
+METRICS_ADDRESS = os.environ.get("TRACKOP_METRICS_ADDRESS", "")
 
 _reconciler: Reconciler | None = None
 _injection: InjectionService | None = None
 INDEX = webhook.Index()
 _specs: dict[tuple[str, str], api.BackendSpec] = {}
+_namespace_labels: dict[str, dict[str, str]] = {}
 
 
 def _api_client() -> client.ApiClient:
@@ -66,16 +70,16 @@ def configure(settings: kopf.OperatorSettings, logger: logging.Logger, **_: Any)
         prefix="trackop.dev", key="last-handled-configuration")
     settings.watching.server_timeout = 300
     schema.preload()  # import MLflow once, not during the first backend's reconcile
+    if METRICS_ADDRESS:
+        metrics.serve(METRICS_ADDRESS)
+        logger.info("metrics served on http://%s/metrics", METRICS_ADDRESS)
     reconciler()
     if WEBHOOK_ADDRESS:
         global _injection
-        # kopf starts watching only after the startup handlers: without this listing, pods
-        # admitted in the first moments after a restart would meet an empty index ("unknown
-        # backend") and go uninjected, or be refused under failurePolicy Fail.
-        _seed_index(reconciler().kube)
-        _injection = InjectionService(reconciler().kube, INDEX, address=WEBHOOK_ADDRESS, url=WEBHOOK_URL,
-                                      failure_policy=WEBHOOK_FAILURE_POLICY, operator_namespace=OPERATOR_NAMESPACE,
-                                      cert_secret=WEBHOOK_CERT_SECRET)
+        _injection = InjectionService(reconciler().kube, INDEX, _index_view, address=WEBHOOK_ADDRESS,
+                                      url=WEBHOOK_URL, failure_policy=WEBHOOK_FAILURE_POLICY,
+                                      operator_namespace=OPERATOR_NAMESPACE, cert_secret=WEBHOOK_CERT_SECRET,
+                                      service=WEBHOOK_SERVICE)
         _injection.start()
         logger.info("admission webhooks served on %s (failurePolicy %s)", WEBHOOK_ADDRESS, WEBHOOK_FAILURE_POLICY)
     logger.info("trackop ready: MLflow %s bundled, drift interval %.0fs", schema.BUNDLED_MLFLOW_VERSION, DRIFT_INTERVAL)
@@ -103,7 +107,8 @@ def _write(outcome: Outcome, body: Mapping[str, Any], status: Mapping[str, Any],
         kopf.event(body, type=event_type, reason=reason, message=message)
 
 
-def _run(body: Mapping[str, Any], status: Mapping[str, Any], patch: kopf.Patch) -> Outcome:
+def _run(handler: str, body: Mapping[str, Any], status: Mapping[str, Any], patch: kopf.Patch) -> Outcome:
+    started = time.perf_counter()
     try:
         spec = _parse(body)
     except api.SpecError as error:
@@ -113,9 +118,18 @@ def _run(body: Mapping[str, Any], status: Mapping[str, Any], patch: kopf.Patch) 
             else [("Warning", "InvalidSpec", str(error))],
         )
         _write(outcome, body, status, patch)
+        metrics.observe_reconcile(handler, "invalid_spec", time.perf_counter() - started, "InvalidSpec")
         return outcome
-    outcome = reconciler().reconcile(spec, body, status)
+    try:
+        outcome = reconciler().reconcile(spec, body, status)
+    except Exception:
+        metrics.observe_reconcile(handler, "error", time.perf_counter() - started)
+        raise
     _write(outcome, body, status, patch)
+    failure = None if outcome.ready else next(
+        (c.reason for c in outcome.conditions if c.type == cond.READY and c.status != "True"), None)
+    metrics.observe_reconcile(handler, "ready" if outcome.ready else "not_ready", time.perf_counter() - started,
+                              failure)
     return outcome
 
 
@@ -123,7 +137,7 @@ def _run(body: Mapping[str, Any], status: Mapping[str, Any], patch: kopf.Patch) 
 @kopf.on.create(api.GROUP, api.VERSION, api.PLURAL)
 @kopf.on.update(api.GROUP, api.VERSION, api.PLURAL, field="spec")
 def reconcile_backend(body: kopf.Body, status: kopf.Status, patch: kopf.Patch, retry: int, **_: Any) -> None:
-    outcome = _run(body, status, patch)
+    outcome = _run("reconcile", body, status, patch)
     if outcome.retry_after is not None:
         factor = 2 ** min(retry, 4) if outcome.backoff else 1
         delay = min(outcome.retry_after * factor, MAX_RETRY_DELAY)
@@ -136,7 +150,7 @@ def reconcile_backend(body: kopf.Body, status: kopf.Status, patch: kopf.Patch, r
 def check_drift(body: kopf.Body, status: kopf.Status, patch: kopf.Patch, **_: Any) -> None:
     if body["metadata"].get("deletionTimestamp"):
         return
-    _run(body, status, patch)
+    _run("drift", body, status, patch)
     spec = _specs.get((body["metadata"]["namespace"], body["metadata"]["name"]))
     if spec is not None:
         for event_type, reason, message in reconciler().missed_injections(spec):
@@ -150,49 +164,39 @@ def stop_webhooks(**_: Any) -> None:
         _injection.stop()
 
 
-def _seed_index(kube: Kube) -> None:
-    for name, labels in kube.namespace_labels().items():
-        INDEX.set_namespace(name, labels)
+def _index_view(body: Mapping[str, Any]) -> tuple[webhook.BackendView, tuple[str, int, str]] | None:
+    """What the webhook index keeps of a TrackingBackend; None for an invalid spec."""
     try:
-        bodies = kube.backends()
-    except client.ApiException as exc:
-        if exc.status != 404:
-            raise
-        bodies = []  # no CRD yet: kopf waits for it, and its events fill the index
-    for body in bodies:
-        _index_backend_body("ADDED", body)
+        spec = _parse(body)
+    except api.SpecError:
+        return None
+    return injection_view(spec, manifests.secret_keys(spec)), (spec.server.host, spec.server.port, spec.database)
 
 
 @kopf.on.event(api.GROUP, api.VERSION, api.PLURAL)
-def index_backend(event: kopf.RawEvent, body: kopf.Body, **_: Any) -> None:
-    """Keep what admission decisions need in memory: no API call per pod creation."""
-    _index_backend_body(event["type"], body)
-
-
-def _index_backend_body(event_type: str | None, body: Mapping[str, Any]) -> None:
+def track_backend(event: kopf.RawEvent, body: kopf.Body, **_: Any) -> None:
+    """The parsed specs the drift timer and namespace events act on (the webhook's index
+    is fed by its own watch: see injection_service.IndexWatch)."""
     key = (body["metadata"]["namespace"], body["metadata"]["name"])
     try:
         spec = _parse(body)
     except api.SpecError:
         spec = None
-    if event_type == "DELETED" or spec is None:
-        INDEX.drop_backend(*key)
+    if event["type"] == "DELETED" or spec is None:
         _specs.pop(key, None)
-        return
-    _specs[key] = spec
-    INDEX.set_backend(injection_view(spec, manifests.secret_keys(spec)),
-                      (spec.server.host, spec.server.port, spec.database))
+    else:
+        _specs[key] = spec
 
 
 @kopf.on.event("", "v1", "namespaces")
-def index_namespace(event: kopf.RawEvent, body: kopf.Body, **_: Any) -> None:
+def track_namespace(event: kopf.RawEvent, body: kopf.Body, **_: Any) -> None:
     name = body["metadata"]["name"]
     if event["type"] == "DELETED":
-        INDEX.drop_namespace(name)
+        _namespace_labels.pop(name, None)
         return
     labels = dict(body["metadata"].get("labels") or {})
-    before = INDEX.namespaces().get(name)
-    INDEX.set_namespace(name, labels)
+    before = _namespace_labels.get(name)
+    _namespace_labels[name] = labels
     if event["type"] is None or before == labels:
         return  # the initial listing: every backend's own reconcile places its copies
     # A new namespace, or new labels: copies for backends that select namespaces by label.

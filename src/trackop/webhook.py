@@ -21,7 +21,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-from . import api, injection
+from . import api, injection, metrics
 from .injection import BackendView
 
 log = logging.getLogger(__name__)
@@ -31,6 +31,7 @@ VALIDATING_NAME = "trackop-validation"
 MUTATE_PATH = "/mutate-pods"
 VALIDATE_PATH = "/validate-trackingbackends"
 TIMEOUT_SECONDS = 3  # an opted-in pod creation waits at most this long on a slow operator
+SERVICE_PORT = 443  # the chart's webhook Service; it forwards to the operator's --webhook-address port
 
 
 class Index:
@@ -155,10 +156,20 @@ class Handlers:
 
 # ---- configurations (pure) -------------------------------------------------------------
 
-def webhook_configurations(url: str, ca_bundle: bytes, *, failure_policy: str,
-                           operator_namespace: str | None) -> tuple[dict[str, Any], dict[str, Any]]:
-    """The Mutating (pods) and Validating (TrackingBackends) webhook configurations."""
+def webhook_configurations(url: str, ca_bundle: bytes, *, failure_policy: str, operator_namespace: str | None,
+                           service: str | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The Mutating (pods) and Validating (TrackingBackends) webhook configurations.
+
+    With ``service`` (in a cluster: the chart's Service in ``operator_namespace``, port
+    443) the API server calls the Service; otherwise ``url`` (the local bed, out of cluster)."""
     bundle = base64.b64encode(ca_bundle).decode()
+
+    def client_config(path: str) -> dict[str, Any]:
+        if service:
+            return {"service": {"namespace": operator_namespace, "name": service, "port": SERVICE_PORT,
+                                "path": path}, "caBundle": bundle}
+        return {"url": url + path, "caBundle": bundle}
+
     never = sorted({*injection.NEVER_NAMESPACES, *([operator_namespace] if operator_namespace else [])})
     mutating = {
         "apiVersion": "admissionregistration.k8s.io/v1",
@@ -166,7 +177,7 @@ def webhook_configurations(url: str, ca_bundle: bytes, *, failure_policy: str,
         "metadata": {"name": MUTATING_NAME, "labels": {api.MANAGED_BY_LABEL: api.MANAGED_BY}},
         "webhooks": [{
             "name": "inject.trackop.dev",
-            "clientConfig": {"url": url + MUTATE_PATH, "caBundle": bundle},
+            "clientConfig": client_config(MUTATE_PATH),
             "rules": [{"operations": ["CREATE"], "apiGroups": [""], "apiVersions": ["v1"],
                        "resources": ["pods"], "scope": "Namespaced"}],
             # Only pods that opted in reach the operator; kube-system and its own namespace never.
@@ -186,7 +197,7 @@ def webhook_configurations(url: str, ca_bundle: bytes, *, failure_policy: str,
         "metadata": {"name": VALIDATING_NAME, "labels": {api.MANAGED_BY_LABEL: api.MANAGED_BY}},
         "webhooks": [{
             "name": "validate.trackop.dev",
-            "clientConfig": {"url": url + VALIDATE_PATH, "caBundle": bundle},
+            "clientConfig": client_config(VALIDATE_PATH),
             "rules": [{"operations": ["CREATE", "UPDATE"], "apiGroups": [api.GROUP], "apiVersions": [api.VERSION],
                        "resources": [api.PLURAL], "scope": "Namespaced"}],
             "failurePolicy": failure_policy,
@@ -199,6 +210,14 @@ def webhook_configurations(url: str, ca_bundle: bytes, *, failure_policy: str,
 
 
 # ---- the HTTPS server ------------------------------------------------------------------
+
+def _outcome(webhook: str, response: Mapping[str, Any]) -> str:
+    if not response.get("allowed"):
+        return "rejected" if webhook == "mutate" else "denied"
+    if webhook == "validate":
+        return "allowed"
+    return "injected" if response.get("patch") else "unchanged"
+
 
 class WebhookServer:
     """A threaded HTTPS server; ``load_certificate`` swaps the certificate for new
@@ -220,20 +239,25 @@ class WebhookServer:
             disable_nagle_algorithm = True
 
             def do_POST(self) -> None:  # noqa: N802 (http.server's naming)
+                raw = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+                name = "mutate" if self.path.startswith(MUTATE_PATH) else \
+                    "validate" if self.path.startswith(VALIDATE_PATH) else None
+                if name is None:
+                    self.send_error(404)
+                    return
                 try:
-                    review = json.loads(self.rfile.read(int(self.headers.get("Content-Length", "0"))))
-                    request = review["request"]
-                    if self.path.startswith(MUTATE_PATH):
-                        body = outer.handlers.mutate_pod(request)
-                    elif self.path.startswith(VALIDATE_PATH):
-                        body = outer.handlers.validate(request)
-                    else:
-                        self.send_error(404)
-                        return
+                    with metrics.admission_timer(name):
+                        request = json.loads(raw)["request"]
+                        if name == "mutate":
+                            body = outer.handlers.mutate_pod(request)
+                        else:
+                            body = outer.handlers.validate(request)
                 except Exception:  # a bad request must not take the server down
                     log.exception("admission request failed")
+                    metrics.ADMISSIONS.labels(name, "error").inc()
                     self.send_error(400)
                     return
+                metrics.ADMISSIONS.labels(name, _outcome(name, body["response"])).inc()
                 data = json.dumps(body).encode()
                 self.send_response(200)
                 self.send_header("Content-Type", "application/json")

@@ -63,3 +63,14 @@ def test_review_response_encodes_patch_and_rejection():
 
 def test_unknown_namespaces_default_to_their_name_label():
     assert webhook.Index().namespace_labels("team-x") == {"kubernetes.io/metadata.name": "team-x"}
+
+
+def test_configurations_in_a_cluster_call_the_service_not_a_url():
+    mutating, validating = webhook.webhook_configurations("https://ignored:9443", b"CA", failure_policy="Fail",
+                                                          operator_namespace="ops", service="trackop-webhook")
+    for config, path in ((mutating, "/mutate-pods"), (validating, "/validate-trackingbackends")):
+        client_config = config["webhooks"][0]["clientConfig"]
+        assert "url" not in client_config
+        assert client_config["service"] == {"namespace": "ops", "name": "trackop-webhook", "port": 443,
+                                            "path": path}
+        assert client_config["caBundle"] == base64.b64encode(b"CA").decode()
