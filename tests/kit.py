@@ -26,8 +26,9 @@ DRIFT_INTERVAL = 3  # seconds: short, so drift repair is observable within a tes
 class OperatorProcess:
     """``trackop run --all-namespaces`` in a subprocess; its log is kept for leak checks."""
 
-    def __init__(self, kubeconfig: str, log_dir: Path) -> None:
+    def __init__(self, kubeconfig: str, log_dir: Path, webhook: bool = True) -> None:
         self.kubeconfig = kubeconfig
+        self.webhook = webhook
         self.log_path = log_dir / "operator.log"
         self.process: subprocess.Popen | None = None
         self.port = 0
@@ -43,8 +44,8 @@ class OperatorProcess:
         log = open(self.log_path, "ab")
         self.process = subprocess.Popen(
             [sys.executable, "-m", "trackop.cli", "run", "--all-namespaces", "--kubeconfig", self.kubeconfig,
-             "--health-address", f"127.0.0.1:{self.port}", "--webhook-address", f"127.0.0.1:{self.webhook_port}",
-             "--metrics-address", f"127.0.0.1:{self.metrics_port}",
+             "--health-address", f"127.0.0.1:{self.port}", "--metrics-address", f"127.0.0.1:{self.metrics_port}",
+             *(["--webhook-address", f"127.0.0.1:{self.webhook_port}"] if self.webhook else []),
              *self.extra_args],
             stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
         )
@@ -58,7 +59,7 @@ class OperatorProcess:
     def _healthy(self) -> bool:
         assert self.process.poll() is None, f"operator exited:\n{self.logs()[-3000:]}"
         # Ready means the webhooks answer too (they are registered before they serve).
-        if not self._webhook_listening():
+        if self.webhook and not self._webhook_listening():
             return False
         try:
             opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))

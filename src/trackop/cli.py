@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import random
 import sys
 from pathlib import Path
 
@@ -45,6 +46,7 @@ def _run(args: argparse.Namespace) -> int:
                         ("TRACKOP_WEBHOOK_CERT_SECRET", args.webhook_cert_secret),
                         ("TRACKOP_WEBHOOK_SERVICE", args.webhook_service),
                         ("TRACKOP_METRICS_ADDRESS", args.metrics_address),
+                        ("TRACKOP_PEERING_LIFETIME", str(args.peering_lifetime or "")),
                         ("TRACKOP_NAMESPACE", args.operator_namespace),
                         ("TRACKOP_VERBOSE", "1" if args.verbose else "")):
         if value:
@@ -60,6 +62,8 @@ def _run(args: argparse.Namespace) -> int:
         standalone=not args.peering,
         # A name makes kopf's peering mandatory (it pauses until the peering CRD exists).
         peering_name=args.peering_name if args.peering else None,
+        # kopf pauses every peer of equal priority: each replica draws its own, the highest acts.
+        priority=(args.peering_priority or random.SystemRandom().randint(1, 2**31 - 1)) if args.peering else None,
         liveness_endpoint=f"http://{args.health_address}/healthz",
     )
     return 0
@@ -92,6 +96,11 @@ def build_parser() -> argparse.ArgumentParser:
                           "(needs kopf's ClusterKopfPeering CRD, or KopfPeering with --namespace)")
     run.add_argument("--peering-name", default="trackop",
                      help="the kopf peering object the replicas share (default %(default)s)")
+    run.add_argument("--peering-priority", type=int, default=0,
+                     help="this replica's priority; the highest live one acts (default: drawn at random)")
+    run.add_argument("--peering-lifetime", type=float,
+                     help="seconds without a keepalive before a peer counts as dead and another takes over "
+                          "(kopf's default 60)")
     run.add_argument("--operator-namespace", default=os.environ.get("TRACKOP_NAMESPACE", "trackop-system"),
                      help="the operator's own namespace: never injected; holds the webhook certificate "
                           "(default %(default)s)")

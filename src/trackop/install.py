@@ -24,9 +24,11 @@ def crd_path() -> Path:
     raise FileNotFoundError(f"deploy/crds/{CRD_FILE} not found: run from a checkout or set TRACKOP_CRD")
 
 
-def install_crd(api_client: client.ApiClient, timeout: float = 60) -> dict[str, Any]:
-    """Server-side apply the CRD and wait until its API is served; return the manifest."""
-    manifest = yaml.safe_load(crd_path().read_text())
+def install_crd(api_client: client.ApiClient, timeout: float = 60,
+                manifest: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Server-side apply the CRD (default: TrackingBackend's) and wait until its API is
+    served; return the manifest."""
+    manifest = manifest or yaml.safe_load(crd_path().read_text())
     name = manifest["metadata"]["name"]
     ext = client.ApiextensionsV1Api(api_client)
     ext.patch_custom_resource_definition(name, manifest, field_manager="trackop", force=True,
@@ -40,7 +42,10 @@ def install_crd(api_client: client.ApiClient, timeout: float = 60) -> dict[str, 
                           for c in ext.read_custom_resource_definition(name).status.conditions or [])
         if established:
             try:
-                custom.list_namespaced_custom_object(group, version, "default", plural, limit=1)
+                if manifest["spec"]["scope"] == "Namespaced":
+                    custom.list_namespaced_custom_object(group, version, "default", plural, limit=1)
+                else:
+                    custom.list_cluster_custom_object(group, version, plural, limit=1)
                 return manifest
             except client.ApiException as exc:
                 if exc.status != 404:  # 404: discovery has not caught up yet

@@ -32,6 +32,7 @@ WEBHOOK_FAILURE_POLICY = os.environ.get("TRACKOP_WEBHOOK_FAILURE_POLICY", "Ignor
 WEBHOOK_CERT_SECRET = os.environ.get("TRACKOP_WEBHOOK_CERT_SECRET", "")
 WEBHOOK_SERVICE = os.environ.get("TRACKOP_WEBHOOK_SERVICE", "")
 METRICS_ADDRESS = os.environ.get("TRACKOP_METRICS_ADDRESS", "")
+PEERING_LIFETIME = float(os.environ.get("TRACKOP_PEERING_LIFETIME") or 0)
 
 _reconciler: Reconciler | None = None
 _injection: InjectionService | None = None
@@ -69,6 +70,8 @@ def configure(settings: kopf.OperatorSettings, logger: logging.Logger, **_: Any)
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
         prefix="trackop.dev", key="last-handled-configuration")
     settings.watching.server_timeout = 300
+    if PEERING_LIFETIME:
+        settings.peering.lifetime = int(PEERING_LIFETIME)
     schema.preload()  # import MLflow once, not during the first backend's reconcile
     if METRICS_ADDRESS:
         metrics.serve(METRICS_ADDRESS)
