@@ -1,3 +1,5 @@
+from pathlib import Path
+
 from trackop.testbed import binaries
 
 
@@ -13,3 +15,40 @@ def test_hack_module_replaces_every_staging_module():
     replaced = [line for line in go_mod.splitlines() if "=> k8s.io/" in line]
     assert len(replaced) == 31
     assert all(line.strip().endswith("v0.35.4") for line in replaced)
+
+
+def test_helm_is_stamped_like_helms_own_makefile_does():
+    flags = binaries._helm_ldflags()
+    assert f"-X helm.sh/helm/v3/internal/version.version={binaries.HELM_VERSION}" in flags
+    # Without these, `helm template` assumes Kubernetes v1.20 and `helm lint` checks deprecations against it.
+    for package in ("pkg/chartutil", "pkg/lint/rules"):
+        assert f"-X helm.sh/helm/v3/{package}.k8sVersionMajor=1" in flags
+        assert f"-X helm.sh/helm/v3/{package}.k8sVersionMinor={binaries.HELM_K8S_MINOR}" in flags
+
+
+def test_ensure_all_builds_helm_and_fetches_the_chart_crds(monkeypatch):
+    called = []
+    monkeypatch.setattr(binaries, "ensure_control_plane", lambda progress: {"kubectl": "k"})
+    monkeypatch.setattr(binaries, "ensure_stores", lambda progress: {"minio": "m"})
+    monkeypatch.setattr(binaries, "ensure_helm", lambda progress: called.append("helm") or "h")
+    monkeypatch.setattr(binaries, "ensure_third_party_crds", lambda progress: called.append("crds") or [])
+    assert binaries.ensure_all(lambda message: None) == {"kubectl": "k", "minio": "m", "helm": "h"}
+    assert called == ["helm", "crds"]
+
+
+def test_helm_is_keyed_by_its_ldflags(monkeypatch, tmp_path):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    monkeypatch.setattr(binaries, "_go_version", lambda: "go1.25.0")
+    built = []
+
+    def fake_build(argv, cwd, env, what, progress):
+        built.append(argv)
+        (Path(env["GOBIN"]) / "helm").write_text("")
+
+    monkeypatch.setattr(binaries, "_run_build", fake_build)
+    first = binaries.ensure_helm(lambda message: None)
+    assert binaries.ensure_helm(lambda message: None) == first and len(built) == 1  # cached
+    assert built[0][-1] == f"helm.sh/helm/v3/cmd/helm@{binaries.HELM_VERSION}"
+    assert built[0][built[0].index("-ldflags") + 1] == binaries._helm_ldflags()
+    monkeypatch.setattr(binaries, "HELM_K8S_MINOR", "99")
+    assert binaries.ensure_helm(lambda message: None) != first  # other stamps, another build

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import fcntl
 import hashlib
+import json
 import os
 import shutil
 import subprocess
@@ -34,6 +35,26 @@ FAKE_GCS_VERSION = "v1.56.1"
 # Azure Storage emulator (Microsoft's), from npm; only its blob service runs on the bed.
 AZURITE_PACKAGE = "azurite"
 AZURITE_VERSION = "3.37.0"
+# Helm, for linting, rendering and dry-running deploy/helm/trackop. v3.20.2 is the newest
+# v3 release whose go.mod asks for Go 1.25 (v3.21+ want 1.26, and the bed needs only 1.25).
+HELM_MODULE = "helm.sh/helm/v3"
+HELM_VERSION = "v3.20.2"
+# The Kubernetes minor of the client-go v3.20.2 builds with (v0.35.1): helm's Makefile stamps
+# it, and without it `helm template` assumes Kubernetes v1.20 and `helm lint` checks
+# deprecations against 1.20.
+HELM_K8S_MINOR = "35"
+# CRDs of the third-party APIs the chart can render objects of (prometheus-operator's
+# ServiceMonitor; cert-manager's Certificate, Issuer, ClusterIssuer), so that the bed can
+# dry-run them: plain YAML files in these modules, fetched with `go mod download`.
+THIRD_PARTY_CRDS = {
+    ("github.com/prometheus-operator/prometheus-operator", "v0.91.0"): (
+        "example/prometheus-operator-crd/monitoring.coreos.com_servicemonitors.yaml",),
+    ("github.com/cert-manager/cert-manager", "v1.21.2"): (
+        "deploy/crds/cert-manager.io_certificates.yaml",
+        "deploy/crds/cert-manager.io_issuers.yaml",
+        "deploy/crds/cert-manager.io_clusterissuers.yaml",
+    ),
+}
 
 Progress = Callable[[str], None]
 
@@ -168,10 +189,12 @@ def ensure_control_plane(progress: Progress = _stderr) -> dict[str, Path]:
 
 
 def _go_install(module: str, version: str, binary_name: str, override_env: str, key_material: str,
-                progress: Progress) -> Path:
+                progress: Progress, ldflags: str = "-s -w") -> Path:
     """A ``go install module@version`` binary in the cache (``$override_env`` names a prebuilt one)."""
     if os.environ.get(override_env):
         return Path(os.environ[override_env])
+    if ldflags != "-s -w":
+        key_material += ldflags
     key = hashlib.sha256((key_material + _go_version()).encode()).hexdigest()[:12]
     target = cache_root() / "bin" / f"{binary_name}-{key}"
     binary = target / binary_name
@@ -184,7 +207,7 @@ def _go_install(module: str, version: str, binary_name: str, override_env: str, 
         try:
             env = {**_go_env(), "GOBIN": str(staging), "GOFLAGS": ""}
             _run_build(
-                ["go", "install", "-trimpath", "-ldflags", "-s -w", f"{module}@{version}"],
+                ["go", "install", "-trimpath", "-ldflags", ldflags, f"{module}@{version}"],
                 cwd=None, env=env, what=f"{binary_name} {version}", progress=progress,
             )
             staging.rename(target)
@@ -202,6 +225,56 @@ def ensure_fake_gcs(progress: Progress = _stderr) -> Path:
     """Path of fake-gcs-server (the GCS emulator), built with ``go install`` if missing."""
     return _go_install(FAKE_GCS_MODULE, FAKE_GCS_VERSION, "fake-gcs-server", "TRACKOP_FAKE_GCS",
                        f"{FAKE_GCS_MODULE}@{FAKE_GCS_VERSION}", progress)
+
+
+def _helm_ldflags() -> str:
+    """What helm's Makefile stamps: its version, and the Kubernetes version it renders and lints for."""
+    flags = ["-s", "-w", f"-X {HELM_MODULE}/internal/version.version={HELM_VERSION}"]
+    for package in ("pkg/chartutil", "pkg/lint/rules"):
+        flags += [f"-X {HELM_MODULE}/{package}.k8sVersionMajor=1",
+                  f"-X {HELM_MODULE}/{package}.k8sVersionMinor={HELM_K8S_MINOR}"]
+    return " ".join(flags)
+
+
+def ensure_helm(progress: Progress = _stderr) -> Path:
+    """Path of the ``helm`` CLI, built with ``go install`` if missing (``$TRACKOP_HELM`` names a prebuilt one)."""
+    return _go_install(f"{HELM_MODULE}/cmd/helm", HELM_VERSION, "helm", "TRACKOP_HELM",
+                       f"{HELM_MODULE}/cmd/helm@{HELM_VERSION}", progress, ldflags=_helm_ldflags())
+
+
+def ensure_module_files(module: str, version: str, paths: tuple[str, ...],
+                        progress: Progress = _stderr) -> list[Path]:
+    """Files of a Go module version, fetched once from the module proxy (``go mod download``)
+    and kept under ``$XDG_CACHE_HOME/trackop/modules/<module>@<version>/`` by base name."""
+    target = cache_root() / "modules" / f"{module.replace('/', '_')}@{version}"
+    found = [target / Path(p).name for p in paths]
+    if all(f.is_file() for f in found):
+        return found
+    with _build_lock(target.parent):
+        if all(f.is_file() for f in found):
+            return found
+        progress(f"fetching {module}@{version} from the Go module proxy ...")
+        # GOFLAGS cleared: -mod=readonly means nothing outside a module and go mod download refuses it.
+        done = subprocess.run(["go", "mod", "download", "-json", f"{module}@{version}"], cwd=target.parent,
+                              env={**_go_env(), "GOFLAGS": ""}, capture_output=True, text=True)
+        if done.returncode != 0:
+            raise RuntimeError(f"go mod download {module}@{version} failed:\n{done.stdout}{done.stderr}")
+        source = Path(json.loads(done.stdout)["Dir"])
+        staging = Path(tempfile.mkdtemp(prefix=".fetching-", dir=target.parent))
+        try:
+            for path in paths:
+                shutil.copyfile(source / path, staging / Path(path).name)
+            shutil.rmtree(target, ignore_errors=True)  # a set from an older file list
+            staging.rename(target)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+    return found
+
+
+def ensure_third_party_crds(progress: Progress = _stderr) -> list[Path]:
+    """The ServiceMonitor and cert-manager CRD files (THIRD_PARTY_CRDS), fetched if missing."""
+    return [path for (module, version), paths in THIRD_PARTY_CRDS.items()
+            for path in ensure_module_files(module, version, paths, progress)]
 
 
 def _npm_env() -> dict[str, str]:
@@ -255,6 +328,8 @@ def ensure_azurite(progress: Progress = _stderr) -> Path:
 def ensure_all(progress: Progress = _stderr) -> dict[str, Path]:
     binaries = ensure_control_plane(progress)
     binaries.update(ensure_stores(progress))
+    binaries["helm"] = ensure_helm(progress)
+    ensure_third_party_crds(progress)  # for the chart's dry runs; small, and offline afterwards
     return binaries
 
 
