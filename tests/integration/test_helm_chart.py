@@ -17,7 +17,7 @@ import yaml
 from kubernetes import client, config
 
 from helpers import eventually
-from trackop import webhook
+from trackop import cli, webhook
 from trackop.kube import Kube
 from trackop.testbed import binaries
 
@@ -250,6 +250,12 @@ def test_notes_say_what_to_do_next(helm: Path, bed_info: dict):
                      "trackop.dev/inject", "trackop.dev/backend", "tk-trackop-webhook",
                      f"mutatingwebhookconfiguration {webhook.MUTATING_NAME}", "trackop-webhook-certs"):
         assert expected in notes, expected
+
+
+@pytest.mark.parametrize("values", VALUES, ids=VALUE_IDS)
+def test_the_operator_accepts_the_rendered_arguments(helm: Path, values: Path | None):
+    args = cli.build_parser().parse_args(container(render(helm, values))["args"])
+    assert args.command == "run" and args.health_address == "0.0.0.0:8080"
 
 
 # ---- RBAC: least privilege -------------------------------------------------------------------
