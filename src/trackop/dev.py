@@ -8,14 +8,19 @@ and prints where to look. Ctrl-C (or ``--exit``) stops everything it started.
 
 from __future__ import annotations
 
+import base64
+import importlib.util
+import os
 import secrets
 import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
 import yaml
@@ -126,10 +131,57 @@ def _log_run(api: client.ApiClient, namespace: str, backend: str, workdir: Path)
     return result.stdout.strip().splitlines()[-1]
 
 
+def _redacted(uri: str) -> str:
+    """The URI without its password (printed to a terminal; the Secret holds the real one)."""
+    parts = urlsplit(uri)
+    if parts.password is None:
+        return uri
+    netloc = f"{parts.username}:***@{parts.hostname}" + (f":{parts.port}" if parts.port else "")
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+def _start_ui(tracking_uri: str, workdir: Path, log_path: Path) -> tuple[subprocess.Popen | None, str]:
+    """The MLflow UI on loopback, reading the backend's database with the connection
+    Secret's URI (passed in the environment, not on the command line, which ps shows)."""
+    if importlib.util.find_spec("mlflow.server") is None or importlib.util.find_spec("flask") is None:
+        return None, "the MLflow UI needs the full mlflow package (pip install mlflow)"
+    port = free_ports(1)[0]
+    workdir.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "MLFLOW_BACKEND_STORE_URI": tracking_uri}
+    with open(log_path, "ab") as log:
+        ui = subprocess.Popen(
+            [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+             "--artifacts-destination", str(workdir / "artifacts")],
+            cwd=workdir, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 90
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    while time.monotonic() < deadline and ui.poll() is None:
+        try:
+            with opener.open(f"{url}/health", timeout=2) as response:
+                if response.status == 200:
+                    return ui, url
+        except OSError:
+            time.sleep(0.5)
+    _stop(ui)
+    return None, f"the MLflow UI did not start (log {log_path})"
+
+
+def _stop(proc: subprocess.Popen | None) -> None:
+    if proc is not None and proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
 def run(directory: Path, exit_after: bool, progress: Callable[[str], None]) -> int:
     bed = Testbed(directory, progress=progress)
     info = bed.up()
     operator: subprocess.Popen | None = None
+    ui: subprocess.Popen | None = None
     try:
         api = config.new_client_from_config(config_file=info["kubeconfig"])
         install_crd(api)
@@ -151,12 +203,18 @@ def run(directory: Path, exit_after: bool, progress: Callable[[str], None]) -> i
         progress(f"{name} is Ready after {time.monotonic() - started:.1f}s")
         run_id = _log_run(api, namespace, name, bed.dir / "quickstart-run")
         status = backend["status"]
+        secret = client.CoreV1Api(api).read_namespaced_secret(status["connectionSecret"], namespace)
+        tracking_uri = base64.b64decode(secret.data["MLFLOW_TRACKING_URI"]).decode()
+        progress("starting the MLflow UI")
+        ui, ui_address = _start_ui(tracking_uri, bed.dir / "mlflow-ui", bed.dir / "logs" / "mlflow-ui.log")
         print(
             f"\nMLflow run {run_id} logged by an opted-in Pod with the injected MLFLOW_TRACKING_URI\n"
             f"(Secret {namespace}/{status['connectionSecret']}).\n\n"
             f"  export KUBECONFIG={info['kubeconfig']}\n"
             f"  {bed.dir / 'kubectl'} get tb -A            # the backend, its conditions\n"
             f"  {bed.dir / 'kubectl'} -n {namespace} describe tb {name}\n"
+            f"  tracking URI: {_redacted(tracking_uri)}  (key MLFLOW_TRACKING_URI of that Secret)\n"
+            f"  MLflow UI:    {ui_address}   (experiment 'quickstart', run {run_id})\n"
             f"  database:  {status['database']['name']} on {status['database']['host']}:{status['database']['port']} "
             f"(role {status['database']['role']}), schema {status['schema']['revision']}\n"
             f"  operator log: {log_path}\n"
@@ -170,12 +228,8 @@ def run(directory: Path, exit_after: bool, progress: Callable[[str], None]) -> i
             signal.sigwait(stop_signals)
         return 0
     finally:
-        if operator is not None and operator.poll() is None:
-            operator.terminate()
-            try:
-                operator.wait(20)
-            except subprocess.TimeoutExpired:
-                operator.kill()
+        _stop(ui)
+        _stop(operator)
         bed.down()
-        progress("stopped the operator and the bed")
+        progress("stopped the MLflow UI, the operator and the bed")
 
