@@ -16,6 +16,13 @@ if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 && ! command -v initdb 
 fi
 # The Debian package starts a cluster of its own on 5432; the bed does not use it.
 
+# Lua: a test runs the Argo CD health check of docs/install.md (Argo CD's checks are Lua).
+if ! command -v lua5.4 >/dev/null && ! command -v lua >/dev/null; then
+  echo "setup: installing Lua from Debian's packages" >&2
+  as_root apt-get update -qq
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq lua5.4 >/dev/null
+fi
+
 # Go builds the control plane and MinIO (Go >= 1.25: k8s.io/kubernetes v1.35 needs it).
 if ! command -v go >/dev/null; then
   echo "setup: Go >= 1.25 is needed to build the test bed's control plane; install it first" >&2

@@ -13,7 +13,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import psycopg
+import yaml
 from kubernetes import client
+from kubernetes.dynamic import DynamicClient
 from psycopg import sql
 
 from helpers import eventually
@@ -203,3 +205,45 @@ def assert_no_secret_leaks(secrets_: list[str], operator: OperatorProcess, backe
     for secret in secrets_:
         for where, text in haystacks.items():
             assert secret not in text, f"a secret leaked into the {where}"
+
+
+CHART = Path(__file__).resolve().parents[1] / "deploy" / "helm" / "trackop"
+CHART_RELEASE = "trackop"  # fullname "trackop": ServiceAccount, ClusterRole and peering object
+
+
+def chart_service_account_kubeconfig(kube_api: client.ApiClient, admin_kubeconfig: str, out: Path,
+                                     namespace: str = "trackop-system") -> Path:
+    """A kubeconfig that authenticates as the chart's ServiceAccount (a TokenRequest token),
+    after applying the ServiceAccount, ClusterRole, ClusterRoleBinding and peering object
+    exactly as ``helm template`` renders them with default values."""
+    from trackop.testbed import binaries
+
+    helm = binaries.ensure_helm()
+    rendered = subprocess.run([str(helm), "template", CHART_RELEASE, str(CHART), "--namespace", namespace],
+                              capture_output=True, text=True, check=True, timeout=120).stdout
+    objects = [o for o in yaml.safe_load_all(rendered) if o]
+    core = client.CoreV1Api(kube_api)
+    try:
+        core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=namespace)))
+    except client.ApiException as exc:
+        if exc.status != 409:
+            raise
+    wanted = [o for o in objects if o["kind"] in ("ServiceAccount", "ClusterRole", "ClusterRoleBinding",
+                                                  "ClusterKopfPeering")]
+    assert {o["kind"] for o in wanted} >= {"ServiceAccount", "ClusterRole", "ClusterRoleBinding"}
+    dynamic = DynamicClient(kube_api)
+    for body in wanted:
+        resource = dynamic.resources.get(api_version=body["apiVersion"], kind=body["kind"])
+        dynamic.server_side_apply(resource, body, field_manager="trackop-tests", force_conflicts=True,
+                                  namespace=body["metadata"].get("namespace"))
+    account = next(o for o in wanted if o["kind"] == "ServiceAccount")["metadata"]["name"]
+    token = core.create_namespaced_service_account_token(account, namespace, client.AuthenticationV1TokenRequest(
+        spec=client.V1TokenRequestSpec(audiences=[], expiration_seconds=24 * 3600))).status.token
+    config_ = yaml.safe_load(Path(admin_kubeconfig).read_text())
+    config_["users"] = [{"name": account, "user": {"token": token}}]
+    for context in config_["contexts"]:
+        context["context"]["user"] = account
+    out.write_text(yaml.safe_dump(config_))
+    out.chmod(0o600)
+    return out
+

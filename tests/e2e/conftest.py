@@ -8,12 +8,20 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from kit import Admin, Backends, OperatorProcess, make_admin
+from kit import Admin, Backends, OperatorProcess, chart_service_account_kubeconfig, make_admin
 
 
 @pytest.fixture(scope="session")
-def operator(bed_info: dict, trackop_crd: dict) -> OperatorProcess:
-    proc = OperatorProcess(bed_info["kubeconfig"], Path(tempfile.mkdtemp(prefix="trackop-operator-")))
+def operator_kubeconfig(bed_info: dict, trackop_crd: dict, kube_api) -> str:
+    """The operator authenticates as the Helm chart's ServiceAccount, not as the bed's admin:
+    every e2e test also proves the chart's RBAC is enough."""
+    out = Path(tempfile.mkdtemp(prefix="trackop-sa-")) / "kubeconfig"
+    return str(chart_service_account_kubeconfig(kube_api, bed_info["kubeconfig"], out))
+
+
+@pytest.fixture(scope="session")
+def operator(operator_kubeconfig: str) -> OperatorProcess:
+    proc = OperatorProcess(operator_kubeconfig, Path(tempfile.mkdtemp(prefix="trackop-operator-")))
     proc.start()
     yield proc
     proc.stop()

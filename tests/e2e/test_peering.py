@@ -3,7 +3,6 @@ killed the other takes over."""
 
 from __future__ import annotations
 
-import uuid
 from pathlib import Path
 
 import pytest
@@ -11,13 +10,21 @@ import yaml
 from kubernetes import client
 
 from helpers import eventually
-from kit import Admin, Backends, OperatorProcess
+from kit import CHART_RELEASE, Admin, Backends, OperatorProcess
 from trackop.install import install_crd
 
 pytestmark = pytest.mark.bed
 
 PEERING_CRDS = Path(__file__).resolve().parents[2] / "deploy/helm/trackop/crds/kopf.dev_peerings.yaml"
 LIFETIME = 8  # seconds without a keepalive before the standby takes over (kopf's default is 60)
+
+
+def _absent(custom: client.CustomObjectsApi, name: str) -> bool:
+    try:
+        custom.get_cluster_custom_object("kopf.dev", "v1", "clusterkopfpeerings", name)
+        return False
+    except client.ApiException as exc:
+        return exc.status == 404
 
 
 def _reconciles(proc: OperatorProcess) -> float:
@@ -27,10 +34,18 @@ def _reconciles(proc: OperatorProcess) -> float:
 def test_two_peered_operators_one_acts_and_the_other_takes_over(
         bed_info: dict, kube_api: client.ApiClient, backends: Backends, admin: Admin, operator: OperatorProcess,
         tmp_path: Path):
+    # The chart's peering object (its RBAC lets the operator patch only that one), emptied
+    # of keepalives an earlier run left.
     for manifest in yaml.safe_load_all(PEERING_CRDS.read_text()):
         install_crd(kube_api, manifest=manifest)
-    peering = f"trackop-{uuid.uuid4().hex[:8]}"
+    peering = CHART_RELEASE
     custom = client.CustomObjectsApi(kube_api)
+    try:
+        custom.delete_cluster_custom_object("kopf.dev", "v1", "clusterkopfpeerings", peering)
+    except client.ApiException as exc:
+        if exc.status != 404:
+            raise
+    eventually(lambda: _absent(custom, peering), "the old peering object to go")
     custom.create_cluster_custom_object("kopf.dev", "v1", "clusterkopfpeerings",
                                         {"apiVersion": "kopf.dev/v1", "kind": "ClusterKopfPeering",
                                          "metadata": {"name": peering}})
@@ -39,7 +54,7 @@ def test_two_peered_operators_one_acts_and_the_other_takes_over(
     peers = []
     try:
         for name, priority in (("active", 200), ("standby", 100)):
-            proc = OperatorProcess(bed_info["kubeconfig"], tmp_path / name, webhook=False)
+            proc = OperatorProcess(operator.kubeconfig, tmp_path / name, webhook=False)
             (tmp_path / name).mkdir()
             proc.extra_args = ["--peering", "--peering-name", peering, "--peering-priority", str(priority),
                                "--peering-lifetime", str(LIFETIME)]
@@ -63,5 +78,4 @@ def test_two_peered_operators_one_acts_and_the_other_takes_over(
     finally:
         for proc in peers:
             proc.stop(kill=True)
-        custom.delete_cluster_custom_object("kopf.dev", "v1", "clusterkopfpeerings", peering)
         operator.start()
