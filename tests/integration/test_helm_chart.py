@@ -241,8 +241,9 @@ def test_single_replica_has_no_disruption_budget_or_spread(helm: Path):
     assert "topologySpreadConstraints" not in only(objects, "Deployment")["spec"]["template"]["spec"]
 
 
-def test_notes_say_what_to_do_next(helm: Path, bed_info: dict):
-    # helm install asks the cluster for its version even with --dry-run=client.
+def test_notes_say_what_to_do_next(helm: Path, bed_info: dict, chart_crds):
+    # helm install asks the cluster for its version even with --dry-run=client, and maps
+    # every kind through discovery: the peering CRD must be served (chart_crds).
     done = run([helm, "install", "tk", CHART, "--dry-run=client", "--namespace", "trackop-system",
                 "--kubeconfig", bed_info["kubeconfig"]])
     notes = done.stdout.split("NOTES:", 1)[1]
