@@ -225,23 +225,63 @@ def _get(mapping: Mapping[str, Any] | None, key: str, default: Any = None) -> An
     return default if value is None else value
 
 
+# The typed getters below refuse a value of the wrong type with a SpecError naming it: a
+# spec that bypassed the CRD's schema must not raise anything else (the handlers and the
+# webhook catch only SpecError).
+
+def _object(mapping: Mapping[str, Any] | None, key: str, field: str) -> Mapping[str, Any] | None:
+    value = _get(mapping, key)
+    if value is not None and not isinstance(value, Mapping):
+        raise SpecError(field, "must be an object")
+    return value
+
+
+def _string(mapping: Mapping[str, Any] | None, key: str, field: str, default: str | None = None) -> str | None:
+    value = _get(mapping, key, default)
+    if value is not None and not isinstance(value, str):
+        raise SpecError(field, "must be a string")
+    return value
+
+
+def _choice(mapping: Mapping[str, Any] | None, key: str, field: str, default: str, choices) -> str:
+    value = _get(mapping, key, default)
+    if not isinstance(value, str) or value not in choices:
+        raise SpecError(field, f"must be one of {', '.join(choices)}")
+    return value
+
+
+def _boolean(mapping: Mapping[str, Any] | None, key: str, field: str, default: bool) -> bool:
+    value = _get(mapping, key, default)
+    if not isinstance(value, bool):
+        raise SpecError(field, "must be true or false")
+    return value
+
+
+def _integer(mapping: Mapping[str, Any] | None, key: str, field: str, default: int, low: int, high: int) -> int:
+    value = _get(mapping, key, default)
+    if type(value) is not int or not low <= value <= high:  # bool is an int subclass
+        raise SpecError(field, f"must be an integer from {low} to {high}")
+    return value
+
+
 def parse(namespace: str, name: str, spec: Mapping[str, Any]) -> BackendSpec:
     """The spec with every default applied; raises SpecError naming the field."""
     check_backend_name(name)
-    postgres = _get(spec, "postgres", {})
-    external = _get(postgres, "external")
+    if not isinstance(spec, Mapping):
+        raise SpecError("spec", "must be an object")
+    postgres = _object(spec, "postgres", "spec.postgres") or {}
+    external = _object(postgres, "external", "spec.postgres.external")
     if not external:
         raise SpecError("spec.postgres.external", "is required")
     host = check_host(_get(external, "host", ""))
-    port = _get(external, "port", 5432)
-    if type(port) is not int or not 1 <= port <= 65535:  # bool is an int subclass
-        raise SpecError("spec.postgres.external.port", "must be between 1 and 65535")
-    ssl_mode = _get(external, "sslMode", "prefer")
-    if ssl_mode not in SSL_MODES:
-        raise SpecError("spec.postgres.external.sslMode", f"must be one of {', '.join(SSL_MODES)}")
-    admin_secret = _get(_get(external, "adminSecretRef", {}), "name")
+    port = _integer(external, "port", "spec.postgres.external.port", 5432, 1, 65535)
+    ssl_mode = _choice(external, "sslMode", "spec.postgres.external.sslMode", "prefer", SSL_MODES)
+    admin_secret = _string(_object(external, "adminSecretRef", "spec.postgres.external.adminSecretRef"), "name",
+                           "spec.postgres.external.adminSecretRef.name")
     if not admin_secret:
         raise SpecError("spec.postgres.external.adminSecretRef.name", "is required")
+    connect_timeout = _integer(external, "connectTimeoutSeconds", "spec.postgres.external.connectTimeoutSeconds",
+                               5, 1, 60)
 
     database = check_identifier(
         "spec.postgres.database", _get(postgres, "database") or default_database_name(namespace, name),
@@ -252,57 +292,55 @@ def parse(namespace: str, name: str, spec: Mapping[str, Any]) -> BackendSpec:
     role = check_identifier(role_field, _get(postgres, "role") or database, _RESERVED_ROLES)
     if role.startswith("pg_"):
         raise SpecError(role_field, "role names starting with pg_ are reserved by PostgreSQL")
-    password_ref = _get(postgres, "passwordSecretRef")
+    password_ref = _object(postgres, "passwordSecretRef", "spec.postgres.passwordSecretRef")
     password_secret = None
     if password_ref:
-        if not _get(password_ref, "name"):
+        password_name = _string(password_ref, "name", "spec.postgres.passwordSecretRef.name")
+        if not password_name:
             raise SpecError("spec.postgres.passwordSecretRef.name", "is required")
-        password_secret = SecretRef(password_ref["name"], _get(password_ref, "key", "password"))
-    driver = _get(postgres, "driver", "psycopg")
-    if driver not in DRIVERS:
-        raise SpecError("spec.postgres.driver", f"must be one of {', '.join(DRIVERS)}")
+        password_secret = SecretRef(password_name, _string(password_ref, "key", "spec.postgres.passwordSecretRef.key",
+                                                           "password"))
+    driver = _choice(postgres, "driver", "spec.postgres.driver", "psycopg", tuple(DRIVERS))
 
-    schema = _get(spec, "schema", {})
+    schema = _object(spec, "schema", "spec.schema") or {}
     mlflow_version = _get(schema, "mlflowVersion", DEFAULT_MLFLOW_VERSION)
     if not isinstance(mlflow_version, str) or not _VERSION.fullmatch(mlflow_version):
         raise SpecError("spec.schema.mlflowVersion", "must look like 3.17.2")
-    migration = _get(schema, "migration", "Inline")
-    if migration not in MIGRATION_MODES:
-        raise SpecError("spec.schema.migration", f"must be one of {', '.join(MIGRATION_MODES)}")
-    deletion_policy = _get(spec, "deletionPolicy", "Retain")
-    if deletion_policy not in DELETION_POLICIES:
-        raise SpecError("spec.deletionPolicy", f"must be one of {', '.join(DELETION_POLICIES)}")
+    migration = _choice(schema, "migration", "spec.schema.migration", "Inline", MIGRATION_MODES)
+    migration_image = _string(schema, "image", "spec.schema.image", f"ghcr.io/mlflow/mlflow:v{mlflow_version}")
+    deletion_policy = _choice(spec, "deletionPolicy", "spec.deletionPolicy", "Retain", DELETION_POLICIES)
 
     try:
         raw_tuning = _get(postgres, "tuning")
         tuning = parse_tuning(raw_tuning) if raw_tuning is not None else None
     except TuningError as error:
         raise SpecError(error.field, error.message) from None
-    artifacts = _parse_artifacts(_get(spec, "artifacts", {}))
-    tracking_server = _parse_server(_get(spec, "server"), mlflow_version)
-    injection_mode = _get(_get(spec, "injection", {}), "mode", "Server" if tracking_server else "Direct")
-    if injection_mode not in INJECTION_MODES:
-        raise SpecError("spec.injection.mode", f"must be one of {', '.join(INJECTION_MODES)}")
+    artifacts = _parse_artifacts(_object(spec, "artifacts", "spec.artifacts") or {})
+    tracking_server = _parse_server(_object(spec, "server", "spec.server"), mlflow_version)
+    injection = _object(spec, "injection", "spec.injection") or {}
+    injection_mode = _choice(injection, "mode", "spec.injection.mode", "Server" if tracking_server else "Direct",
+                             INJECTION_MODES)
     if injection_mode == "Server" and tracking_server is None:
         raise SpecError("spec.injection.mode", "Server needs spec.server (the tracking server) enabled")
+    namespace_selector = _object(injection, "namespaceSelector", "spec.injection.namespaceSelector")
 
     return BackendSpec(
         namespace=namespace,
         name=name,
-        server=ExternalServer(host, port, ssl_mode, admin_secret, _get(external, "connectTimeoutSeconds", 5)),
+        server=ExternalServer(host, port, ssl_mode, admin_secret, connect_timeout),
         database=database,
         role=role,
         password_secret=password_secret,
         driver=driver,
         mlflow_version=mlflow_version,
         migration=migration,
-        migration_image=_get(schema, "image", f"ghcr.io/mlflow/mlflow:v{mlflow_version}"),
+        migration_image=migration_image,
         deletion_policy=deletion_policy,
         tuning=tuning,
         artifacts=artifacts,
         tracking_server=tracking_server,
         injection_mode=injection_mode,
-        namespace_selector=_get(_get(spec, "injection", {}), "namespaceSelector"),
+        namespace_selector=namespace_selector,
     )
 
 
@@ -321,22 +359,28 @@ def _parse_artifacts(artifacts: Mapping[str, Any]) -> ArtifactStore | None:
     if len(given) > 1:
         raise SpecError("spec.artifacts", "set exactly one of s3, gcs and azure")
     kind = given[0]
-    store = artifacts[kind]
     field = f"spec.artifacts.{kind}"
+    store = _object(artifacts, kind, field)
     bucket_key = "container" if kind == "azure" else "bucket"
     bucket = _get(store, bucket_key, "")
     if not isinstance(bucket, str) or not _BUCKET[kind].fullmatch(bucket):
         raise SpecError(f"{field}.{bucket_key}", "is not a valid name for this store")
-    prefix = "/".join(part for part in str(_get(store, "prefix", "")).split("/") if part)
-    endpoint = _get(store, "endpoint") or None
+    prefix = "/".join(part for part in _string(store, "prefix", f"{field}.prefix", "").split("/") if part)
+    endpoint = _string(store, "endpoint", f"{field}.endpoint") or None
     if endpoint is not None and not re.fullmatch(r"https?://\S+", endpoint):
         raise SpecError(f"{field}.endpoint", "must be an http(s) URL")
-    credentials = _get(store, "credentialsSecretRef")
+    credentials = _object(store, "credentialsSecretRef", f"{field}.credentialsSecretRef")
+    secret_field = f"{field}.credentialsSecretRef"
     if kind == "s3":
-        keys = (_get(credentials, "accessKeyIdKey", "accessKeyId"), _get(credentials, "secretAccessKeyKey",
-                                                                          "secretAccessKey"))
+        keys = (_string(credentials, "accessKeyIdKey", f"{secret_field}.accessKeyIdKey", "accessKeyId"),
+                _string(credentials, "secretAccessKeyKey", f"{secret_field}.secretAccessKeyKey", "secretAccessKey"))
     else:
-        keys = (_get(credentials, "key", _DEFAULT_KEYS[kind][0]),)
+        keys = (_string(credentials, "key", f"{secret_field}.key", _DEFAULT_KEYS[kind][0]),)
+    credentials_secret = _string(credentials, "name", f"{secret_field}.name") if credentials else None
+    create_key = "createContainer" if kind == "azure" else "createBucket"
+    create = _boolean(store, create_key, f"{field}.{create_key}", False)
+    region = _string(store, "region", f"{field}.region", "us-east-1")
+    project = _string(store, "project", f"{field}.project")
     account = _get(store, "storageAccount")
     if kind == "azure" and not (isinstance(account, str) and re.fullmatch(r"[a-z0-9]{3,24}", account)):
         raise SpecError(f"{field}.storageAccount", "must be 3 to 24 lowercase letters and digits")
@@ -345,33 +389,34 @@ def _parse_artifacts(artifacts: Mapping[str, Any]) -> ArtifactStore | None:
         bucket=bucket,
         prefix=prefix,
         endpoint=endpoint,
-        create=bool(_get(store, "createContainer" if kind == "azure" else "createBucket", False)),
-        credentials_secret=_get(credentials, "name") if credentials else None,
+        create=create,
+        credentials_secret=credentials_secret,
         credential_keys=keys,
-        region=_get(store, "region", "us-east-1"),
-        project=_get(store, "project"),
+        region=region,
+        project=project,
         account=account,
     )
 
 
 def _parse_server(server: Mapping[str, Any] | None, mlflow_version: str) -> ServerSpec | None:
-    if server is None or not _get(server, "enabled", True):
+    if server is None or not _boolean(server, "enabled", "spec.server.enabled", True):
         return None
 
     def bounded(key: str, default: int, low: int, high: int) -> int:
-        value = _get(server, key, default)
-        if type(value) is not int or not low <= value <= high:
-            raise SpecError(f"spec.server.{key}", f"must be an integer from {low} to {high}")
-        return value
+        return _integer(server, key, f"spec.server.{key}", default, low, high)
+
+    allowed_hosts = _get(server, "allowedHosts", [])
+    if not isinstance(allowed_hosts, list) or not all(isinstance(host, str) for host in allowed_hosts):
+        raise SpecError("spec.server.allowedHosts", "must be a list of strings")
 
     return ServerSpec(
         enabled=True,
         replicas=bounded("replicas", 1, 0, 50),
         workers=bounded("workers", 2, 1, 32),
-        image=_get(server, "image", f"ghcr.io/mlflow/mlflow:v{mlflow_version}"),
+        image=_string(server, "image", "spec.server.image", f"ghcr.io/mlflow/mlflow:v{mlflow_version}"),
         port=bounded("port", 5000, 1024, 65535),
-        serve_artifacts=bool(_get(server, "serveArtifacts", True)),
-        service_account=_get(server, "serviceAccountName") or None,
-        allowed_hosts=tuple(_get(server, "allowedHosts", [])),
-        resources=_get(server, "resources"),
+        serve_artifacts=_boolean(server, "serveArtifacts", "spec.server.serveArtifacts", True),
+        service_account=_string(server, "serviceAccountName", "spec.server.serviceAccountName") or None,
+        allowed_hosts=tuple(allowed_hosts),
+        resources=_object(server, "resources", "spec.server.resources"),
     )
