@@ -28,9 +28,11 @@ DRIFT_INTERVAL = 3  # seconds: short, so drift repair is observable within a tes
 class OperatorProcess:
     """``trackop run --all-namespaces`` in a subprocess; its log is kept for leak checks."""
 
-    def __init__(self, kubeconfig: str, log_dir: Path, webhook: bool = True) -> None:
+    def __init__(self, kubeconfig: str, log_dir: Path, webhook: bool = True,
+                 base_args: list[str] | None = None) -> None:
         self.kubeconfig = kubeconfig
         self.webhook = webhook
+        self.base_args = base_args or []  # kept across restarts, unlike extra_args
         self.log_path = log_dir / "operator.log"
         self.process: subprocess.Popen | None = None
         self.port = 0
@@ -48,6 +50,7 @@ class OperatorProcess:
             [sys.executable, "-m", "trackop.cli", "run", "--all-namespaces", "--kubeconfig", self.kubeconfig,
              "--health-address", f"127.0.0.1:{self.port}", "--metrics-address", f"127.0.0.1:{self.metrics_port}",
              *(["--webhook-address", f"127.0.0.1:{self.webhook_port}"] if self.webhook else []),
+             *self.base_args,
              *self.extra_args],
             stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
         )

@@ -45,6 +45,7 @@ def _run(args: argparse.Namespace) -> int:
                         ("TRACKOP_WEBHOOK_FAILURE_POLICY", args.webhook_failure_policy),
                         ("TRACKOP_WEBHOOK_CERT_SECRET", args.webhook_cert_secret),
                         ("TRACKOP_WEBHOOK_SERVICE", args.webhook_service),
+                        ("TRACKOP_WEBHOOK_OWNER_CLUSTERROLE", args.webhook_owner_clusterrole),
                         ("TRACKOP_METRICS_ADDRESS", args.metrics_address),
                         ("TRACKOP_PEERING_LIFETIME", str(args.peering_lifetime or "")),
                         ("TRACKOP_NAMESPACE", args.operator_namespace),
@@ -111,6 +112,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--webhook-service", metavar="NAME",
                      help="in a cluster: the API server calls this Service (in the operator's namespace, port 443) "
                           "instead of a URL; the certificate names it")
+    run.add_argument("--webhook-owner-clusterrole", metavar="NAME",
+                     help="make this ClusterRole (the chart's) the owner of the webhook configurations, so they "
+                          "are garbage-collected with it when the release is uninstalled")
     run.add_argument("--webhook-failure-policy", choices=("Ignore", "Fail"), default="Ignore",
                      help="Ignore (default): pods are created uninjected, with a warning, when the webhook is down or "
                           "the backend is unknown; Fail: such pods are rejected")

@@ -129,11 +129,14 @@ class IndexWatch:
 
 class InjectionService:
     def __init__(self, kube: Kube, index: webhook.Index, view_of: ViewOf, *, address: str, url: str,
-                 failure_policy: str, operator_namespace: str, cert_secret: str = "", service: str = "") -> None:
+                 failure_policy: str, operator_namespace: str, cert_secret: str = "", service: str = "",
+                 owner_cluster_role: str = "") -> None:
         host, _, port = address.rpartition(":")
         self.kube = kube
         self.url = url or f"https://{host}:{port}"
         self.service = service
+        self.owner_cluster_role = owner_cluster_role
+        self._owner: tuple[str, str] | None = None
         self.failure_policy = failure_policy
         self.operator_namespace = operator_namespace
         if service:
@@ -201,9 +204,11 @@ class InjectionService:
         self._apply_configurations(webhook_tls.ca_bundle(certs, _now()))
 
     def _apply_configurations(self, ca_bundle: bytes) -> None:
+        if self.owner_cluster_role and self._owner is None:
+            self._owner = (self.owner_cluster_role, self.kube.cluster_role_uid(self.owner_cluster_role))
         for body in webhook.webhook_configurations(self.url, ca_bundle, failure_policy=self.failure_policy,
                                                    operator_namespace=self.operator_namespace,
-                                                   service=self.service or None):
+                                                   service=self.service or None, owner=self._owner):
             self.kube.apply_cluster(body)
 
     def _reload_external(self) -> bool:

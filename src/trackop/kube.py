@@ -174,6 +174,9 @@ class Kube:
             if exc.status != 409:
                 raise
 
+    def cluster_role_uid(self, name: str) -> str:
+        return client.RbacAuthorizationV1Api(self.core.api_client).read_cluster_role(name).metadata.uid
+
     def apply_cluster(self, body: Mapping[str, Any]) -> None:
         """Server-side apply a webhook configuration."""
         admission = client.AdmissionregistrationV1Api(self.core.api_client)

@@ -31,6 +31,7 @@ WEBHOOK_URL = os.environ.get("TRACKOP_WEBHOOK_URL", "")
 WEBHOOK_FAILURE_POLICY = os.environ.get("TRACKOP_WEBHOOK_FAILURE_POLICY", "Ignore")
 WEBHOOK_CERT_SECRET = os.environ.get("TRACKOP_WEBHOOK_CERT_SECRET", "")
 WEBHOOK_SERVICE = os.environ.get("TRACKOP_WEBHOOK_SERVICE", "")
+WEBHOOK_OWNER_CLUSTERROLE = os.environ.get("TRACKOP_WEBHOOK_OWNER_CLUSTERROLE", "")
 METRICS_ADDRESS = os.environ.get("TRACKOP_METRICS_ADDRESS", "")
 PEERING_LIFETIME = float(os.environ.get("TRACKOP_PEERING_LIFETIME") or 0)
 
@@ -82,7 +83,7 @@ def configure(settings: kopf.OperatorSettings, logger: logging.Logger, **_: Any)
         _injection = InjectionService(reconciler().kube, INDEX, _index_view, address=WEBHOOK_ADDRESS,
                                       url=WEBHOOK_URL, failure_policy=WEBHOOK_FAILURE_POLICY,
                                       operator_namespace=OPERATOR_NAMESPACE, cert_secret=WEBHOOK_CERT_SECRET,
-                                      service=WEBHOOK_SERVICE)
+                                      service=WEBHOOK_SERVICE, owner_cluster_role=WEBHOOK_OWNER_CLUSTERROLE)
         _injection.start()
         logger.info("admission webhooks served on %s (failurePolicy %s)", WEBHOOK_ADDRESS, WEBHOOK_FAILURE_POLICY)
     logger.info("trackop ready: MLflow %s bundled, drift interval %.0fs", schema.BUNDLED_MLFLOW_VERSION, DRIFT_INTERVAL)

@@ -157,12 +157,20 @@ class Handlers:
 # ---- configurations (pure) -------------------------------------------------------------
 
 def webhook_configurations(url: str, ca_bundle: bytes, *, failure_policy: str, operator_namespace: str | None,
-                           service: str | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
+                           service: str | None = None, owner: tuple[str, str] | None = None,
+                           ) -> tuple[dict[str, Any], dict[str, Any]]:
     """The Mutating (pods) and Validating (TrackingBackends) webhook configurations.
 
     With ``service`` (in a cluster: the chart's Service in ``operator_namespace``, port
-    443) the API server calls the Service; otherwise ``url`` (the local bed, out of cluster)."""
+    443) the API server calls the Service; otherwise ``url`` (the local bed, out of cluster).
+    With ``owner`` (name, uid of the chart's ClusterRole) the garbage collector deletes them
+    when the release is uninstalled: the operator makes them at runtime, so Helm never
+    knew them, and a cluster-scoped object can only be owned by a cluster-scoped one."""
     bundle = base64.b64encode(ca_bundle).decode()
+    meta_extra: dict[str, Any] = {}
+    if owner:
+        meta_extra["ownerReferences"] = [{"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
+                                          "name": owner[0], "uid": owner[1]}]
 
     def client_config(path: str) -> dict[str, Any]:
         if service:
@@ -174,7 +182,7 @@ def webhook_configurations(url: str, ca_bundle: bytes, *, failure_policy: str, o
     mutating = {
         "apiVersion": "admissionregistration.k8s.io/v1",
         "kind": "MutatingWebhookConfiguration",
-        "metadata": {"name": MUTATING_NAME, "labels": {api.MANAGED_BY_LABEL: api.MANAGED_BY}},
+        "metadata": {"name": MUTATING_NAME, "labels": {api.MANAGED_BY_LABEL: api.MANAGED_BY}, **meta_extra},
         "webhooks": [{
             "name": "inject.trackop.dev",
             "clientConfig": client_config(MUTATE_PATH),
@@ -194,7 +202,7 @@ def webhook_configurations(url: str, ca_bundle: bytes, *, failure_policy: str, o
     validating = {
         "apiVersion": "admissionregistration.k8s.io/v1",
         "kind": "ValidatingWebhookConfiguration",
-        "metadata": {"name": VALIDATING_NAME, "labels": {api.MANAGED_BY_LABEL: api.MANAGED_BY}},
+        "metadata": {"name": VALIDATING_NAME, "labels": {api.MANAGED_BY_LABEL: api.MANAGED_BY}, **meta_extra},
         "webhooks": [{
             "name": "validate.trackop.dev",
             "clientConfig": client_config(VALIDATE_PATH),

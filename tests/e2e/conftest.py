@@ -8,7 +8,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from kit import Admin, Backends, OperatorProcess, chart_service_account_kubeconfig, make_admin
+from kit import CHART_RELEASE, Admin, Backends, OperatorProcess, chart_service_account_kubeconfig, make_admin
 
 
 @pytest.fixture(scope="session")
@@ -21,7 +21,9 @@ def operator_kubeconfig(bed_info: dict, trackop_crd: dict, kube_api) -> str:
 
 @pytest.fixture(scope="session")
 def operator(operator_kubeconfig: str) -> OperatorProcess:
-    proc = OperatorProcess(operator_kubeconfig, Path(tempfile.mkdtemp(prefix="trackop-operator-")))
+    # As the chart runs it: the webhook configurations owned by the chart's ClusterRole.
+    proc = OperatorProcess(operator_kubeconfig, Path(tempfile.mkdtemp(prefix="trackop-operator-")),
+                           base_args=["--webhook-owner-clusterrole", CHART_RELEASE])
     proc.start()
     yield proc
     proc.stop()

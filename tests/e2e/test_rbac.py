@@ -41,3 +41,12 @@ def test_what_the_chart_does_not_grant_is_refused(as_operator: client.ApiClient,
     with pytest.raises(client.ApiException) as refused:
         calls[action]()
     assert refused.value.status == 403, refused.value.reason
+
+
+def test_the_webhook_configurations_are_owned_by_the_charts_cluster_role(kube_api: client.ApiClient, operator):
+    role = client.RbacAuthorizationV1Api(kube_api).read_cluster_role("trackop")
+    admission = client.AdmissionregistrationV1Api(kube_api)
+    for config_ in (admission.read_mutating_webhook_configuration("trackop-injection"),
+                    admission.read_validating_webhook_configuration("trackop-validation")):
+        owners = [(o.kind, o.name, o.uid) for o in config_.metadata.owner_references or []]
+        assert owners == [("ClusterRole", "trackop", role.metadata.uid)]

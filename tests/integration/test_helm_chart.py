@@ -133,7 +133,8 @@ def test_default_render(helm: Path):
     assert c["image"] == f"ghcr.io/trackop/trackop:{APP_VERSION}"
     assert c["args"] == ["run", "--all-namespaces", "--health-address=0.0.0.0:8080",
                          "--metrics-address=0.0.0.0:9090", "--webhook-address=0.0.0.0:9443",
-                         "--webhook-service=tk-trackop-webhook", "--webhook-failure-policy=Ignore",
+                         "--webhook-service=tk-trackop-webhook", "--webhook-owner-clusterrole=tk-trackop",
+                         "--webhook-failure-policy=Ignore",
                          "--peering", "--peering-name=tk-trackop"]
     env = {e["name"]: e for e in c["env"]}
     assert env["TRACKOP_NAMESPACE"]["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.namespace"}}
@@ -173,7 +174,8 @@ def test_certmanager_render(helm: Path):
     c = container(objects)
     assert c["args"] == ["run", "--namespace=ml-team-a", "--namespace=ml-team-b", "--health-address=0.0.0.0:8080",
                          "--metrics-address=0.0.0.0:9102", "--webhook-address=0.0.0.0:9443",
-                         "--webhook-service=tk-trackop-webhook", "--webhook-failure-policy=Fail",
+                         "--webhook-service=tk-trackop-webhook", "--webhook-owner-clusterrole=tk-trackop",
+                         "--webhook-failure-policy=Fail",
                          "--webhook-cert-secret=tk-trackop-webhook-tls", "--peering", "--peering-name=tk-trackop",
                          "--verbose"]
     assert {e["name"]: e.get("value") for e in c["env"]}["TRACKOP_DRIFT_INTERVAL"] == "120"
@@ -280,6 +282,7 @@ DEFAULT_RULES = [
      ["create", "patch"]),
     (["admissionregistration.k8s.io"], ["validatingwebhookconfigurations"], [webhook.VALIDATING_NAME],
      ["create", "patch"]),
+    (["rbac.authorization.k8s.io"], ["clusterroles"], ["tk-trackop"], ["get"]),
     (["kopf.dev"], ["clusterkopfpeerings"], None, ["list", "watch"]),
     (["kopf.dev"], ["clusterkopfpeerings"], ["tk-trackop"], ["patch"]),
 ]
@@ -300,7 +303,10 @@ def test_rbac_has_no_wildcards_or_escalation(helm: Path, values: Path | None):
                 assert "*" not in rule.get(key, []), (role["metadata"]["name"], rule)
             assert not {"escalate", "bind", "impersonate", "deletecollection"} & set(rule["verbs"]), rule
             assert not ("namespaces" in rule["resources"] and "create" in rule["verbs"]), rule
-            assert not ({"clusterroles", "roles", "clusterrolebindings", "rolebindings"} & set(rule["resources"]))
+            rbac = {"clusterroles", "roles", "clusterrolebindings", "rolebindings"} & set(rule["resources"])
+            # Reading its own ClusterRole (the webhook configurations' owner) is all it may do with RBAC.
+            assert not rbac or (rbac == {"clusterroles"} and rule["verbs"] == ["get"]
+                                and rule.get("resourceNames") == [role["metadata"]["name"]]), rule
 
 
 # ---- the bed: server-side dry runs -------------------------------------------------------------
@@ -482,6 +488,8 @@ def test_the_operator_calls_work_as_its_service_account_and_nothing_more(
     assert can("create", "mutatingwebhookconfigurations", "admissionregistration.k8s.io", name=webhook.MUTATING_NAME)
     assert can("create", "validatingwebhookconfigurations", "admissionregistration.k8s.io",
                name=webhook.VALIDATING_NAME)
+    assert can("get", "clusterroles", "rbac.authorization.k8s.io", name=role)
+    assert not can("get", "clusterroles", "rbac.authorization.k8s.io", name="cluster-admin")
     assert can("list", "clusterkopfpeerings", "kopf.dev") and can("watch", "clusterkopfpeerings", "kopf.dev")
     assert can("patch", "clusterkopfpeerings", "kopf.dev", name=role)
 

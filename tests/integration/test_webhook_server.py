@@ -7,7 +7,12 @@ import json
 import ssl
 import threading
 import urllib.request
+import uuid
 
+import pytest
+from kubernetes import client
+
+from helpers import eventually
 from trackop import webhook, webhook_tls
 
 MUTATE_REVIEW = json.dumps({
@@ -61,3 +66,31 @@ def test_rotating_the_certificate_under_load_fails_no_handshake():
         server.stop()
     assert answered > 0
     assert not failures, f"{len(failures)} of {len(failures) + answered} requests failed: {failures[:3]}"
+
+
+@pytest.mark.bed
+def test_uninstalling_the_cluster_role_garbage_collects_the_webhook_configurations(kube_api):
+    """What `helm uninstall` relies on: the chart's ClusterRole goes, and kube-controller-
+    manager's garbage collector removes the configurations the operator made at runtime."""
+    rbac = client.RbacAuthorizationV1Api(kube_api)
+    admission = client.AdmissionregistrationV1Api(kube_api)
+    name = f"gc-{uuid.uuid4().hex[:8]}"
+    role = rbac.create_cluster_role(client.V1ClusterRole(metadata=client.V1ObjectMeta(name=name)))
+    mutating, validating = webhook.webhook_configurations(
+        "https://127.0.0.1:1", b"CA", failure_policy="Ignore", operator_namespace="trackop-system",
+        owner=(name, role.metadata.uid))
+    mutating["metadata"]["name"], validating["metadata"]["name"] = f"{name}-m", f"{name}-v"
+    admission.create_mutating_webhook_configuration(mutating)
+    admission.create_validating_webhook_configuration(validating)
+    rbac.delete_cluster_role(name)
+
+    def gone(read) -> bool:
+        try:
+            read()
+            return False
+        except client.ApiException as exc:
+            return exc.status == 404
+
+    eventually(lambda: gone(lambda: admission.read_mutating_webhook_configuration(f"{name}-m"))
+               and gone(lambda: admission.read_validating_webhook_configuration(f"{name}-v")),
+               "the garbage collector to delete both configurations", timeout=60)

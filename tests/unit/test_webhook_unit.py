@@ -74,3 +74,13 @@ def test_configurations_in_a_cluster_call_the_service_not_a_url():
         assert client_config["service"] == {"namespace": "ops", "name": "trackop-webhook", "port": 443,
                                             "path": path}
         assert client_config["caBundle"] == base64.b64encode(b"CA").decode()
+
+
+def test_configurations_owned_by_the_charts_cluster_role():
+    for config in webhook.webhook_configurations("https://x:1", b"CA", failure_policy="Ignore",
+                                                 operator_namespace="ops", owner=("trackop", "uid-1")):
+        assert config["metadata"]["ownerReferences"] == [{"apiVersion": "rbac.authorization.k8s.io/v1",
+                                                          "kind": "ClusterRole", "name": "trackop", "uid": "uid-1"}]
+    for config in webhook.webhook_configurations("https://x:1", b"CA", failure_policy="Ignore",
+                                                 operator_namespace="ops"):
+        assert "ownerReferences" not in config["metadata"]
