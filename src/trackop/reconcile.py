@@ -389,8 +389,12 @@ class Reconciler:
                              "spec.schema.mlflowVersion to the MLflow version that wrote it", 300) from None
         except schema.SchemaMigrationError as exc:
             raise StepFailed(cond.SCHEMA_READY, "MigrationFailed", cond.redact(str(exc), ctx.secrets), 30) from None
-        ctx.did("SchemaMigrated", f"migrated the MLflow schema from {result.before or 'empty'} to {result.after} "
-                                  f"in {result.seconds:.1f}s")
+        # Under the advisory lock the revision is read again: another reconcile of the same
+        # backend (the drift timer runs beside the handler) may have migrated it meanwhile,
+        # and then nothing moved and there is nothing to announce.
+        if result.before != result.after:
+            ctx.did("SchemaMigrated", f"migrated the MLflow schema from {result.before or 'empty'} to "
+                                      f"{result.after} in {result.seconds:.1f}s")
         return result.after, f"MLflow {spec.mlflow_version} schema at revision {result.after}"
 
     def _schema_by_job(self, ctx: _Context, current: str | None) -> tuple[str, str]:

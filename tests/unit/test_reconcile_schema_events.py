@@ -1,0 +1,30 @@
+"""The Inline schema step announces a migration only when the revision moved."""
+
+from __future__ import annotations
+
+from trackop import api, schema
+from trackop.reconcile import Reconciler, _Context
+
+SPEC = {"postgres": {"external": {"host": "db.example", "port": 5432, "adminSecretRef": {"name": "pg-admin"}}}}
+
+
+def _run_schema(monkeypatch, result: schema.MigrationResult) -> _Context:
+    monkeypatch.setattr(schema, "migrate", lambda url, **_: result)
+    ctx = _Context(api.parse("ns", "team", SPEC), {"metadata": {"uid": "u"}}, {})
+    revision, _ = Reconciler(kube=None)._schema(ctx, "pw", current=None)
+    assert revision == result.after
+    return ctx
+
+
+def test_a_migration_from_empty_is_one_event(monkeypatch):
+    ctx = _run_schema(monkeypatch, schema.MigrationResult(None, schema.head_revision(), 0.7))
+    assert [(reason, message.split(" in ")[0]) for _, reason, message in ctx.events] == [
+        ("SchemaMigrated", f"migrated the MLflow schema from empty to {schema.head_revision()}")]
+
+
+def test_no_event_when_another_reconcile_migrated_first(monkeypatch):
+    # The drift timer and the handler of one backend both saw no schema; the second to take
+    # the advisory lock found it at head and changed nothing: no "migrated from X to X".
+    head = schema.head_revision()
+    ctx = _run_schema(monkeypatch, schema.MigrationResult(head, head, 1.7))
+    assert ctx.events == []
