@@ -120,6 +120,13 @@ def classify_connect_error(exc: psycopg.OperationalError, server: ExternalServer
         "sslMode and network policy; trackop retries with backoff")
 
 
+def connection_lost(exc: psycopg.OperationalError, server: ExternalServer) -> ServerUnreachable:
+    """A session that broke after it connected (the server restarted or terminated it)."""
+    return ServerUnreachable(
+        f"lost the connection to PostgreSQL at {server.host}:{server.port} ({_cause(str(exc))}): "
+        "the server restarted or ended the session; trackop retries with backoff")
+
+
 def _cause(text: str) -> str:
     """libpq's first line ends with the cause ("... failed: Connection refused"); later lines are hints."""
     first = text.strip().splitlines()[0] if text.strip() else "no detail"

@@ -15,6 +15,8 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import psycopg
+
 from . import conditions as cond
 from . import artifacts, injection, manifests, postgres, schema, tuning
 from .api import BackendSpec
@@ -124,6 +126,11 @@ class Reconciler:
         except StepFailed as failure:
             return self._failed(ctx, done, failure)
         except postgres.PostgresError as error:
+            return self._failed(ctx, done, StepFailed(step_type, error.reason, error.message, 15))
+        except psycopg.OperationalError as exc:
+            # A session lost mid-step (a PostgreSQL restart): a condition and our backoff,
+            # not an unexpected exception that kopf retries only after a minute.
+            error = postgres.connection_lost(exc, spec.server)
             return self._failed(ctx, done, StepFailed(step_type, error.reason, error.message, 15))
 
     def _failed(self, ctx: _Context, done: list[Condition], failure: StepFailed) -> Outcome:
@@ -485,5 +492,8 @@ class Reconciler:
                 database = postgres.inspect_database(conn, spec.database)
                 summaries = postgres.apply(conn, postgres.plan_drop(spec, role, database))
         except postgres.PostgresError as error:
+            raise StepFailed(cond.READY, error.reason, cond.redact(error.message, ctx.secrets), 15) from None
+        except psycopg.OperationalError as exc:
+            error = postgres.connection_lost(exc, spec.server)
             raise StepFailed(cond.READY, error.reason, cond.redact(error.message, ctx.secrets), 15) from None
         return [("Normal", "Deleted", s) for s in summaries]
