@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import psycopg
+from kubernetes.client import ApiException
 
 from . import conditions as cond
 from . import artifacts, injection, manifests, postgres, schema, tuning
@@ -24,6 +25,15 @@ from .conditions import Condition
 from .kube import Kube
 
 log = logging.getLogger(__name__)
+
+
+def _refusal(exc: ApiException) -> str:
+    """The API server's own message for a refused object (its body is a Status)."""
+    try:
+        import json
+        return json.loads(exc.body)["message"]
+    except (TypeError, ValueError, KeyError):
+        return f"{exc.status} {exc.reason}"
 
 GENERATED_PASSWORD_BYTES = 32  # token_urlsafe(32): 43 characters
 
@@ -212,7 +222,8 @@ class Reconciler:
         ctx.secrets.update(values)
         return values, None
 
-    def _password(self, ctx: _Context, bucket_keys: tuple[str, ...] | None) -> tuple[str, dict[str, str]]:
+    def _password(self, ctx: _Context, bucket_keys: tuple[str, ...] | None,
+                  lost_race: bool = False) -> tuple[str, dict[str, str]]:
         """The role's password: the user's Secret, else the one already issued, else a new one.
 
         The connection Secret is written before the role gets the password, so a crash in
@@ -236,7 +247,14 @@ class Reconciler:
         ctx.secrets.add(password)
         body = manifests.connection_secret(spec, password, ctx.owner, bucket_keys)
         if existing is None:
-            self.kube.create_secret(body)
+            try:
+                self.kube.create_secret(body)
+            except ApiException as exc:
+                if exc.status != 409 or lost_race:
+                    raise
+                # Another reconcile of this backend (the drift timer runs beside the handler)
+                # created it between our read and our create: its password is the one.
+                return self._password(ctx, bucket_keys, lost_race=True)
             ctx.did("ConnectionSecretCreated", f"created Secret {spec.connection_secret}")
         elif any(existing.get(k) != v for k, v in body["stringData"].items()) or ctx.owner["metadata"]["uid"] not in owners:
             # Changed keys, or a Secret retained from an earlier backend of this name: adopt it.
@@ -412,7 +430,13 @@ class Reconciler:
         name = spec.migration_job
         job = self.kube.read_job(spec.namespace, name)
         if job is None:
-            self.kube.create_job(manifests.migration_job(spec, ctx.owner))
+            try:
+                self.kube.create_job(manifests.migration_job(spec, ctx.owner))
+            except ApiException as exc:
+                # An image the API server refuses (spec.schema.image is free text): say so, retry later.
+                raise StepFailed(cond.SCHEMA_READY, "MigrationJobRejected",
+                                 f"the API server refused Job {name}: {_refusal(exc)}; check spec.schema.image",
+                                 30) from None
             ctx.did("MigrationJobCreated", f"created Job {name} running mlflow db upgrade with {spec.migration_image}")
             raise StepFailed(cond.SCHEMA_READY, "Migrating", f"Job {name} is migrating the schema", 5)
         finished = {c.type: c for c in job.status.conditions or [] if c.status == "True"}
@@ -456,10 +480,18 @@ class Reconciler:
         """Service and Deployment; only reached once the schema is at the target head."""
         spec = ctx.spec
         server = spec.tracking_server
-        changed, _ = self.kube.apply(manifests.tracking_server_service(spec, ctx.owner))
-        if changed:
-            ctx.did("TrackingServerApplied", f"applied Service {spec.server_name}")
-        changed, deployment = self.kube.apply(manifests.tracking_server_deployment(spec, ctx.owner))
+        try:
+            changed, _ = self.kube.apply(manifests.tracking_server_service(spec, ctx.owner))
+            if changed:
+                ctx.did("TrackingServerApplied", f"applied Service {spec.server_name}")
+            changed, deployment = self.kube.apply(manifests.tracking_server_deployment(spec, ctx.owner))
+        except ApiException as exc:
+            # spec.server.resources is free-form and serviceAccountName and image are free
+            # text in the CRD: what the API server refuses in the Deployment is reported.
+            raise StepFailed(cond.SERVER_READY, "ServerRejected",
+                             f"the API server refused the tracking server's objects {spec.server_name}: "
+                             f"{_refusal(exc)}; check spec.server (resources, serviceAccountName, image)",
+                             30) from None
         if changed:
             ctx.did("TrackingServerApplied", f"applied Deployment {spec.server_name} ({server.image})")
         if server.replicas == 0:
