@@ -9,6 +9,7 @@ reason names the cause and whose message says the fix.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import secrets as random_secrets
 from collections.abc import Callable, Iterable, Mapping
@@ -30,7 +31,6 @@ log = logging.getLogger(__name__)
 def _refusal(exc: ApiException) -> str:
     """The API server's own message for a refused object (its body is a Status)."""
     try:
-        import json
         return json.loads(exc.body)["message"]
     except (TypeError, ValueError, KeyError):
         return f"{exc.status} {exc.reason}"
