@@ -7,6 +7,7 @@ which is check-first and so costs one short round of catalog reads on a converge
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import time
@@ -14,6 +15,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import kopf
+import urllib3
 from kubernetes import client, config
 
 from . import api, manifests, metrics, schema, webhook
@@ -94,6 +96,31 @@ def _parse(body: Mapping[str, Any]) -> api.BackendSpec:
     return api.parse(meta["namespace"], meta["name"], body.get("spec") or {})
 
 
+API_RETRY_DELAY = 5.0
+FORBIDDEN_RETRY_DELAY = 15.0
+
+
+def api_trouble(exc: BaseException) -> kopf.TemporaryError | None:
+    """A retry soon, rather than after kopf's 60 s default for unexpected exceptions, when the
+    API server did not answer (refused, reset, timed out), answered that it cannot serve yet
+    (5xx), or refused (403: a missing permission, or an API server that restarted and has not
+    loaded RBAC yet). No status can be written meanwhile; None for anything else."""
+    if isinstance(exc, urllib3.exceptions.HTTPError) or (
+            isinstance(exc, client.ApiException) and (exc.status or 0) >= 500):
+        return kopf.TemporaryError(f"the Kubernetes API is unreachable ({type(exc).__name__}): retrying",
+                                   delay=API_RETRY_DELAY)
+    if isinstance(exc, client.ApiException) and exc.status == 403:
+        try:
+            detail = json.loads(exc.body or "{}").get("message", "")
+        except ValueError:
+            detail = ""
+        return kopf.TemporaryError(
+            f"the Kubernetes API refused a request (403 Forbidden: {detail[:300] or exc.reason}): the "
+            "ServiceAccount lacks a permission the chart's ClusterRole grants, or the API server has "
+            "just restarted and not loaded RBAC yet; retrying", delay=FORBIDDEN_RETRY_DELAY)
+    return None
+
+
 def _write(outcome: Outcome, body: Mapping[str, Any], status: Mapping[str, Any], patch: kopf.Patch) -> None:
     generation = body["metadata"].get("generation", 0)
     merged = cond.merge(status.get("conditions"), outcome.conditions, generation)
@@ -126,8 +153,12 @@ def _run(handler: str, body: Mapping[str, Any], status: Mapping[str, Any], patch
         return outcome
     try:
         outcome = reconciler().reconcile(spec, body, status)
-    except Exception:
+    except Exception as exc:
         metrics.observe_reconcile(handler, "error", time.perf_counter() - started)
+        retry = api_trouble(exc)
+        if retry is not None:
+            # Backends converge within seconds of the API server coming back.
+            raise retry from None
         raise
     _write(outcome, body, status, patch)
     failure = None if outcome.ready else next(
@@ -225,5 +256,10 @@ def delete_backend(body: kopf.Body, patch: kopf.Patch, retry: int, **_: Any) -> 
         kopf.event(body, type="Warning", reason=failure.reason, message=failure.message)
         raise kopf.TemporaryError(failure.message, delay=min(failure.retry_after * 2 ** min(retry, 4),
                                                              MAX_RETRY_DELAY)) from None
+    except Exception as exc:
+        retry_soon = api_trouble(exc)
+        if retry_soon is not None:
+            raise retry_soon from None
+        raise
     for event_type, reason, message in events:
         kopf.event(body, type=event_type, reason=reason, message=message)

@@ -1,0 +1,67 @@
+"""A reconcile cut off by an API server outage is retried within seconds (kopf.TemporaryError
+with a short delay), not treated as an unexpected exception that kopf retries after 60 s."""
+
+from __future__ import annotations
+
+import kopf
+import pytest
+import urllib3
+from kubernetes import client
+
+from trackop import operator
+
+BODY = {"metadata": {"namespace": "ns", "name": "team", "generation": 1},
+        "spec": {"postgres": {"external": {"host": "db.example", "port": 5432, "adminSecretRef": {"name": "a"}}}}}
+
+
+class Failing:
+    def __init__(self, exc: BaseException) -> None:
+        self.exc = exc
+
+    def reconcile(self, *args):
+        raise self.exc
+
+
+@pytest.mark.parametrize("exc", [
+    urllib3.exceptions.MaxRetryError(None, "/api/v1/namespaces/ns/secrets/a", "Connection refused"),
+    urllib3.exceptions.ProtocolError("Connection aborted."),
+    client.ApiException(status=503, reason="Service Unavailable"),
+])
+def test_api_outage_is_a_short_temporary_error(monkeypatch, exc):
+    monkeypatch.setattr(operator, "_reconciler", Failing(exc))
+    with pytest.raises(kopf.TemporaryError) as raised:
+        operator._run("reconcile", BODY, {}, kopf.Patch())
+    assert raised.value.delay == operator.API_RETRY_DELAY < 60
+    assert "Kubernetes API is unreachable" in str(raised.value)
+
+
+def test_forbidden_is_retried_and_says_why(monkeypatch):
+    # An API server that has just restarted refuses the ServiceAccount until it has loaded RBAC.
+    exc = client.ApiException(status=403, reason="Forbidden")
+    exc.body = ('{"kind":"Status","message":"secrets \\"pg-admin\\" is forbidden: User '
+                '\\"system:serviceaccount:trackop-system:trackop\\" cannot get resource \\"secrets\\""}')
+    monkeypatch.setattr(operator, "_reconciler", Failing(exc))
+    with pytest.raises(kopf.TemporaryError) as raised:
+        operator._run("reconcile", BODY, {}, kopf.Patch())
+    assert raised.value.delay == operator.FORBIDDEN_RETRY_DELAY < 60
+    assert 'secrets "pg-admin" is forbidden' in str(raised.value) and "RBAC" in str(raised.value)
+
+
+@pytest.mark.parametrize("exc", [client.ApiException(status=404, reason="Not Found"),
+                                 client.ApiException(status=422, reason="Unprocessable"), KeyError("bug")])
+def test_other_errors_are_not_disguised(monkeypatch, exc):
+    monkeypatch.setattr(operator, "_reconciler", Failing(exc))
+    with pytest.raises(type(exc)):
+        operator._run("reconcile", BODY, {}, kopf.Patch())
+
+
+class FailingDelete:
+    def delete(self, *args):
+        raise urllib3.exceptions.MaxRetryError(None, "/api/v1/secrets", "Connection refused")
+
+
+def test_deletion_during_an_api_outage_is_retried_soon(monkeypatch):
+    monkeypatch.setattr(operator, "_reconciler", FailingDelete())
+    with pytest.raises(kopf.TemporaryError) as raised:
+        operator.delete_backend(body=BODY, patch=kopf.Patch(), retry=0)
+    assert raised.value.delay == operator.API_RETRY_DELAY
