@@ -61,7 +61,7 @@ BOOLEANS = ("spec.server.enabled", "spec.server.serveArtifacts", "spec.artifacts
 OBJECTS = (
     "spec.postgres", "spec.postgres.external", "spec.postgres.external.adminSecretRef", "spec.postgres.tuning",
     "spec.postgres.tuning.pool", "spec.schema", "spec.artifacts", "spec.artifacts.s3", "spec.server",
-    "spec.injection", "spec.injection.namespaceSelector",
+    "spec.injection", "spec.injection.namespaceSelector", "spec.server.resources",
 )
 ARRAYS = ("spec.server.allowedHosts",)
 # Required fields: dropping one must be refused (naming it or its object).
@@ -208,7 +208,8 @@ def bad_strings() -> st.SearchStrategy:
     values = st.one_of(
         unicode_text, huge_text,
         st.sampled_from(["", " ", "-1MB", "-5", "0kB", "1PB", "1 GB", "1.5GB", "8gb", "NaN", "0", "-1Gi",
-                         "127.0.0.1:5432", "postgres", "template1", "pg_admin", "public", "3.17", "v3.17.2",
+                         "127.0.0.1:5432", "postgres", "template1", "pg_admin", "public",
+                         "current_user", "none", ":::", "fe80::1%eth0", "mlflow_ok", "3.17", "v3.17.2",
                          "http://", "ftp://x", "a b", "A", "x;DROP ROLE postgres", "'--", "\x00", "\u202e"]),
     )
     return st.sampled_from(list(STRINGS)).flatmap(lambda p: _set("bad-string", p, values))
@@ -282,6 +283,17 @@ def _bad_selector(operator: str, values: Any) -> Mutation:
                                              {"matchExpressions": [expression]}))
 
 
+def bad_resources() -> st.SearchStrategy:
+    """``spec.server.resources`` is free-form in the CRD (x-kubernetes-preserve-unknown-fields):
+    what the API server then refuses in the Deployment must not break the operator."""
+    values = st.one_of(
+        st.sampled_from([{"limits": {"cpu": "lots"}}, {"requests": {"memory": "-1Gi"}},
+                         {"limits": {"memory": "1Gi"}, "requests": {"memory": "2Gi"}}, {"claims": "x"}]),
+        st.dictionaries(st.sampled_from(["limits", "requests", "other"]), json_values, min_size=1, max_size=2),
+    )
+    return _set("bad-resources", "spec.server.resources", values)
+
+
 def conflicts() -> st.SearchStrategy:
     return st.one_of(
         st.sampled_from(["gcs", "azure"]).map(_two_stores),
@@ -296,7 +308,7 @@ def conflicts() -> st.SearchStrategy:
 def mutations() -> st.SearchStrategy:
     """Any one bad edit."""
     return st.one_of(wrong_types(), out_of_range(), bad_enums(), bad_strings(), negative_sizes(),
-                     unknown_fields(), dropped_fields(), bad_metadata_names(), conflicts())
+                     unknown_fields(), dropped_fields(), bad_metadata_names(), conflicts(), bad_resources())
 
 
 # Edits of an existing object that the API must refuse: database and role are immutable.
