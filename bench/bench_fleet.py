@@ -209,6 +209,13 @@ class Postgres:
             out["sessions"] = float(conn.execute("SELECT sum(sessions) FROM pg_stat_database").fetchone()[0])
         return out
 
+    def track(self, what: str) -> None:
+        """pg_stat_statements.track (top or none), by ALTER SYSTEM and a reload."""
+        with self.connect() as conn:
+            conn.execute(sql.SQL("ALTER SYSTEM SET pg_stat_statements.track = {}").format(sql.Literal(what)))
+            conn.execute("SELECT pg_reload_conf()")
+        time.sleep(0.5)  # backends pick the reload up at their next command
+
     def top_statements(self, roles_like: str, limit: int = 12) -> list[tuple[str, float]]:
         with self.connect() as conn:
             return [(q, float(c)) for q, c in conn.execute(
@@ -428,6 +435,7 @@ class Fleet:
     label: str
     namespaces: list[str]
     n: int
+    prefix: str = "fb"  # names PREFIX-0000, ...: never reused (deletionPolicy Retain keeps a database)
     names: list[str] = field(default_factory=list)  # namespace/name
     t0: float = 0.0
     t_created: float = 0.0
@@ -455,7 +463,7 @@ def apply_fleet(custom: client.CustomObjectsApi, fleet: Fleet, pg: dict, timeout
     if fleet.watch.error:
         raise fleet.watch.error
     spec = backend_spec(pg)
-    jobs = [(fleet.namespaces[i % len(fleet.namespaces)], f"fb-{i:04d}") for i in range(fleet.n)]
+    jobs = [(fleet.namespaces[i % len(fleet.namespaces)], f"{fleet.prefix}-{i:04d}") for i in range(fleet.n)]
 
     def create(job: tuple[str, str]) -> None:
         ns, name = job
@@ -589,6 +597,12 @@ def main() -> None:
     parser.add_argument("--results", type=Path, default=ROOT / "bench" / "RESULTS.md")
     parser.add_argument("--no-write", action="store_true", help="print only")
     args = parser.parse_args()
+    # Stopped by a signal (also SIGINT, which a shell ignores in background jobs): clean up.
+    def interrupted(*_: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, interrupted)
+    signal.signal(signal.SIGINT, interrupted)
     n = args.backends
     run_id = uuid.uuid4().hex[:6]
     made_dir = not args.dir.exists()
@@ -647,8 +661,9 @@ def main() -> None:
 
         # Serial baseline: one backend at a time.
         singles = []
+        before_singles = pg.counters(pss)
         for i in range(args.singles):
-            one = Fleet(f"{run_id}-single{i}", [single_ns], 1)
+            one = Fleet(f"{run_id}-single{i}", [single_ns], 1, prefix=f"single{i}")
             apply_fleet(custom, one, info["postgres"], 120)
             singles.append(one.t_ready - one.t0)
             name = one.names[0].split("/")[1]
@@ -660,6 +675,14 @@ def main() -> None:
                 time.sleep(0.2)
             print(f"single #{i + 1}: apply -> Ready {singles[-1]:.2f} s", flush=True)
         result["singles"] = singles
+        after_singles = pg.counters(pss)
+        result["single_statements"] = ((after_singles["calls"] - before_singles["calls"]) / len(singles)
+                                       if pss and singles else None)
+        # Not during the fleet's provisioning: N × ~800 new (role, database, statement) entries
+        # would evict one another (each eviction sorts the whole table under a lock) and slow
+        # PostgreSQL down for the measurement. Statements per backend come from the singles.
+        if pss:
+            pg.track("none")
         time.sleep(2)
 
         # The fleet.
@@ -673,8 +696,10 @@ def main() -> None:
             time.sleep(1)
         s0 = snapshot(operator.pid, pids, pg, pss, api, metrics_port, core, ours)
         print(f"applying {n}; load {load()}", flush=True)
-        apply_fleet(custom, fleet, info["postgres"], max(600, 4 * n))
+        apply_fleet(custom, fleet, info["postgres"], max(600, 6 * n))
         s1 = snapshot(operator.pid, pids, pg, pss, api, metrics_port, core, ours)
+        if pss:
+            pg.track("top")
         spy_cpu = None
         if spy is not None:
             spy.send_signal(signal.SIGINT)
@@ -870,7 +895,8 @@ def report(args: argparse.Namespace, r: dict) -> None:
         f"| API requests per backend, provisioning | **{sum(prov_api.values()) / n:.1f}** "
         f"({breakdown(prov_api, n)}) | — | |",
         "| PostgreSQL per backend, provisioning | "
-        + (f"{prov.statements / n:.0f} statements, " if prov.statements is not None else "")
+        + (f"{r['single_statements']:.0f} statements (pg_stat_statements, the single backends; off during "
+           "the fleet), " if r.get("single_statements") is not None else "")
         + f"{prov.xacts / n:.0f} commits, {prov.sessions / n:.1f} sessions | — | |",
         f"| CPU per backend, provisioning | operator {prov.op_cpu / n:.2f} s, PostgreSQL {prov.pg_cpu / n:.2f} s, "
         f"kube-apiserver {prov.api_cpu / n:.3f} s, etcd {prov.etcd_cpu / n:.3f} s | — | |",
