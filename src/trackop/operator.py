@@ -188,7 +188,14 @@ def check_drift(body: kopf.Body, status: kopf.Status, patch: kopf.Patch, **_: An
     _run("drift", body, status, patch)
     spec = _specs.get((body["metadata"]["namespace"], body["metadata"]["name"]))
     if spec is not None:
-        for event_type, reason, message in reconciler().missed_injections(spec):
+        try:
+            missed = reconciler().missed_injections(spec)
+        except Exception as exc:
+            retry_soon = api_trouble(exc)
+            if retry_soon is not None:
+                raise retry_soon from None
+            raise
+        for event_type, reason, message in missed:
             kopf.event(body, type=event_type, reason=reason, message=message)
 
 

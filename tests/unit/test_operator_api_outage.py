@@ -65,3 +65,23 @@ def test_deletion_during_an_api_outage_is_retried_soon(monkeypatch):
     with pytest.raises(kopf.TemporaryError) as raised:
         operator.delete_backend(body=BODY, patch=kopf.Patch(), retry=0)
     assert raised.value.delay == operator.API_RETRY_DELAY
+
+
+class ListingForbidden:
+    """The drift check's reconcile succeeds; listing pods for missed injections is refused."""
+
+    def reconcile(self, *args):
+        from trackop.reconcile import Outcome
+
+        return Outcome([])
+
+    def missed_injections(self, spec):
+        raise client.ApiException(status=403, reason="Forbidden")
+
+
+def test_the_missed_injection_check_is_retried_soon_too(monkeypatch):
+    monkeypatch.setattr(operator, "_reconciler", ListingForbidden())
+    monkeypatch.setitem(operator._specs, ("ns", "team"), operator._parse(BODY))
+    with pytest.raises(kopf.TemporaryError) as raised:
+        operator.check_drift(body=BODY, status={}, patch=kopf.Patch())
+    assert raised.value.delay == operator.FORBIDDEN_RETRY_DELAY
