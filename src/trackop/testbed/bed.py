@@ -13,6 +13,7 @@ kubeconfig): then only PostgreSQL and the object stores are started here.
 from __future__ import annotations
 
 import base64
+import dataclasses
 import json
 import os
 import pwd
@@ -203,13 +204,20 @@ class Testbed:
         if still:
             raise RuntimeError(f"ports still listening after down: {', '.join(still)}")
 
-    def stop_component(self, name: str) -> None:
-        """Stop one part (for fault tests: a PostgreSQL or API server outage)."""
+    def stop_component(self, name: str, sig: int | None = None) -> None:
+        """Stop one part (for fault tests: a PostgreSQL or API server outage), with its own
+        stop signal or ``sig`` (SIGKILL: a crash)."""
         state = self._require_state()
         record = state.processes.pop(name, None)
         if record is not None:
-            stop(record)
+            stop(dataclasses.replace(record, stop_signal=sig) if sig is not None else record)
         self._save_state(state)
+
+    def restart_component(self, name: str, sig: int | None = None) -> None:
+        """Stop one part and start it again with the same arguments, port, data and
+        certificates (clients' kubeconfigs and URLs stay valid); wait until it is ready."""
+        self.stop_component(name, sig)
+        self.start_component(name)
 
     def start_component(self, name: str) -> None:
         """Start one stopped part again on its old port and data, and wait until it is ready."""
