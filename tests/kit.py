@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import json
 import os
 import secrets
 import subprocess
@@ -24,6 +25,13 @@ from trackop.testbed.procs import free_ports
 GROUP, VERSION, PLURAL = "trackop.dev", "v1alpha1", "trackingbackends"
 DRIFT_INTERVAL = 3  # seconds: short, so drift repair is observable within a test
 
+# For the session's secret sweep (tests/e2e/test_zz_secret_sweep.py): every operator log,
+# every admin password generated, and what each test's namespaces held before deletion.
+OPERATOR_LOGS: list[Path] = []
+ADMIN_PASSWORDS: list[str] = []
+SWEEP_SECRETS: dict[str, str] = {}        # secret value -> where it was found (never printed)
+SWEEP_HAYSTACKS: list[tuple[str, str]] = []  # (where, text): Events and statuses, as the session went
+
 
 class OperatorProcess:
     """``trackop run --all-namespaces`` in a subprocess; its log is kept for leak checks."""
@@ -34,6 +42,7 @@ class OperatorProcess:
         self.webhook = webhook
         self.base_args = base_args or []  # kept across restarts, unlike extra_args
         self.log_path = log_dir / "operator.log"
+        OPERATOR_LOGS.append(self.log_path)
         self.process: subprocess.Popen | None = None
         self.port = 0
         # The admission webhooks, on a loopback port of their own for the whole session.
@@ -120,6 +129,7 @@ class Admin:
 def make_admin(superuser_conn: psycopg.Connection, *attributes: str) -> Admin:
     """A real platform admin role: not a superuser, with the attributes given."""
     admin = Admin(f"adm_{uuid.uuid4().hex[:8]}", secrets.token_urlsafe(18))
+    ADMIN_PASSWORDS.append(admin.password)
     superuser_conn.execute(sql.SQL("CREATE ROLE {} LOGIN PASSWORD {} {}").format(
         sql.Identifier(admin.user), sql.Literal(admin.password), sql.SQL(" ".join(attributes))))
     return admin
@@ -210,6 +220,67 @@ def assert_no_secret_leaks(secrets_: list[str], operator: OperatorProcess, backe
             assert secret not in text, f"a secret leaked into the {where}"
 
 
+# Keys whose values are credentials, in any Secret (connection Secrets, admin and password
+# Secrets, bucket keys, the webhook's certificates). Other keys (PGHOST, PGUSER, tls.crt,
+# URIs without userinfo) hold what status and Events may name.
+SECRET_KEY_PATTERN = ("PASSWORD", "SECRET", "ACCESSKEY", "ACCESS_KEY", "ACCOUNTKEY", "ACCOUNT_KEY", "PRIVATE",
+                      "TOKEN", "CONNECTION_STRING", "SERVICEACCOUNTKEY", ".KEY", "ACCESSKEYID")
+
+
+def is_secret_key(key: str) -> bool:
+    upper = key.upper()
+    return any(part in upper for part in SECRET_KEY_PATTERN) or upper in ("KEY", "TLS.KEY", "CA.KEY")
+
+
+def record_secrets(secrets_list: list[client.V1Secret], where: str) -> None:
+    """Remember the credential values of these Secrets (decoded) for the session's sweep."""
+    for secret in secrets_list:
+        for key, value in (secret.data or {}).items():
+            if not is_secret_key(key):
+                continue
+            try:
+                decoded = base64.b64decode(value).decode()
+            except (ValueError, UnicodeDecodeError):
+                continue
+            SWEEP_SECRETS.setdefault(decoded, f"{where}: Secret {secret.metadata.namespace}/{secret.metadata.name} "
+                                              f"key {key}")
+
+
+def events_text(kube_api: client.ApiClient, namespace: str | None = None) -> list[tuple[str, str]]:
+    """(where, text) of every Event (core/v1 message and events.k8s.io/v1 note, with reasons)."""
+    core, events = client.CoreV1Api(kube_api), client.EventsV1Api(kube_api)
+    listed = core.list_namespaced_event(namespace) if namespace else core.list_event_for_all_namespaces()
+    found = [(f"Event {e.metadata.namespace}/{e.metadata.name}",
+              f"{e.reason} {e.message} {e.involved_object.kind}/{e.involved_object.name}") for e in listed.items]
+    # Raw JSON: the client's EventsV1Event model refuses events without eventTime (kopf's).
+    response = (events.list_namespaced_event(namespace, _preload_content=False) if namespace
+                else events.list_event_for_all_namespaces(_preload_content=False))
+    found += [(f"Event {e['metadata'].get('namespace')}/{e['metadata']['name']}",
+               f"{e.get('reason')} {e.get('note')}") for e in json.loads(response.data)["items"]]
+    return found
+
+
+def backend_statuses(kube_api: client.ApiClient, namespace: str | None = None) -> list[tuple[str, str]]:
+    custom = client.CustomObjectsApi(kube_api)
+    listed = (custom.list_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL) if namespace
+              else custom.list_cluster_custom_object(GROUP, VERSION, PLURAL))
+    return [(f"TrackingBackend {o['metadata']['namespace']}/{o['metadata']['name']} status",
+             repr(o.get("status"))) for o in listed["items"]]
+
+
+def snapshot_for_sweep(kube_api: client.ApiClient, namespace: str, test: str) -> None:
+    """Before a test's namespace is deleted: its Events, TrackingBackend statuses and Secrets,
+    and the webhook's certificate Secret (it rotates)."""
+    core = client.CoreV1Api(kube_api)
+    where = f"after {test}"
+    SWEEP_HAYSTACKS.extend((f"{w} ({where})", text) for w, text in events_text(kube_api, namespace))
+    SWEEP_HAYSTACKS.extend((f"{w} ({where})", text) for w, text in backend_statuses(kube_api, namespace))
+    record_secrets(core.list_namespaced_secret(namespace).items, where)
+    record_secrets([s for s in core.list_namespaced_secret(WEBHOOK_NAMESPACE).items
+                    if s.metadata.name == WEBHOOK_CERT_SECRET], where)
+
+
+WEBHOOK_NAMESPACE, WEBHOOK_CERT_SECRET = "trackop-system", "trackop-webhook-certs"
 CHART = Path(__file__).resolve().parents[1] / "deploy" / "helm" / "trackop"
 CHART_RELEASE = "trackop"  # fullname "trackop": ServiceAccount, ClusterRole and peering object
 

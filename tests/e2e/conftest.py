@@ -8,6 +8,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
+import kit
 from kit import CHART_RELEASE, Admin, Backends, OperatorProcess, chart_service_account_kubeconfig, make_admin
 
 
@@ -48,3 +49,22 @@ def admin(superuser_conn: psycopg.Connection) -> Admin:
 @pytest.fixture
 def backends(kube_api, namespace: str, bed_info: dict, operator: OperatorProcess) -> Backends:
     return Backends(kube_api, namespace, bed_info)
+
+
+# Fixtures whose namespaces are deleted when they are torn down.
+_NAMESPACE_FIXTURES = ("namespace", "other_namespace")
+
+
+@pytest.fixture(autouse=True)
+def record_for_secret_sweep(request: pytest.FixtureRequest):
+    """After each test, before its namespaces are deleted: their Events, TrackingBackend
+    statuses and Secrets, for tests/e2e/test_zz_secret_sweep.py.
+
+    The namespace fixtures are requested here, during this fixture's setup, so they are
+    torn down after it (pytest tears down in reverse order of setup): the snapshot sees the
+    namespace before its deletion starts."""
+    namespaces = [request.getfixturevalue(name) for name in _NAMESPACE_FIXTURES if name in request.fixturenames]
+    kube_api = request.getfixturevalue("kube_api") if namespaces else None
+    yield
+    for name in namespaces:
+        kit.snapshot_for_sweep(kube_api, name, request.node.nodeid)

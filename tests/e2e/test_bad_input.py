@@ -25,6 +25,7 @@ from hypothesis import strategies as st
 from kubernetes import client
 from psycopg import sql
 
+import kit
 from helpers import eventually
 from kit import GROUP, PLURAL, VERSION, Admin, Backends, OperatorProcess
 from spec_mutations import Mutation, conflicts, extras_sets, full_spec, immutable_changes, mutations, unknown_fields
@@ -145,6 +146,9 @@ class Bench:
 
     def cleanup(self, name: str) -> None:
         """Delete the backend and what it made: database, role, connection Secret."""
+        # The session's secret sweep looks for this example's password too.
+        kit.record_secrets(self.backends.core.list_namespaced_secret(self.backends.namespace).items,
+                           f"bad input example {name}")
         obj = self.backends.get(name)
         if obj is not None:
             conditions = {c["type"]: c["status"] for c in (obj.get("status") or {}).get("conditions", [])}

@@ -1,0 +1,91 @@
+"""The session's secret sweep: no password or key known to this test session appears in any
+operator log, any Event or any TrackingBackend status.
+
+The name sorts last: the collection hook (tests/conftest.py) orders the tiers unit,
+integration, e2e and keeps file order within a tier, so this runs after every other e2e
+test (tests/unit/test_secret_sweep_order.py checks that). Tests delete their namespaces, so
+tests/e2e/conftest.py snapshots each test's Events, statuses and Secrets before the
+namespace goes (kit.SWEEP_HAYSTACKS, kit.SWEEP_SECRETS); this test adds what is on the bed
+now, across all namespaces.
+
+Secrets: the bed's PostgreSQL superuser password and its S3 and Azure keys; every admin
+password kit.make_admin generated; the credential keys (kit.is_secret_key: passwords, access
+and account keys, private keys, connection strings) of every Secret seen, trackop's
+connection Secrets and copies, the admin and password Secrets the tests made, and the
+webhook's certificate Secret (tls.key, ca.key: each line of the PEM body too). Host, port,
+user and database names and certificates are not secrets: status names them on purpose.
+Each is searched as is, URL-encoded and base64-encoded. Values shorter than 8 characters
+are skipped: too likely to appear by chance (a password of 'secret' matches the word).
+"""
+
+from __future__ import annotations
+
+import base64
+from urllib.parse import quote
+
+import pytest
+from kubernetes import client
+
+import kit
+from trackop import api
+
+pytestmark = pytest.mark.bed
+
+MIN_LENGTH = 8
+MANAGED_BY_SELECTOR = f"{api.MANAGED_BY_LABEL}={api.MANAGED_BY}"
+
+
+def _forms(secret: str) -> dict[str, str]:
+    forms = {"as is": secret, "URL-encoded": quote(secret, safe=""),
+             "base64": base64.b64encode(secret.encode()).decode()}
+    if "PRIVATE KEY-----" in secret:
+        # A PEM key: any line of its body would give it away.
+        for number, line in enumerate(l for l in secret.splitlines() if l and not l.startswith("-----")):
+            forms[f"line {number + 1} of the PEM body"] = line
+    return {name: form for name, form in forms.items() if len(form) >= MIN_LENGTH}
+
+
+def _bed_secrets(bed_info: dict) -> dict[str, str]:
+    found = {bed_info["postgres"]["password"]: "the bed's PostgreSQL superuser password",
+             bed_info["s3"]["access_key"]: "the bed's S3 access key",
+             bed_info["s3"]["secret_key"]: "the bed's S3 secret key"}
+    azure = bed_info.get("azure") or {}
+    if azure.get("key"):
+        found[azure["key"]] = "the bed's Azure account key"
+    for key, value in (bed_info.get("gcs") or {}).items():
+        if kit.is_secret_key(key) and isinstance(value, str):
+            found[value] = f"the bed's GCS {key}"
+    return found
+
+
+def test_no_secret_of_the_session_in_logs_events_or_status(bed_info: dict, kube_api: client.ApiClient):
+    core = client.CoreV1Api(kube_api)
+    # What is on the bed now, besides what the tests' namespaces held before deletion.
+    kit.record_secrets(core.list_secret_for_all_namespaces(label_selector=MANAGED_BY_SELECTOR).items,
+                       "at the end (trackop-managed)")
+    kit.record_secrets(core.list_secret_for_all_namespaces().items, "at the end")
+    secrets = {**kit.SWEEP_SECRETS, **_bed_secrets(bed_info),
+               **{p: f"admin password #{i + 1} from kit.make_admin" for i, p in enumerate(kit.ADMIN_PASSWORDS)}}
+
+    haystacks = list(kit.SWEEP_HAYSTACKS)
+    haystacks += kit.events_text(kube_api)
+    haystacks += kit.backend_statuses(kube_api)
+    for path in dict.fromkeys(kit.OPERATOR_LOGS):
+        if path.exists():
+            haystacks.append((f"operator log {path}", path.read_text(errors="replace")))
+
+    skipped = sorted(where for secret, where in secrets.items() if len(secret) < MIN_LENGTH)
+    if skipped:
+        print(f"skipped as shorter than {MIN_LENGTH} characters (too likely to appear by chance): {skipped}")
+    leaks = []
+    for secret, source in secrets.items():
+        if len(secret) < MIN_LENGTH:
+            continue
+        for form_name, form in _forms(secret).items():
+            for where, text in haystacks:
+                if form in text:
+                    leaks.append(f"{source} ({form_name}) in {where}")
+    print("secrets swept for (values not shown):\n  " + "\n  ".join(sorted(set(secrets.values()))))
+    print(f"swept {len(secrets) - len(skipped)} secrets over {len(haystacks)} haystacks "
+          f"({len(kit.OPERATOR_LOGS)} operator logs, {len(kit.SWEEP_HAYSTACKS)} snapshots)")
+    assert not leaks, "secrets leaked (values not shown):\n" + "\n".join(sorted(set(leaks)))
