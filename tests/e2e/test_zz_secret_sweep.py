@@ -45,6 +45,25 @@ def _forms(secret: str) -> dict[str, str]:
     return {name: form for name, form in forms.items() if len(form) >= MIN_LENGTH}
 
 
+def find_leaks(secrets: dict[str, str], haystacks: list[tuple[str, str]]) -> list[str]:
+    """'<source> (<form>) in <where>' for every secret of at least MIN_LENGTH characters found."""
+    leaks = []
+    for secret, source in secrets.items():
+        if len(secret) < MIN_LENGTH:
+            continue
+        for form_name, form in _forms(secret).items():
+            leaks += [f"{source} ({form_name}) in {where}" for where, text in haystacks if form in text]
+    return sorted(set(leaks))
+
+
+def test_the_sweep_finds_a_planted_secret_in_each_form():
+    planted = "pl@nted/secret+value"
+    haystacks = [("log", f"x {planted} y"), ("event", f"uri postgresql://u:{quote(planted, safe='')}@h/db"),
+                 ("status", base64.b64encode(planted.encode()).decode()), ("clean", "nothing here")]
+    assert find_leaks({planted: "planted", "short": "too short"}, haystacks) == [
+        "planted (URL-encoded) in event", "planted (as is) in log", "planted (base64) in status"]
+
+
 def _bed_secrets(bed_info: dict) -> dict[str, str]:
     found = {bed_info["postgres"]["password"]: "the bed's PostgreSQL superuser password",
              bed_info["s3"]["access_key"]: "the bed's S3 access key",
@@ -77,15 +96,8 @@ def test_no_secret_of_the_session_in_logs_events_or_status(bed_info: dict, kube_
     skipped = sorted(where for secret, where in secrets.items() if len(secret) < MIN_LENGTH)
     if skipped:
         print(f"skipped as shorter than {MIN_LENGTH} characters (too likely to appear by chance): {skipped}")
-    leaks = []
-    for secret, source in secrets.items():
-        if len(secret) < MIN_LENGTH:
-            continue
-        for form_name, form in _forms(secret).items():
-            for where, text in haystacks:
-                if form in text:
-                    leaks.append(f"{source} ({form_name}) in {where}")
+    leaks = find_leaks(secrets, haystacks)
     print("secrets swept for (values not shown):\n  " + "\n  ".join(sorted(set(secrets.values()))))
     print(f"swept {len(secrets) - len(skipped)} secrets over {len(haystacks)} haystacks "
           f"({len(kit.OPERATOR_LOGS)} operator logs, {len(kit.SWEEP_HAYSTACKS)} snapshots)")
-    assert not leaks, "secrets leaked (values not shown):\n" + "\n".join(sorted(set(leaks)))
+    assert not leaks, "secrets leaked (values not shown):\n" + "\n".join(leaks)

@@ -59,3 +59,17 @@ def test_parse_of_any_json_value_as_spec(spec):
         api.parse("team-ns", "team-a", spec if isinstance(spec, dict) else {"postgres": spec})
     except api.SpecError as error:
         assert str(error).startswith(f"{error.field}: ")
+
+
+@settings(SETTINGS, max_examples=200)
+@given(extras=extras_sets, edits=st.lists(mutations(), min_size=1, max_size=2))
+def test_the_validating_webhook_answers_every_mutated_spec_naming_the_field(extras, edits):
+    # An exception in the webhook is a 400 to the API server, which with failurePolicy
+    # Ignore admits the object: every spec must get an answer.
+    from trackop import webhook
+
+    obj = {"metadata": {"name": "team-a", "namespace": "team-ns"}, "spec": full_spec("127.0.0.1", 5432, extras=extras)}
+    for edit in edits:
+        edit.apply(obj)
+    allowed, message = webhook.validate_backend(obj, webhook.Index())
+    assert allowed or message.startswith(("spec", "metadata.name")), message
