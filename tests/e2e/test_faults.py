@@ -1,11 +1,16 @@
 """Faults while backends provision: the operator SIGKILLed, PostgreSQL restarted, the API
 server restarted, a migration interrupted halfway. Each test ends with every backend
 Ready, the connection Secrets' passwords unchanged (and working), no orphaned or extra
-role or database, and one migration per database (alembic_version: one row, at head,
-written by exactly one Alembic run)."""
+role or database, one migration per database (alembic_version: one row, at head, written
+by exactly one Alembic run), and no failure in the operator's log that it did not turn into
+a condition or a short retry.
+
+The operator is the session's one OperatorProcess (a second would fight it over the
+backends): these tests kill and restart that one and always leave it running."""
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import random
@@ -46,8 +51,6 @@ def ready(backends: Backends) -> set[str]:
 
 def passwords(backends: Backends) -> dict[str, str]:
     """Backend name -> PGPASSWORD of every connection Secret in the namespace now."""
-    import base64
-
     found = {}
     for secret in backends.core.list_namespaced_secret(backends.namespace).items:
         name = secret.metadata.name
@@ -141,7 +144,7 @@ def ensure_running(operator: OperatorProcess) -> None:
 
 # ---- 1. the operator SIGKILLed while a fleet provisions -----------------------------------
 
-@pytest.mark.parametrize("seed", [1, 2, 3])
+@pytest.mark.parametrize("seed", [1, 2])  # two kill patterns: ~16 and ~4 Ready at the second kill
 def test_operator_sigkilled_while_a_fleet_provisions(seed: int, backends: Backends, admin: Admin,
                                                      operator: OperatorProcess, bed_info: dict):
     rng = random.Random(seed)
