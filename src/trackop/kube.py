@@ -62,8 +62,13 @@ class Kube:
         if not any(r.uid == owner_uid for r in secret.metadata.owner_references or []):
             return False
         # Strategic merge: ownerReferences merge by uid, so this removes only that entry.
-        self.core.patch_namespaced_secret(
-            name, namespace, {"metadata": {"ownerReferences": [{"$patch": "delete", "uid": owner_uid}]}})
+        try:
+            self.core.patch_namespaced_secret(
+                name, namespace, {"metadata": {"ownerReferences": [{"$patch": "delete", "uid": owner_uid}]}})
+        except client.ApiException as exc:
+            if exc.status == 404:  # deleted since the read (its namespace is going): nothing to keep
+                return False
+            raise
         return True
 
     # ---- Jobs ------------------------------------------------------------------------
