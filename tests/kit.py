@@ -305,6 +305,10 @@ def chart_service_account_kubeconfig(kube_api: client.ApiClient, admin_kubeconfi
     wanted = [o for o in objects if o["kind"] in ("ServiceAccount", "ClusterRole", "ClusterRoleBinding",
                                                   "ClusterKopfPeering")]
     assert {o["kind"] for o in wanted} >= {"ServiceAccount", "ClusterRole", "ClusterRoleBinding"}
+    from trackop.install import install_crd
+
+    for crd in yaml.safe_load_all((CHART / "crds" / "kopf.dev_peerings.yaml").read_text()):
+        install_crd(kube_api, manifest=crd)  # the ClusterKopfPeering below needs its CRD served
     dynamic = DynamicClient(kube_api)
     for body in wanted:
         resource = dynamic.resources.get(api_version=body["apiVersion"], kind=body["kind"])

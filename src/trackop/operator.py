@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import threading
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -42,6 +43,8 @@ _injection: InjectionService | None = None
 INDEX = webhook.Index()
 _specs: dict[tuple[str, str], api.BackendSpec] = {}
 _namespace_labels: dict[str, dict[str, str]] = {}
+_locks: dict[tuple[str, str], threading.Lock] = {}
+_locks_guard = threading.Lock()
 
 
 def _api_client() -> client.ApiClient:
@@ -89,6 +92,15 @@ def configure(settings: kopf.OperatorSettings, logger: logging.Logger, **_: Any)
         _injection.start()
         logger.info("admission webhooks served on %s (failurePolicy %s)", WEBHOOK_ADDRESS, WEBHOOK_FAILURE_POLICY)
     logger.info("trackop ready: MLflow %s bundled, drift interval %.0fs", schema.BUNDLED_MLFLOW_VERSION, DRIFT_INTERVAL)
+
+
+def _lock_for(body: Mapping[str, Any]) -> threading.Lock:
+    """One reconcile per backend at a time: kopf runs the drift timer next to the change
+    handlers of the same object, and two reconciles would race to create the same Secret
+    or migrate the same database (each is safe, but noisy and slower)."""
+    key = (body["metadata"]["namespace"], body["metadata"]["name"])
+    with _locks_guard:
+        return _locks.setdefault(key, threading.Lock())
 
 
 def _parse(body: Mapping[str, Any]) -> api.BackendSpec:
@@ -172,7 +184,8 @@ def _run(handler: str, body: Mapping[str, Any], status: Mapping[str, Any], patch
 @kopf.on.create(api.GROUP, api.VERSION, api.PLURAL)
 @kopf.on.update(api.GROUP, api.VERSION, api.PLURAL, field="spec")
 def reconcile_backend(body: kopf.Body, status: kopf.Status, patch: kopf.Patch, retry: int, **_: Any) -> None:
-    outcome = _run("reconcile", body, status, patch)
+    with _lock_for(body):
+        outcome = _run("reconcile", body, status, patch)
     if outcome.retry_after is not None:
         factor = 2 ** min(retry, 4) if outcome.backoff else 1
         delay = min(outcome.retry_after * factor, MAX_RETRY_DELAY)
@@ -185,7 +198,13 @@ def reconcile_backend(body: kopf.Body, status: kopf.Status, patch: kopf.Patch, r
 def check_drift(body: kopf.Body, status: kopf.Status, patch: kopf.Patch, **_: Any) -> None:
     if body["metadata"].get("deletionTimestamp"):
         return
-    _run("drift", body, status, patch)
+    lock = _lock_for(body)
+    if not lock.acquire(blocking=False):
+        return  # a change handler is reconciling this backend right now; the next interval checks
+    try:
+        _run("drift", body, status, patch)
+    finally:
+        lock.release()
     spec = _specs.get((body["metadata"]["namespace"], body["metadata"]["name"]))
     if spec is not None:
         try:
@@ -226,6 +245,9 @@ def track_backend(event: kopf.RawEvent, body: kopf.Body, **_: Any) -> None:
         spec = None
     if event["type"] == "DELETED" or spec is None:
         _specs.pop(key, None)
+        if event["type"] == "DELETED":
+            with _locks_guard:
+                _locks.pop(key, None)
     else:
         _specs[key] = spec
 
@@ -258,7 +280,8 @@ def delete_backend(body: kopf.Body, patch: kopf.Patch, retry: int, **_: Any) -> 
     except api.SpecError:
         return  # nothing was ever provisioned from an invalid spec
     try:
-        events = reconciler().delete(spec, body)
+        with _lock_for(body):
+            events = reconciler().delete(spec, body)
     except StepFailed as failure:
         kopf.event(body, type="Warning", reason=failure.reason, message=failure.message)
         raise kopf.TemporaryError(failure.message, delay=min(failure.retry_after * 2 ** min(retry, 4),

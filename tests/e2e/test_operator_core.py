@@ -154,8 +154,16 @@ def test_rotating_the_own_password_secret_updates_role_and_connection_secret(bac
     backends.secret("own", {"password": "second-password-0123456789"})
     eventually(lambda: backends.connection_secret("rotating")["PGPASSWORD"] == "second-password-0123456789",
                "the connection Secret to follow the rotation", timeout=30)
-    with connect_as(backends.connection_secret("rotating")) as conn:
-        assert conn.execute("SELECT current_user").fetchone()[0].startswith("mlflow_")
+
+    # The Secret is written first (a password is never only in the role), the role right after.
+    def logs_in() -> bool:
+        try:
+            with connect_as(backends.connection_secret("rotating")) as conn:
+                return conn.execute("SELECT current_user").fetchone()[0].startswith("mlflow_")
+        except psycopg.OperationalError:
+            return False
+
+    eventually(logs_in, "the role to take the rotated password", timeout=30)
 
 
 def test_admin_secret_missing_then_created(backends: Backends, admin: Admin):
