@@ -860,6 +860,8 @@ def report(args: argparse.Namespace, r: dict) -> None:
     handler_sum = m.get('trackop_reconcile_duration_seconds_sum{handler="reconcile"}', 0)
     handler_count = m.get('trackop_reconcile_duration_seconds_count{handler="reconcile"}', 0) or 1
     drifts = sum(v for k, v in mi.items() if k.startswith('trackop_reconciles_total{handler="drift"'))
+    prov_drifts = sum(v for k, v in m.items() if k.startswith('trackop_reconciles_total{handler="drift"'))
+    idle_reconciles = sum(v for k, v in mi.items() if k.startswith('trackop_reconciles_total{handler="reconcile"'))
     drift_sum = mi.get('trackop_reconcile_duration_seconds_sum{handler="drift"}', 0)
     held, held_cpu = m.get("bench_alembic_lock_held_seconds_total", 0), m.get("bench_alembic_lock_held_cpu_seconds_total", 0)
     waited, taken = m.get("bench_alembic_lock_wait_seconds_total", 0), m.get("bench_alembic_lock_acquisitions_total", 0)
@@ -927,7 +929,10 @@ def report(args: argparse.Namespace, r: dict) -> None:
         f"({n / max(rt[-1] - rt[0], 1e-9):.2f} per second after the first).",
         f"- the reconcile handler ran {reconciles:.0f} times to Ready ({not_ready:.0f} not ready), "
         f"{handler_sum:.0f} s of handler wall time in all, mean {handler_sum / handler_count:.1f} s each while "
-        f"{handler_sum / wall:.1f} ran at once on average (kopf's thread pool for sync handlers).",
+        f"{handler_sum / wall:.1f} ran at once on average (kopf's thread pool for sync handlers); the drift "
+        f"timer ran {prov_drifts:.0f} checks during provisioning (kopf starts an object's timer when it first "
+        f"sees it: after 60 s a backend whose create handler still waits for a worker is provisioned by its "
+        f"timer), and {idle_reconciles:.0f} create/resume handlers ran in the idle window.",
         f"- the in-process Alembic lock (trackop.schema._ALEMBIC_LOCK, one migration at a time per process) "
         f"was taken {taken:.0f} times and held {held:.1f} s = **{held / wall:.0%} of the wall time**, "
         f"{held / max(taken, 1):.2f} s per migration, of which {held_cpu / max(taken, 1):.2f} s CPU of the "
