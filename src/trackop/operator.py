@@ -12,7 +12,8 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from typing import Any
 
 import kopf
@@ -133,6 +134,18 @@ def api_trouble(exc: BaseException) -> kopf.TemporaryError | None:
     return None
 
 
+@contextmanager
+def _retrying_api_trouble() -> Iterator[None]:
+    """Turn API trouble (see :func:`api_trouble`) into kopf's retry soon; re-raise the rest."""
+    try:
+        yield
+    except Exception as exc:
+        retry_soon = api_trouble(exc)
+        if retry_soon is not None:
+            raise retry_soon from None
+        raise
+
+
 def _write(outcome: Outcome, body: Mapping[str, Any], status: Mapping[str, Any], patch: kopf.Patch) -> None:
     generation = body["metadata"].get("generation", 0)
     merged = cond.merge(status.get("conditions"), outcome.conditions, generation)
@@ -207,13 +220,8 @@ def check_drift(body: kopf.Body, status: kopf.Status, patch: kopf.Patch, **_: An
         lock.release()
     spec = _specs.get((body["metadata"]["namespace"], body["metadata"]["name"]))
     if spec is not None:
-        try:
+        with _retrying_api_trouble():
             missed = reconciler().missed_injections(spec)
-        except Exception as exc:
-            retry_soon = api_trouble(exc)
-            if retry_soon is not None:
-                raise retry_soon from None
-            raise
         for event_type, reason, message in missed:
             kopf.event(body, type=event_type, reason=reason, message=message)
 
@@ -280,16 +288,11 @@ def delete_backend(body: kopf.Body, patch: kopf.Patch, retry: int, **_: Any) -> 
     except api.SpecError:
         return  # nothing was ever provisioned from an invalid spec
     try:
-        with _lock_for(body):
+        with _lock_for(body), _retrying_api_trouble():
             events = reconciler().delete(spec, body)
     except StepFailed as failure:
         kopf.event(body, type="Warning", reason=failure.reason, message=failure.message)
         raise kopf.TemporaryError(failure.message, delay=min(failure.retry_after * 2 ** min(retry, 4),
                                                              MAX_RETRY_DELAY)) from None
-    except Exception as exc:
-        retry_soon = api_trouble(exc)
-        if retry_soon is not None:
-            raise retry_soon from None
-        raise
     for event_type, reason, message in events:
         kopf.event(body, type=event_type, reason=reason, message=message)
