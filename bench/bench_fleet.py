@@ -138,6 +138,17 @@ class RssSampler(threading.Thread):
 # ---------------------------------------------------------------------------- the bed
 
 
+def code_version() -> str:
+    """The commit the operator ran from, and any uncommitted changes under src/ at its start
+    (others work in the same tree)."""
+    def git(*argv: str) -> str:
+        return subprocess.run(["git", *argv], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+
+    dirty = [line[3:] for line in git("status", "--porcelain", "--", "src").splitlines()]
+    return f"`{git('rev-parse', '--short', 'HEAD')}`" + (f" with uncommitted changes in {', '.join(dirty)}"
+                                                        if dirty else "")
+
+
 def trackop_bin() -> str:
     return str(Path(sys.executable).parent / "trackop")
 
@@ -651,6 +662,7 @@ def main() -> None:
                             "--kubeconfig", info["kubeconfig"], "--health-address", f"127.0.0.1:{health}",
                             "--metrics-address", f"127.0.0.1:{metrics_port}"],
                            log_dir / "operator.log", env, f"http://127.0.0.1:{health}/healthz")
+        result["code"] = code_version()
         healthy = operator.start("trackop ready")
         time.sleep(3)
         result["rss_preloaded"] = status_kib(operator.pid, "VmRSS") / 1024
@@ -1004,6 +1016,7 @@ Idle: the {idle.seconds:.0f} s after all were Ready and {args.settle:g} s more. 
 `apiserver_request_total`, less its background rate measured before any operator ran
 ({sum(r['background'].values()):.2f}/s: kube-controller-manager) and less this script's own requests
 (creates, its watch, the /metrics scrapes); the migration's own connections are PostgreSQL sessions.
+Operator code: commit {r.get('code', '(not recorded)')}.
 Load average (1/5/15 min) at the start {r['load_start']}, after provisioning {prov.load_after}, at the
 end {r['load_end']}.
 
