@@ -30,7 +30,7 @@ from pathlib import Path
 import yaml
 
 from . import binaries, pki, postgres_server
-from .procs import ProcessRecord, free_ports, is_alive, is_listening, spawn, stop, tail, wait_until
+from .procs import ProcessRecord, free_ports, is_alive, is_listening, spawn, stop, tail, wait_bindable, wait_until
 
 SERVICE_CIDR = "10.0.0.0/24"
 S3_REGION = "us-east-1"
@@ -224,6 +224,9 @@ class Testbed:
         state = self._require_state()
         record = state.processes.get(name)
         if record is None or not is_alive(record):
+            for port_name in (name, f"{name}-peer"):
+                if port_name in state.ports:
+                    wait_bindable(state.ports[port_name])
             bins = binaries.ensure_all(_quiet) if not state.external_kubeconfig else \
                 binaries.ensure_stores(_quiet)
             state.processes[name] = self._start(name, state, bins)

@@ -129,6 +129,23 @@ def stop(record: ProcessRecord, timeout: float = 15.0) -> None:
         time.sleep(0.05)
 
 
+def wait_bindable(port: int, timeout: float = 90.0, host: str = "127.0.0.1") -> None:
+    """Wait until a server may listen on ``port`` again. After a server is killed, its
+    side of each open connection lingers (FIN_WAIT2, up to the kernel's 60 s) until the
+    client closes too, and Linux refuses the port to a new listener meanwhile."""
+    deadline = time.monotonic() + timeout
+    while True:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as Go's and PostgreSQL's listeners
+            try:
+                sock.bind((host, port))
+                return
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"port {port} still in use {timeout:.0f}s after its server stopped") from None
+        time.sleep(0.2)
+
+
 def free_ports(count: int) -> list[int]:
     """Distinct free loopback ports, all held open until every one is chosen."""
     socks = []
