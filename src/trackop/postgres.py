@@ -458,7 +458,11 @@ def inspect_tuning(conn: psycopg.Connection, spec: BackendSpec, superuser: bool)
                   current_setting('superuser_reserved_connections')::int
                     + coalesce(current_setting('reserved_connections', true)::int, 0),
                   (SELECT count(*) FROM pg_stat_activity
-                    WHERE backend_type = 'client backend' AND datname IS DISTINCT FROM %s)""",
+                    -- Without pg_read_all_stats, other roles' rows show a NULL backend_type but
+                    -- still their database and role: count those too. Background processes
+                    -- have no database or no role.
+                    WHERE datname IS NOT NULL AND datname <> %s AND usesysid IS NOT NULL
+                      AND coalesce(backend_type, 'client backend') = 'client backend')""",
         (spec.database,)).fetchone()
     return TuningState(database_settings, limits[0], limits[1], system, pending, max_connections, reserved, others)
 

@@ -386,10 +386,13 @@ class Reconciler:
             found.append(Condition(cond.CONNECTION_BUDGET, "True", "WithinLimit",
                                    f"needs {budget.required} connections ({parts}) of {budget.limit}"))
         else:
+            others = "" if budget.available in (None, budget.limit) else \
+                f" ({budget.limit - budget.available} of the limit {budget.limit} in use by other sessions)"
             found.append(Condition(cond.CONNECTION_BUDGET, "False", "OverBudget",
-                                   f"may need {budget.required} connections ({parts}) but only {budget.limit} are "
-                                   "available: lower server replicas, workers, pool or expectedClients, or raise "
-                                   "the limit, before clients fail with 'too many connections'"))
+                                   f"may need {budget.required} connections ({parts}) but only "
+                                   f"{budget.available if budget.available is not None else budget.limit} are "
+                                   f"available{others}: lower server replicas, workers, pool or expectedClients, or "
+                                   "raise the limit, before clients fail with 'too many connections'"))
         return found, {"required": budget.required, "limit": budget.limit}
 
     def _schema(self, ctx: _Context, password: str, current: str | None) -> tuple[str, str]:

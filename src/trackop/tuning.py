@@ -377,16 +377,23 @@ def connection_limit(spec: TuningSpec) -> int:
 
 @dataclass(frozen=True)
 class ConnectionBudget:
-    """Connections the tracking setup needs against the tightest limit it is under."""
+    """Connections the tracking setup needs against the tightest limit it is under.
+
+    ``limit`` is the configured one (database, role, or max_connections minus reserved
+    slots): it goes into status, so it must not move with other sessions, or every drift
+    check would write status. ``available`` also subtracts other databases' sessions now:
+    the verdict uses it."""
 
     required: int
     limit: int | None  # None: unknown
     breakdown: dict[str, int] = dataclass_field(default_factory=dict)  # server, clients, migration, reserve
+    available: int | None = None  # None: the same as limit
 
     @property
     def within(self) -> bool:
-        """True when the limit is unknown or not exceeded."""
-        return self.limit is None or self.required <= self.limit
+        """True when the limit is unknown or what is available now is not exceeded."""
+        headroom = self.limit if self.available is None else self.available
+        return headroom is None or self.required <= headroom
 
 
 def _per_process(spec: TuningSpec) -> int:
@@ -414,14 +421,17 @@ def connection_budget(spec: TuningSpec, server_replicas: int, server_workers: in
     ``server_max_connections`` of None (unknown) leaves the server-wide term out.
     """
     breakdown = required_connections(spec, server_replicas, server_workers)
-    candidates = [lim for lim in (database_limit, role_limit) if lim >= 0]
+    configured = [lim for lim in (database_limit, role_limit) if lim >= 0]
+    now = list(configured)
     if server_max_connections is not None:
-        # Superuser/reserved slots and other databases' sessions are not ours to use.
-        candidates.append(server_max_connections - reserved_slots - used_by_others)
+        # Superuser/reserved slots are never ours; other databases' sessions not at the moment.
+        configured.append(server_max_connections - reserved_slots)
+        now.append(server_max_connections - reserved_slots - used_by_others)
     return ConnectionBudget(
         required=sum(breakdown.values()),
-        limit=min(candidates) if candidates else None,
+        limit=min(configured) if configured else None,
         breakdown=breakdown,
+        available=min(now) if now else None,
     )
 
 

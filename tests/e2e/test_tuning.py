@@ -158,3 +158,42 @@ def test_a_budget_over_the_limit_is_flagged_before_any_client_fails(backends: Ba
     assert "20" in cond["message"] and "expectedClients" in cond["message"]
     obj = backends.get("over")
     assert obj["status"]["connectionBudget"]["required"] > obj["status"]["connectionBudget"]["limit"] == 20
+
+
+def test_a_converged_backend_writes_nothing_while_other_sessions_come_and_go(backends: Backends, admin: Admin,
+                                                                             bed_info: dict, operator):
+    """Drift checks of a converged backend leave it untouched, even though the sessions of
+    other databases (which the budget's verdict counts) change between checks."""
+    from kit import DRIFT_INTERVAL
+
+    backends.admin_secret(admin)
+    # Database and role limits above the server's max_connections: the server-wide term binds,
+    # the one other sessions (here the superuser's, counted although the admin cannot see
+    # their details) eat into.
+    backends.apply("quiet", backends.spec(tuning={"maxConnections": 5000}))
+    obj = backends.wait_ready("quiet")
+    assert obj["status"]["connectionBudget"]["limit"] < 5000
+    reconciles = lambda: sum(v for k, v in operator.metrics().items()  # noqa: E731
+                             if k.startswith("trackop_reconciles_total") and 'handler="drift"' in k)
+    # Let a first drift check settle what the create handler wrote.
+    first = reconciles()
+    eventually(lambda: reconciles() > first, "a drift check", timeout=DRIFT_INTERVAL * 4)
+    version = backends.get("quiet")["metadata"]["resourceVersion"]
+    checks = reconciles()
+    pg = bed_info["postgres"]
+    held: list[psycopg.Connection] = []
+    try:
+        deadline, step = time.monotonic() + DRIFT_INTERVAL * 4, 0
+        while time.monotonic() < deadline:  # 1 to 5 other sessions, a different number each moment
+            step += 1
+            while len(held) < step % 5 + 1:
+                held.append(psycopg.connect(host=pg["host"], port=pg["port"], user=pg["user"],
+                                            password=pg["password"], dbname="postgres"))
+            while len(held) > step % 5 + 1:
+                held.pop().close()
+            time.sleep(0.7)
+    finally:
+        for conn in held:
+            conn.close()
+    assert reconciles() >= checks + 2, "drift checks ran meanwhile"
+    assert backends.get("quiet")["metadata"]["resourceVersion"] == version, "a converged drift check wrote"

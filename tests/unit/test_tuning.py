@@ -349,7 +349,8 @@ def budget(spec=None, replicas=1, workers=1, **kw) -> ConnectionBudget:
 
 def test_budget_server_term_only_when_limits_are_minus_one():
     b = budget(used_by_others=7)
-    assert b.limit == 100 - 3 - 7
+    assert b.limit == 100 - 3  # what status shows: not moving with other sessions
+    assert b.available == 100 - 3 - 7
     assert b.required == 10 + 0 + 2 + 2
     assert b.breakdown == {"server": 10, "clients": 0, "migration": 2, "reserve": 2}
     assert b.within
@@ -366,7 +367,7 @@ def test_budget_exceeded_and_exact():
     assert budget(database_limit=13).within is False  # 14 required
     assert budget(database_limit=14).within is True
     b = budget(replicas=3, workers=4, used_by_others=90)  # 120 + 4 against 7
-    assert (b.required, b.limit, b.within) == (124, 7, False)
+    assert (b.required, b.limit, b.available, b.within) == (124, 97, 7, False)
 
 
 def test_budget_unknown_limit():
@@ -378,7 +379,7 @@ def test_budget_unknown_limit():
 
 def test_budget_can_be_negative_when_others_use_everything():
     b = budget(used_by_others=200)
-    assert b.limit == -103 and not b.within
+    assert b.limit == 97 and b.available == -103 and not b.within
 
 
 # --- pool env ----------------------------------------------------------------------------
