@@ -181,17 +181,23 @@ def test_operator_sigkilled_while_a_fleet_provisions(seed: int, backends: Backen
 
 # ---- 2. PostgreSQL restarted mid-provisioning ----------------------------------------------
 
-@pytest.mark.parametrize("shutdown", ["fast", "crash"])
-def test_postgres_restarted_mid_provisioning(shutdown: str, backends: Backends, admin: Admin,
-                                             operator: OperatorProcess, bed_info: dict, testbed):
-    names = [f"pg-{i:02d}" for i in range(10)]
+def _ten_provisioning(backends: Backends, admin: Admin, operator: OperatorProcess, prefix: str,
+                      ) -> tuple[list[str], int, set[str], dict[str, str]]:
+    """Ten backends applied at once, returned as soon as 3 are Ready (the fault comes then):
+    their names, the operator log's length before, the Ready ones and the passwords so far."""
+    names = [f"{prefix}-{i:02d}" for i in range(10)]
     backends.admin_secret(admin)
     log_mark = len(operator.logs())
     for name in names:
         backends.apply(name, backends.spec())
     eventually(lambda: len(ready(backends)) >= 3, "3 backends Ready", timeout=90, interval=0.05)
-    at_fault = ready(backends)
-    before = passwords(backends)
+    return names, log_mark, ready(backends), passwords(backends)
+
+
+@pytest.mark.parametrize("shutdown", ["fast", "crash"])
+def test_postgres_restarted_mid_provisioning(shutdown: str, backends: Backends, admin: Admin,
+                                             operator: OperatorProcess, bed_info: dict, testbed):
+    names, log_mark, at_fault, before = _ten_provisioning(backends, admin, operator, "pg")
     # Fast shutdown (SIGINT) aborts every open transaction (migrations included) and closes
     # every session; a crash (SIGQUIT: immediate shutdown) stops without a checkpoint and
     # the server recovers from its WAL. Either way it comes back on the same port and data.
@@ -208,14 +214,7 @@ def test_postgres_restarted_mid_provisioning(shutdown: str, backends: Backends, 
 
 def test_api_server_restarted_mid_provisioning(backends: Backends, admin: Admin, operator: OperatorProcess,
                                                bed_info: dict, testbed, core_v1: client.CoreV1Api):
-    names = [f"api-{i:02d}" for i in range(10)]
-    backends.admin_secret(admin)
-    log_mark = len(operator.logs())
-    for name in names:
-        backends.apply(name, backends.spec())
-    eventually(lambda: len(ready(backends)) >= 3, "3 backends Ready", timeout=90, interval=0.05)
-    at_fault = ready(backends)
-    before = passwords(backends)
+    names, log_mark, at_fault, before = _ten_provisioning(backends, admin, operator, "api")
     # SIGKILL: no graceful goodbye to watchers; same arguments, port and certificates.
     try:
         testbed.restart_component("kube-apiserver", signal.SIGKILL)
