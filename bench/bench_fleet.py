@@ -63,7 +63,7 @@ from trackop.testbed.bed import Testbed
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
-from benchlib import free_port, machine, write_section  # noqa: E402
+from benchlib import bed_down, bed_up, free_port, machine, stop_process, write_section  # noqa: E402
 
 HEADING = "## Fleet: N backends at once"
 GROUP, VERSION, PLURAL = "trackop.dev", "v1alpha1", "trackingbackends"
@@ -147,25 +147,6 @@ def code_version() -> str:
     dirty = [line[3:] for line in git("status", "--porcelain", "--", "src").splitlines()]
     return f"`{git('rev-parse', '--short', 'HEAD')}`" + (f" with uncommitted changes in {', '.join(dirty)}"
                                                         if dirty else "")
-
-
-def trackop_bin() -> str:
-    return str(Path(sys.executable).parent / "trackop")
-
-
-def bed_up(directory: Path) -> dict:
-    started = time.perf_counter()
-    out = subprocess.run([trackop_bin(), "testbed", "up", "--dir", str(directory)], check=True,
-                         stdout=subprocess.PIPE, text=True).stdout
-    info_path = Path(json.loads(out.strip().splitlines()[-1])["testbed"])
-    print(f"bed up in {time.perf_counter() - started:.1f} s: {info_path}", flush=True)
-    return json.loads(info_path.read_text())
-
-
-def bed_down(directory: Path) -> str | None:
-    proc = subprocess.run([trackop_bin(), "testbed", "down", "--dir", str(directory)],
-                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    return None if proc.returncode == 0 else f"testbed down: {proc.returncode}: {proc.stdout[-1000:]}"
 
 
 def bed_pids(directory: Path) -> dict[str, int]:
@@ -366,13 +347,7 @@ class Process:
         return time.perf_counter() - started
 
     def stop(self) -> None:
-        if self.process and self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(30)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        stop_process(self.process)
 
     def logs(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""

@@ -62,7 +62,7 @@ from psycopg import sql
 from trackop.install import install_crd
 
 ROOT = Path(__file__).resolve().parents[1]
-from benchlib import free_port, machine, write_section  # noqa: E402
+from benchlib import bed_down, bed_up, free_port, machine, write_section  # noqa: E402
 
 HEADING = "## Injection: admission overhead of the webhook"
 GROUP, VERSION, PLURAL = "trackop.dev", "v1alpha1", "trackingbackends"
@@ -113,25 +113,6 @@ def summary(xs: list[float]) -> dict[str, float]:
 
 
 # ---------------------------------------------------------------------------- the bed
-
-
-def trackop_bin() -> str:
-    return str(Path(sys.executable).parent / "trackop")
-
-
-def bed_up(directory: Path) -> dict:
-    started = time.perf_counter()
-    out = subprocess.run([trackop_bin(), "testbed", "up", "--dir", str(directory)], check=True,
-                         stdout=subprocess.PIPE, text=True).stdout
-    info_path = Path(json.loads(out.strip().splitlines()[-1])["testbed"])
-    print(f"bed up in {time.perf_counter() - started:.1f} s: {info_path}", flush=True)
-    return json.loads(info_path.read_text())
-
-
-def bed_down(directory: Path) -> str | None:
-    proc = subprocess.run([trackop_bin(), "testbed", "down", "--dir", str(directory)],
-                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    return None if proc.returncode == 0 else f"testbed down: {proc.returncode}: {proc.stdout[-1000:]}"
 
 
 # ---------------------------------------------------------------------------- operator

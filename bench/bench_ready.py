@@ -26,7 +26,6 @@ import json
 import os
 import re
 import secrets
-import signal
 import statistics
 import subprocess
 import sys
@@ -43,7 +42,7 @@ from kubernetes import client, config, watch
 from psycopg import sql
 
 ROOT = Path(__file__).resolve().parents[1]
-from benchlib import free_port, machine, run_cli, write_section  # noqa: E402
+from benchlib import free_port, machine, run_cli, stop_process, write_section  # noqa: E402
 
 HEADING = "## Apply to Ready: operator vs `mlflow db upgrade`"
 GROUP, VERSION, PLURAL = "trackop.dev", "v1alpha1", "trackingbackends"
@@ -205,13 +204,7 @@ class Operator:
         return proc_status_kib(self.process.pid, key)
 
     def stop(self) -> None:
-        if self.process and self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(30)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        stop_process(self.process)
 
     def logs(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""

@@ -1,13 +1,17 @@
 """What the benchmarks share: the machine's description, a loopback port, a timed
-`mlflow db upgrade`, and writing one benchmark's section of RESULTS.md."""
+`mlflow db upgrade`, writing one benchmark's section of RESULTS.md, a bed of their own and
+stopping the operators they start."""
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import re
+import signal
 import socket
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -57,3 +61,35 @@ def write_section(path: Path, heading: str, section: str) -> None:
     else:
         text = text.rstrip("\n") + "\n\n" + section
     path.write_text(text)
+
+
+# ---- the bed, from a benchmark script ----
+
+def trackop_bin() -> str:
+    return str(Path(sys.executable).parent / "trackop")
+
+
+def bed_up(directory: Path) -> dict:
+    started = time.perf_counter()
+    out = subprocess.run([trackop_bin(), "testbed", "up", "--dir", str(directory)], check=True,
+                         stdout=subprocess.PIPE, text=True).stdout
+    info_path = Path(json.loads(out.strip().splitlines()[-1])["testbed"])
+    print(f"bed up in {time.perf_counter() - started:.1f} s: {info_path}", flush=True)
+    return json.loads(info_path.read_text())
+
+
+def bed_down(directory: Path) -> str | None:
+    proc = subprocess.run([trackop_bin(), "testbed", "down", "--dir", str(directory)],
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    return None if proc.returncode == 0 else f"testbed down: {proc.returncode}: {proc.stdout[-1000:]}"
+
+
+def stop_process(process: subprocess.Popen | None) -> None:
+    """SIGTERM, then SIGKILL after 30 s: how the benchmarks stop the operators they started."""
+    if process and process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
