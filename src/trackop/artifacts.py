@@ -204,28 +204,39 @@ def _client(location: S3Location, access_key: str | None, secret_key: str | None
         ) from None
 
 
-def _unreachable(location: S3Location) -> ArtifactsError:
+# ---- the three failures every store shares, worded once ----------------------------------
+
+def _store_unreachable(shown_endpoint: str, fields: str) -> ArtifactsError:
     return ArtifactsError(
         "EndpointUnreachable",
-        f"could not reach {_shown_endpoint(location.endpoint, location.region)} (connection refused, DNS, TLS or "
-        "timeout): check spec.artifacts.s3.endpoint, the store's Service and any NetworkPolicy",
+        f"could not reach {shown_endpoint} (connection refused, DNS, TLS or timeout): check {fields}, "
+        "the store's Service and any NetworkPolicy",
     )
+
+
+def _store_credentials_rejected(credentials_ref: str | None, detail: str, fix: str, *,
+                                subject: str = "the credentials", verb: str = "were") -> ArtifactsError:
+    where = f"Secret {credentials_ref}" if credentials_ref else "the credentials Secret"
+    return ArtifactsError("InvalidCredentials", f"{subject} in {where} {verb} rejected ({detail}): {fix}")
+
+
+def _store_missing(what: str, create_field: str, where: str = "") -> ArtifactsError:
+    return ArtifactsError(
+        "BucketNotFound",
+        f"{what} does not exist{where}: create it, or set {create_field}: true to let trackop create it",
+    )
+
+
+def _unreachable(location: S3Location) -> ArtifactsError:
+    return _store_unreachable(_shown_endpoint(location.endpoint, location.region), "spec.artifacts.s3.endpoint")
 
 
 def _credentials_rejected(credentials_ref: str | None, code: str) -> ArtifactsError:
-    where = f"Secret {credentials_ref}" if credentials_ref else "the credentials Secret"
-    return ArtifactsError(
-        "InvalidCredentials",
-        f"the credentials in {where} were rejected ({code}): fix accessKeyId and secretAccessKey",
-    )
+    return _store_credentials_rejected(credentials_ref, code, "fix accessKeyId and secretAccessKey")
 
 
 def _bucket_missing(location: S3Location) -> ArtifactsError:
-    return ArtifactsError(
-        "BucketNotFound",
-        f"bucket {location.bucket!r} does not exist: create it, or set "
-        "spec.artifacts.s3.createBucket: true to let trackop create it",
-    )
+    return _store_missing(f"bucket {location.bucket!r}", "spec.artifacts.s3.createBucket")
 
 
 def _create_bucket(s3, location: S3Location, credentials_ref: str | None) -> None:
@@ -421,28 +432,17 @@ def _gcs_shown_endpoint(location: GCSLocation) -> str:
 
 
 def _gcs_unreachable(location: GCSLocation) -> ArtifactsError:
-    return ArtifactsError(
-        "EndpointUnreachable",
-        f"could not reach {_gcs_shown_endpoint(location)} (connection refused, DNS, TLS or timeout): "
-        "check spec.artifacts.gcs.endpoint, the store's Service and any NetworkPolicy",
-    )
+    return _store_unreachable(_gcs_shown_endpoint(location), "spec.artifacts.gcs.endpoint")
 
 
 def _gcs_credentials_rejected(credentials_ref: str | None, what: str) -> ArtifactsError:
-    where = f"Secret {credentials_ref}" if credentials_ref else "the credentials Secret"
-    return ArtifactsError(
-        "InvalidCredentials",
-        f"the service-account key in {where} was rejected ({what}): "
-        f"put a valid, enabled key file (JSON) under {GCS_CREDENTIALS_KEY}",
-    )
+    return _store_credentials_rejected(credentials_ref, what,
+                                       f"put a valid, enabled key file (JSON) under {GCS_CREDENTIALS_KEY}",
+                                       subject="the service-account key", verb="was")
 
 
 def _gcs_bucket_missing(location: GCSLocation) -> ArtifactsError:
-    return ArtifactsError(
-        "BucketNotFound",
-        f"bucket {location.bucket!r} does not exist: create it, or set "
-        "spec.artifacts.gcs.createBucket: true to let trackop create it",
-    )
+    return _store_missing(f"bucket {location.bucket!r}", "spec.artifacts.gcs.createBucket")
 
 
 def _gcs_client(location: GCSLocation, credentials_json: str | None, timeout: float,
@@ -772,29 +772,18 @@ def azure_client_env(location: AzureLocation) -> dict[str, str]:
 
 
 def _azure_unreachable(location: AzureLocation) -> ArtifactsError:
-    return ArtifactsError(
-        "EndpointUnreachable",
-        f"could not reach {_shown_endpoint(location.account_url)} (connection refused, DNS, TLS or "
-        "timeout): check spec.artifacts.azure.account and endpoint, the store's Service and any "
-        "NetworkPolicy",
-    )
+    return _store_unreachable(_shown_endpoint(location.account_url), "spec.artifacts.azure.account and endpoint")
 
 
 def _azure_credentials_rejected(credentials_ref: str | None, code: str) -> ArtifactsError:
-    where = f"Secret {credentials_ref}" if credentials_ref else "the credentials Secret"
-    return ArtifactsError(
-        "InvalidCredentials",
-        f"the credentials in {where} were rejected ({code}): fix {AZURE_KEY_KEY} "
-        f"(or {AZURE_CONNECTION_STRING_KEY}); on Azure, also check the account's firewall rules",
-    )
+    return _store_credentials_rejected(
+        credentials_ref, code,
+        f"fix {AZURE_KEY_KEY} (or {AZURE_CONNECTION_STRING_KEY}); on Azure, also check the account's firewall rules")
 
 
 def _azure_container_missing(location: AzureLocation) -> ArtifactsError:
-    return ArtifactsError(
-        "BucketNotFound",
-        f"container {location.container!r} does not exist in storage account {location.account!r}: "
-        "create it, or set spec.artifacts.azure.createContainer: true to let trackop create it",
-    )
+    return _store_missing(f"container {location.container!r}", "spec.artifacts.azure.createContainer",
+                          f" in storage account {location.account!r}")
 
 
 def _azure_code(exc: Exception) -> str:
