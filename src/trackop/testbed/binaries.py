@@ -128,6 +128,24 @@ def _build_lock(directory: Path):
             fcntl.flock(lock, fcntl.LOCK_UN)
 
 
+def _fill_once(target: Path, present: Callable[[], bool], fill: Callable[[Path], None]) -> None:
+    """Make ``target`` unless ``present()``: under the cache's lock (checked again inside it),
+    ``fill`` writes into a staging directory that is then renamed into place, so a build cut
+    short is never taken for a complete one. A ``target`` left by an older file set goes."""
+    if present():
+        return
+    with _build_lock(target.parent):
+        if present():
+            return
+        staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=target.parent))
+        try:
+            fill(staging)
+            shutil.rmtree(target, ignore_errors=True)
+            staging.rename(target)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+
+
 def _run_build(argv: list[str], cwd: Path | None, env: dict[str, str], what: str, progress: Progress) -> None:
     """Run one Go build, report its wall time and the peak RSS of its largest process."""
     progress(f"building {what} (first time on this machine; cached afterwards) ...")
@@ -167,24 +185,10 @@ def ensure_control_plane(progress: Progress = _stderr) -> dict[str, Path]:
         return found
     target = control_plane_dir()
     found = {name: target / name for name in CONTROL_PLANE}
-    if all(p.is_file() for p in found.values()):
-        return found
-    with _build_lock(target.parent):
-        if all(p.is_file() for p in found.values()):
-            return found
-        staging = Path(tempfile.mkdtemp(prefix=".building-", dir=target.parent))
-        try:
-            _run_build(
-                ["go", "build", "-trimpath", "-ldflags", _version_ldflags(K8S_VERSION),
-                 "-o", str(staging) + "/", "./cmd/..."],
-                cwd=hack_dir(),
-                env=_go_env(),
-                what=f"Kubernetes {K8S_VERSION} control plane ({', '.join(CONTROL_PLANE)})",
-                progress=progress,
-            )
-            staging.rename(target)
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
+    _fill_once(target, lambda: all(p.is_file() for p in found.values()), lambda staging: _run_build(
+        ["go", "build", "-trimpath", "-ldflags", _version_ldflags(K8S_VERSION), "-o", str(staging) + "/", "./cmd/..."],
+        cwd=hack_dir(), env=_go_env(),
+        what=f"Kubernetes {K8S_VERSION} control plane ({', '.join(CONTROL_PLANE)})", progress=progress))
     return found
 
 
@@ -198,21 +202,10 @@ def _go_install(module: str, version: str, binary_name: str, override_env: str, 
     key = hashlib.sha256((key_material + _go_version()).encode()).hexdigest()[:12]
     target = cache_root() / "bin" / f"{binary_name}-{key}"
     binary = target / binary_name
-    if binary.is_file():
-        return binary
-    with _build_lock(target.parent):
-        if binary.is_file():
-            return binary
-        staging = Path(tempfile.mkdtemp(prefix=".building-", dir=target.parent))
-        try:
-            env = {**_go_env(), "GOBIN": str(staging), "GOFLAGS": ""}
-            _run_build(
-                ["go", "install", "-trimpath", "-ldflags", ldflags, f"{module}@{version}"],
-                cwd=None, env=env, what=f"{binary_name} {version}", progress=progress,
-            )
-            staging.rename(target)
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
+    _fill_once(target, binary.is_file, lambda staging: _run_build(
+        ["go", "install", "-trimpath", "-ldflags", ldflags, f"{module}@{version}"],
+        cwd=None, env={**_go_env(), "GOBIN": str(staging), "GOFLAGS": ""}, what=f"{binary_name} {version}",
+        progress=progress))
     return binary
 
 
@@ -248,11 +241,8 @@ def ensure_module_files(module: str, version: str, paths: tuple[str, ...],
     and kept under ``$XDG_CACHE_HOME/trackop/modules/<module>@<version>/`` by base name."""
     target = cache_root() / "modules" / f"{module.replace('/', '_')}@{version}"
     found = [target / Path(p).name for p in paths]
-    if all(f.is_file() for f in found):
-        return found
-    with _build_lock(target.parent):
-        if all(f.is_file() for f in found):
-            return found
+
+    def fetch(staging: Path) -> None:
         progress(f"fetching {module}@{version} from the Go module proxy ...")
         # GOFLAGS cleared: -mod=readonly means nothing outside a module and go mod download refuses it.
         done = subprocess.run(["go", "mod", "download", "-json", f"{module}@{version}"], cwd=target.parent,
@@ -260,14 +250,10 @@ def ensure_module_files(module: str, version: str, paths: tuple[str, ...],
         if done.returncode != 0:
             raise RuntimeError(f"go mod download {module}@{version} failed:\n{done.stdout}{done.stderr}")
         source = Path(json.loads(done.stdout)["Dir"])
-        staging = Path(tempfile.mkdtemp(prefix=".fetching-", dir=target.parent))
-        try:
-            for path in paths:
-                shutil.copyfile(source / path, staging / Path(path).name)
-            shutil.rmtree(target, ignore_errors=True)  # a set from an older file list
-            staging.rename(target)
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
+        for path in paths:
+            shutil.copyfile(source / path, staging / Path(path).name)
+
+    _fill_once(target, lambda: all(f.is_file() for f in found), fetch)
     return found
 
 
@@ -306,22 +292,10 @@ def ensure_azurite(progress: Progress = _stderr) -> Path:
         return Path(os.environ["TRACKOP_AZURITE_BLOB"])
     target = azurite_dir()
     binary = target / "node_modules" / ".bin" / "azurite-blob"
-    if binary.is_file():
-        return binary
-    with _build_lock(target.parent):
-        if binary.is_file():
-            return binary
-        staging = Path(tempfile.mkdtemp(prefix=".installing-", dir=target.parent))
-        try:
-            _run_build(
-                ["npm", "install", "--prefix", str(staging), "--no-save", "--no-audit", "--no-fund",
-                 "--omit=dev", f"{AZURITE_PACKAGE}@{AZURITE_VERSION}"],
-                cwd=staging, env=_npm_env(), what=f"Azurite {AZURITE_VERSION} (npm install)",
-                progress=progress,
-            )
-            staging.rename(target)
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
+    _fill_once(target, binary.is_file, lambda staging: _run_build(
+        ["npm", "install", "--prefix", str(staging), "--no-save", "--no-audit", "--no-fund", "--omit=dev",
+         f"{AZURITE_PACKAGE}@{AZURITE_VERSION}"],
+        cwd=staging, env=_npm_env(), what=f"Azurite {AZURITE_VERSION} (npm install)", progress=progress))
     return binary
 
 
