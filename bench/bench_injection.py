@@ -41,8 +41,6 @@ import http.client
 import importlib.metadata
 import json
 import os
-import secrets
-import signal
 import socket
 import ssl
 import statistics
@@ -55,14 +53,12 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import psycopg
 from kubernetes import client, config
-from psycopg import sql
 
 from trackop.install import install_crd
 
 ROOT = Path(__file__).resolve().parents[1]
-from benchlib import bed_down, bed_up, free_port, machine, write_section  # noqa: E402
+from benchlib import Postgres, bed_down, bed_up, free_port, machine, stop_process, write_section  # noqa: E402
 
 HEADING = "## Injection: admission overhead of the webhook"
 GROUP, VERSION, PLURAL = "trackop.dev", "v1alpha1", "trackingbackends"
@@ -179,56 +175,13 @@ class Operator:
         return any(w.client_config.url == url for w in conf.webhooks or [])
 
     def stop(self) -> None:
-        if self.process and self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(30)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        stop_process(self.process)
 
     def logs(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
 
 # ---------------------------------------------------------------------------- PostgreSQL
-
-
-class Postgres:
-    def __init__(self, pg: dict) -> None:
-        self.admin = {"host": pg["host"], "port": int(pg["port"]), "user": pg["user"], "password": pg["password"]}
-        self.databases: list[str] = []
-        self.roles: list[str] = []  # dropped in reverse: the admin role first in, last out
-
-    def connect(self) -> psycopg.Connection:
-        return psycopg.connect(**self.admin, dbname="postgres", autocommit=True)
-
-    def admin_role(self) -> tuple[str, str]:
-        user, password = f"adm_inj_{uuid.uuid4().hex[:8]}", secrets.token_urlsafe(18)
-        with self.connect() as conn:
-            conn.execute(sql.SQL("CREATE ROLE {} LOGIN PASSWORD {} CREATEDB CREATEROLE").format(
-                sql.Identifier(user), sql.Literal(password)))
-        self.roles.append(user)
-        return user, password
-
-    def drop_all(self) -> list[str]:
-        problems = []
-        with self.connect() as conn:
-            for name in dict.fromkeys(self.databases):
-                try:
-                    conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
-                except psycopg.Error as exc:
-                    problems.append(f"database {name}: {exc}")
-            for role in reversed(list(dict.fromkeys(self.roles))):
-                try:
-                    conn.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(role)))
-                except psycopg.Error as exc:
-                    problems.append(f"role {role}: {exc}")
-        return problems
-
-    def server_version(self) -> str:
-        with self.connect() as conn:
-            return str(conn.execute("SHOW server_version").fetchone()[0])
 
 
 # ---------------------------------------------------------------------------- pods

@@ -25,7 +25,6 @@ import importlib.metadata
 import json
 import os
 import re
-import secrets
 import statistics
 import subprocess
 import sys
@@ -35,14 +34,11 @@ import urllib.request
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import quote
 
-import psycopg
 from kubernetes import client, config, watch
-from psycopg import sql
 
 ROOT = Path(__file__).resolve().parents[1]
-from benchlib import free_port, machine, run_cli, stop_process, write_section  # noqa: E402
+from benchlib import Postgres, free_port, machine, run_cli, stop_process, write_section  # noqa: E402
 
 HEADING = "## Apply to Ready: operator vs `mlflow db upgrade`"
 GROUP, VERSION, PLURAL = "trackop.dev", "v1alpha1", "trackingbackends"
@@ -91,67 +87,6 @@ def other_operators(own_pid: int | None = None) -> list[tuple[int, str]]:
 
 
 # ---------------------------------------------------------------------------- PostgreSQL
-
-
-class Postgres:
-    """The bed's PostgreSQL as the superuser; remembers what it made, to drop it at the end."""
-
-    def __init__(self, pg: dict) -> None:
-        self.admin = {"host": pg["host"], "port": int(pg["port"]), "user": pg["user"], "password": pg["password"]}
-        self.databases: list[str] = []
-        self.roles: list[str] = []
-
-    def connect(self, dbname: str = "postgres") -> psycopg.Connection:
-        return psycopg.connect(**self.admin, dbname=dbname, autocommit=True)
-
-    def admin_role(self) -> tuple[str, str]:
-        """A platform admin as trackop expects one: not a superuser, CREATEDB CREATEROLE."""
-        user, password = f"adm_bench_{uuid.uuid4().hex[:8]}", secrets.token_urlsafe(18)
-        with self.connect() as conn:
-            conn.execute(sql.SQL("CREATE ROLE {} LOGIN PASSWORD {} CREATEDB CREATEROLE").format(
-                sql.Identifier(user), sql.Literal(password)))
-        self.roles.append(user)
-        return user, password
-
-    def fresh_database(self) -> tuple[str, str]:
-        """A new role and an empty database it owns; returns (database name, URL)."""
-        suffix = uuid.uuid4().hex[:10]
-        role = name = f"bench_rdy_{suffix}"
-        password = secrets.token_urlsafe(18)
-        with self.connect() as conn:
-            conn.execute(sql.SQL("CREATE ROLE {} LOGIN PASSWORD {}").format(sql.Identifier(role), sql.Literal(password)))
-            self.roles.append(role)
-            conn.execute(sql.SQL("CREATE DATABASE {} OWNER {}").format(sql.Identifier(name), sql.Identifier(role)))
-            self.databases.append(name)
-        url = (f"postgresql+psycopg://{role}:{quote(password, safe='')}"
-               f"@{self.admin['host']}:{self.admin['port']}/{name}?sslmode=disable")
-        return name, url
-
-    def revision(self, name: str) -> str | None:
-        with self.connect(name) as conn:
-            row = conn.execute("SELECT version_num FROM alembic_version").fetchone()
-        return row[0] if row else None
-
-    def server_version(self) -> str:
-        with self.connect() as conn:
-            return str(conn.execute("SHOW server_version").fetchone()[0])
-
-    def drop_all(self) -> list[str]:
-        """Drop every database, then every role, this run made (or the operator made for it)."""
-        problems = []
-        with self.connect() as conn:
-            for name in dict.fromkeys(self.databases):
-                try:
-                    conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
-                except psycopg.Error as exc:
-                    problems.append(f"database {name}: {exc}")
-            # Admin role last: it made the backends' roles (CREATEROLE).
-            for role in reversed(list(dict.fromkeys(self.roles))):
-                try:
-                    conn.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(role)))
-                except psycopg.Error as exc:
-                    problems.append(f"role {role}: {exc}")
-        return problems
 
 
 # ---------------------------------------------------------------------------- operator

@@ -5,6 +5,7 @@ stopping the operators they start."""
 from __future__ import annotations
 
 import json
+import secrets
 import os
 import platform
 import re
@@ -13,7 +14,12 @@ import socket
 import subprocess
 import sys
 import time
+import uuid
 from pathlib import Path
+from urllib.parse import quote
+
+import psycopg
+from psycopg import sql
 
 
 def machine() -> dict[str, str]:
@@ -93,3 +99,66 @@ def stop_process(process: subprocess.Popen | None) -> None:
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
+
+
+# ---- the bed's PostgreSQL, as the superuser ----
+
+class Postgres:
+    """The bed's PostgreSQL as the superuser; remembers what it made, to drop it at the end."""
+
+    def __init__(self, pg: dict) -> None:
+        self.admin = {"host": pg["host"], "port": int(pg["port"]), "user": pg["user"], "password": pg["password"]}
+        self.databases: list[str] = []
+        self.roles: list[str] = []
+
+    def connect(self, dbname: str = "postgres") -> psycopg.Connection:
+        return psycopg.connect(**self.admin, dbname=dbname, autocommit=True)
+
+    def admin_role(self) -> tuple[str, str]:
+        """A platform admin as trackop expects one: not a superuser, CREATEDB CREATEROLE."""
+        user, password = f"adm_bench_{uuid.uuid4().hex[:8]}", secrets.token_urlsafe(18)
+        with self.connect() as conn:
+            conn.execute(sql.SQL("CREATE ROLE {} LOGIN PASSWORD {} CREATEDB CREATEROLE").format(
+                sql.Identifier(user), sql.Literal(password)))
+        self.roles.append(user)
+        return user, password
+
+    def fresh_database(self) -> tuple[str, str]:
+        """A new role and an empty database it owns; returns (database name, URL)."""
+        suffix = uuid.uuid4().hex[:10]
+        role = name = f"bench_rdy_{suffix}"
+        password = secrets.token_urlsafe(18)
+        with self.connect() as conn:
+            conn.execute(sql.SQL("CREATE ROLE {} LOGIN PASSWORD {}").format(sql.Identifier(role), sql.Literal(password)))
+            self.roles.append(role)
+            conn.execute(sql.SQL("CREATE DATABASE {} OWNER {}").format(sql.Identifier(name), sql.Identifier(role)))
+            self.databases.append(name)
+        url = (f"postgresql+psycopg://{role}:{quote(password, safe='')}"
+               f"@{self.admin['host']}:{self.admin['port']}/{name}?sslmode=disable")
+        return name, url
+
+    def revision(self, name: str) -> str | None:
+        with self.connect(name) as conn:
+            row = conn.execute("SELECT version_num FROM alembic_version").fetchone()
+        return row[0] if row else None
+
+    def server_version(self) -> str:
+        with self.connect() as conn:
+            return str(conn.execute("SHOW server_version").fetchone()[0])
+
+    def drop_all(self) -> list[str]:
+        """Drop every database, then every role, this run made (or the operator made for it)."""
+        problems = []
+        with self.connect() as conn:
+            for name in dict.fromkeys(self.databases):
+                try:
+                    conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+                except psycopg.Error as exc:
+                    problems.append(f"database {name}: {exc}")
+            # Admin role last: it made the backends' roles (CREATEROLE).
+            for role in reversed(list(dict.fromkeys(self.roles))):
+                try:
+                    conn.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(role)))
+                except psycopg.Error as exc:
+                    problems.append(f"role {role}: {exc}")
+        return problems
