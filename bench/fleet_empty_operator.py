@@ -11,11 +11,12 @@ handler only writes Ready=True into status and the timer does nothing. Run as
 from __future__ import annotations
 
 import datetime as dt
-import logging
 import os
 from typing import Any
 
 import kopf
+
+from trackop import kopf_settings
 
 GROUP, VERSION, PLURAL = "trackop.dev", "v1alpha1", "trackingbackends"
 INTERVAL = float(os.environ.get("TRACKOP_DRIFT_INTERVAL", "60"))
@@ -23,13 +24,7 @@ INTERVAL = float(os.environ.get("TRACKOP_DRIFT_INTERVAL", "60"))
 
 @kopf.on.startup()
 def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
-    settings.posting.level = logging.CRITICAL + 10
-    logging.getLogger("kopf.objects").setLevel(logging.WARNING)
-    settings.persistence.finalizer = "trackop.dev/finalizer"
-    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="trackop.dev")
-    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
-        prefix="trackop.dev", key="last-handled-configuration")
-    settings.watching.server_timeout = 300
+    kopf_settings.apply(settings)  # exactly trackop's
 
 
 @kopf.on.resume(GROUP, VERSION, PLURAL)

@@ -20,7 +20,7 @@ import kopf
 import urllib3
 from kubernetes import client, config
 
-from . import api, manifests, metrics, schema, webhook
+from . import api, kopf_settings, manifests, metrics, schema, webhook
 from . import conditions as cond
 from .injection_service import InjectionService
 from .kube import Kube
@@ -65,20 +65,7 @@ def reconciler() -> Reconciler:
 
 @kopf.on.startup()
 def configure(settings: kopf.OperatorSettings, logger: logging.Logger, **_: Any) -> None:
-    # Our own Events only (one per step and per new failure); kopf's per-handler chatter
-    # would add an Event on every resume and drift check.
-    settings.posting.level = logging.CRITICAL + 10
-    # Likewise in the log: no "Timer 'check_drift' succeeded" per backend per interval;
-    # failures (WARNING and up) still show. `trackop run --verbose` shows everything.
-    if not os.environ.get("TRACKOP_VERBOSE"):
-        logging.getLogger("kopf.objects").setLevel(logging.WARNING)
-    settings.persistence.finalizer = "trackop.dev/finalizer"
-    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="trackop.dev")
-    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
-        prefix="trackop.dev", key="last-handled-configuration")
-    settings.watching.server_timeout = 300
-    if PEERING_LIFETIME:
-        settings.peering.lifetime = int(PEERING_LIFETIME)
+    kopf_settings.apply(settings, verbose=bool(os.environ.get("TRACKOP_VERBOSE")), peering_lifetime=PEERING_LIFETIME)
     schema.preload()  # import MLflow once, not during the first backend's reconcile
     if METRICS_ADDRESS:
         metrics.serve(METRICS_ADDRESS)
