@@ -31,6 +31,15 @@ DRIVERS = {"psycopg": "postgresql+psycopg", "psycopg2": "postgresql+psycopg2"}
 MIGRATION_MODES = ("Inline", "Job")
 DELETION_POLICIES = ("Retain", "Delete")
 INJECTION_MODES = ("Server", "Direct")
+ENGINE_STATEFULSET = "StatefulSet"
+ENGINE_CNPG = "CloudNativePG"
+ENGINES = (ENGINE_STATEFULSET, ENGINE_CNPG)
+DEFAULT_POSTGRES_VERSION = "17"
+DEFAULT_STORAGE_SIZE = "10Gi"
+# PostgreSQL's own default, which trackop does not change on the servers it deploys: a
+# max_connections at or below it leaves no slot for anyone but a superuser, and the
+# server refuses to start at all.
+SUPERUSER_RESERVED_CONNECTIONS = 3
 
 # PostgreSQL's NAMEDATALEN is 64: identifiers are at most 63 bytes.
 MAX_IDENTIFIER = 63
@@ -43,6 +52,12 @@ _VERSION = re.compile(r"[0-9]+\.[0-9]+\.[0-9]+")
 # for the suffixes trackop adds ("-mlflow", "-migrate-<hash>").
 MAX_BACKEND_NAME = 45
 _BACKEND_NAME = re.compile(r"[a-z]([-a-z0-9]*[a-z0-9])?")
+# A managed server's StatefulSet is "<name>-postgres"; the StatefulSet controller labels its
+# pods with "<statefulset>-<10-character hash>", which must fit a 63-character label value.
+MAX_MANAGED_BACKEND_NAME = 43
+MANAGED_SUFFIX = "-postgres"
+_MAJOR_VERSION = re.compile(r"[0-9]{2}")
+_QUANTITY = re.compile(r"[0-9]+(\.[0-9]+)?(Ki|Mi|Gi|Ti|Pi|Ei|k|M|G|T|P|E)?")
 
 
 class SpecError(ValueError):
@@ -66,6 +81,31 @@ class ExternalServer:
     ssl_mode: str
     admin_secret: str
     connect_timeout: int
+
+
+@dataclass(frozen=True)
+class ManagedServer:
+    """``spec.postgres.managed``: a PostgreSQL server trackop deploys for this backend alone."""
+
+    engine: str                          # StatefulSet | CloudNativePG
+    name: str                            # StatefulSet/Service/Secret, or the CNPG Cluster: <backend>-postgres
+    version: str                         # PostgreSQL major version, "17"
+    image: str
+    port: int
+    instances: int                       # always 1 for StatefulSet
+    storage_size: str
+    storage_class: str | None
+    resources: Mapping[str, Any] | None
+
+    @property
+    def service(self) -> str:
+        """The Service clients reach the server (CloudNativePG: the primary) through."""
+        return f"{self.name}-rw" if self.engine == ENGINE_CNPG else self.name
+
+    @property
+    def superuser_secret(self) -> str:
+        """The Secret with the superuser's username and password (CloudNativePG makes its own)."""
+        return f"{self.name}-superuser" if self.engine == ENGINE_CNPG else self.name
 
 
 @dataclass(frozen=True)
@@ -130,6 +170,8 @@ class BackendSpec:
     injection_mode: str = "Direct"
     # spec.injection.namespaceSelector: other namespaces whose pods may be injected.
     namespace_selector: Mapping[str, Any] | None = None
+    # spec.postgres.managed: trackop deploys the server; ``server`` is then its Service.
+    managed: ManagedServer | None = None
 
     @property
     def effective_tuning(self) -> TuningSpec:
@@ -271,17 +313,18 @@ def parse(namespace: str, name: str, spec: Mapping[str, Any]) -> BackendSpec:
         raise SpecError("spec", "must be an object")
     postgres = _object(spec, "postgres", "spec.postgres") or {}
     external = _object(postgres, "external", "spec.postgres.external")
-    if not external:
-        raise SpecError("spec.postgres.external", "is required")
-    host = check_host(_get(external, "host", ""))
-    port = _integer(external, "port", "spec.postgres.external.port", 5432, 1, 65535)
-    ssl_mode = _choice(external, "sslMode", "spec.postgres.external.sslMode", "prefer", SSL_MODES)
-    admin_secret = _string(_object(external, "adminSecretRef", "spec.postgres.external.adminSecretRef"), "name",
-                           "spec.postgres.external.adminSecretRef.name")
-    if not admin_secret:
-        raise SpecError("spec.postgres.external.adminSecretRef.name", "is required")
-    connect_timeout = _integer(external, "connectTimeoutSeconds", "spec.postgres.external.connectTimeoutSeconds",
-                               5, 1, 60)
+    managed_spec = _object(postgres, "managed", "spec.postgres.managed")
+    if external and managed_spec is not None:
+        raise SpecError("spec.postgres", "set exactly one of external and managed")
+    managed = None
+    if managed_spec is not None:
+        managed = _parse_managed(namespace, name, managed_spec)
+        server = managed_connection(namespace, managed)
+    elif not external:
+        raise SpecError("spec.postgres.external", "is required (or spec.postgres.managed, for a server trackop "
+                                                  "deploys)")
+    else:
+        server = _parse_external(external)
 
     database = check_identifier(
         "spec.postgres.database", _get(postgres, "database") or default_database_name(namespace, name),
@@ -315,6 +358,12 @@ def parse(namespace: str, name: str, spec: Mapping[str, Any]) -> BackendSpec:
         tuning = parse_tuning(raw_tuning) if raw_tuning is not None else None
     except TuningError as error:
         raise SpecError(error.field, error.message) from None
+    if managed is not None and tuning is not None and tuning.max_connections is not None \
+            and tuning.max_connections <= SUPERUSER_RESERVED_CONNECTIONS:
+        # Startup parameters of a server trackop runs: PostgreSQL would refuse to start.
+        raise SpecError("spec.postgres.tuning.maxConnections",
+                        f"must be more than superuser_reserved_connections ({SUPERUSER_RESERVED_CONNECTIONS}) on a "
+                        "managed server, which would otherwise refuse to start")
     artifacts = _parse_artifacts(_object(spec, "artifacts", "spec.artifacts") or {})
     tracking_server = _parse_server(_object(spec, "server", "spec.server"), mlflow_version)
     injection = _object(spec, "injection", "spec.injection") or {}
@@ -327,7 +376,7 @@ def parse(namespace: str, name: str, spec: Mapping[str, Any]) -> BackendSpec:
     return BackendSpec(
         namespace=namespace,
         name=name,
-        server=ExternalServer(host, port, ssl_mode, admin_secret, connect_timeout),
+        server=server,
         database=database,
         role=role,
         password_secret=password_secret,
@@ -341,6 +390,70 @@ def parse(namespace: str, name: str, spec: Mapping[str, Any]) -> BackendSpec:
         tracking_server=tracking_server,
         injection_mode=injection_mode,
         namespace_selector=namespace_selector,
+        managed=managed,
+    )
+
+
+def _parse_external(external: Mapping[str, Any]) -> ExternalServer:
+    host = check_host(_get(external, "host", ""))
+    port = _integer(external, "port", "spec.postgres.external.port", 5432, 1, 65535)
+    ssl_mode = _choice(external, "sslMode", "spec.postgres.external.sslMode", "prefer", SSL_MODES)
+    admin_secret = _string(_object(external, "adminSecretRef", "spec.postgres.external.adminSecretRef"), "name",
+                           "spec.postgres.external.adminSecretRef.name")
+    if not admin_secret:
+        raise SpecError("spec.postgres.external.adminSecretRef.name", "is required")
+    connect_timeout = _integer(external, "connectTimeoutSeconds", "spec.postgres.external.connectTimeoutSeconds",
+                               5, 1, 60)
+    return ExternalServer(host, port, ssl_mode, admin_secret, connect_timeout)
+
+
+def _parse_managed(namespace: str, name: str, managed: Mapping[str, Any]) -> ManagedServer:
+    field = "spec.postgres.managed"
+    if len(name) > MAX_MANAGED_BACKEND_NAME:
+        raise SpecError("metadata.name", f"must be at most {MAX_MANAGED_BACKEND_NAME} characters with "
+                                         f"{field} (it names the StatefulSet {name}{MANAGED_SUFFIX}, whose pods' "
+                                         "revision label must fit 63 characters)")
+    engine = _choice(managed, "engine", f"{field}.engine", ENGINE_STATEFULSET, ENGINES)
+    version = _string(managed, "version", f"{field}.version", DEFAULT_POSTGRES_VERSION)
+    if not _MAJOR_VERSION.fullmatch(version) or int(version) < 13:
+        raise SpecError(f"{field}.version", "must be a PostgreSQL major version of 13 or later, like 17")
+    default_image = (f"ghcr.io/cloudnative-pg/postgresql:{version}" if engine == ENGINE_CNPG
+                     else f"docker.io/library/postgres:{version}")
+    image = _string(managed, "image", f"{field}.image", default_image) or default_image
+    port = _integer(managed, "port", f"{field}.port", 5432, 1024, 65535)
+    if engine == ENGINE_CNPG and port != 5432:
+        raise SpecError(f"{field}.port", "CloudNativePG always serves on 5432: remove port")
+    instances = _integer(managed, "instances", f"{field}.instances", 1, 1, 9)
+    if engine == ENGINE_STATEFULSET and instances != 1:
+        raise SpecError(f"{field}.instances", "engine StatefulSet runs a single instance; use engine "
+                                               "CloudNativePG for replicas and failover")
+    storage = _object(managed, "storage", f"{field}.storage") or {}
+    size = _string(storage, "size", f"{field}.storage.size", DEFAULT_STORAGE_SIZE)
+    if not _QUANTITY.fullmatch(size):
+        raise SpecError(f"{field}.storage.size", "must be a Kubernetes quantity such as 10Gi")
+    storage_class = _string(storage, "storageClassName", f"{field}.storage.storageClassName") or None
+    return ManagedServer(
+        engine=engine,
+        name=f"{name}{MANAGED_SUFFIX}",
+        version=version,
+        image=image,
+        port=port,
+        instances=instances,
+        storage_size=size,
+        storage_class=storage_class,
+        resources=_object(managed, "resources", f"{field}.resources"),
+    )
+
+
+def managed_connection(namespace: str, managed: ManagedServer) -> ExternalServer:
+    """How workloads reach a managed server: its Service's cluster DNS name, as the superuser
+    Secret's admin. The deployed image serves no TLS; CloudNativePG serves its own."""
+    return ExternalServer(
+        host=f"{managed.service}.{namespace}.svc",
+        port=managed.port,
+        ssl_mode="require" if managed.engine == ENGINE_CNPG else "disable",
+        admin_secret=managed.superuser_secret,
+        connect_timeout=5,
     )
 
 

@@ -49,6 +49,7 @@ def _run(args: argparse.Namespace) -> int:
                         ("TRACKOP_METRICS_ADDRESS", args.metrics_address),
                         ("TRACKOP_PEERING_LIFETIME", str(args.peering_lifetime or "")),
                         ("TRACKOP_NAMESPACE", args.operator_namespace),
+                        ("TRACKOP_MANAGED_POSTGRES_ADDRESS", args.managed_postgres_address),
                         ("TRACKOP_VERBOSE", "1" if args.verbose else "")):
         if value:
             os.environ[name] = value
@@ -122,6 +123,11 @@ def build_parser() -> argparse.ArgumentParser:
                      help="serve the certificate of this TLS Secret in the operator's namespace (tls.crt, tls.key, "
                           "ca.crt; for example one cert-manager renews) instead of trackop's own CA; reloaded when "
                           "it changes")
+    run.add_argument("--managed-postgres-address", choices=("service", "pod"), default="service",
+                     help="how the operator reaches the PostgreSQL servers it deploys (spec.postgres.managed): "
+                          "service (default), their Service's cluster DNS name; pod, the ready pod's IP, for an "
+                          "operator running outside the cluster's Service network (workloads always get the "
+                          "Service name)")
     run.add_argument("--verbose", action="store_true")
     run.set_defaults(func=_run)
 

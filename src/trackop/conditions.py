@@ -16,6 +16,7 @@ TUNING_APPLIED = "TuningApplied"
 PENDING_RESTART = "PendingRestart"
 CONNECTION_BUDGET = "ConnectionBudget"
 SERVER_READY = "ServerReady"
+POSTGRES_READY = "PostgresReady"  # spec.postgres.managed: the server trackop deploys
 
 
 @dataclass(frozen=True)

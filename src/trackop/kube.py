@@ -5,13 +5,33 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import functools
+import json
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 from kubernetes import client, watch
 
 from . import api
+
+
+def _custom_read(custom: client.CustomObjectsApi, group: str, version: str, plural: str, name: str,
+                 namespace: str) -> dict[str, Any]:
+    return custom.get_namespaced_custom_object(group, version, namespace, plural, name)
+
+
+def _custom_patch(custom: client.CustomObjectsApi, group: str, version: str, plural: str, name: str,
+                  namespace: str, body: Any, **kwargs: Any) -> dict[str, Any]:
+    return custom.patch_namespaced_custom_object(group, version, namespace, plural, name, body, **kwargs)
+
+
+def _names_an_object(exc: client.ApiException) -> bool:
+    """A 404 about a missing object names it; one about a missing API (a CRD that is not
+    installed) does not."""
+    try:
+        return bool(json.loads(exc.body or "{}").get("details", {}).get("name"))
+    except (ValueError, AttributeError):
+        return False
 
 
 def _decode(data: Mapping[str, str] | None) -> dict[str, str]:
@@ -105,6 +125,77 @@ class Kube:
         after = patch(name, namespace, body, field_manager="trackop", force=True,
                       _content_type="application/apply-patch+yaml")
         return after.metadata.resource_version != before, after
+
+    # ---- the managed PostgreSQL (plain dicts in and out) -------------------------------
+    def _object_calls(self, body: Mapping[str, Any]) -> tuple[Callable[..., Any], Callable[..., Any]]:
+        """(read(name, namespace), apply(name, namespace, body, **kwargs)) for a kind trackop applies."""
+        kind = body["kind"]
+        if kind == "StatefulSet":
+            return self.apps.read_namespaced_stateful_set, self.apps.patch_namespaced_stateful_set
+        if kind == "Service":
+            return self.core.read_namespaced_service, self.core.patch_namespaced_service
+        group, _, version = body["apiVersion"].partition("/")
+        plural = {"Cluster": "clusters"}[kind]
+        return (functools.partial(_custom_read, self.custom, group, version, plural),
+                functools.partial(_custom_patch, self.custom, group, version, plural))
+
+    def _plain(self, found: Any) -> dict[str, Any]:
+        return found if isinstance(found, dict) else self.core.api_client.sanitize_for_serialization(found)
+
+    def read_object(self, body: Mapping[str, Any]) -> dict[str, Any] | None:
+        """The object named like ``body``, or None if there is none. An API that does not exist
+        (a CRD not installed) raises its 404."""
+        read, _ = self._object_calls(body)
+        meta = body["metadata"]
+        try:
+            return self._plain(read(meta["name"], meta["namespace"]))
+        except client.ApiException as exc:
+            if exc.status == 404 and _names_an_object(exc):
+                return None
+            raise
+
+    def apply_object(self, body: Mapping[str, Any]) -> tuple[dict[str, Any] | None, dict[str, Any]]:
+        """Server-side apply: (the object before, or None if it is new; the object after)."""
+        _, patch = self._object_calls(body)
+        meta = body["metadata"]
+        before = self.read_object(body)
+        after = patch(meta["name"], meta["namespace"], body, field_manager="trackop", force=True,
+                      _content_type="application/apply-patch+yaml")
+        return before, self._plain(after)
+
+    def release_object(self, body: Mapping[str, Any], owner_uid: str) -> bool:
+        """Drop ``owner_uid`` from an object's owners so garbage collection keeps it (Retain).
+        A JSON patch that tests the entry first, so a concurrent change is refused, not lost."""
+        found = self.read_object(body)
+        if found is None:
+            return False
+        owners = found["metadata"].get("ownerReferences") or []
+        index = next((i for i, ref in enumerate(owners) if ref.get("uid") == owner_uid), None)
+        if index is None:
+            return False
+        meta = body["metadata"]
+        operations = [{"op": "test", "path": f"/metadata/ownerReferences/{index}/uid", "value": owner_uid},
+                      {"op": "remove", "path": f"/metadata/ownerReferences/{index}"}]
+        _, patch = self._object_calls(body)
+        patch(meta["name"], meta["namespace"], operations, _content_type="application/json-patch+json")
+        return True
+
+    def pod_ip(self, namespace: str, name: str | None = None, selector: str | None = None) -> str | None:
+        """The IP of a ready pod: the one named, or the first matching ``selector``."""
+        if name is not None:
+            try:
+                pods = [self.core.read_namespaced_pod(name, namespace)]
+            except client.ApiException as exc:
+                if exc.status == 404:
+                    return None
+                raise
+        else:
+            pods = self.core.list_namespaced_pod(namespace, label_selector=selector).items
+        for pod in pods:
+            ready = any(c.type == "Ready" and c.status == "True" for c in (pod.status.conditions or []))
+            if ready and pod.metadata.deletion_timestamp is None and pod.status.pod_ip:
+                return pod.status.pod_ip
+        return None
 
     def read_deployment(self, namespace: str, name: str) -> client.V1Deployment | None:
         try:

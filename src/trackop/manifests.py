@@ -7,7 +7,7 @@ from typing import Any
 from urllib.parse import quote
 
 from . import artifacts, tuning
-from .api import BACKEND_LABEL, MANAGED_BY, MANAGED_BY_LABEL, BackendSpec
+from .api import BACKEND_LABEL, MANAGED_BY, MANAGED_BY_LABEL, BackendSpec, ExternalServer
 
 MIGRATION_JOB_BACKOFF_LIMIT = 2
 MIGRATION_JOB_TTL_SECONDS = 3600
@@ -37,9 +37,10 @@ def _host_for_uri(host: str) -> str:
     return f"[{host}]" if ":" in host else host
 
 
-def database_uri(spec: BackendSpec, password: str) -> str:
-    """The SQLAlchemy URL MLflow uses; every part URL-encoded, so any password works."""
-    s = spec.server
+def database_uri(spec: BackendSpec, password: str, server: ExternalServer | None = None) -> str:
+    """The SQLAlchemy URL MLflow uses; every part URL-encoded, so any password works.
+    ``server``: another address of the same server (the operator's own way in)."""
+    s = server or spec.server
     return (
         f"{spec.url_scheme}://{quote(spec.role, safe='')}:{quote(password, safe='')}"
         f"@{_host_for_uri(s.host)}:{s.port}/{quote(spec.database, safe='')}?sslmode={s.ssl_mode}"

@@ -24,7 +24,7 @@ from . import api, kopf_settings, manifests, metrics, schema, webhook
 from . import conditions as cond
 from .injection_service import InjectionService
 from .kube import Kube
-from .reconcile import Outcome, Reconciler, StepFailed, injection_view
+from .reconcile import MANAGED_ADDRESS_SERVICE, Outcome, Reconciler, StepFailed, injection_view
 
 DRIFT_INTERVAL = float(os.environ.get("TRACKOP_DRIFT_INTERVAL", "60"))
 MAX_RETRY_DELAY = 60.0
@@ -38,6 +38,7 @@ WEBHOOK_SERVICE = os.environ.get("TRACKOP_WEBHOOK_SERVICE", "")
 WEBHOOK_OWNER_CLUSTERROLE = os.environ.get("TRACKOP_WEBHOOK_OWNER_CLUSTERROLE", "")
 METRICS_ADDRESS = os.environ.get("TRACKOP_METRICS_ADDRESS", "")
 PEERING_LIFETIME = float(os.environ.get("TRACKOP_PEERING_LIFETIME") or 0)
+MANAGED_POSTGRES_ADDRESS = os.environ.get("TRACKOP_MANAGED_POSTGRES_ADDRESS") or MANAGED_ADDRESS_SERVICE
 
 _reconciler: Reconciler | None = None
 _injection: InjectionService | None = None
@@ -59,7 +60,7 @@ def _api_client() -> client.ApiClient:
 def reconciler() -> Reconciler:
     global _reconciler
     if _reconciler is None:
-        _reconciler = Reconciler(Kube(_api_client()), OPERATOR_NAMESPACE)
+        _reconciler = Reconciler(Kube(_api_client()), OPERATOR_NAMESPACE, MANAGED_POSTGRES_ADDRESS)
     return _reconciler
 
 

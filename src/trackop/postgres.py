@@ -489,6 +489,14 @@ def check_settings(conn: psycopg.Connection, desired: dict[str, str], kb_values:
                 f"({min_val}..{max_val} {unit or ''}); nothing was applied")
 
 
+def settings_in_effect(conn: psycopg.Connection, names: list[str]) -> dict[str, int]:
+    """The running values of ``names`` in the units ``tuning.auto_tune`` uses: kB for memory,
+    a plain count otherwise."""
+    rows = conn.execute("SELECT name, setting, unit FROM pg_settings WHERE name = ANY(%s)", (names,)).fetchall()
+    per_unit = {"kB": 1, "8kB": 8, "MB": 1024, "GB": 1024 * 1024}
+    return {name: int(setting) * per_unit.get(unit or "", 1) for name, setting, unit in rows}
+
+
 def plan_database_tuning(spec: BackendSpec, desired: dict[str, str], connection_limit: int,
                          state: TuningState) -> list[Statement]:
     db, role = sql.Identifier(spec.database), sql.Identifier(spec.role)

@@ -8,6 +8,7 @@ reason names the cause and whose message says the fix.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -20,8 +21,8 @@ import psycopg
 from kubernetes.client import ApiException
 
 from . import conditions as cond
-from . import artifacts, injection, manifests, postgres, schema, tuning
-from .api import BackendSpec
+from . import artifacts, injection, managed, manifests, postgres, schema, tuning
+from .api import BACKEND_LABEL, ENGINE_CNPG, MANAGED_BY, MANAGED_BY_LABEL, BackendSpec, ExternalServer
 from .conditions import Condition
 from .kube import Kube
 
@@ -36,6 +37,17 @@ def _refusal(exc: ApiException) -> str:
         return f"{exc.status} {exc.reason}"
 
 GENERATED_PASSWORD_BYTES = 32  # token_urlsafe(32): 43 characters
+
+
+def _ours(spec: BackendSpec, body: Mapping[str, Any]) -> bool:
+    """Made by trackop for a backend of this name (this one, or one before it that was retained)."""
+    found = (body.get("metadata") or {}).get("labels") or {}
+    return found.get(MANAGED_BY_LABEL) == MANAGED_BY and found.get(BACKEND_LABEL) == spec.name
+
+
+def _container_args(statefulset: Mapping[str, Any]) -> list[str]:
+    containers = (((statefulset.get("spec") or {}).get("template") or {}).get("spec") or {}).get("containers") or []
+    return list(containers[0].get("args") or []) if containers else []
 
 
 class StepFailed(Exception):
@@ -74,6 +86,13 @@ class _Context:
     previous_status: Mapping[str, Any]
     secrets: set[str] = field(default_factory=set)
     events: list[tuple[str, str, str]] = field(default_factory=list)
+    # Where the operator itself connects: spec.server, or a managed server's pod address
+    # when the operator runs outside the cluster's Service network.
+    reach: ExternalServer | None = None
+
+    def __post_init__(self) -> None:
+        if self.reach is None:
+            self.reach = self.spec.server
 
     def did(self, reason: str, message: str) -> None:
         self.events.append(("Normal", reason, message))
@@ -92,10 +111,19 @@ def injection_view(spec: BackendSpec, secret_keys: Iterable[str]) -> injection.B
                                  tuple(sorted(secret_keys)))
 
 
+MANAGED_ADDRESS_SERVICE = "service"
+MANAGED_ADDRESS_POD = "pod"
+MANAGED_ADDRESSES = (MANAGED_ADDRESS_SERVICE, MANAGED_ADDRESS_POD)
+
+
 class Reconciler:
-    def __init__(self, kube: Kube, operator_namespace: str | None = None) -> None:
+    def __init__(self, kube: Kube, operator_namespace: str | None = None,
+                 managed_address: str = MANAGED_ADDRESS_SERVICE) -> None:
         self.kube = kube
         self.operator_namespace = operator_namespace
+        # How the operator reaches the servers it deploys: their Service's DNS name (in the
+        # cluster), or their pod's IP (an operator outside the cluster's Service network).
+        self.managed_address = managed_address
         self._reported_pods: set[str] = set()  # uids already reported as missing injection
 
     # ---- the sequence ----------------------------------------------------------------
@@ -104,11 +132,15 @@ class Reconciler:
         done: list[Condition] = []
         step_type = cond.DATABASE_READY
         try:
+            if spec.managed is not None:
+                step_type = cond.POSTGRES_READY
+                done.append(self._managed_server(ctx))
+                step_type = cond.DATABASE_READY
             admin_user, admin_password = self._admin_credentials(ctx)
             bucket_keys, bucket_problem = self._bucket_keys(ctx)
             password, secret_data = self._password(ctx, bucket_keys)
             self.sync_copies(spec, secret_data, ctx.did)
-            with postgres.connect(spec.server, admin_user, admin_password) as admin:
+            with postgres.connect(ctx.reach, admin_user, admin_password) as admin:
                 privileges = postgres.admin_privileges(admin)
                 postgres.check_admin(privileges, admin_user)
                 login = self._database_and_role(ctx, admin, privileges, password)
@@ -140,7 +172,7 @@ class Reconciler:
         except psycopg.OperationalError as exc:
             # A session lost mid-step (a PostgreSQL restart): a condition and our backoff,
             # not an unexpected exception that kopf retries only after a minute.
-            error = postgres.connection_lost(exc, spec.server)
+            error = postgres.connection_lost(exc, ctx.reach)
             return self._failed(ctx, done, StepFailed(step_type, error.reason, error.message, 15))
 
     def _failed(self, ctx: _Context, done: list[Condition], failure: StepFailed) -> Outcome:
@@ -162,7 +194,8 @@ class Reconciler:
 
     @staticmethod
     def _condition_types(spec: BackendSpec) -> list[str]:
-        types = [cond.DATABASE_READY]
+        types = [cond.POSTGRES_READY] if spec.managed is not None else []
+        types.append(cond.DATABASE_READY)
         if spec.tuning is not None:
             types.append(cond.TUNING_APPLIED)
         types += [cond.CONNECTION_BUDGET, cond.SCHEMA_READY]
@@ -200,6 +233,128 @@ class Reconciler:
                              f"admin Secret {ref} lacks key(s) {', '.join(missing)}: add them", 15)
         ctx.secrets.add(data["password"])
         return data["username"], data["password"]
+
+    # ---- spec.postgres.managed ----------------------------------------------------------
+    def _managed_server(self, ctx: _Context) -> Condition:
+        """Deploy (or keep) the backend's own server and wait until it is ready; then point
+        ``ctx.reach`` at it. Everything after this is the external-server path."""
+        spec = ctx.spec
+        server = spec.managed
+        settings = managed.parameters(spec)
+        shortfall = managed.budget_shortfall(spec, settings)
+        if shortfall is not None:
+            # Checked before the server is restarted with fewer connections than the stack needs.
+            raise StepFailed(cond.TUNING_APPLIED, "MaxConnectionsTooLow", shortfall.message, 300)
+        try:
+            if server.engine == ENGINE_CNPG:
+                progress = self._cnpg_cluster(ctx, settings)
+            else:
+                progress = self._statefulset(ctx, settings)
+        except ApiException as exc:
+            if exc.status is None or exc.status >= 500 or exc.status in (401, 403, 409):
+                raise  # API trouble: the operator retries soon
+            raise StepFailed(cond.POSTGRES_READY, "ManagedServerRejected",
+                             f"the API server refused the managed PostgreSQL's objects {server.name}: "
+                             f"{_refusal(exc)}; check spec.postgres.managed (image, storage, resources)",
+                             30) from None
+        if not progress.ready:
+            raise StepFailed(cond.POSTGRES_READY, progress.reason, progress.message, 3, backoff=False)
+        ctx.reach = self._managed_reach(spec)
+        return Condition(cond.POSTGRES_READY, "True", progress.reason, progress.message)
+
+    def _statefulset(self, ctx: _Context, settings: Mapping[str, str]) -> managed.Progress:
+        spec = ctx.spec
+        name = spec.managed.name
+        self._superuser_secret(ctx)
+        before, service = self.kube.apply_object(managed.service(spec, ctx.owner))
+        if before is None:
+            ctx.did("PostgresDeployed", f"created Service {spec.managed.service}")
+        wanted = managed.statefulset(spec, ctx.owner, settings)
+        existing = self.kube.read_object(wanted)
+        if existing is not None and not _ours(spec, existing):
+            raise StepFailed(cond.POSTGRES_READY, "ManagedServerNameTaken",
+                             f"StatefulSet {name} exists and was not made by trackop for this backend: rename the "
+                             "TrackingBackend or remove that StatefulSet; trackop never takes over what it did not "
+                             "make", 60)
+        before, after = self.kube.apply_object(wanted)
+        if before is None:
+            ctx.did("PostgresDeployed", f"created StatefulSet {name} running {spec.managed.image}")
+        else:
+            old = managed.parameters_from_args(_container_args(before))
+            new = managed.parameters_from_args(_container_args(after))
+            changed = {k: v for k, v in new.items() if old.get(k) != v}
+            removed = sorted(set(old) - set(new))
+            if changed or removed:
+                shown = ", ".join([f"{k}={v}" for k, v in sorted(changed.items())] + [f"{k} reset" for k in removed])
+                ctx.did("PostgresRestarting", f"restarting PostgreSQL ({name}) to apply {shown}")
+        return managed.statefulset_progress(spec, after)
+
+    def _superuser_secret(self, ctx: _Context) -> None:
+        """The StatefulSet engine's superuser Secret: generated once, adopted when an earlier
+        backend of this name left it behind (deletionPolicy Retain kept its data too)."""
+        spec = ctx.spec
+        name = spec.managed.superuser_secret
+        found = self.kube.read_secret_and_owners(spec.namespace, name)
+        if found is None:
+            password = random_secrets.token_urlsafe(GENERATED_PASSWORD_BYTES)
+            ctx.secrets.add(password)
+            try:
+                self.kube.create_secret(managed.superuser_secret(spec, password, ctx.owner))
+                ctx.did("SuperuserSecretCreated", f"created Secret {name} for the managed server's superuser")
+            except ApiException as exc:
+                if exc.status != 409:
+                    raise  # 409: a concurrent reconcile made it; its password is the one
+            return
+        data, owners = found
+        if not data.get("username") or not data.get("password"):
+            raise StepFailed(cond.POSTGRES_READY, "SuperuserSecretInvalid",
+                             f"Secret {spec.namespace}/{name} lacks username or password: restore them (the server "
+                             "was initialised with them) or delete the Secret and the volume to start afresh", 60)
+        ctx.secrets.add(data["password"])
+        if ctx.owner["metadata"]["uid"] not in owners:
+            body = managed.superuser_secret(spec, data["password"], ctx.owner)
+            body["stringData"]["username"] = data["username"]
+            self.kube.update_secret(body)
+            ctx.did("SuperuserSecretAdopted", f"adopted Secret {name} kept from an earlier backend of this name")
+
+    def _cnpg_cluster(self, ctx: _Context, settings: Mapping[str, str]) -> managed.Progress:
+        spec = ctx.spec
+        name = spec.managed.name
+        wanted = managed.cnpg_cluster(spec, ctx.owner, settings)
+        try:
+            existing = self.kube.read_object(wanted)
+        except ApiException as exc:
+            if exc.status != 404:
+                raise
+            raise StepFailed(cond.POSTGRES_READY, "CloudNativePGNotInstalled",
+                             f"engine CloudNativePG needs CloudNativePG's CRDs ({managed.CNPG_CRD}), which this "
+                             "cluster does not have: install the CloudNativePG operator, or use engine StatefulSet",
+                             60) from None
+        if existing is not None and not _ours(spec, existing):
+            raise StepFailed(cond.POSTGRES_READY, "ManagedServerNameTaken",
+                             f"CloudNativePG Cluster {name} exists and was not made by trackop for this backend: "
+                             "rename the TrackingBackend or remove that Cluster; trackop never takes over what it "
+                             "did not make", 60)
+        before, after = self.kube.apply_object(wanted)
+        if before is None:
+            ctx.did("PostgresDeployed", f"created CloudNativePG Cluster {name} ({spec.managed.instances} "
+                                        f"instance(s), {spec.managed.image})")
+        elif (before.get("spec") or {}).get("postgresql", {}).get("parameters") != \
+                (after.get("spec") or {}).get("postgresql", {}).get("parameters"):
+            ctx.did("PostgresRestarting", f"updated the parameters of CloudNativePG Cluster {name}; CloudNativePG "
+                                          "restarts the instances if a parameter needs it")
+        return managed.cluster_progress(spec, after)
+
+    def _managed_reach(self, spec: BackendSpec) -> ExternalServer:
+        if self.managed_address != MANAGED_ADDRESS_POD:
+            return spec.server
+        selector = managed.primary_pod_selector(spec)
+        ip = self.kube.pod_ip(spec.namespace, name=None if selector else managed.pod_name(spec), selector=selector)
+        if not ip:
+            raise StepFailed(cond.POSTGRES_READY, "Starting",
+                             f"the managed PostgreSQL {spec.managed.name} has no ready pod with an IP yet", 3,
+                             backoff=False)
+        return dataclasses.replace(spec.server, host=ip)
 
     def _bucket_keys(self, ctx: _Context) -> tuple[tuple[str, ...] | None, StepFailed | None]:
         """The artifact store's credentials from the user's Secret, in ``credential_keys``
@@ -324,13 +479,13 @@ class Reconciler:
         role = postgres.inspect_role(conn, spec.role)
         for summary in postgres.apply(conn, postgres.plan_database(spec, database, role)):
             ctx.did("DatabaseReconciled", summary)
-        login = postgres.login_as_role(spec.server, spec.role, password, spec.database)
+        login = postgres.login_as_role(ctx.reach, spec.role, password, spec.database)
         if not login.ok:
             # The password drifted (reset by hand, or the user's Secret rotated).
             verifier = postgres.scram_verifier(conn, spec.role, password)
             for summary in postgres.apply(conn, postgres.plan_role(spec, role, verifier, privileges)):
                 ctx.did("RoleReconciled", summary)
-            login = postgres.login_as_role(spec.server, spec.role, password, spec.database)
+            login = postgres.login_as_role(ctx.reach, spec.role, password, spec.database)
             if not login.ok:
                 raise StepFailed(cond.DATABASE_READY, "RoleLoginFailed",
                                  f"role {spec.role} cannot log in to {spec.database} even after its password "
@@ -352,7 +507,12 @@ class Reconciler:
                 postgres.check_settings(conn, desired, kb_values)
             except postgres.InvalidSetting as error:
                 raise StepFailed(cond.TUNING_APPLIED, error.reason, error.message, 300) from None
-            if wanted.scope == tuning.SCOPE_SERVER:
+            managed_server = spec.managed is not None and wanted.scope == tuning.SCOPE_SERVER
+            if managed_server:
+                # Startup parameters of the server trackop deploys (managed.parameters), rolled
+                # out by its StatefulSet or CloudNativePG before this step: never ALTER SYSTEM.
+                plan = []
+            elif wanted.scope == tuning.SCOPE_SERVER:
                 if not privileges.superuser:
                     raise StepFailed(cond.TUNING_APPLIED, "AdminNotSuperuser",
                                      "tuning scope Server uses ALTER SYSTEM, which needs a superuser admin: "
@@ -366,15 +526,21 @@ class Reconciler:
             if applied:
                 state = postgres.inspect_tuning(conn, spec, privileges.superuser)
             shown = ", ".join(f"{k}={v}" for k, v in desired.items()) or "no settings"
-            waiting = sorted(set(desired) & set(state.pending_restart))
+            if managed_server:
+                in_effect = postgres.settings_in_effect(conn, list(desired))
+                waiting = sorted(name for name in desired if in_effect.get(name) != kb_values.get(name))
+            else:
+                waiting = sorted(set(desired) & set(state.pending_restart))
             found.append(Condition(cond.TUNING_APPLIED, "True", "Applied",
                                    f"scope {wanted.scope}: {shown}"
                                    + (f"; waiting for a restart: {', '.join(waiting)}" if waiting else "")))
             if wanted.scope == tuning.SCOPE_SERVER:
+                after_restart = ("the managed server is restarted with them" if managed_server
+                                 else "trackop never restarts an external server")
                 found.append(Condition(cond.PENDING_RESTART, "True" if waiting else "False",
                                        "RestartNeeded" if waiting else "NoRestartNeeded",
-                                       f"{', '.join(waiting)} take effect after the server restarts; trackop never "
-                                       "restarts an external server" if waiting else "every setting is in effect"))
+                                       f"{', '.join(waiting)} take effect after the server restarts; {after_restart}"
+                                       if waiting else "every setting is in effect"))
         server = spec.tracking_server
         budget = tuning.connection_budget(
             wanted, server.replicas if server else 0, server.workers if server else 0,
@@ -398,7 +564,7 @@ class Reconciler:
     def _schema(self, ctx: _Context, password: str, current: str | None) -> tuple[str, str]:
         """``current`` is the revision read while checking the role's login."""
         spec = ctx.spec
-        url = manifests.database_uri(spec, password)
+        url = manifests.database_uri(spec, password, ctx.reach)
         if spec.migration == "Job":
             return self._schema_by_job(ctx, current)
         if spec.mlflow_version != schema.BUNDLED_MLFLOW_VERSION:
@@ -469,7 +635,7 @@ class Reconciler:
                                  15) from None
             checked = False  # workload identity: only the server's service account can reach it
         # Direct clients give new experiments a local location unless the database says otherwise.
-        with postgres.connect(spec.server, spec.role, password, spec.database) as conn:
+        with postgres.connect(ctx.reach, spec.role, password, spec.database) as conn:
             plan = postgres.plan_artifact_trigger(store.uri, postgres.inspect_artifact_trigger(conn))
             for summary in postgres.apply(conn, plan):
                 ctx.did("ArtifactLocationReconciled", summary)
@@ -514,6 +680,8 @@ class Reconciler:
         """Apply the deletion policy; raises StepFailed if it must be retried."""
         uid = owner["metadata"]["uid"]
         self.remove_copies(spec)
+        if spec.managed is not None:
+            return self._delete_managed(spec, owner)
         if spec.deletion_policy == "Retain":
             self.kube.release_secret(spec.namespace, spec.connection_secret, uid)
             return [("Normal", "Retained",
@@ -532,3 +700,30 @@ class Reconciler:
             error = postgres.connection_lost(exc, spec.server)
             raise StepFailed(cond.READY, error.reason, cond.redact(error.message, ctx.secrets), 15) from None
         return [("Normal", "Deleted", s) for s in summaries]
+
+    def _delete_managed(self, spec: BackendSpec, owner: Mapping[str, Any]) -> list[tuple[str, str, str]]:
+        """A server trackop deployed goes with its data (Delete), or leaves its data behind
+        (Retain). Its objects are owned by the backend, so the garbage collector removes the
+        rest; no SQL is needed, the database goes with the server."""
+        uid = owner["metadata"]["uid"]
+        server = spec.managed
+        if spec.deletion_policy == "Delete":
+            # The StatefulSet's claim retention policy (Delete) and CloudNativePG remove the volumes.
+            return [("Normal", "Deleted", f"the managed PostgreSQL {server.name} and its volumes are deleted with "
+                                          "this TrackingBackend (deletionPolicy Delete)")]
+        self.kube.release_secret(spec.namespace, spec.connection_secret, uid)
+        if server.engine == ENGINE_CNPG:
+            try:
+                self.kube.release_object(managed.cnpg_cluster(spec, None, {}), uid)
+            except ApiException as exc:
+                if exc.status != 404:  # CloudNativePG not installed: nothing was made
+                    raise
+            return [("Normal", "Retained",
+                     f"kept CloudNativePG Cluster {server.name} (still running, with database {spec.database} and "
+                     f"role {spec.role}) and Secret {spec.connection_secret} (deletionPolicy Retain)")]
+        self.kube.release_secret(spec.namespace, server.superuser_secret, uid)
+        return [("Normal", "Retained",
+                 f"kept PersistentVolumeClaim {managed.claim_name(spec)} (database {spec.database}, role "
+                 f"{spec.role}) and Secrets {server.superuser_secret} and {spec.connection_secret}; the server "
+                 "stopped with this TrackingBackend, and a TrackingBackend of the same name starts it again on "
+                 "the same data (deletionPolicy Retain)")]
