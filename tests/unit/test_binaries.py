@@ -32,8 +32,9 @@ def test_ensure_all_builds_helm_and_fetches_the_chart_crds(monkeypatch):
     monkeypatch.setattr(binaries, "ensure_stores", lambda progress: {"minio": "m"})
     monkeypatch.setattr(binaries, "ensure_helm", lambda progress: called.append("helm") or "h")
     monkeypatch.setattr(binaries, "ensure_third_party_crds", lambda progress: called.append("crds") or [])
+    monkeypatch.setattr(binaries, "ensure_cnpg_crds", lambda progress: called.append("cnpg") or [])
     assert binaries.ensure_all(lambda message: None) == {"kubectl": "k", "minio": "m", "helm": "h"}
-    assert called == ["helm", "crds"]
+    assert called == ["helm", "crds", "cnpg"]
 
 
 def test_helm_is_keyed_by_its_ldflags(monkeypatch, tmp_path):

@@ -55,6 +55,13 @@ THIRD_PARTY_CRDS = {
         "deploy/crds/cert-manager.io_clusterissuers.yaml",
     ),
 }
+# CloudNativePG's Cluster CRD, for spec.postgres.managed engine CloudNativePG: the bed checks
+# that the API server accepts the Cluster trackop writes (no CloudNativePG operator runs
+# there). Kept apart from THIRD_PARTY_CRDS, which the chart's tests install: a test first
+# checks the condition for a cluster without it.
+CNPG_CRDS = {
+    ("github.com/cloudnative-pg/cloudnative-pg", "v1.29.0"): ("config/crd/bases/postgresql.cnpg.io_clusters.yaml",),
+}
 
 Progress = Callable[[str], None]
 
@@ -257,10 +264,15 @@ def ensure_module_files(module: str, version: str, paths: tuple[str, ...],
     return found
 
 
-def ensure_third_party_crds(progress: Progress = _stderr) -> list[Path]:
+def ensure_third_party_crds(progress: Progress = _stderr, crds: dict | None = None) -> list[Path]:
     """The ServiceMonitor and cert-manager CRD files (THIRD_PARTY_CRDS), fetched if missing."""
-    return [path for (module, version), paths in THIRD_PARTY_CRDS.items()
+    return [path for (module, version), paths in (crds or THIRD_PARTY_CRDS).items()
             for path in ensure_module_files(module, version, paths, progress)]
+
+
+def ensure_cnpg_crds(progress: Progress = _stderr) -> list[Path]:
+    """CloudNativePG's Cluster CRD file (CNPG_CRDS), fetched if missing."""
+    return ensure_third_party_crds(progress, CNPG_CRDS)
 
 
 def _npm_env() -> dict[str, str]:
@@ -304,6 +316,7 @@ def ensure_all(progress: Progress = _stderr) -> dict[str, Path]:
     binaries.update(ensure_stores(progress))
     binaries["helm"] = ensure_helm(progress)
     ensure_third_party_crds(progress)  # for the chart's dry runs; small, and offline afterwards
+    ensure_cnpg_crds(progress)
     return binaries
 
 
