@@ -200,7 +200,10 @@ class Backends:
         return self.get(name)
 
     def connection_secret(self, name: str) -> dict[str, str]:
-        secret = self.core.read_namespaced_secret(f"{name}-mlflow", self.namespace)
+        return self.secret_data(f"{name}-mlflow")
+
+    def secret_data(self, secret_name: str) -> dict[str, str]:
+        secret = self.core.read_namespaced_secret(secret_name, self.namespace)
         return {k: base64.b64decode(v).decode() for k, v in secret.data.items()}
 
     def events(self, name: str) -> list[client.CoreV1Event]:

@@ -329,7 +329,7 @@ class Reconciler:
             raise StepFailed(cond.POSTGRES_READY, "CloudNativePGNotInstalled",
                              f"engine CloudNativePG needs CloudNativePG's CRDs ({managed.CNPG_CRD}), which this "
                              "cluster does not have: install the CloudNativePG operator, or use engine StatefulSet",
-                             60) from None
+                             15) from None
         if existing is not None and not _ours(spec, existing):
             raise StepFailed(cond.POSTGRES_READY, "ManagedServerNameTaken",
                              f"CloudNativePG Cluster {name} exists and was not made by trackop for this backend: "

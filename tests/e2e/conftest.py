@@ -22,9 +22,11 @@ def operator_kubeconfig(bed_info: dict, trackop_crd: dict, kube_api) -> str:
 
 @pytest.fixture(scope="session")
 def operator(operator_kubeconfig: str) -> OperatorProcess:
-    # As the chart runs it: the webhook configurations owned by the chart's ClusterRole.
+    # As the chart runs it: the webhook configurations owned by the chart's ClusterRole. The
+    # bed has no Service network: the operator reaches managed servers at their pod's IP.
     proc = OperatorProcess(operator_kubeconfig, Path(tempfile.mkdtemp(prefix="trackop-operator-")),
-                           base_args=["--webhook-owner-clusterrole", CHART_RELEASE])
+                           base_args=["--webhook-owner-clusterrole", CHART_RELEASE,
+                                      "--managed-postgres-address", "pod"])
     proc.start()
     yield proc
     proc.stop()

@@ -284,3 +284,67 @@ def test_printer_columns(kube_api, custom, namespace, kubectl):
                                "http://team-a-mlflow.x.svc:5000"]
     narrow = kubectl("get", "trackop", "-n", namespace).splitlines()[0]
     assert "PHASE" not in narrow and "READY" in narrow
+
+
+# ---- spec.postgres.managed ------------------------------------------------------------------
+
+def managed_backend(name: str = "team-a", **managed) -> dict:
+    return {"apiVersion": f"{GROUP}/{VERSION}", "kind": "TrackingBackend", "metadata": {"name": name},
+            "spec": {"postgres": {"managed": managed}}}
+
+
+def test_managed_gets_defaults(custom, namespace):
+    created = create(custom, namespace, managed_backend())
+    assert created["spec"]["postgres"]["managed"] == {
+        "engine": "StatefulSet", "version": "17", "port": 5432, "instances": 1, "storage": {"size": "10Gi"}}
+
+
+@pytest.mark.parametrize(("obj", "fragment"), [
+    pytest.param(with_value(managed_backend(), "spec.postgres.external",
+                            {"host": "pg", "adminSecretRef": {"name": "a"}}),
+                 "set exactly one of external", id="both"),
+    pytest.param(with_value(backend(), "spec.postgres.external", _DELETE), "set exactly one of external",
+                 id="neither"),
+    pytest.param(managed_backend(instances=3), "instances above 1 need engine CloudNativePG", id="sts-replicas"),
+    pytest.param(managed_backend(engine="CloudNativePG", port=6432), "CloudNativePG always serves on 5432",
+                 id="cnpg-port"),
+    pytest.param(managed_backend(engine="Patroni"), "Unsupported value", id="engine"),
+    pytest.param(managed_backend(version="9.6"), "should match", id="version"),
+    pytest.param(managed_backend(storage={"size": "lots"}), "should match", id="storage-size"),
+    pytest.param(managed_backend(name="a" * 44), "at most 43 characters with spec.postgres.managed", id="name"),
+    pytest.param(with_value(managed_backend(), "spec.postgres.tuning", {"scope": "Server", "maxConnections": 3}),
+                 "more than 3 (superuser_reserved_connections)", id="max-connections"),
+])
+def test_invalid_managed_specs_are_rejected(custom, namespace, obj, fragment):
+    with pytest.raises(client.ApiException) as excinfo:
+        create(custom, namespace, obj)
+    message = rejection(excinfo)
+    assert fragment in message, message
+
+
+def test_managed_engine_version_and_statefulset_storage_are_immutable(custom, namespace):
+    create(custom, namespace, managed_backend())
+
+    def refused(body) -> str:
+        with pytest.raises(client.ApiException) as excinfo:
+            custom.patch_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, "team-a", body)
+        return rejection(excinfo)
+
+    assert "engine is immutable" in refused({"spec": {"postgres": {"managed": {"engine": "CloudNativePG"}}}})
+    assert "version is immutable" in refused({"spec": {"postgres": {"managed": {"version": "16"}}}})
+    assert "storage is immutable" in refused({"spec": {"postgres": {"managed": {"storage": {"size": "20Gi"}}}}})
+    assert "cannot be swapped" in refused({"spec": {"postgres": {"managed": None, "external": {
+        "host": "pg", "adminSecretRef": {"name": "a"}}}}})
+    # A change a running server can take goes through: new tuning, another image.
+    changed = custom.patch_namespaced_custom_object(
+        GROUP, VERSION, namespace, PLURAL, "team-a",
+        {"spec": {"postgres": {"managed": {"image": "docker.io/library/postgres:17.2"},
+                               "tuning": {"scope": "Server", "maxConnections": 50}}}})
+    assert changed["spec"]["postgres"]["managed"]["image"] == "docker.io/library/postgres:17.2"
+
+
+def test_cloudnativepg_storage_can_grow(custom, namespace):
+    create(custom, namespace, managed_backend(engine="CloudNativePG", instances=3))
+    changed = custom.patch_namespaced_custom_object(
+        GROUP, VERSION, namespace, PLURAL, "team-a", {"spec": {"postgres": {"managed": {"storage": {"size": "20Gi"}}}}})
+    assert changed["spec"]["postgres"]["managed"]["storage"]["size"] == "20Gi"
