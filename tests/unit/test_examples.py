@@ -64,10 +64,12 @@ def test_every_backend_parses(path, doc):
     if spec.tuning is not None and spec.tuning.max_connections is not None:
         server = spec.tracking_server
         limit = tuning.connection_limit(spec.tuning)
+        server_wide = spec.tuning.scope == tuning.SCOPE_SERVER  # max_connections less the superusers' slots
         budget = tuning.connection_budget(spec.tuning, server.replicas if server else 0,
                                           server.workers if server else 0, database_limit=limit,
-                                          role_limit=limit, server_max_connections=None, reserved_slots=0,
-                                          used_by_others=0)
+                                          role_limit=limit,
+                                          server_max_connections=spec.tuning.max_connections if server_wide else None,
+                                          reserved_slots=api.SUPERUSER_RESERVED_CONNECTIONS, used_by_others=0)
         assert budget.required <= budget.limit, f"{path.name}: {meta['name']} is over its own connection budget"
 
 
