@@ -23,6 +23,14 @@ if ! command -v lua5.4 >/dev/null && ! command -v lua >/dev/null; then
   as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq lua5.4 >/dev/null
 fi
 
+# nss_wrapper: the postgres image's entrypoint stand-in (tests/images/postgres) runs initdb as
+# the Pod's uid, which has no passwd entry here; the official entrypoint uses it the same way.
+if ! ls /usr/lib/*/libnss_wrapper.so /usr/lib/libnss_wrapper.so >/dev/null 2>&1; then
+  echo "setup: installing nss_wrapper from Debian's packages" >&2
+  as_root apt-get update -qq
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libnss-wrapper >/dev/null
+fi
+
 # Go builds the control plane and MinIO (Go >= 1.25: k8s.io/kubernetes v1.35 needs it).
 if ! command -v go >/dev/null; then
   echo "setup: Go >= 1.25 is needed to build the test bed's control plane; install it first" >&2
