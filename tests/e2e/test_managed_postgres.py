@@ -171,7 +171,8 @@ def test_statefulset_server_provisioned_tuned_restarted_retained_and_deleted(bac
                    "the PersistentVolumeClaim to be deleted", timeout=90)
     finally:
         supervisor.stop()
-    assert not supervisor.alive(), "a PostgreSQL process outlived the test"
+    assert supervisor.history and not any(p.alive() for p in supervisor.history), \
+        "a PostgreSQL process outlived the test"
 
 
 @pytest.fixture

@@ -62,6 +62,9 @@ def test_the_pod_template_meets_the_restricted_pod_security_standard(kube_api, c
         template = managed.statefulset(spec, owner, managed.parameters(spec))["spec"]["template"]
         pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "pg", **template["metadata"]},
                "spec": template["spec"]}
+        # As the StatefulSet controller makes the pod: the claim template becomes a volume.
+        pod["spec"]["volumes"] = [*pod["spec"]["volumes"], {"name": managed.DATA_VOLUME, "persistentVolumeClaim": {
+            "claimName": managed.claim_name(spec)}}]
         core_v1.create_namespaced_pod(name, pod, dry_run="All")
         # The check is real: the same pod as root is refused.
         pod["spec"]["securityContext"] = {**pod["spec"]["securityContext"], "runAsNonRoot": False, "runAsUser": 0}
