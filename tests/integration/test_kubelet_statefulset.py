@@ -105,21 +105,23 @@ def _ids(pid: int) -> dict[str, list[int]]:
     return {key: [int(v) for v in fields[key].split()] for key in ("Uid", "Gid", "Groups")}
 
 
-def _pids_of_uid(uid: int) -> list[int]:
+def _leftovers(groups: set[int], text: str) -> list[int]:
+    """Processes in one of the process groups ``groups`` or with ``text`` in their command line."""
     pids = []
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
             try:
-                if _ids(int(entry.name))["Uid"][0] == uid:
-                    pids.append(int(entry.name))
-            except (FileNotFoundError, ProcessLookupError, KeyError):
-                pass
+                pgid = os.getpgid(int(entry.name))
+                cmdline = (entry / "cmdline").read_bytes().decode(errors="replace")
+            except (FileNotFoundError, ProcessLookupError):
+                continue
+            if pgid in groups or text in cmdline:
+                pids.append(int(entry.name))
     return pids
 
 
 def test_statefulset_postgres_rolls_with_its_data(kube_api, core_v1, namespace, kubelet):
     assert PG_BIN, "no /usr/lib/postgresql/<major>/bin: run make setup"
-    assert not _pids_of_uid(999), "a process of uid 999 is already running: it would blur the checks"
     apps = client.AppsV1Api(kube_api)
     password = secrets.token_urlsafe(18)
     core_v1.create_namespaced_secret(namespace, client.V1Secret(
@@ -141,7 +143,7 @@ def test_statefulset_postgres_rolls_with_its_data(kube_api, core_v1, namespace, 
         # The controller made the claim; nothing provisions it, and the kubelet backs it locally.
         claim = core_v1.read_namespaced_persistent_volume_claim("data-db-postgres-0", namespace)
         assert claim.status.phase == "Pending"
-        assert first.volumes["data"] == kubelet.workdir / "pvc" / namespace / "data-db-postgres-0"
+        assert first.volumes["data"] == kubelet.workdir / "pvc" / namespace / "data-db-postgres-0" / claim.metadata.uid
         assert (first.volumes["data"] / "pgdata" / "PG_VERSION").is_file()
         assert (first.volumes["run"] / f".s.PGSQL.{port}").is_socket()  # unix_socket_directories translated
         data_dir = first.volumes["data"].stat()
@@ -186,11 +188,15 @@ def test_statefulset_postgres_rolls_with_its_data(kube_api, core_v1, namespace, 
         assert logs.count("Success. You can now start the database server") == 1  # initdb once
         assert password not in logs
         assert supervisor.errors == []
+        assert second.pid in _leftovers({second.pid}, str(kubelet.workdir))  # the check below sees a live one
     finally:
         supervisor.stop()
 
     assert [p for p in supervisor.history if p.alive()] == []
-    assert _pids_of_uid(999) == [], "a postgres process outlived the supervisor"
+    # Each container's processes are in its process group; the postmaster's command line
+    # names the kubelet's directories (unix_socket_directories).
+    groups = {p.pid for p in supervisor.history}
+    assert _leftovers(groups, str(kubelet.workdir)) == [], "a postgres process outlived the supervisor"
     assert not is_listening(port)
 
 

@@ -24,10 +24,12 @@ What differs from a container, and how it is bridged:
   ``readOnly`` and ``readOnlyRootFilesystem`` are not enforced.
 - Volumes: ``emptyDir`` is a fresh directory per Pod (``WORKDIR/e/<uid[:8]>/<name>``, any
   medium); ``persistentVolumeClaim`` is a directory per claim,
-  ``WORKDIR/pvc/<namespace>/<claimName>``, that outlives the Pod (a StatefulSet's new Pod
-  finds its data), and the claim must exist in the API (it may stay Pending: the bed has
-  no provisioner); the automatic service-account token volume is ignored; anything else is
-  refused rather than faked. Unix socket paths are limited to 107 bytes: keep WORKDIR short
+  ``WORKDIR/pvc/<namespace>/<claimName>/<claim uid>``, that outlives the Pod (a
+  StatefulSet's new Pod finds its data) while a claim made again under the same name (after
+  ``whenDeleted: Delete``, say) starts empty, as a newly provisioned volume would; the
+  claim must exist in the API (it may stay Pending: the bed has no provisioner). The
+  automatic service-account token volume is ignored; anything else is refused rather than
+  faked. Unix socket paths are limited to 107 bytes: keep WORKDIR short
   when a Pod puts a socket in a volume.
 - Users: ``runAsNonRoot`` with ``runAsUser: 0`` is refused. With ``run_as_users`` (always
   for :meth:`LocalKubelet.supervise_statefulset`, off by default elsewhere because this
@@ -73,7 +75,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Sequence
+from typing import Callable, Sequence
 
 from kubernetes import client
 
@@ -336,7 +338,8 @@ class LocalKubelet:
                 part.chmod(mode | 0o001)
 
     def _volumes(self, pod: client.V1Pod, identity: _Identity | None) -> dict[str, Path]:
-        namespace, fs_group = pod.metadata.namespace, (pod.spec.security_context or client.V1PodSecurityContext()).fs_group
+        namespace = pod.metadata.namespace
+        fs_group = (pod.spec.security_context or client.V1PodSecurityContext()).fs_group
         volumes: dict[str, Path] = {}
         for volume in pod.spec.volumes or []:
             if volume.projected is not None and volume.name.startswith("kube-api-access-"):
@@ -348,13 +351,16 @@ class LocalKubelet:
             elif volume.persistent_volume_claim is not None:
                 claim = volume.persistent_volume_claim.claim_name
                 try:
-                    self.core.read_namespaced_persistent_volume_claim(claim, namespace)
+                    pvc = self.core.read_namespaced_persistent_volume_claim(claim, namespace)
                 except client.ApiException as exc:
                     if exc.status == 404:
                         raise LocalKubeletError(
                             f"volume {volume.name!r}: PersistentVolumeClaim {namespace}/{claim} not found") from None
                     raise
-                path = self.workdir / "pvc" / namespace / claim
+                if pvc.metadata.deletion_timestamp is not None:
+                    raise LocalKubeletError(f"volume {volume.name!r}: PersistentVolumeClaim {namespace}/{claim} "
+                                            "is being deleted")
+                path = self.workdir / "pvc" / namespace / claim / pvc.metadata.uid
                 if not path.exists():
                     path.mkdir(parents=True)
                     path.chmod(0o750)
