@@ -1,7 +1,8 @@
 """The local kubelet runs a StatefulSet's PostgreSQL Pod the way a node would: the real
-StatefulSet controller makes (and on a template change replaces) the Pod and its claim,
-the local kubelet runs the container as a process of the Pod's uid with the claim's data
-kept across the roll, and readiness comes from the Pod's own exec probe."""
+StatefulSet controller makes the Pod and its claim, and replaces the Pod on a template
+change or after its container died; the local kubelet runs the container as a process of
+the Pod's uid, with the claim's data kept across replacements, and readiness comes from
+the Pod's own exec probe."""
 
 from __future__ import annotations
 
@@ -182,13 +183,24 @@ def test_statefulset_postgres_rolls_with_its_data(kube_api, core_v1, namespace, 
             assert conn.execute("SELECT current_setting('max_connections')").fetchone() == ("50",)
             assert conn.execute("SELECT mark FROM marks").fetchall() == [("before the roll",)]
 
+        # The postmaster dies: the Pod is reported Failed, the controller replaces it, and the
+        # new process recovers the same data.
+        os.kill(second.pid, signal.SIGKILL)
+        third = supervisor.wait_for("db-postgres-0", not_uid=second.pod_uid, timeout=60)
+        eventually(lambda: _ready_pod(core_v1, namespace, "db-postgres-0", not_uid=second.pod_uid),
+                   "db-postgres-0 Ready after the crash", timeout=90)
+        assert third.volumes["data"] == first.volumes["data"]
+        with psycopg.connect(**dsn) as conn:
+            assert conn.execute("SELECT mark FROM marks").fetchall() == [("before the roll",)]
+
         logs = supervisor.logs()
         assert "received fast shutdown request" in logs  # SIGINT, the image's STOPSIGNAL
-        assert logs.count("database system is ready to accept connections") == 2
+        assert "automatic recovery in progress" in logs
+        assert logs.count("database system is ready to accept connections") == 3
         assert logs.count("Success. You can now start the database server") == 1  # initdb once
         assert password not in logs
         assert supervisor.errors == []
-        assert second.pid in _leftovers({second.pid}, str(kubelet.workdir))  # the check below sees a live one
+        assert third.pid in _leftovers({third.pid}, str(kubelet.workdir))  # the check below sees a live one
     finally:
         supervisor.stop()
 
