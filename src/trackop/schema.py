@@ -219,13 +219,29 @@ def preload() -> None:
 # ---------------------------------------------------------------------------- database
 
 
-def _engine(url: str) -> Engine:
+def _engine(url: str, role: str | None = None) -> Engine:
     import sqlalchemy
     from sqlalchemy.pool import NullPool
 
     # NullPool: every connection is closed when released, so nothing lingers on the
     # server after the call (and the advisory lock dies with its connection).
-    return sqlalchemy.create_engine(url, poolclass=NullPool)
+    engine = sqlalchemy.create_engine(url, poolclass=NullPool)
+    if role is not None:
+        from .postgres import set_role
+
+        statement = set_role(role)
+
+        @sqlalchemy.event.listens_for(engine, "connect", insert=True)
+        def _act_as(dbapi_connection, _record) -> None:
+            # Outside any transaction, so a later rollback cannot undo it (SQLAlchemy's
+            # documented pattern for session settings).
+            autocommit = dbapi_connection.autocommit
+            dbapi_connection.autocommit = True
+            with dbapi_connection.cursor() as cursor:
+                cursor.execute(statement)
+            dbapi_connection.autocommit = autocommit
+
+    return engine
 
 
 def _read_revision(engine: Engine) -> str | None:
@@ -294,11 +310,13 @@ def _release_advisory_lock(connection) -> None:
         connection.close()
 
 
-def migrate(url: str, *, lock_timeout_s: float = 60) -> MigrationResult:
+def migrate(url: str, *, lock_timeout_s: float = 60, role: str | None = None) -> MigrationResult:
     """Bring the database at ``url`` to the bundled MLflow's Alembic head.
 
     ``url`` is a SQLAlchemy URL (``postgresql+psycopg://role:pw@host:port/db?...``) of
-    the MLflow role, so the tables it creates belong to that role. Under a per-database
+    the MLflow role, so the tables it creates belong to that role; or, with ``role``, of
+    a login that may ``SET ROLE`` to ``role``, which then owns them (trackop's template
+    database: the admin acting as the NOLOGIN template role). Under a per-database
     advisory lock: an unknown (newer) revision raises :class:`SchemaNewerThanTarget`; the
     head is a no-op; an empty database is initialised as ``mlflow db upgrade`` does
     (MLflow's pre-1.0 tables, then every migration); anything else is upgraded to head.
@@ -309,7 +327,7 @@ def migrate(url: str, *, lock_timeout_s: float = 60) -> MigrationResult:
     lock = None
     step = "connecting"
     try:
-        engine = _engine(url)
+        engine = _engine(url, role)
         step = "connecting and taking the migration lock"
         lock = _acquire_advisory_lock(engine, lock_timeout_s)
         step = "reading the schema revision"
