@@ -47,6 +47,15 @@ def database_uri(spec: BackendSpec, password: str, server: ExternalServer | None
     )
 
 
+def operator_uri(server: ExternalServer, user: str, password: str, database: str) -> str:
+    """A SQLAlchemy URL for the operator's own in-process work (psycopg 3, which the operator
+    bundles), e.g. the admin building the template database."""
+    return (
+        f"postgresql+psycopg://{quote(user, safe='')}:{quote(password, safe='')}"
+        f"@{_host_for_uri(server.host)}:{server.port}/{quote(database, safe='')}?sslmode={server.ssl_mode}"
+    )
+
+
 def workloads_need_bucket_access(spec: BackendSpec) -> bool:
     """Clients write artifacts to the bucket themselves unless the server proxies them."""
     if spec.artifacts is None:

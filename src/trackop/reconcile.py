@@ -12,7 +12,9 @@ import dataclasses
 import hashlib
 import json
 import logging
+import os
 import secrets as random_secrets
+import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -37,6 +39,11 @@ def _refusal(exc: ApiException) -> str:
         return f"{exc.status} {exc.reason}"
 
 GENERATED_PASSWORD_BYTES = 32  # token_urlsafe(32): 43 characters
+# New Inline databases are cloned from a template database (postgres.py); "off" migrates
+# each one in place, as before.
+SCHEMA_TEMPLATES = os.environ.get("TRACKOP_SCHEMA_TEMPLATES", "on").lower() != "off"
+TEMPLATE_LOCK_TIMEOUT = 60.0  # seconds to wait for another session's template build
+CLONE_ATTEMPTS = 3
 
 
 def _ours(spec: BackendSpec, body: Mapping[str, Any]) -> bool:
@@ -89,6 +96,9 @@ class _Context:
     # Where the operator itself connects: spec.server, or a managed server's pod address
     # when the operator runs outside the cluster's Service network.
     reach: ExternalServer | None = None
+    admin_login: tuple[str, str] | None = None   # (user, password) from the admin Secret
+    cloned: tuple[str, float] | None = None      # (template, seconds) when this reconcile cloned the database
+    not_cloned: str | None = None                # why a new database was not cloned (then migrated in place)
 
     def __post_init__(self) -> None:
         if self.reach is None:
@@ -232,6 +242,7 @@ class Reconciler:
             raise StepFailed(cond.DATABASE_READY, "AdminSecretInvalid",
                              f"admin Secret {ref} lacks key(s) {', '.join(missing)}: add them", 15)
         ctx.secrets.add(data["password"])
+        ctx.admin_login = (data["username"], data["password"])
         return data["username"], data["password"]
 
     # ---- spec.postgres.managed ----------------------------------------------------------
@@ -477,6 +488,8 @@ class Reconciler:
             ctx.did("RoleReconciled", summary)
         database = postgres.inspect_database(conn, spec.database)
         role = postgres.inspect_role(conn, spec.role)
+        if database is None and self._clones(spec):
+            database = self._clone(ctx, conn, privileges)
         for summary in postgres.apply(conn, postgres.plan_database(spec, database, role)):
             ctx.did("DatabaseReconciled", summary)
         login = postgres.login_as_role(ctx.reach, spec.role, password, spec.database)
@@ -490,7 +503,140 @@ class Reconciler:
                 raise StepFailed(cond.DATABASE_READY, "RoleLoginFailed",
                                  f"role {spec.role} cannot log in to {spec.database} even after its password "
                                  "was set: check pg_hba.conf and the role's CONNECT privilege", 30)
+        if login.handover_pending:
+            # A clone whose hand-over was interrupted (a crash right after CREATE DATABASE).
+            try:
+                self._handover(ctx, conn, privileges)
+            except postgres.TemplateUnavailable as why:
+                raise StepFailed(cond.DATABASE_READY, "HandOverFailed",
+                                 f"database {spec.database} holds objects of role {postgres.TEMPLATE_ROLE} (a clone "
+                                 f"whose hand-over was interrupted) that cannot be given to role {spec.role}: "
+                                 f"{why.message}", 60) from None
+            login = postgres.login_as_role(ctx.reach, spec.role, password, spec.database)
         return login
+
+    # ---- the template database (see postgres.py: roles, ownership, lock) ----------------
+    @staticmethod
+    def _clones(spec: BackendSpec) -> bool:
+        """New databases are cloned from the template when the operator itself migrates them
+        with its bundled MLflow (Inline); a Job migrates with the image's MLflow instead."""
+        return (SCHEMA_TEMPLATES and spec.migration == "Inline"
+                and spec.mlflow_version == schema.BUNDLED_MLFLOW_VERSION)
+
+    def _clone(self, ctx: _Context, conn, privileges: postgres.AdminPrivileges) -> postgres.DatabaseState | None:
+        """Create the backend's (new) database as a clone of the template and hand its
+        objects to the role. None when no clone was made: the reason is logged and the
+        database is then created empty and migrated in place."""
+        spec = ctx.spec
+        try:
+            template = self._template(ctx, conn, privileges)
+            started = time.monotonic()
+            if not self._create_from_template(ctx, conn, template):
+                # Created meanwhile by another reconcile: the existing-database path takes it.
+                return postgres.inspect_database(conn, spec.database)
+            try:
+                self._handover(ctx, conn, privileges)
+            except (postgres.StatementFailed, postgres.TemplateUnavailable) as error:
+                postgres.apply(conn, [postgres.plan_discard_clone(spec)])
+                raise postgres.TemplateUnavailable(
+                    f"the clone's objects could not be handed to role {spec.role} ({error.message}); the clone "
+                    "was dropped") from None
+            ctx.cloned = (template, time.monotonic() - started)
+        except postgres.TemplateUnavailable as why:
+            ctx.not_cloned = cond.redact(why.message, ctx.secrets)
+            log.warning("%s/%s: database %s not cloned from a template, migrated in place instead: %s",
+                        spec.namespace, spec.name, spec.database, ctx.not_cloned)
+            return None
+        return postgres.inspect_database(conn, spec.database)
+
+    def _template(self, ctx: _Context, conn, privileges: postgres.AdminPrivileges) -> str:
+        """The complete template for the bundled MLflow's head on this server (built now if
+        there is none), and the admin's membership in the template role."""
+        head = schema.head_revision()
+        state = postgres.inspect_template(conn, head)
+        try:
+            if not postgres.template_ready(state):
+                state = self._build_template(ctx, conn, privileges, head)
+            for summary in postgres.apply(conn, postgres.plan_template_role(state.role, privileges)):
+                log.info("%s/%s (template): %s", ctx.spec.namespace, ctx.spec.name, summary)
+        except postgres.StatementFailed as error:
+            raise postgres.TemplateUnavailable(error.message) from None
+        return postgres.template_name(head)
+
+    def _build_template(self, ctx: _Context, conn, privileges: postgres.AdminPrivileges,
+                        head: str) -> postgres.TemplateState:
+        """Under the server-wide template lock: build the template under a temporary name by
+        MLflow's own migrations, acting as the template role, then publish it."""
+        spec = ctx.spec
+        name = postgres.template_name(head)
+        if not postgres.try_advisory_lock(conn, postgres.TEMPLATE_LOCK_KEY, TEMPLATE_LOCK_TIMEOUT):
+            raise postgres.TemplateUnavailable(
+                f"another trackop session has been building template {name} for over {TEMPLATE_LOCK_TIMEOUT:.0f}s")
+        try:
+            state = postgres.inspect_template(conn, head)
+            if postgres.template_ready(state):
+                return state  # built by another reconcile while this one waited for the lock
+            started = time.monotonic()
+            build = postgres.template_build_name(head)
+            steps = postgres.plan_template_role(state.role, privileges) + postgres.plan_template_build(state)
+            for summary in postgres.apply(conn, steps):
+                log.info("%s/%s (template): %s", ctx.spec.namespace, ctx.spec.name, summary)
+            admin_user, admin_password = ctx.admin_login
+            with postgres.connect(ctx.reach, admin_user, admin_password, build) as db:
+                postgres.apply(db, postgres.plan_template_schema(open_=True))
+            try:
+                result = schema.migrate(manifests.operator_uri(ctx.reach, admin_user, admin_password, build),
+                                        role=postgres.TEMPLATE_ROLE)
+            except (schema.SchemaMigrationError, schema.SchemaNewerThanTarget) as exc:
+                raise postgres.TemplateUnavailable(
+                    f"building template {name} failed: {cond.redact(str(exc), ctx.secrets)}") from None
+            with postgres.connect(ctx.reach, admin_user, admin_password, build) as db:
+                postgres.apply(db, postgres.plan_template_schema(open_=False))
+                foreign = postgres.objects_not_owned_by(db, postgres.TEMPLATE_ROLE)
+            if foreign:
+                raise postgres.TemplateUnavailable(
+                    f"the template build {build} holds objects not owned by {postgres.TEMPLATE_ROLE} "
+                    f"({', '.join(foreign[:5])}), which the hand-over would leave behind")
+            for summary in postgres.apply(conn, postgres.plan_template_publish(head)):
+                log.info("%s/%s (template): %s", ctx.spec.namespace, ctx.spec.name, summary)
+            ctx.did("TemplateBuilt", f"built template database {name} on {spec.server.host}:{spec.server.port}: "
+                                     f"MLflow's migrations from empty to {result.after} in "
+                                     f"{time.monotonic() - started:.1f}s, once per server and MLflow version; new "
+                                     "backend databases are cloned from it")
+            return postgres.inspect_template(conn, head)
+        finally:
+            postgres.advisory_unlock(conn, postgres.TEMPLATE_LOCK_KEY)
+
+    def _create_from_template(self, ctx: _Context, conn, template: str) -> bool:
+        """CREATE DATABASE ... TEMPLATE; False if the database was created meanwhile."""
+        for attempt in range(1, CLONE_ATTEMPTS + 1):
+            try:
+                for summary in postgres.apply(conn, [postgres.plan_clone(ctx.spec, template)]):
+                    ctx.did("DatabaseReconciled", summary)
+                return True
+            except postgres.StatementFailed as error:
+                if error.sqlstate == "42P04":  # duplicate_database
+                    return False
+                # 55006: a session is connected to the template (PostgreSQL itself waited 5 s).
+                if error.sqlstate == "55006" and attempt < CLONE_ATTEMPTS:
+                    time.sleep(0.5)
+                    continue
+                raise postgres.TemplateUnavailable(f"cloning {template} failed: {error.message}") from None
+        raise AssertionError("unreachable")
+
+    def _handover(self, ctx: _Context, conn, privileges: postgres.AdminPrivileges) -> None:
+        """REASSIGN OWNED BY the template role TO the backend's role, inside its database."""
+        spec = ctx.spec
+        role = postgres.inspect_template(conn, schema.head_revision()).role
+        if role is None:
+            raise postgres.TemplateUnavailable(f"role {postgres.TEMPLATE_ROLE} does not exist")
+        postgres.check_template_role(role)
+        for summary in postgres.apply(conn, postgres.plan_template_role(role, privileges)):
+            log.info("%s/%s (template): %s", ctx.spec.namespace, ctx.spec.name, summary)
+        admin_user, admin_password = ctx.admin_login
+        with postgres.connect(ctx.reach, admin_user, admin_password, spec.database) as db:
+            for summary in postgres.apply(db, [postgres.plan_handover(spec)]):
+                ctx.did("DatabaseReconciled", summary)
 
     def _tuning(self, ctx: _Context, conn, privileges: postgres.AdminPrivileges
                 ) -> tuple[list[Condition], dict[str, int]]:
@@ -574,6 +720,11 @@ class Reconciler:
                              f"{schema.BUNDLED_MLFLOW_VERSION} or spec.schema.migration to Job", 300)
         head = schema.head_revision()
         if current == head:
+            if ctx.cloned is not None:
+                template, seconds = ctx.cloned
+                ctx.did("SchemaMigrated", f"cloned the MLflow schema at revision {head} from template {template} "
+                                          f"in {seconds:.2f}s: MLflow's migrations ran once, in the template; none "
+                                          "ran in this database")
             return head, f"MLflow {spec.mlflow_version} schema at revision {head}"
         try:
             result = schema.migrate(url)
@@ -588,7 +739,8 @@ class Reconciler:
         # and then nothing moved and there is nothing to announce.
         if result.before != result.after:
             ctx.did("SchemaMigrated", f"migrated the MLflow schema from {result.before or 'empty'} to "
-                                      f"{result.after} in {result.seconds:.1f}s")
+                                      f"{result.after} in {result.seconds:.1f}s"
+                                      + (f" (not cloned from a template: {ctx.not_cloned})" if ctx.not_cloned else ""))
         return result.after, f"MLflow {spec.mlflow_version} schema at revision {result.after}"
 
     def _schema_by_job(self, ctx: _Context, current: str | None) -> tuple[str, str]:
