@@ -1,9 +1,12 @@
 """Faults while backends provision: the operator SIGKILLed, PostgreSQL restarted, the API
-server restarted, a migration interrupted halfway. Each test ends with every backend
-Ready, the connection Secrets' passwords unchanged (and working), no orphaned or extra
-role or database, one migration per database (alembic_version: one row, at head, written
-by exactly one Alembic run), and no failure in the operator's log that it did not turn into
-a condition or a short retry.
+server restarted, a migration interrupted halfway (the template's, and a database's own).
+Each test ends with every backend Ready, the connection Secrets' passwords unchanged (and
+working), no orphaned or extra role or database, and one migration per template plus
+clones: the server's template database complete and written by exactly one Alembic run,
+no template build left behind, and every backend database either a clone (no Alembic
+write in it) or migrated in place by exactly one Alembic run (alembic_version: one row, at
+head); and no failure in the operator's log that it did not turn into a condition or a
+short retry.
 
 The operator is the session's one OperatorProcess (a second would fight it over the
 backends): these tests kill and restart that one and always leave it running."""
@@ -23,10 +26,11 @@ import uuid
 import psycopg
 import pytest
 from kubernetes import client
+from psycopg import sql
 
 from helpers import eventually
 from kit import GROUP, PLURAL, VERSION, Admin, Backends, OperatorProcess, assert_no_secret_leaks
-from trackop import schema
+from trackop import postgres, schema
 from trackop.api import default_database_name
 
 pytestmark = pytest.mark.bed
@@ -60,7 +64,11 @@ def passwords(backends: Backends) -> dict[str, str]:
 
 
 def schema_migrated_events(backends: Backends, name: str) -> list[str]:
-    return [e.message for e in backends.events(name) if e.reason == "SchemaMigrated"]
+    """The distinct SchemaMigrated messages. An API server killed while it stores an Event
+    makes kopf post it again (the response was lost): the same message, duration included,
+    twice. Two clones or migrations never say the same (and a second clone of one database
+    is impossible: CREATE DATABASE refuses an existing name)."""
+    return sorted({e.message for e in backends.events(name) if e.reason == "SchemaMigrated"})
 
 
 def alembic_writes(bed_info: dict, database: str) -> tuple[int, int] | None:
@@ -80,13 +88,69 @@ def migrations() -> int:
     return len(schema.known_revisions())
 
 
+def template_oid(bed_info: dict) -> int | None:
+    """The OID of the server's complete template for this MLflow's head (None: none)."""
+    with superuser(bed_info) as conn:
+        row = conn.execute("SELECT oid FROM pg_database WHERE datname = %s",
+                           (postgres.template_name(schema.head_revision()),)).fetchone()
+    return row[0] if row else None
+
+
+def drop_template(bed_info: dict) -> None:
+    """As docs/backend.md says to remove it; the next new backend makes it again."""
+    with superuser(bed_info) as conn:
+        for name in (postgres.template_name(schema.head_revision()), postgres.template_build_name(schema.head_revision())):
+            if conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone():
+                conn.execute(sql.SQL("ALTER DATABASE {} WITH IS_TEMPLATE false").format(sql.Identifier(name)))
+                conn.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
+def template_alembic_writes(bed_info: dict) -> tuple[int, int] | None:
+    """alembic_writes of the template. It is closed to connections: opened for this read only,
+    once every backend is Ready (so no clone runs meanwhile)."""
+    name = sql.Identifier(postgres.template_name(schema.head_revision()))
+    with superuser(bed_info) as conn:
+        conn.execute(sql.SQL("ALTER DATABASE {} WITH ALLOW_CONNECTIONS true").format(name))
+        try:
+            return alembic_writes(bed_info, postgres.template_name(schema.head_revision()))
+        finally:
+            conn.execute(sql.SQL("ALTER DATABASE {} WITH ALLOW_CONNECTIONS false").format(name))
+
+
+def assert_one_template(backends: Backends, bed_info: dict, builders: list[str], oid_before: int | None,
+                        stats: bool) -> None:
+    """One migration per template: the template exists, complete, with no build left behind;
+    a template that existed before the test is the same one (no rebuild); one made during the
+    test was announced at most once (an Event is lost when the operator is killed right after
+    the build) and written by exactly one Alembic run (``stats``)."""
+    head = schema.head_revision()
+    with superuser(bed_info) as conn:
+        found = conn.execute(
+            """SELECT datname, shobj_description(oid, 'pg_database'), datistemplate, datallowconn FROM pg_database
+               WHERE datname = ANY(%s)""", ([postgres.template_name(head), postgres.template_build_name(head)],)
+        ).fetchall()
+    assert found == [(postgres.template_name(head), postgres.template_marker(head), True, False)], found
+    built = [e.message for name in builders for e in backends.events(name) if e.reason == "TemplateBuilt"]
+    if oid_before is not None:
+        assert template_oid(bed_info) == oid_before, "the template was rebuilt"
+        assert built == []
+        return
+    assert len(built) <= 1, built
+    if stats:
+        writes = template_alembic_writes(bed_info)
+        assert writes == (1, migrations() - 1), f"the template was written by more than one Alembic run: {writes}"
+
+
 def assert_converged(backends: Backends, bed_info: dict, names: list[str], before: dict[str, str],
                      operator: OperatorProcess, admin: Admin, log_mark: int, timeout: float = 180,
-                     stats: bool = True) -> None:
+                     stats: bool = True, template_before: int | None = None, cloned: bool = True,
+                     builders: list[str] | None = None) -> None:
     """Every backend Ready; passwords as ``before`` and working; exactly the roles and
-    databases of the specs; one row at head in alembic_version, from one Alembic run
-    (``stats``: PostgreSQL's statistics survived, i.e. it did not crash); every failure
-    the operator met since ``log_mark`` was one it understood."""
+    databases of the specs; one row at head in alembic_version; one migration per template
+    plus clones (``stats``: PostgreSQL's statistics survived, i.e. it did not crash;
+    ``template_before``: the template's OID when the test began; ``cloned``: whether the
+    operator clones; ``builders``: the backends that may have built today's template, all by
+    default); every failure the operator met since ``log_mark`` was one it understood."""
     started = time.monotonic()
     eventually(lambda: ready(backends) >= set(names), f"all {len(names)} backends Ready", timeout=timeout,
                interval=0.5)
@@ -118,12 +182,26 @@ def assert_converged(backends: Backends, bed_info: dict, names: list[str], befor
         with psycopg.connect(host=secret["PGHOST"], port=secret["PGPORT"], user=secret["PGUSER"],
                              password=secret["PGPASSWORD"], dbname=secret["PGDATABASE"], connect_timeout=5) as conn:
             assert conn.execute("SELECT version_num FROM alembic_version").fetchall() == [(head,)], name
-        if stats:
-            # Statistics reach the view within a second of the migrating session's commit.
-            writes = eventually(lambda: alembic_writes(bed_info, secret["PGDATABASE"]), f"{name}: alembic stats")
-            assert writes == (1, migrations() - 1), f"{name}: alembic_version written by more than one run: {writes}"
         events = schema_migrated_events(backends, name)
         assert len(events) <= 1, f"{name} migrated more than once: {events}"
+        # A clone says so, a database migrated in place too (the Event can be lost when the
+        # operator is killed right after the step).
+        kinds = {event.split(" ", 1)[0] for event in events}
+        assert kinds <= ({"cloned", "migrated"} if cloned else {"migrated"}), events
+        if stats:
+            if "migrated" in kinds or not cloned:
+                # Statistics reach the view within a second of the migrating session's end.
+                writes = eventually(lambda: alembic_writes(bed_info, secret["PGDATABASE"]), f"{name}: alembic stats")
+                assert writes == (1, migrations() - 1), f"{name}: alembic_version written by more than one run: " \
+                                                        f"{writes}"
+            else:
+                # A clone's schema came with the template's files: no Alembic run wrote in it.
+                writes = alembic_writes(bed_info, secret["PGDATABASE"])
+                assert writes in (None, (1, migrations() - 1)), f"{name}: alembic_version writes {writes}"
+                if "cloned" in kinds:
+                    assert writes is None, f"{name}: cloned, yet Alembic wrote in it: {writes}"
+    if cloned:
+        assert_one_template(backends, bed_info, builders or names, template_before, stats)
     assert_no_secret_leaks([admin.password, *now.values()], operator, backends, names[0])
     # An exception the reconciler did not turn into a condition leaves the status stale and
     # waits for kopf's 60 s retry.
@@ -150,6 +228,9 @@ def test_operator_sigkilled_while_a_fleet_provisions(seed: int, backends: Backen
     rng = random.Random(seed)
     names = [f"fleet-{i:02d}" for i in range(FLEET)]
     backends.admin_secret(admin)
+    # No template: the first kill lands while it is built (or right after), and the first
+    # backends wait for it.
+    drop_template(bed_info)
     log_mark = len(operator.logs())
     before: dict[str, str] = {}
     try:
@@ -176,7 +257,7 @@ def test_operator_sigkilled_while_a_fleet_provisions(seed: int, backends: Backen
     print(f"seed {seed}: {len(first)} Ready at the first kill, {len(second)} at the second; "
           f"{len(before)} Secrets existed")
     assert len(first) < FLEET and len(second) < FLEET, "a kill landed after provisioning"
-    assert_converged(backends, bed_info, names, before, operator, admin, log_mark)
+    assert_converged(backends, bed_info, names, before, operator, admin, log_mark, template_before=None)
 
 
 # ---- 2. PostgreSQL restarted mid-provisioning ----------------------------------------------
@@ -197,6 +278,7 @@ def _ten_provisioning(backends: Backends, admin: Admin, operator: OperatorProces
 @pytest.mark.parametrize("shutdown", ["fast", "crash"])
 def test_postgres_restarted_mid_provisioning(shutdown: str, backends: Backends, admin: Admin,
                                              operator: OperatorProcess, bed_info: dict, testbed):
+    template_before = template_oid(bed_info)
     names, log_mark, at_fault, before = _ten_provisioning(backends, admin, operator, "pg")
     # Fast shutdown (SIGINT) aborts every open transaction (migrations included) and closes
     # every session; a crash (SIGQUIT: immediate shutdown) stops without a checkpoint and
@@ -207,13 +289,15 @@ def test_postgres_restarted_mid_provisioning(shutdown: str, backends: Backends, 
     print(f"PostgreSQL {shutdown} restart with {len(at_fault)} of {len(names)} Ready")
     assert len(at_fault) < len(names), "PostgreSQL restarted after provisioning"
     # Crash recovery resets PostgreSQL's statistics: no count of Alembic's writes then.
-    assert_converged(backends, bed_info, names, before, operator, admin, log_mark, stats=shutdown == "fast")
+    assert_converged(backends, bed_info, names, before, operator, admin, log_mark, stats=shutdown == "fast",
+                     template_before=template_before)
 
 
 # ---- 3. the API server restarted mid-provisioning ------------------------------------------
 
 def test_api_server_restarted_mid_provisioning(backends: Backends, admin: Admin, operator: OperatorProcess,
                                                bed_info: dict, testbed, core_v1: client.CoreV1Api):
+    template_before = template_oid(bed_info)
     names, log_mark, at_fault, before = _ten_provisioning(backends, admin, operator, "api")
     # SIGKILL: no graceful goodbye to watchers; same arguments, port and certificates.
     try:
@@ -223,7 +307,7 @@ def test_api_server_restarted_mid_provisioning(backends: Backends, admin: Admin,
         raise
     print(f"API server restarted with {len(at_fault)} of {len(names)} Ready")
     assert len(at_fault) < len(names), "the API server restarted after provisioning"
-    assert_converged(backends, bed_info, names, before, operator, admin, log_mark)
+    assert_converged(backends, bed_info, names, before, operator, admin, log_mark, template_before=template_before)
     assert operator.process.poll() is None, "the operator exited instead of reconnecting"
 
     # kube-controller-manager reconnected by itself: it still makes a new namespace's
@@ -289,24 +373,47 @@ def _land_inside_migration(bed_info: dict, database: str) -> tuple[psycopg.Conne
     return None
 
 
-def test_migration_interrupted_halfway_converges_once(backends: Backends, admin: Admin,
+@pytest.mark.parametrize("where", ["template", "database"])
+def test_migration_interrupted_halfway_converges_once(where: str, backends: Backends, admin: Admin,
                                                       operator: OperatorProcess, bed_info: dict):
+    """``template``: the first backend's reconcile builds the server's template and is killed
+    inside MLflow's migrations there; ``database``: the operator clones nothing
+    (TRACKOP_SCHEMA_TEMPLATES=off) and is killed inside a backend database's own migration,
+    the path existing databases and upgrades still take."""
     backends.admin_secret(admin)
+    if where == "database":
+        operator.restart(extra_env={"TRACKOP_SCHEMA_TEMPLATES": "off"})
+    try:
+        _interrupt_a_migration(where, backends, admin, operator, bed_info)
+    finally:
+        if where == "database":
+            ensure_running(operator)
+            operator.restart()  # the session's operator clones again
+
+
+def _interrupt_a_migration(where: str, backends: Backends, admin: Admin, operator: OperatorProcess,
+                           bed_info: dict) -> None:
     log_mark = len(operator.logs())
     names: list[str] = []
     landed = None
     try:
         for attempt in range(3):  # the lock races the migration; it wins nearly always
             name = f"mig-{attempt}"
+            if where == "template":
+                if names:  # the last attempt's backend is cloned from the template it built: let it finish
+                    backends.wait_ready(names[-1])
+                drop_template(bed_info)
+                database = postgres.template_build_name(schema.head_revision())
+            else:
+                database = default_database_name(backends.namespace, name)
             names.append(name)
-            database = default_database_name(backends.namespace, name)
             backends.apply(name, backends.spec())
             landed = _land_inside_migration(bed_info, database)
             if landed:
                 break
         assert landed, "never got inside a migration in 3 attempts"
         spy, migrating_pid, query = landed
-        print(f"inside the migration of {name} (attempt {len(names)}): waiting at {query!r}")
+        print(f"inside the migration of {database} for {name} (attempt {len(names)}): waiting at {query!r}")
         assert query.lstrip().upper().startswith("ALTER TABLE"), query  # inside the upgrade
         killed(operator)
         spy.rollback()  # the waiting ALTER runs, then its session finds its client gone
@@ -320,14 +427,23 @@ def test_migration_interrupted_halfway_converges_once(backends: Backends, admin:
             # initial tables committed before it.
             assert conn.execute("SELECT to_regclass('public.alembic_version')").fetchone() == (None,)
             assert conn.execute("SELECT to_regclass('public.experiments')").fetchone()[0] is not None
+        if where == "template":
+            assert template_oid(bed_info) is None  # never published: it was not complete
         assert name not in ready(backends)
         before = passwords(backends)
         assert name in before
         operator.start()
     finally:
         ensure_running(operator)
-    assert_converged(backends, bed_info, names, before, operator, admin, log_mark)
-    assert len(schema_migrated_events(backends, name)) == 1
+    assert_converged(backends, bed_info, names, before, operator, admin, log_mark,
+                     template_before=None, cloned=where == "template", builders=[name])
+    (event,) = schema_migrated_events(backends, name)
+    if where == "template":
+        # The interrupted build was dropped and made again; this backend is a clone of it.
+        assert event.startswith("cloned the MLflow schema"), event
+        assert [e.reason for e in backends.events(name)].count("TemplateBuilt") == 1
+    else:
+        assert event.startswith("migrated the MLflow schema from"), event
 
     # The schema is usable: the real MLflow client logs a run through the Secret's URI.
     secret = backends.connection_secret(name)
