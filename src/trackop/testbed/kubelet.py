@@ -126,7 +126,7 @@ def _exited(pid: int) -> bool:
 
 @dataclass
 class _Identity:
-    """Who the container's process runs as (None: as this process, today's behaviour)."""
+    """Who the container's process runs as (no identity: as the kubelet itself)."""
 
     uid: int
     gid: int
@@ -203,7 +203,10 @@ class RunningPod:
             while not _exited(pid) and time.monotonic() < deadline:
                 time.sleep(0.05)
             if not _exited(pid):
-                os.killpg(pid, signal.SIGKILL)
+                try:
+                    os.killpg(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
         code = self._reap()
         if self._monitor is not None and self._monitor is not threading.current_thread():
             self._monitor.join()
@@ -315,8 +318,10 @@ class LocalKubelet:
                     f"{where}: runAsNonRoot without runAsUser: the image's USER is unknown to the local kubelet")
             uid = 0
         identity = _Identity(uid, 0 if gid is None else gid, groups)
-        if os.geteuid() != 0 and (identity.uid, identity.gid) != (os.geteuid(), os.getegid()):
-            raise LocalKubeletError(f"{where}: running as uid {uid} needs the local kubelet to run as root")
+        if os.geteuid() != 0:  # not root: only this process's own uid and gid (and its own groups)
+            if (identity.uid, identity.gid) != (os.geteuid(), os.getegid()):
+                raise LocalKubeletError(f"{where}: running as uid {uid} needs the local kubelet to run as root")
+            return None
         return identity
 
     def _own(self, path: Path, identity: _Identity | None, fs_group: int | None) -> None:
