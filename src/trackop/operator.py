@@ -60,7 +60,10 @@ def _api_client() -> client.ApiClient:
 def reconciler() -> Reconciler:
     global _reconciler
     if _reconciler is None:
-        _reconciler = Reconciler(Kube(_api_client()), OPERATOR_NAMESPACE, MANAGED_POSTGRES_ADDRESS)
+        # The drift checks of all backends share one LIST of namespaces and one of opted-in
+        # pods per interval.
+        _reconciler = Reconciler(Kube(_api_client()), OPERATOR_NAMESPACE, MANAGED_POSTGRES_ADDRESS,
+                                 shared_list_ttl=DRIFT_INTERVAL)
     return _reconciler
 
 
@@ -251,6 +254,9 @@ def track_backend(event: kopf.RawEvent, body: kopf.Body, **_: Any) -> None:
 @kopf.on.event("", "v1", "namespaces")
 def track_namespace(event: kopf.RawEvent, body: kopf.Body, **_: Any) -> None:
     name = body["metadata"]["name"]
+    if event["type"] is not None:
+        # Added, relabelled, terminating or gone: the next copy placement lists again.
+        reconciler().namespaces.invalidate()
     if event["type"] == "DELETED":
         _namespace_labels.pop(name, None)
         return

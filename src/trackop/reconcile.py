@@ -14,6 +14,7 @@ import json
 import logging
 import os
 import secrets as random_secrets
+import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -121,6 +122,34 @@ def injection_view(spec: BackendSpec, secret_keys: Iterable[str]) -> injection.B
                                  tuple(sorted(secret_keys)))
 
 
+class SharedListing:
+    """One cluster-wide LIST that every backend's reconcile shares: fetched at most once per
+    ``ttl`` seconds (0: every call, as without sharing), and again after :meth:`invalidate`
+    (a watch event said it changed). Concurrent callers wait for one fetch, not one each."""
+
+    def __init__(self, fetch: Callable[[], Any], ttl: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self._fetch = fetch
+        self.ttl = ttl
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._value: Any = None
+        self._fetched_at: float | None = None
+        self.fetches = 0
+
+    def get(self) -> Any:
+        with self._lock:
+            now = self._clock()
+            if self._fetched_at is None or self.ttl <= 0 or now - self._fetched_at >= self.ttl:
+                self._value = self._fetch()  # an API error propagates and nothing is cached
+                self._fetched_at = now
+                self.fetches += 1
+            return self._value
+
+    def invalidate(self) -> None:
+        with self._lock:
+            self._fetched_at = None
+
+
 MANAGED_ADDRESS_SERVICE = "service"
 MANAGED_ADDRESS_POD = "pod"
 MANAGED_ADDRESSES = (MANAGED_ADDRESS_SERVICE, MANAGED_ADDRESS_POD)
@@ -128,8 +157,15 @@ MANAGED_ADDRESSES = (MANAGED_ADDRESS_SERVICE, MANAGED_ADDRESS_POD)
 
 class Reconciler:
     def __init__(self, kube: Kube, operator_namespace: str | None = None,
-                 managed_address: str = MANAGED_ADDRESS_SERVICE) -> None:
+                 managed_address: str = MANAGED_ADDRESS_SERVICE, shared_list_ttl: float = 0) -> None:
         self.kube = kube
+        # The namespaces' labels (which namespaces get Secret copies) and the opted-in pods
+        # (missed injections): one LIST each per ``shared_list_ttl`` for all backends, not one
+        # per backend per drift check. The operator invalidates the namespaces on every
+        # namespace event, so a new, relabelled or terminating namespace is seen at once.
+        self.namespaces = SharedListing(lambda: self.kube.namespace_labels(), shared_list_ttl)
+        self.opted_in_pods = SharedListing(lambda: self.kube.pods_by_label(f"{injection.INJECT_LABEL}=true"),
+                                           shared_list_ttl)
         self.operator_namespace = operator_namespace
         # How the operator reaches the servers it deploys: their Service's DNS name (in the
         # cluster), or their pod's IP (an operator outside the cluster's Service network).
@@ -437,7 +473,7 @@ class Reconciler:
         name = injection.copy_secret_name(spec.namespace, spec.name)
         label = copy_label_value(spec.namespace, spec.name)
         existing = self.kube.secrets_by_label(f"{COPY_LABEL}={label}")
-        wanted = {ns for ns, labels in self.kube.namespace_labels().items()
+        wanted = {ns for ns, labels in self.namespaces.get().items()
                   if injection.admits_namespace(spec.namespace, spec.namespace_selector, ns, labels,
                                                 self.operator_namespace)}
         copy = injection.copy_secret_data(view, data)
@@ -466,7 +502,7 @@ class Reconciler:
         """Warnings for pods that opted in to this backend but were created without
         injection (the webhook was down with failurePolicy Ignore); each pod once."""
         events = []
-        for pod in self.kube.pods_by_label(f"{injection.INJECT_LABEL}=true"):
+        for pod in self.opted_in_pods.get():
             meta = pod.metadata
             reference = injection.parse_backend_reference(
                 (meta.annotations or {}).get(injection.BACKEND_ANNOTATION), meta.namespace)
