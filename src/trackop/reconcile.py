@@ -270,6 +270,11 @@ class Reconciler:
         ref = f"{spec.namespace}/{spec.server.admin_secret}"
         data = self.kube.read_secret(spec.namespace, spec.server.admin_secret)
         if data is None:
+            if spec.managed is not None:
+                maker = "CloudNativePG" if spec.managed.engine == ENGINE_CNPG else "trackop"
+                raise StepFailed(cond.DATABASE_READY, "AdminSecretMissing",
+                                 f"the managed server's superuser Secret {ref} (made by {maker}) is gone: restore "
+                                 "it, or delete the server's volume to start afresh", 15)
             raise StepFailed(cond.DATABASE_READY, "AdminSecretMissing",
                              f"admin Secret {ref} not found: create it with keys username and password "
                              "(spec.postgres.external.adminSecretRef)", 15)
