@@ -154,14 +154,13 @@ class Kube:
                 return None
             raise
 
-    def apply_object(self, body: Mapping[str, Any]) -> tuple[dict[str, Any] | None, dict[str, Any]]:
-        """Server-side apply: (the object before, or None if it is new; the object after)."""
+    def apply_object(self, body: Mapping[str, Any]) -> dict[str, Any]:
+        """Server-side apply: the object as stored."""
         _, patch = self._object_calls(body)
         meta = body["metadata"]
-        before = self.read_object(body)
         after = patch(meta["name"], meta["namespace"], body, field_manager="trackop", force=True,
                       _content_type="application/apply-patch+yaml")
-        return before, self._plain(after)
+        return self._plain(after)
 
     def release_object(self, body: Mapping[str, Any], owner_uid: str) -> bool:
         """Drop ``owner_uid`` from an object's owners so garbage collection keeps it (Retain).

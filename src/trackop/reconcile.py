@@ -186,7 +186,7 @@ class Reconciler:
             bucket_keys, bucket_problem = self._bucket_keys(ctx)
             password, secret_data = self._password(ctx, bucket_keys)
             self.sync_copies(spec, secret_data, ctx.did)
-            with postgres.connect(ctx.reach, admin_user, admin_password) as admin:
+            with postgres.admin_session(ctx.reach, admin_user, admin_password) as admin:
                 privileges = postgres.admin_privileges(admin)
                 postgres.check_admin(privileges, admin_user)
                 login = self._database_and_role(ctx, admin, privileges, password)
@@ -318,17 +318,10 @@ class Reconciler:
         spec = ctx.spec
         name = spec.managed.name
         self._superuser_secret(ctx)
-        before, service = self.kube.apply_object(managed.service(spec, ctx.owner))
+        before, _ = self._apply_owned(spec, managed.service(spec, ctx.owner))
         if before is None:
             ctx.did("PostgresDeployed", f"created Service {spec.managed.service}")
-        wanted = managed.statefulset(spec, ctx.owner, settings)
-        existing = self.kube.read_object(wanted)
-        if existing is not None and not _ours(spec, existing):
-            raise StepFailed(cond.POSTGRES_READY, "ManagedServerNameTaken",
-                             f"StatefulSet {name} exists and was not made by trackop for this backend: rename the "
-                             "TrackingBackend or remove that StatefulSet; trackop never takes over what it did not "
-                             "make", 60)
-        before, after = self.kube.apply_object(wanted)
+        before, after = self._apply_owned(spec, managed.statefulset(spec, ctx.owner, settings))
         if before is None:
             ctx.did("PostgresDeployed", f"created StatefulSet {name} running {spec.managed.image}")
         else:
@@ -340,6 +333,18 @@ class Reconciler:
                 shown = ", ".join([f"{k}={v}" for k, v in sorted(changed.items())] + [f"{k} reset" for k in removed])
                 ctx.did("PostgresRestarting", f"restarting PostgreSQL ({name}) to apply {shown}")
         return managed.statefulset_progress(spec, after)
+
+    def _apply_owned(self, spec: BackendSpec, wanted: dict[str, Any]) -> tuple[dict[str, Any] | None, dict[str, Any]]:
+        """Server-side apply one of a managed server's objects: (before, or None if new; after).
+        One of that name that trackop did not make for this backend is never taken over."""
+        before = self.kube.read_object(wanted)
+        if before is not None and not _ours(spec, before):
+            kind, name = wanted["kind"], wanted["metadata"]["name"]
+            raise StepFailed(cond.POSTGRES_READY, "ManagedServerNameTaken",
+                             f"{kind} {name} exists and was not made by trackop for this backend: rename the "
+                             f"TrackingBackend or remove that {kind}; trackop never takes over what it did not make",
+                             60)
+        return before, self.kube.apply_object(wanted)
 
     def _superuser_secret(self, ctx: _Context) -> None:
         """The StatefulSet engine's superuser Secret: generated once, adopted when an earlier
@@ -372,9 +377,8 @@ class Reconciler:
     def _cnpg_cluster(self, ctx: _Context, settings: Mapping[str, str]) -> managed.Progress:
         spec = ctx.spec
         name = spec.managed.name
-        wanted = managed.cnpg_cluster(spec, ctx.owner, settings)
         try:
-            existing = self.kube.read_object(wanted)
+            before, after = self._apply_owned(spec, managed.cnpg_cluster(spec, ctx.owner, settings))
         except ApiException as exc:
             if exc.status != 404:
                 raise
@@ -382,12 +386,6 @@ class Reconciler:
                              f"engine CloudNativePG needs CloudNativePG's CRDs ({managed.CNPG_CRD}), which this "
                              "cluster does not have: install the CloudNativePG operator, or use engine StatefulSet",
                              15) from None
-        if existing is not None and not _ours(spec, existing):
-            raise StepFailed(cond.POSTGRES_READY, "ManagedServerNameTaken",
-                             f"CloudNativePG Cluster {name} exists and was not made by trackop for this backend: "
-                             "rename the TrackingBackend or remove that Cluster; trackop never takes over what it "
-                             "did not make", 60)
-        before, after = self.kube.apply_object(wanted)
         if before is None:
             ctx.did("PostgresDeployed", f"created CloudNativePG Cluster {name} ({spec.managed.instances} "
                                         f"instance(s), {spec.managed.image})")
