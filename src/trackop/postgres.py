@@ -10,7 +10,10 @@ statement log, ``pg_stat_activity`` or an error message.
 from __future__ import annotations
 
 import hashlib
+import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import psycopg
@@ -107,6 +110,84 @@ def connect(server: ExternalServer, user: str, password: str, dbname: str = "pos
         )
     except psycopg.OperationalError as exc:
         raise classify_connect_error(exc, server, user, dbname) from None
+
+
+class AdminSessions:
+    """Admin sessions kept between reconciles of backends on the same server with the same
+    admin credentials: a converged backend's drift check then opens one new session (the
+    role's login, which is its password check), not two. Each new session is a process forked
+    on the server and a SCRAM exchange (4096 PBKDF2 rounds on the operator's side too).
+
+    A session is handed out again only while younger than ``max_age`` seconds (so a password
+    changed on the server, pg_hba.conf or a dropped admin is noticed within that time, as by a
+    fresh login), only after a ``SELECT 1`` shows it alive (a restarted server is not reported
+    as a failure), and only if it was given back idle after a reconcile that raised nothing.
+    Keyed by server, user and a hash of the password: new credentials get new sessions."""
+
+    def __init__(self, max_idle: int = 4, max_age: float = 60.0) -> None:
+        self.max_idle = max_idle
+        self.max_age = max_age
+        self._lock = threading.Lock()
+        self._idle: dict[tuple, list[tuple[float, psycopg.Connection]]] = {}
+
+    @staticmethod
+    def _key(server: ExternalServer, user: str, password: str) -> tuple:
+        return (server.host, server.port, server.ssl_mode, user, hashlib.sha256(password.encode()).hexdigest())
+
+    def _take(self, key: tuple) -> tuple[float, psycopg.Connection] | None:
+        while True:
+            with self._lock:
+                idle = self._idle.get(key)
+                if not idle:
+                    return None
+                born, conn = idle.pop()
+            if time.monotonic() - born < self.max_age:
+                try:
+                    conn.execute("SELECT 1")
+                    return born, conn
+                except psycopg.Error:
+                    pass
+            conn.close()
+
+    def _give(self, key: tuple, born: float, conn: psycopg.Connection) -> None:
+        if conn.closed or conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE \
+                or time.monotonic() - born >= self.max_age:
+            conn.close()
+            return
+        with self._lock:
+            idle = self._idle.setdefault(key, [])
+            idle.append((born, conn))
+            extra = idle[:-self.max_idle] if len(idle) > self.max_idle else []
+            del idle[:len(extra)]
+        for _, old in extra:
+            old.close()
+
+    @contextmanager
+    def session(self, server: ExternalServer, user: str, password: str) -> Iterator[psycopg.Connection]:
+        key = self._key(server, user, password)
+        found = self._take(key)
+        born, conn = found if found else (time.monotonic(), connect(server, user, password))
+        try:
+            yield conn
+        except BaseException:
+            conn.close()
+            raise
+        self._give(key, born, conn)
+
+    def close_all(self) -> None:
+        with self._lock:
+            idle, self._idle = self._idle, {}
+        for sessions in idle.values():
+            for _, conn in sessions:
+                conn.close()
+
+
+ADMIN_SESSIONS = AdminSessions()
+
+
+def admin_session(server: ExternalServer, user: str, password: str):
+    """An admin session in database ``postgres``, reused between reconciles (AdminSessions)."""
+    return ADMIN_SESSIONS.session(server, user, password)
 
 
 def classify_connect_error(exc: psycopg.OperationalError, server: ExternalServer, user: str,

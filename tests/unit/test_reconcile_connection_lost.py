@@ -46,6 +46,9 @@ class BrokenSession:
     def __exit__(self, *exc):
         return False
 
+    def close(self):
+        pass
+
     def execute(self, *args, **kwargs):
         raise psycopg.OperationalError("consuming input failed: server closed the connection unexpectedly\n"
                                        "\tThis probably means the server terminated abnormally")
