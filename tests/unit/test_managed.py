@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
+from spec_mutations import json_values
 from trackop import api, managed
 
 OWNER = {"apiVersion": "trackop.dev/v1alpha1", "kind": "TrackingBackend",
@@ -197,3 +200,34 @@ def test_cluster_progress_follows_cloudnativepg_ready_condition():
     assert "Setting up primary" in progress.message
     ready = {"status": {"readyInstances": 2, "conditions": [{"type": "Ready", "status": "True"}]}}
     assert managed.cluster_progress(spec, ready).ready
+
+
+# ---- property: any value at any managed field is parsed or refused naming the field ---------
+
+MANAGED_FIELDS = ("engine", "version", "image", "port", "instances", "storage", "storage.size",
+                  "storage.storageClassName", "resources")
+
+
+@settings(max_examples=300, deadline=None, derandomize=True, database=None,
+          suppress_health_check=[HealthCheck.too_slow])
+@given(edits=st.lists(st.tuples(st.sampled_from(MANAGED_FIELDS), json_values), min_size=1, max_size=3),
+       engine=st.sampled_from(api.ENGINES))
+def test_any_managed_value_parses_or_is_refused_naming_the_field(edits, engine):
+    managed_spec: dict = {"engine": engine}
+    for path, value in edits:
+        node = managed_spec
+        *parents, last = path.split(".")
+        for key in parents:
+            if not isinstance(node.get(key), dict):
+                node[key] = {}
+            node = node[key]
+        node[last] = value
+    try:
+        parsed = parse(managed_spec)
+    except api.SpecError as error:
+        assert error.field.startswith("spec.postgres"), error.field
+        assert str(error).startswith(f"{error.field}: ")
+    else:
+        assert parsed.managed is not None and parsed.server.host.endswith(".ml.svc")
+        managed.statefulset(parsed, OWNER, {}) if parsed.managed.engine == api.ENGINE_STATEFULSET \
+            else managed.cnpg_cluster(parsed, OWNER, {})
