@@ -786,8 +786,15 @@ def main() -> None:
                     core.delete_namespace(ns)
             with pg.connect() as conn:
                 databases = [r[0] for r in conn.execute("SELECT datname FROM pg_database WHERE datname LIKE 'mlflow_fleet%'")]
+                # The template databases (owned by the admin role, so before it), as docs/backend.md removes them.
+                templates = [r[0] for r in conn.execute(
+                    "SELECT datname FROM pg_database WHERE shobj_description(oid, 'pg_database') LIKE 'trackop template%'")]
+                for name in templates:
+                    conn.execute(sql.SQL("ALTER DATABASE {} WITH IS_TEMPLATE false").format(sql.Identifier(name)))
+                databases += templates
                 roles = [r[0] for r in conn.execute("SELECT rolname FROM pg_roles WHERE rolname LIKE 'mlflow_fleet%' "
-                                                    "OR rolname LIKE 'adm_fleet_%' ORDER BY rolname LIKE 'adm_%'")]
+                                                    "OR rolname LIKE 'adm_fleet_%' OR rolname = 'trackop_template' "
+                                                    "ORDER BY rolname LIKE 'adm_%'")]
             problems += pg.drop(databases, roles)
         except Exception as exc:  # noqa: BLE001 - the bed goes down anyway
             problems.append(f"cleanup: {type(exc).__name__}: {exc}")
