@@ -558,8 +558,10 @@ class Reconciler:
     @staticmethod
     def _clones(spec: BackendSpec) -> bool:
         """New databases are cloned from the template when the operator itself migrates them
-        with its bundled MLflow (Inline); a Job migrates with the image's MLflow instead."""
-        return (SCHEMA_TEMPLATES and spec.migration == "Inline"
+        with its bundled MLflow (Inline); a Job migrates with the image's MLflow instead. A
+        managed server holds this backend's database alone: a template there would be built
+        for one clone, so its database is migrated in place."""
+        return (SCHEMA_TEMPLATES and spec.migration == "Inline" and spec.managed is None
                 and spec.mlflow_version == schema.BUNDLED_MLFLOW_VERSION)
 
     def _clone(self, ctx: _Context, conn, privileges: postgres.AdminPrivileges) -> postgres.DatabaseState | None:

@@ -222,6 +222,11 @@ def test_only_inline_backends_of_the_bundled_mlflow_clone(schema_spec, clones):
     assert Reconciler._clones(spec) is clones
 
 
+def test_a_managed_server_migrates_its_one_database_in_place():
+    spec = api.parse("ns", "b", {"postgres": {"managed": {}}})
+    assert Reconciler._clones(spec) is False
+
+
 def test_templates_can_be_turned_off(monkeypatch):
     monkeypatch.setattr(reconcile, "SCHEMA_TEMPLATES", False)
     assert Reconciler._clones(SPEC) is False
