@@ -25,7 +25,7 @@ fi
 
 # nss_wrapper: the postgres image's entrypoint stand-in (tests/images/postgres) runs initdb as
 # the Pod's uid, which has no passwd entry here; the official entrypoint uses it the same way.
-if ! ls /usr/lib/*/libnss_wrapper.so /usr/lib/libnss_wrapper.so >/dev/null 2>&1; then
+if ! ls /usr/lib/*/libnss_wrapper.so >/dev/null 2>&1 && [ ! -e /usr/lib/libnss_wrapper.so ]; then
   echo "setup: installing nss_wrapper from Debian's packages" >&2
   as_root apt-get update -qq
   as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libnss-wrapper >/dev/null
