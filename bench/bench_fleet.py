@@ -12,7 +12,12 @@ end unless ``--keep-bed``; the directory removed too if this script made it):
    starts it (no webhook), drift interval 60 s (trackop's default), through
    bench/fleet_operator.py, which only adds timing hooks on /metrics (the in-process Alembic
    lock, PostgreSQL connects). ``--singles`` backends applied one at a time first
-   (apply -> Ready, then deleted): the serial baseline.
+   (apply -> Ready, then deleted): the serial baseline. The operator runs in a virtualenv of
+   its own, by default one with only what the image ships (trackop without its test extra,
+   dependencies held to constraints.txt: ``mlflow-skinny``, not the test extra's ``mlflow``),
+   built once and cached under ~/.cache/trackop (bench/benchlib.py:image_venv);
+   ``--operator-venv DIR`` picks another (``.venv``: the test virtualenv). This script itself
+   runs in .venv.
 3. The fleet: N TrackingBackends (Inline migration, the default) created at once by 8 client
    threads, round-robin over the namespaces; wall time from the first create call to the
    last Ready=True seen by a cluster-wide watch. Operator RSS sampled every 0.25 s and its
@@ -23,7 +28,8 @@ end unless ``--keep-bed``; the directory removed too if this script made it):
    counters, per backend per drift interval.
 5. The kopf baseline: bench/fleet_empty_operator.py (kopf, the same settings and handler
    kinds, empty bodies that only write Ready) with the same N in fresh namespaces, after
-   the operator above has stopped; also idle for ``--baseline-idle`` seconds.
+   the operator above has stopped, in the operator's virtualenv; also idle for
+   ``--baseline-idle`` seconds.
 
 Prints the tables and writes the section "Fleet" of bench/RESULTS.md (``--no-write``: print
 only). Not part of the test suite.
@@ -34,7 +40,6 @@ only). Not part of the test suite.
 from __future__ import annotations
 
 import argparse
-import importlib.metadata
 import json
 import os
 import re
@@ -63,7 +68,8 @@ from trackop.testbed.bed import Testbed
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
-from benchlib import bed_down, bed_up, free_port, machine, stop_process, write_section  # noqa: E402
+from benchlib import (bed_down, bed_up, free_port, image_venv, machine, stop_process, venv_packages,  # noqa: E402
+                      write_section)
 
 HEADING = "## Fleet: N backends at once"
 GROUP, VERSION, PLURAL = "trackop.dev", "v1alpha1", "trackingbackends"
@@ -583,6 +589,11 @@ def main() -> None:
     parser.add_argument("--no-baseline", action="store_true", help="skip the kopf empty-handler baseline")
     parser.add_argument("--py-spy", type=Path, default=None,
                         help="py-spy binary: record the operator during provisioning (raw stacks next to its log)")
+    parser.add_argument("--operator-venv", type=Path, default=None,
+                        help="the virtualenv that runs the operator and the kopf baseline (default: one with only "
+                             "what the image ships, trackop without its test extra held to constraints.txt, built "
+                             "once and cached under ~/.cache/trackop; `--operator-venv .venv`: the test virtualenv, "
+                             "with the full mlflow, as runs before 2026-12-01 14:00 did)")
     parser.add_argument("--results", type=Path, default=ROOT / "bench" / "RESULTS.md")
     parser.add_argument("--no-write", action="store_true", help="print only")
     args = parser.parse_args()
@@ -597,11 +608,22 @@ def main() -> None:
     made_dir = not args.dir.exists()
     log_dir = Path(tempfile.mkdtemp(prefix="trackop-bench-fleet-"))
     print(f"fleet of {n}, run {run_id}, logs in {log_dir}; load {load()}", flush=True)
+    # The operator's interpreter; this script (the driver: bed, clients, measurements) stays on its own.
+    venv = args.operator_venv.resolve() if args.operator_venv else image_venv()
+    python = venv / "bin" / "python"
+    if not python.exists():
+        raise SystemExit(f"--operator-venv {args.operator_venv}: no {python}")
+    packages = venv_packages(python)
+    print(f"operator virtualenv {venv}: mlflow-skinny {packages.get('mlflow-skinny', '-')}, "
+          f"mlflow {packages.get('mlflow', 'not installed')}, numpy {packages.get('numpy', 'not installed')}, "
+          f"{len(packages)} distributions", flush=True)
 
     problems: list[str] = []
     operator = baseline = None
     namespaces: list[str] = []
-    result: dict = {"n": n, "load_start": load()}
+    result: dict = {"n": n, "load_start": load(), "venv": venv, "packages": packages,
+                    "venv_python": subprocess.run([str(python), "-c", "import platform; print(platform.python_version())"],
+                                                  capture_output=True, text=True).stdout.strip()}
     info = bed_up(args.dir)
     try:
         pids = bed_pids(args.dir)
@@ -634,9 +656,10 @@ def main() -> None:
         # The operator.
         health, metrics_port = free_port(), free_port()
         env = {**os.environ, "TRACKOP_DRIFT_INTERVAL": f"{DRIFT_INTERVAL:g}", "PYTHONUNBUFFERED": "1",
-               "KUBECONFIG": info["kubeconfig"]}
+               "KUBECONFIG": info["kubeconfig"], "VIRTUAL_ENV": str(venv),
+               "PATH": f"{venv / 'bin'}:{os.environ.get('PATH', '')}"}
         env.pop("TRACKOP_VERBOSE", None)
-        operator = Process([sys.executable, str(ROOT / "bench" / "fleet_operator.py"), "run", "--all-namespaces",
+        operator = Process([str(python), str(ROOT / "bench" / "fleet_operator.py"), "run", "--all-namespaces",
                             "--kubeconfig", info["kubeconfig"], "--health-address", f"127.0.0.1:{health}",
                             "--metrics-address", f"127.0.0.1:{metrics_port}"],
                            log_dir / "operator.log", env, f"http://127.0.0.1:{health}/healthz")
@@ -731,7 +754,8 @@ def main() -> None:
             make_namespaces(core, base_ns, admin)
             namespaces += base_ns
             bhealth = free_port()
-            baseline = Process([sys.executable, "-m", "kopf", "run", "--standalone",
+            # The same interpreter and packages as the operator, so the ratios compare kopf with kopf.
+            baseline = Process([str(python), "-m", "kopf", "run", "--standalone",
                                 "--namespace", f"fleetbase-{run_id}-*",
                                 "--liveness", f"http://127.0.0.1:{bhealth}/healthz",
                                 str(ROOT / "bench" / "fleet_empty_operator.py")],
@@ -836,6 +860,32 @@ def analyse_py_spy(path: Path, rate: float) -> list[tuple[str, float]] | None:
 
 def fmt_s(x: float) -> str:
     return f"{x * 1000:.0f} ms" if x < 0.1 else f"{x:.2f} s" if x < 10 else f"{x:.1f} s"
+
+
+KEY_PACKAGES = ("kopf", "kubernetes", "mlflow-skinny", "mlflow", "SQLAlchemy", "alembic", "psycopg", "numpy",
+                "pandas", "pyarrow", "scipy")
+
+
+def describe_venv(args: argparse.Namespace, r: dict) -> tuple[str, str]:
+    """The sentence on the operator's virtualenv for RESULTS.md, and the rerun option."""
+    venv, packages = r["venv"], r["packages"]
+    lowered = {k.lower(): v for k, v in packages.items()}
+    present = [f"{k} {lowered[k.lower()]}" for k in KEY_PACKAGES if k.lower() in lowered]
+    absent = [k for k in KEY_PACKAGES if k.lower() not in lowered]
+    if args.operator_venv is None:
+        what = (f"The operator and the kopf baseline ran in the image-like virtualenv (`{venv.name}` under "
+                f"~/.cache/trackop, built by bench/benchlib.py:image_venv: trackop without its test extra, "
+                f"installed editable, every dependency held to constraints.txt, as the Dockerfile installs)")
+        rerun = ""
+    elif venv == ROOT / ".venv":
+        what = ("The operator and the kopf baseline ran in the test virtualenv `.venv` (trackop with its test "
+                "extra: the full `mlflow`, which the image does not ship)")
+        rerun = " --operator-venv .venv"
+    else:
+        what = f"The operator and the kopf baseline ran in the virtualenv `{venv}`"
+        rerun = f" --operator-venv {args.operator_venv}"
+    return (f"{what}: {len(packages)} distributions; {', '.join(present)}"
+            + (f"; not installed: {', '.join(absent)}" if absent else "") + ".", rerun)
 
 
 def report(args: argparse.Namespace, r: dict) -> None:
@@ -977,8 +1027,7 @@ def report(args: argparse.Namespace, r: dict) -> None:
     print(f"logs: {r['log_dir']}")
     if args.no_write:
         return
-    versions = {pkg: importlib.metadata.version(pkg) for pkg in ("kopf", "kubernetes", "mlflow-skinny", "SQLAlchemy",
-                                                               "alembic", "psycopg")}
+    venv_line, rerun_venv = describe_venv(args, r)
     mach = machine()
     heading = HEADING.replace("N backends", f"{n} backends")
     stamp = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
@@ -986,6 +1035,7 @@ def report(args: argparse.Namespace, r: dict) -> None:
                 f"idle Events {idle.events}, serial-baseline ratio {wall / (single * n):.2f}"
                 + (f", kopf-empty ratio {wall / base['wall']:.1f}" if base else "")
                 + f"; load {r['load_start']} at the start, {prov.load_after} after provisioning"
+                + f"; operator in {'the test virtualenv .venv' if r['venv'] == ROOT / '.venv' else 'the image-like virtualenv'}"
                 + ("; py-spy recording" if r["py_spy"] else ""))
     earlier = []
     if args.results.exists():
@@ -1002,7 +1052,7 @@ the server's template database) created at once by
 (kube-apiserver v1.35.4). The operator is one `trackop run --all-namespaces --metrics-address ...`
 process (as tests/kit.py starts it, no webhook), drift interval {DRIFT_INTERVAL:.0f} s (the default),
 started through bench/fleet_operator.py, which only adds timing hooks on /metrics (the in-process
-Alembic lock, PostgreSQL connects). "Ready" is the last Ready=True delivered by one cluster-wide watch.
+Alembic lock, PostgreSQL connects). {venv_line} "Ready" is the last Ready=True delivered by one cluster-wide watch.
 Idle: the {idle.seconds:.0f} s after all were Ready and {args.settle:g} s more. PostgreSQL statements from
 `pg_stat_statements` (the superuser's own left out); API requests from the API server's
 `apiserver_request_total`, less its background rate measured before any operator ran
@@ -1030,13 +1080,13 @@ Events while provisioning, by reason: {", ".join(f"{k} {v}" for k, v in sorted(r
 while idle: {", ".join(f"{k} {v}" for k, v in sorted(r['idle_events'].items())) or "none"}.
 
 Machine: {mach['nproc']} CPUs ({mach['cpu']}), {mach['memory']} RAM, Linux {mach['kernel']},
-Python {mach['python']}; {", ".join(f"{k} {v}" for k, v in versions.items())}.
+Python {mach['python']} (the driver), {r['venv_python']} (the operator).
 Measured {stamp}.
 
 Rerun (from the repository root; starts its own bed in `--dir` and stops it at the end):
 
 ```sh
-.venv/bin/python bench/bench_fleet.py --backends {n} --dir {args.dir}{f" --py-spy {args.py_spy}" if args.py_spy else ""}
+.venv/bin/python bench/bench_fleet.py --backends {n} --dir {args.dir}{rerun_venv}{f" --py-spy {args.py_spy}" if args.py_spy else ""}
 ```
 """
     write_section(args.results, heading, section)

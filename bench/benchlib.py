@@ -1,12 +1,15 @@
 """What the benchmarks share: the machine's description, a loopback port, a timed
-`mlflow db upgrade`, writing one benchmark's section of RESULTS.md, a bed of their own and
-stopping the operators they start."""
+`mlflow db upgrade`, writing one benchmark's section of RESULTS.md, a bed of their own,
+stopping the operators they start, and a virtualenv with only what the image ships."""
 
 from __future__ import annotations
 
+import fcntl
+import hashlib
 import json
 import secrets
 import os
+import shutil
 import platform
 import re
 import signal
@@ -99,6 +102,66 @@ def stop_process(process: subprocess.Popen | None) -> None:
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
+
+
+# ---- the image's packages, for running the operator as it ships ----
+
+ROOT = Path(__file__).resolve().parents[1]
+VENV_CACHE = Path.home() / ".cache" / "trackop"
+
+
+def image_venv_key() -> str:
+    """What decides the image's packages: pyproject.toml and constraints.txt (as hack/setup.sh
+    keys .venv)."""
+    digest = hashlib.sha256()
+    for name in ("pyproject.toml", "constraints.txt"):
+        digest.update((ROOT / name).read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def image_venv() -> Path:
+    """A virtualenv holding what the image installs and nothing more: trackop without its test
+    extra, its dependencies held to constraints.txt (so ``mlflow-skinny``, not the test extra's
+    full ``mlflow`` with numpy, pandas, pyarrow, scipy). Cached under
+    ~/.cache/trackop/bench-image-venv-KEY (KEY: pyproject.toml and constraints.txt), built
+    once. Unlike the image, trackop itself is installed editable (``pip install -e``, like
+    .venv), so the operator runs the working tree's src/ without a rebuild; its dependencies
+    are the image's, pinned by the same file."""
+    target = VENV_CACHE / f"bench-image-venv-{image_venv_key()}"
+    stamp = target / ".trackop-image-venv"  # written last: a venv without it is incomplete
+    VENV_CACHE.mkdir(parents=True, exist_ok=True)
+    with open(VENV_CACHE / f".{target.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # one build at a time; a second run waits, then reuses it
+        if stamp.exists():
+            return target
+        started = time.perf_counter()
+        shutil.rmtree(target, ignore_errors=True)
+        print(f"building the image-like virtualenv {target} (once per pyproject.toml and constraints.txt)",
+              flush=True)
+        try:
+            # The interpreter the benchmark runs on (.venv's Python; the image's is 3.11 too).
+            subprocess.run([getattr(sys, "_base_executable", sys.executable), "-m", "venv", str(target)], check=True)
+            python = str(target / "bin" / "python")
+            pip = [python, "-m", "pip", "--disable-pip-version-check", "install", "--quiet"]
+            # As the Dockerfile's builder stage: the pins first, then trackop against the same pins.
+            subprocess.run([*pip, "--no-deps", "--requirement", str(ROOT / "constraints.txt")], check=True, cwd=ROOT)
+            subprocess.run([*pip, "--constraint", str(ROOT / "constraints.txt"), "--editable", str(ROOT)],
+                           check=True, cwd=ROOT)
+            subprocess.run([python, "-m", "pip", "--disable-pip-version-check", "check"], check=True)
+        except BaseException:
+            shutil.rmtree(target, ignore_errors=True)
+            raise
+        stamp.write_text(image_venv_key() + "\n")
+        print(f"built in {time.perf_counter() - started:.0f} s", flush=True)
+    return target
+
+
+def venv_packages(python: Path) -> dict[str, str]:
+    """Every distribution installed for ``python``: name -> version."""
+    out = subprocess.run([str(python), "-c", "import importlib.metadata as m, json; print(json.dumps("
+                          "{d.metadata['Name']: d.version for d in m.distributions()}))"],
+                         check=True, capture_output=True, text=True).stdout
+    return json.loads(out)
 
 
 # ---- the bed's PostgreSQL, as the superuser ----
