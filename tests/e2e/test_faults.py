@@ -222,7 +222,7 @@ def ensure_running(operator: OperatorProcess) -> None:
 
 # ---- 1. the operator SIGKILLed while a fleet provisions -----------------------------------
 
-@pytest.mark.parametrize("seed", [1, 2])  # two kill patterns: ~16 and ~4 Ready at the second kill
+@pytest.mark.parametrize("seed", [1, 2])  # two kill patterns, drawn from the seed
 def test_operator_sigkilled_while_a_fleet_provisions(seed: int, backends: Backends, admin: Admin,
                                                      operator: OperatorProcess, bed_info: dict):
     rng = random.Random(seed)
@@ -243,10 +243,11 @@ def test_operator_sigkilled_while_a_fleet_provisions(seed: int, backends: Backen
         first = ready(backends)
         before.update(passwords(backends))
         operator.start()
-        # Second kill: once a number of backends drawn from the seed are Ready, plus a jitter.
-        target = min(max(len(first) + 1, rng.randint(4, FLEET - 4)), FLEET - 1)
-        eventually(lambda: len(ready(backends)) >= target, f"{target} backends Ready", timeout=120, interval=0.05)
-        time.sleep(rng.uniform(0, 0.3))
+        # Second kill: as soon as a number of backends drawn from the seed are Ready, at most
+        # 8 of the 20. Cloned databases provision in a fraction of a second each, so a later
+        # kill (a jitter, or a target near the end) found the whole fleet Ready in CI.
+        target = min(max(len(first) + 1, rng.randint(3, 8)), FLEET - 1)
+        eventually(lambda: len(ready(backends)) >= target, f"{target} backends Ready", timeout=120, interval=0.02)
         killed(operator)
         second = ready(backends)
         for name, password in passwords(backends).items():

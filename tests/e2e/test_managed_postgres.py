@@ -233,3 +233,19 @@ def test_cloudnativepg_cluster_needs_its_crd_and_is_accepted_with_it(backends: B
     assert not cluster["metadata"].get("ownerReferences")
     custom.delete_namespaced_custom_object(managed.CNPG_GROUP, managed.CNPG_VERSION, namespace, managed.CNPG_PLURAL,
                                            "ha-postgres")
+
+    # Delete: the garbage collector deletes the Cluster with the backend (CloudNativePG, where it
+    # runs, then deletes its volumes).
+    backends.apply("gone", {"postgres": {"managed": {"engine": "CloudNativePG"}}, "deletionPolicy": "Delete"})
+    backends.wait_condition("gone", "PostgresReady", "False", "Starting", timeout=120)
+    backends.delete("gone")
+
+    def collected() -> bool:
+        try:
+            custom.get_namespaced_custom_object(managed.CNPG_GROUP, managed.CNPG_VERSION, namespace,
+                                                managed.CNPG_PLURAL, "gone-postgres")
+            return False
+        except client.ApiException as exc:
+            return exc.status == 404
+
+    eventually(collected, "the Cluster to be deleted with its backend", timeout=90)
