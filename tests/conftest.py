@@ -18,6 +18,7 @@ import uuid
 from pathlib import Path
 
 import boto3
+import psycopg
 import pytest
 from kubernetes import client, config
 
@@ -89,6 +90,16 @@ def namespace(core_v1: client.CoreV1Api) -> str:
     except client.ApiException as exc:
         if exc.status != 404:
             raise
+
+
+@pytest.fixture
+def superuser_conn(bed_info: dict) -> psycopg.Connection:
+    """Per test: a PostgreSQL outage test must not leave later tests a dead connection."""
+    pg = bed_info["postgres"]
+    conn = psycopg.connect(host=pg["host"], port=pg["port"], user=pg["user"], password=pg["password"],
+                           dbname="postgres", autocommit=True)
+    yield conn
+    conn.close()
 
 
 @pytest.fixture(scope="session")

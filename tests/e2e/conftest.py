@@ -33,16 +33,6 @@ def operator(operator_kubeconfig: str) -> OperatorProcess:
 
 
 @pytest.fixture
-def superuser_conn(bed_info: dict) -> psycopg.Connection:
-    """Per test: a PostgreSQL outage test must not leave later tests a dead connection."""
-    pg = bed_info["postgres"]
-    conn = psycopg.connect(host=pg["host"], port=pg["port"], user=pg["user"], password=pg["password"],
-                           dbname="postgres", autocommit=True)
-    yield conn
-    conn.close()
-
-
-@pytest.fixture
 def admin(superuser_conn: psycopg.Connection) -> Admin:
     """A platform admin role with CREATEDB and CREATEROLE, not a superuser."""
     return make_admin(superuser_conn, "CREATEDB", "CREATEROLE")

@@ -28,12 +28,8 @@ def head() -> str:
 
 
 @pytest.fixture
-def superuser(bed_info: dict) -> psycopg.Connection:
-    pg = bed_info["postgres"]
-    conn = psycopg.connect(host=pg["host"], port=pg["port"], user=pg["user"], password=pg["password"],
-                           dbname="postgres", autocommit=True)
-    yield conn
-    conn.close()
+def superuser(superuser_conn: psycopg.Connection) -> psycopg.Connection:
+    return superuser_conn
 
 
 class Server:
@@ -225,9 +221,9 @@ def test_a_cloned_database_equals_a_migrated_one_and_mlflow_works_in_it(server: 
                             (int(experiment),)).fetchone() == (f"s3://bucket/team/{experiment}",)
 
 
-def test_concurrent_first_backends_build_once_and_all_clone(server: Server, superuser):
-    drop_template(superuser)
-    specs = [server.spec(f"conc-{i}") for i in range(8)]
+def provision_concurrently(server: Server, specs: list[api.BackendSpec]) -> dict[str, _Context]:
+    """Each spec provisioned from its own thread at once, as kopf's handlers run; every
+    thread's exception is reported."""
     contexts: dict[str, _Context] = {}
     errors: list[BaseException] = []
 
@@ -243,6 +239,13 @@ def test_concurrent_first_backends_build_once_and_all_clone(server: Server, supe
     for thread in threads:
         thread.join()
     assert not errors, errors
+    return contexts
+
+
+def test_concurrent_first_backends_build_once_and_all_clone(server: Server, superuser):
+    drop_template(superuser)
+    specs = [server.spec(f"conc-{i}") for i in range(8)]
+    contexts = provision_concurrently(server, specs)
     assert sum(reasons(ctx).count("TemplateBuilt") for ctx in contexts.values()) == 1
     assert all(ctx.cloned is not None for ctx in contexts.values()), \
         {name: ctx.not_cloned for name, ctx in contexts.items()}
@@ -256,23 +259,9 @@ def test_concurrent_first_backends_build_once_and_all_clone(server: Server, supe
 def test_concurrent_clones_of_an_existing_template(server: Server, superuser):
     server.provision(server.spec("first"))  # the template exists from here on
     specs = [server.spec(f"many-{i}") for i in range(8)]
-    contexts: list[_Context] = []
-    errors: list[BaseException] = []
-
-    def provision(spec: api.BackendSpec) -> None:
-        try:
-            contexts.append(server.provision(spec)[0])
-        except BaseException as exc:
-            errors.append(exc)
-
-    threads = [threading.Thread(target=provision, args=(spec,)) for spec in specs]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    assert not errors, errors
-    assert len(contexts) == 8 and all(ctx.cloned is not None for ctx in contexts)
-    assert not any("TemplateBuilt" in reasons(ctx) for ctx in contexts)
+    contexts = provision_concurrently(server, specs)
+    assert len(contexts) == 8 and all(ctx.cloned is not None for ctx in contexts.values())
+    assert not any("TemplateBuilt" in reasons(ctx) for ctx in contexts.values())
 
 
 def _interrupted_build(server: Server, superuser: psycopg.Connection, marked: bool) -> None:
