@@ -17,7 +17,9 @@ end unless ``--keep-bed``; the directory removed too if this script made it):
    dependencies held to constraints.txt: ``mlflow-skinny``, not the test extra's ``mlflow``),
    built once and cached under ~/.cache/trackop (bench/benchlib.py:image_venv);
    ``--operator-venv DIR`` picks another (``.venv``: the test virtualenv). This script itself
-   runs in .venv.
+   runs in .venv. ``--operator-env KEY=VALUE`` (repeatable) adds to the environment of the
+   operator and of the kopf baseline (e.g. ``MALLOC_ARENA_MAX=2``); recorded in the results, and
+   a run with it writes a section of its own (the heading names the variables).
 3. The fleet: N TrackingBackends (Inline migration, the default) created at once by 8 client
    threads, round-robin over the namespaces; wall time from the first create call to the
    last Ready=True seen by a cluster-wide watch. Operator RSS sampled every 0.25 s and its
@@ -44,6 +46,7 @@ import json
 import os
 import re
 import secrets
+import shlex
 import shutil
 import signal
 import statistics
@@ -594,6 +597,10 @@ def main() -> None:
                              "what the image ships, trackop without its test extra held to constraints.txt, built "
                              "once and cached under ~/.cache/trackop; `--operator-venv .venv`: the test virtualenv, "
                              "with the full mlflow, as runs before 2026-12-01 14:00 did)")
+    parser.add_argument("--operator-env", type=env_pair, action="append", default=[], metavar="KEY=VALUE",
+                        help="an environment variable for the operator and the kopf baseline (repeatable), e.g. "
+                             "MALLOC_ARENA_MAX=2; recorded in the results and the rerun command, and written to a "
+                             "section of its own")
     parser.add_argument("--results", type=Path, default=ROOT / "bench" / "RESULTS.md")
     parser.add_argument("--no-write", action="store_true", help="print only")
     args = parser.parse_args()
@@ -659,6 +666,9 @@ def main() -> None:
                "KUBECONFIG": info["kubeconfig"], "VIRTUAL_ENV": str(venv),
                "PATH": f"{venv / 'bin'}:{os.environ.get('PATH', '')}"}
         env.pop("TRACKOP_VERBOSE", None)
+        env.update(dict(args.operator_env))  # the baseline below starts with the same env
+        if args.operator_env:
+            print(f"operator and baseline environment adds {extra_env(args)}", flush=True)
         operator = Process([str(python), str(ROOT / "bench" / "fleet_operator.py"), "run", "--all-namespaces",
                             "--kubeconfig", info["kubeconfig"], "--health-address", f"127.0.0.1:{health}",
                             "--metrics-address", f"127.0.0.1:{metrics_port}"],
@@ -866,6 +876,24 @@ KEY_PACKAGES = ("kopf", "kubernetes", "mlflow-skinny", "mlflow", "SQLAlchemy", "
                 "pandas", "pyarrow", "scipy")
 
 
+def env_pair(text: str) -> tuple[str, str]:
+    key, sep, value = text.partition("=")
+    if not sep or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", key):
+        raise argparse.ArgumentTypeError(f"{text!r}: expected KEY=VALUE")
+    return key, value
+
+
+def extra_env(args: argparse.Namespace) -> str:
+    """``--operator-env`` as written: 'K=V K2=V2' ('' without)."""
+    return " ".join(f"{k}={v}" for k, v in args.operator_env)
+
+
+def rerun_command(args: argparse.Namespace, n: int, rerun_venv: str) -> str:
+    return (f".venv/bin/python bench/bench_fleet.py --backends {n} --dir {args.dir}{rerun_venv}"
+            + "".join(f" --operator-env {shlex.quote(f'{k}={v}')}" for k, v in args.operator_env)
+            + (f" --py-spy {args.py_spy}" if args.py_spy else ""))
+
+
 def describe_venv(args: argparse.Namespace, r: dict) -> tuple[str, str]:
     """The sentence on the operator's virtualenv for RESULTS.md, and the rerun option."""
     venv, packages = r["venv"], r["packages"]
@@ -885,7 +913,9 @@ def describe_venv(args: argparse.Namespace, r: dict) -> tuple[str, str]:
         what = f"The operator and the kopf baseline ran in the virtualenv `{venv}`"
         rerun = f" --operator-venv {args.operator_venv}"
     return (f"{what}: {len(packages)} distributions; {', '.join(present)}"
-            + (f"; not installed: {', '.join(absent)}" if absent else "") + ".", rerun)
+            + (f"; not installed: {', '.join(absent)}" if absent else "") + "."
+            + (f" Both ran with `{extra_env(args)}` added to their environment (`--operator-env`)."
+               if args.operator_env else ""), rerun)
 
 
 def report(args: argparse.Namespace, r: dict) -> None:
@@ -1025,17 +1055,22 @@ def report(args: argparse.Namespace, r: dict) -> None:
     print("\n".join(lines))
     print(f"Events while provisioning, by reason: {dict(r['events_by_reason'])}; while idle: {dict(r['idle_events'])}")
     print(f"logs: {r['log_dir']}")
+    venv_line, rerun_venv = describe_venv(args, r)
+    rerun = rerun_command(args, n, rerun_venv)
+    print(f"rerun: {rerun}")
     if args.no_write:
         return
-    venv_line, rerun_venv = describe_venv(args, r)
     mach = machine()
     heading = HEADING.replace("N backends", f"{n} backends")
+    if args.operator_env:  # not the same setup as the plain runs: a section of its own
+        heading += ", operator environment " + ", ".join(f"`{k}={v}`" for k, v in args.operator_env)
     stamp = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     this_run = (f"- run {stamp}: all Ready {wall:.1f} s, peak RSS {peak:.0f} MB, idle CPU {idle_cpu:.2%}, "
                 f"idle Events {idle.events}, serial-baseline ratio {wall / (single * n):.2f}"
                 + (f", kopf-empty ratio {wall / base['wall']:.1f}" if base else "")
                 + f"; load {r['load_start']} at the start, {prov.load_after} after provisioning"
                 + f"; operator in {'the test virtualenv .venv' if r['venv'] == ROOT / '.venv' else 'the image-like virtualenv'}"
+                + (f"; operator and baseline with {extra_env(args)}" if args.operator_env else "")
                 + ("; py-spy recording" if r["py_spy"] else ""))
     earlier = []
     if args.results.exists():
@@ -1086,7 +1121,7 @@ Measured {stamp}.
 Rerun (from the repository root; starts its own bed in `--dir` and stops it at the end):
 
 ```sh
-.venv/bin/python bench/bench_fleet.py --backends {n} --dir {args.dir}{rerun_venv}{f" --py-spy {args.py_spy}" if args.py_spy else ""}
+{rerun}
 ```
 """
     write_section(args.results, heading, section)
