@@ -276,24 +276,17 @@ def _acquire_advisory_lock(engine: Engine, timeout_s: float):
     """A connection holding the session advisory lock; polls until ``timeout_s``."""
     from sqlalchemy import text
 
+    from .postgres import poll_until
+
     connection = engine.connect().execution_options(isolation_level="AUTOCOMMIT")
     try:
-        deadline = time.monotonic() + timeout_s
-        delay = 0.05
-        while True:
-            got = connection.execute(
-                text("SELECT pg_try_advisory_lock(:key)"), {"key": MIGRATION_LOCK_KEY}
-            ).scalar_one()
-            if got:
-                return connection
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise SchemaMigrationError(
-                    f"another migration holds the advisory lock {MIGRATION_LOCK_KEY}; "
-                    f"gave up after {timeout_s:g} s"
-                )
-            time.sleep(min(delay, remaining))
-            delay = min(delay * 2, 0.5)
+        locked = poll_until(lambda: connection.execute(
+            text("SELECT pg_try_advisory_lock(:key)"), {"key": MIGRATION_LOCK_KEY}).scalar_one(), timeout_s)
+        if locked:
+            return connection
+        raise SchemaMigrationError(
+            f"another migration holds the advisory lock {MIGRATION_LOCK_KEY}; gave up after {timeout_s:g} s"
+        )
     except BaseException:
         connection.close()
         raise
