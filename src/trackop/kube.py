@@ -112,10 +112,7 @@ class Kube:
         """Server-side apply a Deployment or Service trackop owns: (changed, the object)."""
         meta = body["metadata"]
         name, namespace = meta["name"], meta["namespace"]
-        read, patch = {
-            "Deployment": (self.apps.read_namespaced_deployment, self.apps.patch_namespaced_deployment),
-            "Service": (self.core.read_namespaced_service, self.core.patch_namespaced_service),
-        }[body["kind"]]
+        read, patch = self._object_calls(body)
         try:
             before = read(name, namespace).metadata.resource_version
         except client.ApiException as exc:
@@ -126,10 +123,11 @@ class Kube:
                       _content_type="application/apply-patch+yaml")
         return after.metadata.resource_version != before, after
 
-    # ---- the managed PostgreSQL (plain dicts in and out) -------------------------------
     def _object_calls(self, body: Mapping[str, Any]) -> tuple[Callable[..., Any], Callable[..., Any]]:
         """(read(name, namespace), apply(name, namespace, body, **kwargs)) for a kind trackop applies."""
         kind = body["kind"]
+        if kind == "Deployment":
+            return self.apps.read_namespaced_deployment, self.apps.patch_namespaced_deployment
         if kind == "StatefulSet":
             return self.apps.read_namespaced_stateful_set, self.apps.patch_namespaced_stateful_set
         if kind == "Service":
@@ -142,6 +140,7 @@ class Kube:
     def _plain(self, found: Any) -> dict[str, Any]:
         return found if isinstance(found, dict) else self.core.api_client.sanitize_for_serialization(found)
 
+    # ---- the managed PostgreSQL (plain dicts in and out) -------------------------------
     def read_object(self, body: Mapping[str, Any]) -> dict[str, Any] | None:
         """The object named like ``body``, or None if there is none. An API that does not exist
         (a CRD not installed) raises its 404."""
