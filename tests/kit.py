@@ -24,6 +24,10 @@ from trackop.testbed.procs import free_ports
 
 GROUP, VERSION, PLURAL = "trackop.dev", "v1alpha1", "trackingbackends"
 DRIFT_INTERVAL = 3  # seconds: short, so drift repair is observable within a test
+# Full reconciles of converged backends every third drift check (the default is every tenth):
+# what only a full reconcile sees (the password alone, the schema revision, the bucket) is
+# then repaired within a test's patience too, and both kinds of check run throughout.
+FULL_CHECK_INTERVAL = 3 * DRIFT_INTERVAL
 
 # For the session's secret sweep (tests/e2e/test_zz_secret_sweep.py): every operator log,
 # every admin password generated, and what each test's namespaces held before deletion.
@@ -52,8 +56,8 @@ class OperatorProcess:
 
     def start(self) -> None:
         self.port, self.metrics_port = free_ports(2)
-        env = {**os.environ, "TRACKOP_DRIFT_INTERVAL": str(DRIFT_INTERVAL), "PYTHONUNBUFFERED": "1",
-               **self.extra_env}
+        env = {**os.environ, "TRACKOP_DRIFT_INTERVAL": str(DRIFT_INTERVAL),
+               "TRACKOP_FULL_CHECK_INTERVAL": str(FULL_CHECK_INTERVAL), "PYTHONUNBUFFERED": "1", **self.extra_env}
         log = open(self.log_path, "ab")
         self.process = subprocess.Popen(
             [sys.executable, "-m", "trackop.cli", "run", "--all-namespaces", "--kubeconfig", self.kubeconfig,

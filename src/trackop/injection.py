@@ -73,6 +73,15 @@ def copy_secret_name(backend_namespace: str, backend_name: str) -> str:
     return f"{_COPY_PREFIX}{digest}"
 
 
+# The label on every copy: which backend's connection Secret it copies.
+COPY_LABEL = "trackop.dev/copy-of"
+
+
+def copy_label_value(namespace: str, name: str) -> str:
+    # Label values stop at 63 characters; a hash of the backend's reference always fits.
+    return hashlib.sha256(f"{namespace}/{name}".encode()).hexdigest()[:16]
+
+
 def keys_for_mode(mode: str, secret_keys: Iterable[str]) -> list[str]:
     """The connection Secret's keys that workloads get in ``mode``, each only if present.
 

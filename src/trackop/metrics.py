@@ -24,6 +24,13 @@ RECONCILE_SECONDS = Histogram(
 FAILURES = Counter(
     "trackop_reconcile_failures_total", "Reconciles that ended with Ready False, by the condition reason.",
     ["reason"])
+DRIFT_CHECKS = Counter(
+    "trackop_drift_checks_total", "Drift checks by result: unchanged (the fingerprint matched a shared "
+    "snapshot, nothing else ran) or full (a full reconcile followed, counted in trackop_reconciles_total "
+    "with handler drift).", ["result"])
+DRIFT_CHECK_SECONDS = Histogram(
+    "trackop_drift_check_duration_seconds", "Time of one fingerprint comparison, the full reconcile excluded.",
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5))
 ADMISSIONS = Counter(
     "trackop_webhook_admissions_total", "Admission requests answered, by webhook (mutate, validate) and outcome.",
     ["webhook", "outcome"])
@@ -46,6 +53,11 @@ def observe_reconcile(handler: str, result: str, seconds: float, failure_reason:
     RECONCILE_SECONDS.labels(handler).observe(seconds)
     if failure_reason:
         FAILURES.labels(failure_reason).inc()
+
+
+def observe_drift_check(unchanged: bool, seconds: float) -> None:
+    DRIFT_CHECKS.labels("unchanged" if unchanged else "full").inc()
+    DRIFT_CHECK_SECONDS.observe(seconds)
 
 
 @contextmanager

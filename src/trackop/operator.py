@@ -20,13 +20,16 @@ import kopf
 import urllib3
 from kubernetes import client, config
 
-from . import api, kopf_settings, manifests, metrics, schema, webhook
+from . import api, drift, kopf_settings, manifests, metrics, schema, webhook
 from . import conditions as cond
 from .injection_service import InjectionService
 from .kube import Kube
 from .reconcile import MANAGED_ADDRESS_SERVICE, Outcome, Reconciler, StepFailed, injection_view
 
 DRIFT_INTERVAL = float(os.environ.get("TRACKOP_DRIFT_INTERVAL", "60"))
+# Between two full reconciles of a converged backend, the drift timer only compares its
+# fingerprint with a shared snapshot (drift.py); 0 makes every drift check a full reconcile.
+FULL_CHECK_INTERVAL = float(os.environ.get("TRACKOP_FULL_CHECK_INTERVAL") or 10 * DRIFT_INTERVAL)
 MAX_RETRY_DELAY = 60.0
 OPERATOR_NAMESPACE = os.environ.get("TRACKOP_NAMESPACE", "trackop-system")
 # Set by `trackop run --webhook-address/--webhook-url/--webhook-failure-policy`.
@@ -206,7 +209,8 @@ def check_drift(body: kopf.Body, status: kopf.Status, patch: kopf.Patch, **_: An
     if not lock.acquire(blocking=False):
         return  # a change handler is reconciling this backend right now; the next interval checks
     try:
-        _run("drift", body, status, patch)
+        if not _unchanged(body):
+            _run("drift", body, status, patch)
     finally:
         lock.release()
     spec = _specs.get((body["metadata"]["namespace"], body["metadata"]["name"]))
@@ -216,6 +220,21 @@ def check_drift(body: kopf.Body, status: kopf.Status, patch: kopf.Patch, **_: An
         for event_type, reason, message in missed:
             kopf.event(body, type=event_type, reason=reason, message=message)
 
+
+def _unchanged(body: Mapping[str, Any]) -> bool:
+    """The fingerprint check (drift.py): True when nothing the backend rests on moved."""
+    started = time.perf_counter()
+    try:
+        spec = _parse(body)
+    except api.SpecError:
+        return False
+    verdict = reconciler().drift.check(spec, body)
+    metrics.observe_drift_check(verdict == drift.UNCHANGED, time.perf_counter() - started)
+    if verdict == drift.UNCHANGED:
+        return True
+    level = logging.INFO if verdict.startswith("changed") or "verdict" in verdict else logging.DEBUG
+    logging.getLogger(__name__).log(level, "%s/%s: full drift check: %s", spec.namespace, spec.name, verdict)
+    return False
 
 
 @kopf.on.cleanup()

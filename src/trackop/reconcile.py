@@ -9,7 +9,6 @@ reason names the cause and whose message says the fix.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import logging
 import os
@@ -24,7 +23,8 @@ import psycopg
 from kubernetes.client import ApiException
 
 from . import conditions as cond
-from . import artifacts, injection, managed, manifests, postgres, schema, tuning
+from . import artifacts, drift, injection, managed, manifests, postgres, schema, tuning
+from .injection import COPY_LABEL, copy_label_value
 from .api import BACKEND_LABEL, ENGINE_CNPG, MANAGED_BY, MANAGED_BY_LABEL, BackendSpec, ExternalServer
 from .conditions import Condition
 from .kube import Kube
@@ -109,12 +109,6 @@ class _Context:
         self.events.append(("Normal", reason, message))
 
 
-COPY_LABEL = "trackop.dev/copy-of"
-
-
-def copy_label_value(namespace: str, name: str) -> str:
-    # Label values stop at 63 characters; a hash of the backend's reference always fits.
-    return hashlib.sha256(f"{namespace}/{name}".encode()).hexdigest()[:16]
 
 
 def injection_view(spec: BackendSpec, secret_keys: Iterable[str]) -> injection.BackendView:
@@ -135,12 +129,16 @@ class SharedListing:
         self._value: Any = None
         self._fetched_at: float | None = None
         self.fetches = 0
+        self.changes = 0  # fetches that found a value different from the one before
 
     def get(self) -> Any:
         with self._lock:
             now = self._clock()
             if self._fetched_at is None or self.ttl <= 0 or now - self._fetched_at >= self.ttl:
-                self._value = self._fetch()  # an API error propagates and nothing is cached
+                value = self._fetch()  # an API error propagates and nothing is cached
+                if self._fetched_at is not None and value != self._value:
+                    self.changes += 1
+                self._value = value
                 self._fetched_at = now
                 self.fetches += 1
             return self._value
@@ -156,7 +154,8 @@ MANAGED_ADDRESS_POD = "pod"
 
 class Reconciler:
     def __init__(self, kube: Kube, operator_namespace: str | None = None,
-                 managed_address: str = MANAGED_ADDRESS_SERVICE, shared_list_ttl: float = 0) -> None:
+                 managed_address: str = MANAGED_ADDRESS_SERVICE, shared_list_ttl: float = 0,
+                 full_check_interval: float = 0) -> None:
         self.kube = kube
         # The namespaces' labels (which namespaces get Secret copies) and the opted-in pods
         # (missed injections): one LIST each per ``shared_list_ttl`` for all backends, not one
@@ -170,10 +169,15 @@ class Reconciler:
         # cluster), or their pod's IP (an operator outside the cluster's Service network).
         self.managed_address = managed_address
         self._reported_pods: set[str] = set()  # uids already reported as missing injection
+        # The drift timer's fingerprints (drift.py); a full_check_interval of 0 keeps none,
+        # and every drift check is a full reconcile.
+        self.drift = drift.DriftChecker(kube, self.namespaces, ttl=shared_list_ttl / 2,
+                                        full_interval=full_check_interval)
 
     # ---- the sequence ----------------------------------------------------------------
     def reconcile(self, spec: BackendSpec, owner: Mapping[str, Any], previous_status: Mapping[str, Any]) -> Outcome:
         ctx = _Context(spec, owner, previous_status or {})
+        self.drift.forget(spec.namespace, spec.name)  # recorded again below if this one ends Ready
         done: list[Condition] = []
         step_type = cond.DATABASE_READY
         try:
@@ -195,6 +199,10 @@ class Reconciler:
                 step_type = cond.TUNING_APPLIED
                 tuning_conditions, budget = self._tuning(ctx, admin, privileges)
                 done.extend(tuning_conditions)
+                # The catalog rows the drift timer's fingerprint starts from (drift.py).
+                observed = postgres.observe_server(admin, privileges.superuser, [spec.role, admin_user],
+                                                   [spec.database]) \
+                    if self.drift.enabled and drift.eligible(spec) else None
             step_type = cond.SCHEMA_READY
             revision, message = self._schema(ctx, password, login.revision)
             done.append(Condition(cond.SCHEMA_READY, "True", "AtHead", message))
@@ -209,6 +217,8 @@ class Reconciler:
             status = self._status_fields(spec, revision)
             status["connectionBudget"] = budget
             done.append(Condition(cond.READY, "True", "Ready", "the MLflow backend store is ready to use"))
+            if observed is not None:
+                self.drift.record(spec, owner["metadata"].get("generation"), ctx.reach, ctx.admin_login, observed)
             return Outcome(done, status, ctx.events, None)
         except StepFailed as failure:
             return self._failed(ctx, done, failure)
@@ -733,18 +743,7 @@ class Reconciler:
             database_limit=state.database_limit, role_limit=state.role_limit,
             server_max_connections=state.max_connections, reserved_slots=state.reserved_slots,
             used_by_others=state.used_by_others)
-        parts = ", ".join(f"{k} {v}" for k, v in budget.breakdown.items())
-        if budget.within:
-            found.append(Condition(cond.CONNECTION_BUDGET, "True", "WithinLimit",
-                                   f"needs {budget.required} connections ({parts}) of {budget.limit}"))
-        else:
-            others = "" if budget.available in (None, budget.limit) else \
-                f" ({budget.limit - budget.available} of the limit {budget.limit} in use by other sessions)"
-            found.append(Condition(cond.CONNECTION_BUDGET, "False", "OverBudget",
-                                   f"may need {budget.required} connections ({parts}) but only "
-                                   f"{budget.available if budget.available is not None else budget.limit} are "
-                                   f"available{others}: lower server replicas, workers, pool or expectedClients, or "
-                                   "raise the limit, before clients fail with 'too many connections'"))
+        found.append(tuning.budget_condition(budget))
         return found, {"required": budget.required, "limit": budget.limit}
 
     def _schema(self, ctx: _Context, password: str, current: str | None) -> tuple[str, str]:

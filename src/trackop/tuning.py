@@ -90,6 +90,8 @@ from dataclasses import field as dataclass_field
 from fractions import Fraction
 from typing import Any
 
+from . import conditions as cond
+
 FIELD_PREFIX = "spec.postgres.tuning"
 
 SCOPE_DATABASE = "Database"
@@ -438,3 +440,19 @@ def connection_budget(spec: TuningSpec, server_replicas: int, server_workers: in
 def pool_env(spec: TuningSpec) -> dict[str, str]:
     """Environment for MLflow's SQLAlchemy pool (names read by mlflow.store.db.utils)."""
     return {POOL_SIZE_ENV: str(spec.pool_size), MAX_OVERFLOW_ENV: str(spec.max_overflow)}
+
+
+def budget_condition(budget: ConnectionBudget) -> cond.Condition:
+    """The ConnectionBudget condition (the full reconcile writes it; the drift check
+    recomputes it from its snapshot and compares)."""
+    parts = ", ".join(f"{k} {v}" for k, v in budget.breakdown.items())
+    if budget.within:
+        return cond.Condition(cond.CONNECTION_BUDGET, "True", "WithinLimit",
+                              f"needs {budget.required} connections ({parts}) of {budget.limit}")
+    others = "" if budget.available in (None, budget.limit) else \
+        f" ({budget.limit - budget.available} of the limit {budget.limit} in use by other sessions)"
+    return cond.Condition(cond.CONNECTION_BUDGET, "False", "OverBudget",
+                          f"may need {budget.required} connections ({parts}) but only "
+                          f"{budget.available if budget.available is not None else budget.limit} are "
+                          f"available{others}: lower server replicas, workers, pool or expectedClients, or "
+                          "raise the limit, before clients fail with 'too many connections'")

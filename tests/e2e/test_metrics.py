@@ -37,6 +37,10 @@ def test_metrics_count_reconciles_failures_and_admissions(backends: Backends, ad
                "a counted successful reconcile")
     eventually(lambda: grew("trackop_reconcile_failures_total", 'reason="'), "a counted failure with its reason")
     assert grew("trackop_reconcile_duration_seconds_count", 'handler="reconcile"')
+    # The drift timer of the Ready backend: fingerprint comparisons, and full ones among them.
+    eventually(lambda: grew("trackop_drift_checks_total", 'result="unchanged"'), "a drift check that found nothing",
+               timeout=30)
+    assert grew("trackop_drift_check_duration_seconds_count")
     assert grew("trackop_webhook_admissions_total", 'webhook="mutate"', 'outcome="injected"')
     assert grew("trackop_webhook_admissions_total", 'webhook="validate"', 'outcome="allowed"')
     assert grew("trackop_webhook_admission_duration_seconds_count", 'webhook="mutate"')

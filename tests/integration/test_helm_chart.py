@@ -139,6 +139,7 @@ def test_default_render(helm: Path):
     env = {e["name"]: e for e in c["env"]}
     assert env["TRACKOP_NAMESPACE"]["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.namespace"}}
     assert env["TRACKOP_DRIFT_INTERVAL"]["value"] == "60"
+    assert "TRACKOP_FULL_CHECK_INTERVAL" not in env  # the operator's default: ten drift intervals
     assert c["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "health"}
     ports = {p["name"]: p["containerPort"] for p in c["ports"]}
     assert ports == {"health": 8080, "webhook": 9443, "metrics": 9090}
@@ -179,6 +180,7 @@ def test_certmanager_render(helm: Path):
                          "--webhook-cert-secret=tk-trackop-webhook-tls", "--peering", "--peering-name=tk-trackop",
                          "--verbose"]
     assert {e["name"]: e.get("value") for e in c["env"]}["TRACKOP_DRIFT_INTERVAL"] == "120"
+    assert {e["name"]: e.get("value") for e in c["env"]}["TRACKOP_FULL_CHECK_INTERVAL"] == "1800"
     certificate = only(objects, "Certificate")
     assert certificate["metadata"]["name"] == certificate["spec"]["secretName"] == "tk-trackop-webhook-tls"
     assert certificate["spec"]["dnsNames"] == [
@@ -272,8 +274,8 @@ DEFAULT_RULES = [
     ([""], ["secrets"], None, ["get", "list"]),
     ([""], ["secrets"], None, ["create", "update", "patch", "delete"]),
     (["batch"], ["jobs"], None, ["get", "create"]),
-    (["apps"], ["deployments"], None, ["get", "create", "patch"]),
-    ([""], ["services"], None, ["get", "create", "patch"]),
+    (["apps"], ["deployments"], None, ["get", "list", "create", "patch"]),
+    ([""], ["services"], None, ["get", "list", "create", "patch"]),
     (["apps"], ["statefulsets"], None, ["get", "create", "patch"]),
     (["postgresql.cnpg.io"], ["clusters"], None, ["get", "create", "patch"]),
     ([""], ["namespaces"], None, ["list", "watch"]),

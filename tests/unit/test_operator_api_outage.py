@@ -67,8 +67,15 @@ def test_deletion_during_an_api_outage_is_retried_soon(monkeypatch):
     assert raised.value.delay == operator.API_RETRY_DELAY
 
 
+class NoFingerprint:
+    def check(self, spec, body):
+        return "no fingerprint since the last full reconcile"
+
+
 class ListingForbidden:
     """The drift check's reconcile succeeds; listing pods for missed injections is refused."""
+
+    drift = NoFingerprint()
 
     def reconcile(self, *args):
         from trackop.reconcile import Outcome
