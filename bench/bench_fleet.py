@@ -78,6 +78,10 @@ HEADING = "## Fleet: N backends at once"
 GROUP, VERSION, PLURAL = "trackop.dev", "v1alpha1", "trackingbackends"
 FINALIZER = "trackop.dev/finalizer"
 DRIFT_INTERVAL = 60.0  # trackop's default
+# trackop's default (ten drift intervals): between two full reconciles of a backend, its drift
+# checks compare a fingerprint (drift.py). An idle window of this length holds about one full
+# reconcile per backend and nine comparisons: the steady state.
+FULL_CHECK_INTERVAL = 10 * DRIFT_INTERVAL
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 TARGETS = {100: 30.0, 300: 90.0}  # seconds to all Ready, from the issue
 RSS_TARGET_MB = 250
@@ -580,8 +584,9 @@ def main() -> None:
     parser.add_argument("--namespaces", type=int, default=4, help="spread over this many namespaces (default 4)")
     parser.add_argument("--dir", type=Path, default=Path("/tmp/bench-fleet-bed"), help="the bed's directory")
     parser.add_argument("--keep-bed", action="store_true", help="leave the bed running at the end")
-    parser.add_argument("--idle", type=float, default=2 * DRIFT_INTERVAL,
-                        help="seconds of idle measurement after all are Ready (default two drift intervals)")
+    parser.add_argument("--idle", type=float, default=FULL_CHECK_INTERVAL,
+                        help="seconds of idle measurement after all are Ready (default one full-check interval, "
+                             "ten drift intervals: about one full reconcile and nine fingerprint checks per backend)")
     parser.add_argument("--settle", type=float, default=5.0, help="seconds between all Ready and the idle window")
     parser.add_argument("--singles", type=int, default=3, help="backends applied one at a time first (default 3)")
     parser.add_argument("--background", type=float, default=DRIFT_INTERVAL,
@@ -662,7 +667,8 @@ def main() -> None:
 
         # The operator.
         health, metrics_port = free_port(), free_port()
-        env = {**os.environ, "TRACKOP_DRIFT_INTERVAL": f"{DRIFT_INTERVAL:g}", "PYTHONUNBUFFERED": "1",
+        env = {**os.environ, "TRACKOP_DRIFT_INTERVAL": f"{DRIFT_INTERVAL:g}",
+               "TRACKOP_FULL_CHECK_INTERVAL": f"{FULL_CHECK_INTERVAL:g}", "PYTHONUNBUFFERED": "1",
                "KUBECONFIG": info["kubeconfig"], "VIRTUAL_ENV": str(venv),
                "PATH": f"{venv / 'bin'}:{os.environ.get('PATH', '')}"}
         env.pop("TRACKOP_VERBOSE", None)
@@ -940,6 +946,10 @@ def report(args: argparse.Namespace, r: dict) -> None:
     prov_drifts = sum(v for k, v in m.items() if k.startswith('trackop_reconciles_total{handler="drift"'))
     idle_reconciles = sum(v for k, v in mi.items() if k.startswith('trackop_reconciles_total{handler="reconcile"'))
     drift_sum = mi.get('trackop_reconcile_duration_seconds_sum{handler="drift"}', 0)
+    # Every drift check, and its thread's CPU, by result (the fingerprint matched, or a full reconcile ran).
+    checks = {r: mi.get(f'trackop_drift_checks_total{{result="{r}"}}', 0) for r in ("unchanged", "full")}
+    check_cpu = {r: mi.get(f'trackop_drift_check_cpu_seconds_total{{result="{r}"}}', 0) for r in ("unchanged", "full")}
+    all_checks = sum(checks.values())
     held, held_cpu = m.get("bench_alembic_lock_held_seconds_total", 0), m.get("bench_alembic_lock_held_cpu_seconds_total", 0)
     waited, taken = m.get("bench_alembic_lock_wait_seconds_total", 0), m.get("bench_alembic_lock_acquisitions_total", 0)
     connects, connect_s = m.get("bench_pg_connects_total", 0), m.get("bench_pg_connect_seconds_total", 0)
@@ -957,14 +967,17 @@ def report(args: argparse.Namespace, r: dict) -> None:
         f"| all {n} Ready, from the first create | **{wall:.1f} s** ({wall / n * 1000:.0f} ms per backend) "
         f"| {'under %.0f s' % target if target else '—'} | "
         f"{verdict(wall < target) + (f' (×{wall / target:.1f})' if wall >= target else '') if target else '—'} |",
-        f"| operator peak RSS (VmHWM) | **{peak:.0f} MB** ({r['rss_preloaded']:.0f} MB after MLflow preload, "
+        f"| operator peak RSS (VmHWM) | **{peak:.0f} MB** ({r['rss_preloaded']:.0f} MB after startup, "
         f"{r['rss_end']:.0f} MB at the end) | under {RSS_TARGET_MB} MB | {verdict(peak < RSS_TARGET_MB)} |",
         f"| operator CPU while idle ({idle.seconds:.0f} s, {intervals:.1f} drift intervals) | **{idle_cpu:.2%}** "
         f"of one core ({idle.op_cpu:.1f} CPU s) | under 2% | {verdict(idle_cpu < IDLE_CPU_TARGET)} |",
         f"| Events per backend per interval, idle | **{per_iv(idle.events):.2f}** ({idle.events} in the window) "
         f"| 0 | {verdict(idle.events == 0)} |",
-        f"| drift checks per backend per interval, idle | {per_iv(drifts):.2f} ({drifts:.0f}, "
-        f"mean {drift_sum / max(drifts, 1) * 1000:.0f} ms each) | — | |",
+        f"| drift checks per backend per interval, idle | {per_iv(all_checks):.2f} ({all_checks:.0f}: "
+        f"{checks['unchanged']:.0f} fingerprint matches at {check_cpu['unchanged'] / max(checks['unchanged'], 1) * 1000:.1f} "
+        f"ms CPU each, {checks['full']:.0f} full reconciles ({checks['full'] / max(all_checks, 1):.0%}) at "
+        f"{check_cpu['full'] / max(checks['full'], 1) * 1000:.1f} ms CPU each, {drift_sum / max(drifts, 1) * 1000:.0f} ms "
+        f"wall; the checks' threads {sum(check_cpu.values()):.1f} CPU s of the window's {idle.op_cpu:.1f}) | — | |",
         "| PostgreSQL statements per backend per interval, idle | "
         + (f"**{per_iv(idle.statements):.1f}** (pg_stat_statements calls)" if idle.statements is not None else "—")
         + f"; {per_iv(idle.xacts):.1f} commits, {per_iv(idle.sessions):.1f} sessions "
@@ -1009,7 +1022,7 @@ def report(args: argparse.Namespace, r: dict) -> None:
         f"- the reconcile handler ran {reconciles:.0f} times to Ready ({not_ready:.0f} not ready), "
         f"{handler_sum:.0f} s of handler wall time in all, mean {handler_sum / handler_count:.1f} s each while "
         f"{handler_sum / wall:.1f} ran at once on average (kopf's thread pool for sync handlers); the drift "
-        f"timer ran {prov_drifts:.0f} checks during provisioning (kopf starts an object's timer when it first "
+        f"timer ran {prov_drifts:.0f} full reconciles during provisioning (kopf starts an object's timer when it first "
         f"sees it: after 60 s a backend whose create handler still waits for a worker is provisioned by its "
         f"timer), and {idle_reconciles:.0f} create/resume handlers ran in the idle window.",
         f"- the schema: {len(mig['cloned'])} databases cloned from the server's template database "
@@ -1029,7 +1042,8 @@ def report(args: argparse.Namespace, r: dict) -> None:
         f"({prov.op_cpu / prov.seconds:.2f} cores), PostgreSQL {prov.pg_cpu:.1f} s, kube-apiserver "
         f"{prov.api_cpu:.1f} s, etcd {prov.etcd_cpu:.1f} s; the machine was {busy_cores:.0%} of "
         f"{prov.cores:.0f} cores busy (other engineers' work included). Load {prov.load_before} → {prov.load_after}.",
-        f"- idle: {drifts:.0f} drift checks in {idle.seconds:.0f} s, operator {idle.op_cpu:.1f} CPU s, "
+        f"- idle: {all_checks:.0f} drift checks ({drifts:.0f} of them full reconciles) in {idle.seconds:.0f} s, "
+        f"operator {idle.op_cpu:.1f} CPU s, "
         f"PostgreSQL {idle.pg_cpu:.1f} s, kube-apiserver {idle.api_cpu:.1f} s. Load {idle.load_before} → "
         f"{idle.load_after}.",
     ]

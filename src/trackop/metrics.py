@@ -31,6 +31,9 @@ DRIFT_CHECKS = Counter(
 DRIFT_CHECK_SECONDS = Histogram(
     "trackop_drift_check_duration_seconds", "Time of one fingerprint comparison, the full reconcile excluded.",
     buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5))
+DRIFT_CHECK_CPU = Counter(
+    "trackop_drift_check_cpu_seconds_total", "CPU time of the drift checks by result, the full reconcile "
+    "included (the handler thread's own: kopf's timer and the watches are not in it).", ["result"])
 ADMISSIONS = Counter(
     "trackop_webhook_admissions_total", "Admission requests answered, by webhook (mutate, validate) and outcome.",
     ["webhook", "outcome"])
@@ -58,6 +61,10 @@ def observe_reconcile(handler: str, result: str, seconds: float, failure_reason:
 def observe_drift_check(unchanged: bool, seconds: float) -> None:
     DRIFT_CHECKS.labels("unchanged" if unchanged else "full").inc()
     DRIFT_CHECK_SECONDS.observe(seconds)
+
+
+def observe_drift_cpu(unchanged: bool, seconds: float) -> None:
+    DRIFT_CHECK_CPU.labels("unchanged" if unchanged else "full").inc(seconds)
 
 
 @contextmanager

@@ -209,8 +209,11 @@ def check_drift(body: kopf.Body, status: kopf.Status, patch: kopf.Patch, **_: An
     if not lock.acquire(blocking=False):
         return  # a change handler is reconciling this backend right now; the next interval checks
     try:
-        if not _unchanged(body):
+        cpu = time.thread_time()  # this thread's CPU: the check's own cost, for the metrics
+        unchanged = _unchanged(body)
+        if not unchanged:
             _run("drift", body, status, patch)
+        metrics.observe_drift_cpu(unchanged, time.thread_time() - cpu)
     finally:
         lock.release()
     spec = _specs.get((body["metadata"]["namespace"], body["metadata"]["name"]))

@@ -41,6 +41,7 @@ def test_metrics_count_reconciles_failures_and_admissions(backends: Backends, ad
     eventually(lambda: grew("trackop_drift_checks_total", 'result="unchanged"'), "a drift check that found nothing",
                timeout=30)
     assert grew("trackop_drift_check_duration_seconds_count")
+    assert grew("trackop_drift_check_cpu_seconds_total", 'result="unchanged"')
     assert grew("trackop_webhook_admissions_total", 'webhook="mutate"', 'outcome="injected"')
     assert grew("trackop_webhook_admissions_total", 'webhook="validate"', 'outcome="allowed"')
     assert grew("trackop_webhook_admission_duration_seconds_count", 'webhook="mutate"')
