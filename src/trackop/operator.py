@@ -66,7 +66,7 @@ def reconciler() -> Reconciler:
         # The drift checks of all backends share one LIST of namespaces and one of opted-in
         # pods per interval.
         _reconciler = Reconciler(Kube(_api_client()), OPERATOR_NAMESPACE, MANAGED_POSTGRES_ADDRESS,
-                                 shared_list_ttl=DRIFT_INTERVAL)
+                                 shared_list_ttl=DRIFT_INTERVAL, full_check_interval=FULL_CHECK_INTERVAL)
     return _reconciler
 
 
