@@ -5,12 +5,16 @@ MLflow version it bundles (``mlflow-skinny``), exactly as ``mlflow db upgrade`` 
 refuses databases that a newer MLflow already migrated (Alembic cannot downgrade them, and
 an MLflow client refuses a schema whose head it does not know).
 
-Importing this module is cheap (no MLflow, no Alembic); :func:`preload` imports them once
-at operator start so the first reconcile does not pay about a second of imports.
+Importing this module is cheap (no MLflow, no Alembic), and so are :func:`head_revision`
+and :func:`known_revisions`: they read the revision ids out of the migration scripts'
+source without executing them (executing them imports MLflow). :func:`preload` imports
+MLflow and Alembic once at operator start so the first reconcile does not pay about a
+second of imports.
 """
 
 from __future__ import annotations
 
+import ast
 import hashlib
 import importlib.util
 import sys
@@ -24,7 +28,6 @@ from typing import TYPE_CHECKING, Iterable
 from urllib.parse import unquote, urlsplit
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
-    from alembic.script import ScriptDirectory
     from sqlalchemy.engine import Engine
 
 __all__ = [
@@ -42,6 +45,14 @@ __all__ = [
 ]
 
 
+def _mlflow_package_dir() -> Path:
+    """The installed ``mlflow`` package's directory, found without importing the package."""
+    spec = importlib.util.find_spec("mlflow")  # locates the package, does not execute it
+    if spec is None or not spec.submodule_search_locations:
+        raise ImportError("mlflow (mlflow-skinny) is not installed")
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
 def _read_bundled_mlflow_version() -> str:
     """``mlflow.version.VERSION`` without importing the ``mlflow`` package.
 
@@ -51,10 +62,7 @@ def _read_bundled_mlflow_version() -> str:
     loaded = sys.modules.get("mlflow.version")
     if loaded is not None:
         return str(loaded.VERSION)
-    spec = importlib.util.find_spec("mlflow")  # locates the package, does not execute it
-    if spec is None or not spec.submodule_search_locations:
-        raise ImportError("mlflow (mlflow-skinny) is not installed")
-    path = Path(next(iter(spec.submodule_search_locations))) / "version.py"
+    path = _mlflow_package_dir() / "version.py"
     file_spec = importlib.util.spec_from_file_location("_trackop_mlflow_version", path)
     assert file_spec is not None and file_spec.loader is not None
     module = importlib.util.module_from_spec(file_spec)
@@ -179,20 +187,73 @@ def _mlflow_db_utils() -> ModuleType:
     return db_utils
 
 
-@cache
-def _script_directory() -> ScriptDirectory:
-    from alembic.script import ScriptDirectory
+def _literal_assignments(source: str, names: frozenset[str]) -> dict[str, object]:
+    """Module-level ``name = <literal>`` (or ``name: T = <literal>``) of ``names`` in ``source``."""
+    found: dict[str, object] = {}
+    for node in ast.parse(source).body:
+        if isinstance(node, ast.Assign) and len(node.targets) == 1:
+            target, value = node.targets[0], node.value
+        elif isinstance(node, ast.AnnAssign) and node.value is not None:
+            target, value = node.target, node.value
+        else:
+            continue
+        if isinstance(target, ast.Name) and target.id in names:
+            found[target.id] = ast.literal_eval(value)  # ValueError unless a plain literal
+    return found
 
-    # MLflow's own Alembic config: the script directory inside the installed package.
-    # No URL goes into the config; migrations get a live connection instead.
-    config = _mlflow_db_utils()._get_alembic_config(db_url="")
-    return ScriptDirectory.from_config(config)
+
+def _as_tuple(down_revision: object) -> tuple[object, ...]:
+    """Alembic's ``down_revision``: None, one id, or a tuple (list) of ids for a merge."""
+    if down_revision is None:
+        return ()
+    if isinstance(down_revision, (tuple, list)):
+        return tuple(down_revision)
+    return (down_revision,)
+
+
+def read_revision_graph(versions: Path) -> dict[str, tuple[str, ...]]:
+    """``{revision: down_revisions}`` of the Alembic scripts in ``versions``, from their source.
+
+    Alembic itself executes every script to read these two variables, and MLflow's scripts
+    import MLflow's ORM (the whole ``mlflow`` package): reading the literals keeps that out
+    of the operator. The files are the ones Alembic loads (``*.py`` directly in the
+    directory, not ``__init__.py``); a script without literal ids is an error, not a guess.
+    """
+    graph: dict[str, tuple[str, ...]] = {}
+    for path in sorted(versions.glob("*.py")):
+        if path.name == "__init__.py" or path.name.startswith(".#"):
+            continue
+        try:
+            ids = _literal_assignments(path.read_text(encoding="utf-8"), frozenset({"revision", "down_revision"}))
+        except (OSError, SyntaxError, ValueError) as exc:
+            raise SchemaMigrationError(f"cannot read the revision of MLflow's migration {path.name}: {exc}") from None
+        revision, down = ids.get("revision"), ids.get("down_revision")
+        downs = _as_tuple(down)
+        if not isinstance(revision, str) or not all(isinstance(d, str) for d in downs):
+            raise SchemaMigrationError(f"MLflow's migration {path.name} has no literal revision/down_revision")
+        graph[revision] = downs
+    missing = {d for downs in graph.values() for d in downs} - graph.keys()
+    if missing:  # Alembic refuses such a directory too
+        raise SchemaMigrationError(f"MLflow's migrations refer to unknown revisions {sorted(missing)}")
+    return graph
+
+
+def heads_of(graph: dict[str, tuple[str, ...]]) -> list[str]:
+    """The revisions no other revision builds on (Alembic's heads), sorted."""
+    return sorted(graph.keys() - {d for downs in graph.values() for d in downs})
+
+
+@cache
+def _revision_graph() -> dict[str, tuple[str, ...]]:
+    # The script directory of MLflow's own Alembic config (mlflow.store.db.utils.
+    # _get_alembic_config): <package>/store/db_migrations, scripts in its versions/.
+    return read_revision_graph(_mlflow_package_dir() / "store" / "db_migrations" / "versions")
 
 
 @cache
 def head_revision() -> str:
-    """The single Alembic head of the bundled MLflow's migration scripts."""
-    heads = _script_directory().get_heads()
+    """The single Alembic head of the bundled MLflow's migration scripts (imports no MLflow)."""
+    heads = heads_of(_revision_graph())
     if len(heads) != 1:  # MLflow itself insists on one head (_get_latest_schema_revision)
         raise SchemaMigrationError(f"MLflow {BUNDLED_MLFLOW_VERSION} has {len(heads)} Alembic heads: {heads}")
     return heads[0]
@@ -200,8 +261,8 @@ def head_revision() -> str:
 
 @cache
 def known_revisions() -> frozenset[str]:
-    """Every Alembic revision in the bundled MLflow's migration scripts."""
-    return frozenset(script.revision for script in _script_directory().walk_revisions())
+    """Every Alembic revision in the bundled MLflow's migration scripts (imports no MLflow)."""
+    return frozenset(_revision_graph())
 
 
 def preload() -> None:
@@ -371,3 +432,4 @@ def migrate(url: str, *, lock_timeout_s: float = 60, role: str | None = None) ->
             _release_advisory_lock(lock)
         if engine is not None:
             engine.dispose()
+

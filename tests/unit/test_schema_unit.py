@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib.metadata
+import re
 import subprocess
 import sys
 from urllib.parse import quote
@@ -61,3 +62,57 @@ def test_an_unparsable_url_is_reported_without_echoing_it():
     with pytest.raises(schema.SchemaMigrationError) as caught:
         schema.migrate(bad)
     assert bad not in str(caught.value) and PASSWORD not in str(caught.value)
+
+
+# ---- revisions, read from the scripts' source ---------------------------------------------
+
+
+def test_reading_the_revisions_imports_neither_mlflow_nor_alembic():
+    code = ("import sys, trackop.schema as s; s.head_revision(); s.known_revisions(); "
+            "print(sorted(m for m in ('mlflow', 'alembic', 'sqlalchemy') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True).stdout
+    assert out.strip() == "[]"
+
+
+def test_the_revisions_read_from_source_are_alembics():
+    from alembic.script import ScriptDirectory
+    from mlflow.store.db.utils import _get_alembic_config
+
+    scripts = ScriptDirectory.from_config(_get_alembic_config(db_url=""))
+    assert scripts.get_heads() == [schema.head_revision()]
+    assert {s.revision for s in scripts.walk_revisions()} == schema.known_revisions()
+    assert {s.revision: tuple(s._versioned_down_revisions) for s in scripts.walk_revisions()} \
+        == schema._revision_graph()
+
+
+def _script(directory, name: str, body: str) -> None:
+    (directory / name).write_text(f'"""{name}"""\nfrom alembic import op\n{body}\n\ndef upgrade():\n    op.f()\n')
+
+
+def test_revision_graph_of_branches_and_a_merge(tmp_path):
+    _script(tmp_path, "a.py", 'revision = "a"\ndown_revision = None')
+    _script(tmp_path, "b.py", 'revision: str = "b"\ndown_revision = "a"')
+    _script(tmp_path, "c.py", 'revision = "c"\ndown_revision = "a"')
+    _script(tmp_path, "m.py", 'revision = "m"\ndown_revision = ("b", "c")')
+    _script(tmp_path, "__init__.py", 'revision = "not-a-script"')
+    (tmp_path / "notes.txt").write_text('revision = "nor-this"')
+
+    graph = schema.read_revision_graph(tmp_path)
+
+    assert graph == {"a": (), "b": ("a",), "c": ("a",), "m": ("b", "c")}
+    assert schema.heads_of(graph) == ["m"]
+    del graph["m"]
+    assert schema.heads_of(graph) == ["b", "c"]
+
+
+@pytest.mark.parametrize("body, says", [
+    ('revision = make_id()\ndown_revision = None', "cannot read the revision"),
+    ('down_revision = None', "no literal revision"),
+    ('revision = "x"\ndown_revision = 7', "no literal revision"),
+    ('revision = "x"\ndown_revision = "gone"', "unknown revisions ['gone']"),
+])
+def test_a_script_without_literal_ids_is_an_error_not_a_guess(tmp_path, body: str, says: str):
+    _script(tmp_path, "x.py", body)
+    with pytest.raises(schema.SchemaMigrationError, match=re.escape(says)):
+        schema.read_revision_graph(tmp_path)
+
