@@ -1,4 +1,4 @@
-"""MLflow's schema, applied by MLflow's own Alembic migrations, in-process.
+"""MLflow's schema, applied by MLflow's own Alembic migrations, in-process or in a child.
 
 The operator never carries DDL of its own: it runs the migration scripts shipped with the
 MLflow version it bundles (``mlflow-skinny``), exactly as ``mlflow db upgrade`` would, and
@@ -7,9 +7,12 @@ an MLflow client refuses a schema whose head it does not know).
 
 Importing this module is cheap (no MLflow, no Alembic), and so are :func:`head_revision`
 and :func:`known_revisions`: they read the revision ids out of the migration scripts'
-source without executing them (executing them imports MLflow). :func:`preload` imports
-MLflow and Alembic once at operator start so the first reconcile does not pay about a
-second of imports.
+source without executing them (executing them imports MLflow). :func:`migrate` imports
+MLflow on first use (about 80 MB that a Python process never gives back);
+:func:`preload` does that at operator start, for operators that migrate every database
+in-process. :func:`migrate_in_subprocess` runs :func:`migrate` in a child Python process
+instead (``python -m trackop.schema``), so the long-lived operator never holds MLflow for
+a migration it makes once per server (the template database).
 """
 
 from __future__ import annotations
@@ -17,10 +20,15 @@ from __future__ import annotations
 import ast
 import hashlib
 import importlib.util
+import json
+import logging
+import os
+import selectors
+import subprocess
 import sys
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from functools import cache
 from pathlib import Path
 from types import ModuleType
@@ -40,9 +48,13 @@ __all__ = [
     "head_revision",
     "known_revisions",
     "migrate",
+    "migrate_in_subprocess",
     "preload",
     "redact",
 ]
+
+
+log = logging.getLogger(__name__)
 
 
 def _mlflow_package_dir() -> Path:
@@ -105,6 +117,8 @@ class MigrationResult:
     before: str | None
     after: str
     seconds: float
+    #: Peak RSS of the child process in KiB (``ru_maxrss``), for :func:`migrate_in_subprocess`.
+    child_peak_rss_kib: int | None = None
 
 
 # ---------------------------------------------------------------------------- secrets
@@ -268,7 +282,9 @@ def known_revisions() -> frozenset[str]:
 def preload() -> None:
     """Import MLflow's store and Alembic and parse the migration scripts, once.
 
-    Call at operator start: the first :func:`migrate` is then just the migration.
+    Call at the start of an operator that runs :func:`migrate` in-process for every
+    database: the first one is then just the migration. It costs about 80 MB of RSS for
+    the life of the process.
     """
     _mlflow_db_utils()
     import alembic.command  # noqa: F401  (MLflow imports it lazily inside _upgrade_db)
@@ -433,3 +449,156 @@ def migrate(url: str, *, lock_timeout_s: float = 60, role: str | None = None) ->
         if engine is not None:
             engine.dispose()
 
+
+# ---------------------------------------------------------------------------- in a child process
+
+#: Seconds a child migration may run beyond its lock wait before it is killed: MLflow's
+#: import and a full migration take a few seconds; a child far past that is stuck.
+CHILD_GRACE_S = 120.0
+_ERRORS: dict[str, type[Exception]] = {
+    "SchemaMigrationError": SchemaMigrationError,
+    "SchemaNewerThanTarget": SchemaNewerThanTarget,
+}
+
+
+def child_command() -> list[str]:
+    """The child's argv: the interpreter and module only. The URL (with the password) goes
+    through stdin: /proc/<pid>/cmdline is readable by every user of the node."""
+    return [sys.executable, "-m", "trackop.schema"]
+
+
+def _read_until_eof(proc: subprocess.Popen, deadline: float) -> tuple[bytes, bytes, bool]:
+    """stdout and stderr of ``proc`` until both close; the last flag: the deadline passed."""
+    chunks: dict[int, list[bytes]] = {proc.stdout.fileno(): [], proc.stderr.fileno(): []}
+    with selectors.DefaultSelector() as selector:
+        for fd in chunks:
+            selector.register(fd, selectors.EVENT_READ)
+        while selector.get_map():
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return b"".join(chunks[proc.stdout.fileno()]), b"".join(chunks[proc.stderr.fileno()]), True
+            for key, _ in selector.select(remaining):
+                data = os.read(key.fd, 65536)
+                if data:
+                    chunks[key.fd].append(data)
+                else:
+                    selector.unregister(key.fd)
+    return b"".join(chunks[proc.stdout.fileno()]), b"".join(chunks[proc.stderr.fileno()]), False
+
+
+def _last_lines(text: str, url: str, limit: int = 3) -> str:
+    """The child's last stderr lines, redacted, for a message (a traceback's end says why)."""
+    lines = [line.strip() for line in redact(text, _url_secrets(url)).splitlines() if line.strip()]
+    tail = " | ".join(lines[-limit:])
+    return tail[-500:] if tail else "nothing on stderr"
+
+
+def migrate_in_subprocess(url: str, *, lock_timeout_s: float = 60, role: str | None = None,
+                          timeout_s: float | None = None) -> MigrationResult:
+    """:func:`migrate` in a child Python process (``python -m trackop.schema``).
+
+    The child imports MLflow, migrates and exits, so this process never holds MLflow's
+    modules (about 80 MB). The request goes through the child's stdin and stays open: the
+    child exits at once when it reads EOF there, which is also what it reads when this
+    process dies (a SIGKILLed operator leaves no migration running on its own). The
+    child's errors come back as the same exception types with the child's redacted
+    message. ``timeout_s`` (default: the lock wait plus :data:`CHILD_GRACE_S`) kills a
+    child that runs longer.
+    """
+    started = time.monotonic()
+    limit = lock_timeout_s + CHILD_GRACE_S if timeout_s is None else timeout_s
+    where = _describe(url)
+    request = json.dumps({"url": url, "role": role, "lock_timeout_s": lock_timeout_s}).encode() + b"\n"
+    proc = subprocess.Popen(child_command(), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, close_fds=True)
+    usage = None
+    try:
+        try:
+            proc.stdin.write(request)
+            proc.stdin.flush()  # not closed: the child reads EOF only when we are done or gone
+        except BrokenPipeError:
+            pass  # the child already died: its exit status and stderr say why
+        out, err, timed_out = _read_until_eof(proc, started + limit)
+        if timed_out:
+            proc.kill()
+        # The child is ours and unreaped, so its pid cannot have been reused: wait4 is
+        # safe, and gives its peak RSS.
+        _, status, usage = os.wait4(proc.pid, 0)
+        proc.returncode = os.waitstatus_to_exitcode(status)
+    finally:
+        if proc.returncode is None:  # interrupted above: leave no child behind
+            proc.kill()
+            proc.wait()
+        for stream in (proc.stdin, proc.stdout, proc.stderr):
+            try:
+                stream.close()
+            except OSError:
+                pass
+    rss_kib = usage.ru_maxrss if usage is not None else None  # Linux reports KiB
+    seconds = time.monotonic() - started
+    log.info("schema migration child for %s: pid %d, exit %d, %.1fs, peak RSS %.0f MB",
+             where, proc.pid, proc.returncode, seconds, (rss_kib or 0) / 1024)
+    if timed_out:
+        raise SchemaMigrationError(f"migrating {where} in a child process took over {limit:g} s; killed it")
+    try:
+        reply = json.loads(out.decode(errors="replace").strip().splitlines()[-1])
+    except (IndexError, ValueError):
+        reply = None
+    if not isinstance(reply, dict) or not ("after" in reply or reply.get("error") in _ERRORS):
+        raise SchemaMigrationError(
+            f"migrating {where} in a child process failed (exit code {proc.returncode}): "
+            f"{_last_lines(err.decode(errors='replace'), url)}")
+    if "error" in reply:
+        # Redact again: the child already did, but a message is cheap to check twice.
+        raise _ERRORS[reply["error"]](redact(str(reply.get("message", "")), _url_secrets(url)))
+    return MigrationResult(before=reply["before"], after=reply["after"], seconds=seconds,
+                           child_peak_rss_kib=rss_kib)
+
+
+def _read_request() -> bytes:
+    """The request line from stdin, read unbuffered: nothing after it may sit in a buffer,
+    and the watcher below must not block inside ``sys.stdin``'s lock (a daemon thread
+    holding it aborts the interpreter at exit)."""
+    data = b""
+    while not data.endswith(b"\n"):
+        chunk = os.read(0, 4096)
+        if not chunk:
+            break
+        data += chunk
+    return data
+
+
+def _watch_parent() -> None:
+    """Exit the process when stdin reaches EOF: the parent is done with us or dead."""
+    try:
+        while os.read(0, 4096):
+            pass
+    finally:
+        os._exit(3)
+
+
+def _child_main() -> int:
+    """``python -m trackop.schema``: one :func:`migrate`, its request on stdin, its outcome as
+    one JSON line on stdout (anything MLflow prints goes to stderr instead)."""
+    reply_fd = os.dup(1)
+    os.dup2(2, 1)  # stray prints and C-level writes to stdout cannot corrupt the reply
+    request = json.loads(_read_request())
+    threading.Thread(target=_watch_parent, daemon=True).start()
+    url = request["url"]
+    try:
+        result = migrate(url, lock_timeout_s=float(request["lock_timeout_s"]), role=request.get("role"))
+        reply: dict[str, object] = asdict(result)
+    except (SchemaMigrationError, SchemaNewerThanTarget) as exc:
+        reply = {"error": type(exc).__name__, "message": str(exc)}
+    except BaseException as exc:  # migrate wraps nearly everything; this is the rest
+        reply = {"error": "SchemaMigrationError", "message": str(_error("migrating in a child process", url, exc))}
+    with os.fdopen(reply_fd, "w") as out:
+        out.write(json.dumps(reply) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    # Run in the importable module, not in this __main__ copy of it (one set of classes).
+    from trackop.schema import _child_main as _main
+
+    sys.exit(_main())

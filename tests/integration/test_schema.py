@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import threading
+import time
 import uuid
 from dataclasses import dataclass
+from pathlib import Path
 from urllib.parse import quote
 
 import psycopg
@@ -223,3 +227,120 @@ def test_a_wrong_password_fails_without_leaking_it(fresh_db):
         for secret in (wrong, quote(wrong, safe=""), url, fresh_db.password):
             assert secret not in message
         assert caught.value.__cause__ is None and caught.value.__suppress_context__
+
+
+# ---- migrate_in_subprocess: the same migration in a child process ----------------------------
+
+
+def test_a_child_process_migrates_an_empty_database_to_head(fresh_db, admin_conninfo):
+    result = schema.migrate_in_subprocess(fresh_db.url)
+
+    assert (result.before, result.after) == (None, schema.head_revision())
+    assert result.child_peak_rss_kib and result.child_peak_rss_kib > 10_000  # a Python with MLflow in it
+    assert admin_query(admin_conninfo, fresh_db, "SELECT version_num FROM alembic_version") == [(result.after,)]
+    owners = {owner for _, owner in admin_query(
+        admin_conninfo, fresh_db, "SELECT tablename, tableowner FROM pg_tables WHERE schemaname = 'public'")}
+    assert owners == {fresh_db.role}
+    again = schema.migrate_in_subprocess(fresh_db.url)
+    assert again.before == again.after == schema.head_revision()
+
+
+def test_a_child_process_reports_a_wrong_password_without_leaking_it(fresh_db):
+    wrong = "wr@ng:/p%ss#?" + uuid.uuid4().hex[:6]
+    url = url_for(fresh_db, wrong)
+
+    with pytest.raises(schema.SchemaMigrationError) as caught:
+        schema.migrate_in_subprocess(url, lock_timeout_s=1)
+
+    message = str(caught.value)
+    assert "password authentication failed" in message and f"database {fresh_db.name!r}" in message
+    for secret in (wrong, quote(wrong, safe=""), url, fresh_db.password):
+        assert secret not in message
+    assert caught.value.__cause__ is None
+
+
+def test_a_child_process_refuses_a_newer_revision_as_schema_newer_than_target(fresh_db, admin_conninfo):
+    schema.migrate(fresh_db.url)
+    admin_query(admin_conninfo, fresh_db, "UPDATE alembic_version SET version_num = %s RETURNING 1", ("ffffffffffff",))
+
+    with pytest.raises(schema.SchemaNewerThanTarget) as caught:
+        schema.migrate_in_subprocess(fresh_db.url)
+
+    assert "ffffffffffff" in str(caught.value) and fresh_db.password not in str(caught.value)
+    assert admin_query(admin_conninfo, fresh_db, "SELECT version_num FROM alembic_version") == [("ffffffffffff",)]
+
+
+def _sessions(admin_conninfo: dict, db: Database, besides: int) -> list[int]:
+    return [pid for (pid,) in admin_query(
+        admin_conninfo, db, "SELECT pid FROM pg_stat_activity WHERE datname = %s AND pid NOT IN (%s, pg_backend_pid())",
+        (db.name, besides))]
+
+
+def _wait_for(condition, what: str, timeout: float = 60):
+    deadline = time.monotonic() + timeout
+    while not (value := condition()):
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.05)
+    return value
+
+
+def test_the_password_reaches_the_child_through_stdin_only(fresh_db, admin_conninfo, monkeypatch):
+    """Neither the child's argv (/proc/<pid>/cmdline, readable by every user) nor its
+    environment carries the URL or the password: checked on the running child."""
+    children: list[subprocess.Popen] = []
+    real_popen = subprocess.Popen
+
+    def recording_popen(*args, **kwargs):
+        children.append(real_popen(*args, **kwargs))
+        return children[-1]
+
+    monkeypatch.setattr(subprocess, "Popen", recording_popen)
+    outcome: list[object] = []
+    with psycopg.connect(**admin_conninfo, dbname=fresh_db.name, autocommit=True) as holder:
+        holder.execute("SELECT pg_advisory_lock(%s)", (schema.MIGRATION_LOCK_KEY,))  # the child waits on it
+        worker = threading.Thread(target=lambda: outcome.append(schema.migrate_in_subprocess(fresh_db.url)))
+        worker.start()
+        try:
+            _wait_for(lambda: _sessions(admin_conninfo, fresh_db, holder.info.backend_pid), "the child's session")
+            (child,) = children
+            assert child.args == schema.child_command()
+            cmdline = Path(f"/proc/{child.pid}/cmdline").read_bytes().decode()
+            environ = Path(f"/proc/{child.pid}/environ").read_bytes().decode(errors="replace")
+        finally:
+            holder.execute("SELECT pg_advisory_unlock(%s)", (schema.MIGRATION_LOCK_KEY,))
+            worker.join(timeout=120)
+    assert "trackop.schema" in cmdline
+    for secret in (fresh_db.password, quote(fresh_db.password, safe=""), fresh_db.url):
+        assert secret not in cmdline and secret not in environ
+    assert [r.after for r in outcome] == [schema.head_revision()]
+
+
+PARENT = """
+import sys
+from trackop import schema
+print("parent up", flush=True)
+schema.migrate_in_subprocess(sys.stdin.readline().strip(), lock_timeout_s=120)
+"""
+
+
+def test_the_child_dies_with_its_parent(fresh_db, admin_conninfo):
+    """A SIGKILLed operator leaves no migration running: the child reads EOF on stdin and exits."""
+    with psycopg.connect(**admin_conninfo, dbname=fresh_db.name, autocommit=True) as holder:
+        holder.execute("SELECT pg_advisory_lock(%s)", (schema.MIGRATION_LOCK_KEY,))
+        parent = subprocess.Popen([sys.executable, "-c", PARENT], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                  text=True)
+        try:
+            parent.stdin.write(fresh_db.url + "\n")
+            parent.stdin.flush()
+            (child_session,) = _wait_for(lambda: _sessions(admin_conninfo, fresh_db, holder.info.backend_pid),
+                                         "the child's session")
+            parent.kill()
+            parent.wait(timeout=30)
+            _wait_for(lambda: not _sessions(admin_conninfo, fresh_db, holder.info.backend_pid),
+                      f"the child's session {child_session} to end", timeout=30)
+        finally:
+            parent.kill()
+            parent.wait(timeout=30)
+            for stream in (parent.stdin, parent.stdout):
+                stream.close()
+    assert schema.current_revision(fresh_db.url) is None  # it never got the lock

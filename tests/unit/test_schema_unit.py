@@ -7,6 +7,7 @@ import importlib.metadata
 import re
 import subprocess
 import sys
+import time
 from urllib.parse import quote
 
 import pytest
@@ -116,3 +117,37 @@ def test_a_script_without_literal_ids_is_an_error_not_a_guess(tmp_path, body: st
     with pytest.raises(schema.SchemaMigrationError, match=re.escape(says)):
         schema.read_revision_graph(tmp_path)
 
+
+# ---- the child process, without a database ------------------------------------------------
+
+
+def test_a_child_that_fails_is_reported_redacted(monkeypatch):
+    # A child that echoes its request (URL and all) to stderr and exits without a reply.
+    echo = "import sys; sys.stderr.write(sys.stdin.readline()); sys.exit(2)"
+    monkeypatch.setattr(schema, "child_command", lambda: [sys.executable, "-c", echo])
+    with pytest.raises(schema.SchemaMigrationError) as caught:
+        schema.migrate_in_subprocess(URL, timeout_s=60)
+    message = str(caught.value)
+    assert "in a child process failed (exit code 2)" in message and "***" in message
+    for secret in (URL, PASSWORD, quote(PASSWORD, safe="")):
+        assert secret not in message
+
+
+def test_a_child_that_hangs_is_killed(monkeypatch):
+    monkeypatch.setattr(schema, "child_command", lambda: [sys.executable, "-c", "import time; time.sleep(120)"])
+    started = time.monotonic()
+    with pytest.raises(schema.SchemaMigrationError, match=r"took over 1 s; killed it"):
+        schema.migrate_in_subprocess(URL, timeout_s=1)
+    assert time.monotonic() - started < 30
+
+
+def test_a_childs_error_reply_comes_back_as_the_same_type(monkeypatch):
+    reply = '{"error": "SchemaNewerThanTarget", "message": "at revision ffff"}'
+    code = f"import sys; sys.stdin.readline(); print({reply!r})"
+    monkeypatch.setattr(schema, "child_command", lambda: [sys.executable, "-c", code])
+    with pytest.raises(schema.SchemaNewerThanTarget, match="at revision ffff"):
+        schema.migrate_in_subprocess(URL)
+
+
+def test_the_childs_argv_is_the_interpreter_and_module_only():
+    assert schema.child_command() == [sys.executable, "-m", "trackop.schema"]
