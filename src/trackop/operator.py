@@ -73,7 +73,13 @@ def reconciler() -> Reconciler:
 @kopf.on.startup()
 def configure(settings: kopf.OperatorSettings, logger: logging.Logger, **_: Any) -> None:
     kopf_settings.apply(settings, verbose=bool(os.environ.get("TRACKOP_VERBOSE")), peering_lifetime=PEERING_LIFETIME)
-    schema.preload()  # import MLflow once, not during the first backend's reconcile
+    from .reconcile import SCHEMA_TEMPLATES  # TRACKOP_SCHEMA_TEMPLATES
+
+    if not SCHEMA_TEMPLATES:
+        # Every backend migrates in-process then: import MLflow once, not in the first reconcile.
+        # With templates a child process builds each template and in-place migrations (managed
+        # servers, clone fallbacks) import MLflow on first use: most operators never do.
+        schema.preload()
     if METRICS_ADDRESS:
         metrics.serve(METRICS_ADDRESS)
         logger.info("metrics served on http://%s/metrics", METRICS_ADDRESS)

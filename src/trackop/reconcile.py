@@ -635,8 +635,10 @@ class Reconciler:
             with postgres.connect(ctx.reach, admin_user, admin_password, build) as db:
                 postgres.apply(db, postgres.plan_template_schema(open_=True))
             try:
-                result = schema.migrate(manifests.operator_uri(ctx.reach, admin_user, admin_password, build),
-                                        role=postgres.TEMPLATE_ROLE)
+                # In a child process: once per server and MLflow version, not worth keeping
+                # MLflow's modules in the operator for the rest of its life.
+                result = schema.migrate_in_subprocess(
+                    manifests.operator_uri(ctx.reach, admin_user, admin_password, build), role=postgres.TEMPLATE_ROLE)
             except (schema.SchemaMigrationError, schema.SchemaNewerThanTarget) as exc:
                 raise postgres.TemplateUnavailable(
                     f"building template {name} failed: {cond.redact(str(exc), ctx.secrets)}") from None
