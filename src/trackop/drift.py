@@ -110,9 +110,14 @@ def written_verdict(status: Mapping[str, Any]) -> tuple[str, str, str] | None:
     return None
 
 
-def copies_of(metadata: list[Mapping[str, Any]], label: str) -> dict[tuple[str, str], str]:
-    return {(m["namespace"], m["name"]): m["resourceVersion"] for m in metadata
-            if (m.get("labels") or {}).get(COPY_LABEL) == label}
+def copies_by_backend(metadata: list[Mapping[str, Any]]) -> dict[str, dict[tuple[str, str], str]]:
+    """The copies' versions by the backend they copy (the value of their COPY_LABEL)."""
+    found: dict[str, dict[tuple[str, str], str]] = {}
+    for m in metadata:
+        label = (m.get("labels") or {}).get(COPY_LABEL)
+        if label is not None:
+            found.setdefault(label, {})[(m["namespace"], m["name"])] = m["resourceVersion"]
+    return found
 
 
 def _versions(metadata: list[Mapping[str, Any]]) -> dict[tuple[str, str], str]:
@@ -244,7 +249,8 @@ class DriftChecker:
         since = baseline.taken_at
         server = self._server(baseline)
         secrets = self._cached(("secrets", ns), lambda: _versions(self.kube.metadata_list("secrets", ns))).get(since)
-        all_copies = self._cached(("copies",), lambda: self.kube.metadata_list("secrets", None, COPY_LABEL)).get(since)
+        all_copies = self._cached(("copies",), lambda: copies_by_backend(
+            self.kube.metadata_list("secrets", None, COPY_LABEL))).get(since)
         objects: dict[tuple[str, str, str], str] = {}
         for kind in {kind for kind, _ in owned_objects(spec)}:
             listed = self._cached((kind,), lambda kind=kind: _versions(self.kube.metadata_list(
@@ -252,5 +258,5 @@ class DriftChecker:
             objects.update({(kind, *where): version for where, version in listed.items()})
         self.namespaces.get()
         return fingerprint(spec, baseline.admin[0], server, secrets,
-                           copies_of(all_copies, copy_label_value(spec.namespace, spec.name)), objects,
+                           all_copies.get(copy_label_value(spec.namespace, spec.name), {}), objects,
                            self.namespaces.changes)

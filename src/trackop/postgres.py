@@ -9,6 +9,7 @@ statement log, ``pg_stat_activity`` or an error message.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import threading
 import time
@@ -953,7 +954,11 @@ class ServerSnapshot:
         return None if row is None else row[_DATABASE_CONNLIMIT]
 
     def used_by_others(self, database: str) -> int:
-        return sum(count for name, count in self.sessions.items() if name != database)
+        return self.total_sessions - self.sessions.get(database, 0)
+
+    @functools.cached_property
+    def total_sessions(self) -> int:
+        return sum(self.sessions.values())
 
 
 _ROLE_CONNLIMIT = 6      # index of rolconnlimit in a roles row (below, the name left out)

@@ -92,7 +92,7 @@ def test_copies_are_picked_by_their_label():
     listed = [{"namespace": "a", "name": "c", "resourceVersion": "1", "labels": {drift.COPY_LABEL: "x"}},
               {"namespace": "b", "name": "c", "resourceVersion": "2", "labels": {drift.COPY_LABEL: "y"}},
               {"namespace": "c", "name": "d", "resourceVersion": "3"}]
-    assert drift.copies_of(listed, "x") == {("a", "c"): "1"}
+    assert drift.copies_by_backend(listed) == {"x": {("a", "c"): "1"}, "y": {("b", "c"): "2"}}
 
 
 def test_only_external_servers_get_the_fingerprint():
