@@ -24,7 +24,7 @@ from trackop.testbed.procs import free_ports
 
 GROUP, VERSION, PLURAL = "trackop.dev", "v1alpha1", "trackingbackends"
 DRIFT_INTERVAL = 3  # seconds: short, so drift repair is observable within a test
-# Full reconciles of converged backends every third drift check (the default is every tenth):
+# Full reconciles of converged backends every third or fourth drift check (the default: every eleventh):
 # what only a full reconcile sees (the password alone, the schema revision, the bucket) is
 # then repaired within a test's patience too, and both kinds of check run throughout.
 FULL_CHECK_INTERVAL = 3 * DRIFT_INTERVAL
