@@ -13,7 +13,7 @@ only for a backend whose share differs, whose connection budget verdict moved, o
 last full reconcile is older than the full-check interval (the password, the schema
 revision and the artifact bucket cannot be seen from the catalog: they are checked there).
 
-Pure functions decide (``fingerprint``, ``differences``, ``budget_verdict``); the
+Pure functions decide (``fingerprint_of``, ``differences``, ``budget_verdict``); the
 ``DriftChecker`` fetches, caches and keeps the fingerprints.
 """
 
@@ -44,9 +44,9 @@ def eligible(spec: BackendSpec) -> bool:
     return spec.managed is None
 
 
-def referenced_secrets(spec: BackendSpec, admin_secret: str) -> tuple[str, ...]:
+def referenced_secrets(spec: BackendSpec) -> tuple[str, ...]:
     """The Secrets in the backend's namespace that a full reconcile reads."""
-    names = [admin_secret, spec.connection_secret]
+    names = [spec.server.admin_secret, spec.connection_secret]
     if spec.password_secret is not None:
         names.append(spec.password_secret.name)
     if spec.artifacts is not None and spec.artifacts.credentials_secret:
@@ -61,7 +61,7 @@ def owned_objects(spec: BackendSpec) -> tuple[tuple[str, str], ...]:
     return (("services", spec.server_name), ("deployments", spec.server_name))
 
 
-def fingerprint(spec: BackendSpec, admin_user: str, server: postgres.ServerSnapshot, secrets: Versions,
+def fingerprint_of(spec: BackendSpec, admin_user: str, server: postgres.ServerSnapshot, secret_versions: Versions,
                 copies: Versions, objects: Mapping[tuple[str, str, str], str | None],
                 namespaces_changes: int) -> dict[str, Any]:
     """What the full reconcile rests on, component by component (a name says what moved).
@@ -74,8 +74,7 @@ def fingerprint(spec: BackendSpec, admin_user: str, server: postgres.ServerSnaps
         "admin role": server.roles.get(admin_user),
         "database": server.databases.get(spec.database),
         "server settings": server.settings,
-        "secrets": tuple((name, secrets.get((ns, name))) for name in
-                         referenced_secrets(spec, spec.server.admin_secret)),
+        "secrets": tuple((name, secret_versions.get((ns, name))) for name in referenced_secrets(spec)),
         "secret copies": tuple(sorted(copies.items())),
         "tracking server objects": tuple((kind, name, objects.get((kind, ns, name)))
                                          for kind, name in owned_objects(spec)),
@@ -188,8 +187,7 @@ class DriftChecker:
         of its own objects (``server`` holds its rows, read on the reconcile's session)."""
         ns = spec.namespace
         try:
-            secrets = {(ns, name): self.kube.version("secrets", ns, name)
-                       for name in referenced_secrets(spec, spec.server.admin_secret)}
+            secret_versions = {(ns, name): self.kube.version("secrets", ns, name) for name in referenced_secrets(spec)}
             label = copy_label_value(spec.namespace, spec.name)
             copies = _versions(self.kube.metadata_list("secrets", None, f"{COPY_LABEL}={label}"))
             objects = {(kind, ns, name): self.kube.version(kind, ns, name) for kind, name in owned_objects(spec)}
@@ -200,7 +198,7 @@ class DriftChecker:
         # After the reads above: a namespace change meanwhile makes the first check a full one.
         changes = self.namespaces.changes
         baseline = Baseline(spec, generation, reach, admin,
-                            fingerprint(spec, admin[0], server, secrets, copies, objects, changes),
+                            fingerprint_of(spec, admin[0], server, secret_versions, copies, objects, changes),
                             time.monotonic())
         with self._lock:
             self._baselines[(ns, spec.name)] = baseline
@@ -222,13 +220,12 @@ class DriftChecker:
         if time.monotonic() - baseline.taken_at >= self.full_interval:
             return "the full-check interval passed"
         try:
-            now = self._fingerprint_now(baseline)
+            now, server = self._fingerprint_now(baseline)
         except Exception as exc:  # the full reconcile reports what is wrong, as a condition
             return f"the snapshot failed ({type(exc).__name__})"
         moved = differences(baseline.fingerprint, now)
         if moved:
             return f"changed: {', '.join(sorted(moved))}"
-        server = self._server(baseline)
         if budget_verdict(spec, server) != written_verdict(body.get("status") or {}):
             return "the connection budget's verdict moved"
         return UNCHANGED
@@ -244,19 +241,21 @@ class DriftChecker:
 
         return self._cached(key, fetch).get(baseline.taken_at)
 
-    def _fingerprint_now(self, baseline: Baseline) -> dict[str, Any]:
+    def _fingerprint_now(self, baseline: Baseline) -> tuple[dict[str, Any], postgres.ServerSnapshot]:
+        """The backend's fingerprint from the shared snapshots, and the server's snapshot."""
         spec, ns = baseline.spec, baseline.spec.namespace
         since = baseline.taken_at
         server = self._server(baseline)
-        secrets = self._cached(("secrets", ns), lambda: _versions(self.kube.metadata_list("secrets", ns))).get(since)
+        secret_versions = self._cached(
+            ("secrets", ns), lambda: _versions(self.kube.metadata_list("secrets", ns))).get(since)
         all_copies = self._cached(("copies",), lambda: copies_by_backend(
             self.kube.metadata_list("secrets", None, COPY_LABEL))).get(since)
-        objects: dict[tuple[str, str, str], str] = {}
-        for kind in {kind for kind, _ in owned_objects(spec)}:
+        objects = {}
+        for kind, name in owned_objects(spec):
             listed = self._cached((kind,), lambda kind=kind: _versions(self.kube.metadata_list(
                 kind, None, f"{MANAGED_BY_LABEL}={MANAGED_BY}"))).get(since)
-            objects.update({(kind, *where): version for where, version in listed.items()})
+            objects[(kind, ns, name)] = listed.get((ns, name))
         self.namespaces.get()
-        return fingerprint(spec, baseline.admin[0], server, secrets,
+        return fingerprint_of(spec, baseline.admin[0], server, secret_versions,
                            all_copies.get(copy_label_value(spec.namespace, spec.name), {}), objects,
-                           self.namespaces.changes)
+                           self.namespaces.changes), server

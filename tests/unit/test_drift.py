@@ -25,7 +25,7 @@ def snapshot(role_limit: int = -1, sessions: dict[str, int] | None = None, max_c
 
 
 def fp(spec=SPEC, server=None, secrets=None, copies=None, objects=None, changes=0):
-    return drift.fingerprint(spec, "admin", server or snapshot(), secrets or {}, copies or {}, objects or {},
+    return drift.fingerprint_of(spec, "admin", server or snapshot(), secrets or {}, copies or {}, objects or {},
                              changes)
 
 
@@ -62,8 +62,8 @@ def test_a_dropped_role_or_database_is_a_difference():
 
 
 def test_referenced_secrets_and_owned_objects_follow_the_spec():
-    assert drift.referenced_secrets(SPEC, "pg-admin") == ("pg-admin", "tb-mlflow")
-    assert drift.referenced_secrets(WITH_SERVER, "pg-admin") == ("pg-admin", "tb-mlflow", "own")
+    assert drift.referenced_secrets(SPEC) == ("pg-admin", "tb-mlflow")
+    assert drift.referenced_secrets(WITH_SERVER) == ("pg-admin", "tb-mlflow", "own")
     assert drift.owned_objects(SPEC) == ()
     assert drift.owned_objects(WITH_SERVER) == (("services", "tb-mlflow"), ("deployments", "tb-mlflow"))
     # A missing object is None in the fingerprint, so its deletion is a change.
