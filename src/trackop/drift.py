@@ -27,6 +27,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from . import conditions as cond
 from . import postgres, tuning
 from .api import MANAGED_BY, MANAGED_BY_LABEL, BackendSpec, ExternalServer
 from .injection import COPY_LABEL, copy_label_value
@@ -104,7 +105,7 @@ def budget_verdict(spec: BackendSpec, server: postgres.ServerSnapshot) -> tuple[
 
 def written_verdict(status: Mapping[str, Any]) -> tuple[str, str, str] | None:
     for condition in status.get("conditions") or []:
-        if condition.get("type") == "ConnectionBudget":
+        if condition.get("type") == cond.CONNECTION_BUDGET:
             return condition.get("status"), condition.get("reason"), condition.get("message")
     return None
 
@@ -125,24 +126,39 @@ def _versions(metadata: list[Mapping[str, Any]]) -> dict[tuple[str, str], str]:
 
 # ---- the shell: fetching, caching, the fingerprints ----------------------------------------
 
-class _Cached:
-    """A value fetched at most once per ``ttl`` and never older than a caller asks for."""
+class SharedListing:
+    """One read that every backend's reconcile or drift check shares (a cluster-wide LIST,
+    a server's catalog snapshot): fetched at most once per ``ttl`` seconds (0: every call,
+    as without sharing), again after :meth:`invalidate` (a watch event said it changed), and
+    again for a caller that needs a value fetched after ``not_before`` (its fingerprint is
+    newer). Concurrent callers wait for one fetch, not one each."""
 
-    def __init__(self, fetch: Callable[[], Any], ttl: float) -> None:
+    def __init__(self, fetch: Callable[[], Any], ttl: float, clock: Callable[[], float] = time.monotonic) -> None:
         self._fetch = fetch
-        self._ttl = ttl
+        self.ttl = ttl
+        self._clock = clock
         self._lock = threading.Lock()
         self._value: Any = None
-        self._at: float | None = None
+        self._fetched_at: float | None = None
+        self.fetches = 0
+        self.changes = 0  # fetches that found a value different from the one before
 
-    def get(self, not_before: float = 0.0) -> Any:
+    def get(self, not_before: float = float("-inf")) -> Any:
         with self._lock:
-            now = time.monotonic()
-            if self._at is None or now - self._at >= self._ttl or self._at < not_before:
-                fetched_at = time.monotonic()
-                self._value = self._fetch()  # an error propagates and nothing is cached
-                self._at = fetched_at
+            now = self._clock()
+            if self._fetched_at is None or self.ttl <= 0 or now - self._fetched_at >= self.ttl \
+                    or self._fetched_at < not_before:
+                value = self._fetch()  # an API error propagates and nothing is cached
+                if self._fetched_at is not None and value != self._value:
+                    self.changes += 1
+                self._value = value
+                self._fetched_at = now
+                self.fetches += 1
             return self._value
+
+    def invalidate(self) -> None:
+        with self._lock:
+            self._fetched_at = None
 
 
 @dataclass(frozen=True)
@@ -171,13 +187,13 @@ class DriftChecker:
         self.enabled = full_interval > 0
         self._baselines: dict[tuple[str, str], Baseline] = {}
         self._lock = threading.Lock()
-        self._cache: dict[tuple, _Cached] = {}
+        self._cache: dict[tuple, SharedListing] = {}
 
-    def _cached(self, key: tuple, fetch: Callable[[], Any]) -> _Cached:
+    def _cached(self, key: tuple, fetch: Callable[[], Any]) -> SharedListing:
         with self._lock:
             found = self._cache.get(key)
             if found is None:
-                found = self._cache[key] = _Cached(fetch, self.ttl)
+                found = self._cache[key] = SharedListing(fetch, self.ttl)
             return found
 
     # -- after a full reconcile --

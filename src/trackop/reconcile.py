@@ -13,7 +13,6 @@ import json
 import logging
 import os
 import secrets as random_secrets
-import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -24,6 +23,7 @@ from kubernetes.client import ApiException
 
 from . import conditions as cond
 from . import artifacts, drift, injection, managed, manifests, postgres, schema, tuning
+from .drift import SharedListing
 from .injection import COPY_LABEL, copy_label_value
 from .api import BACKEND_LABEL, ENGINE_CNPG, MANAGED_BY, MANAGED_BY_LABEL, BackendSpec, ExternalServer
 from .conditions import Condition
@@ -114,38 +114,6 @@ class _Context:
 def injection_view(spec: BackendSpec, secret_keys: Iterable[str]) -> injection.BackendView:
     return injection.BackendView(spec.namespace, spec.name, spec.injection_mode, spec.namespace_selector,
                                  tuple(sorted(secret_keys)))
-
-
-class SharedListing:
-    """One cluster-wide LIST that every backend's reconcile shares: fetched at most once per
-    ``ttl`` seconds (0: every call, as without sharing), and again after :meth:`invalidate`
-    (a watch event said it changed). Concurrent callers wait for one fetch, not one each."""
-
-    def __init__(self, fetch: Callable[[], Any], ttl: float, clock: Callable[[], float] = time.monotonic) -> None:
-        self._fetch = fetch
-        self.ttl = ttl
-        self._clock = clock
-        self._lock = threading.Lock()
-        self._value: Any = None
-        self._fetched_at: float | None = None
-        self.fetches = 0
-        self.changes = 0  # fetches that found a value different from the one before
-
-    def get(self) -> Any:
-        with self._lock:
-            now = self._clock()
-            if self._fetched_at is None or self.ttl <= 0 or now - self._fetched_at >= self.ttl:
-                value = self._fetch()  # an API error propagates and nothing is cached
-                if self._fetched_at is not None and value != self._value:
-                    self.changes += 1
-                self._value = value
-                self._fetched_at = now
-                self.fetches += 1
-            return self._value
-
-    def invalidate(self) -> None:
-        with self._lock:
-            self._fetched_at = None
 
 
 MANAGED_ADDRESS_SERVICE = "service"

@@ -102,7 +102,7 @@ def test_only_external_servers_get_the_fingerprint():
 
 def test_the_cache_fetches_once_per_ttl_and_again_for_a_newer_baseline():
     fetched = []
-    cached = drift._Cached(lambda: fetched.append(1) or len(fetched), ttl=60)
+    cached = drift.SharedListing(lambda: fetched.append(1) or len(fetched), ttl=60)
     assert cached.get() == 1 and cached.get() == 1
     assert cached.get(not_before=time.monotonic()) == 2  # fetched before the caller's fingerprint
     assert cached.get() == 2
@@ -110,7 +110,7 @@ def test_the_cache_fetches_once_per_ttl_and_again_for_a_newer_baseline():
     def failing():
         raise RuntimeError("down")
 
-    broken = drift._Cached(failing, ttl=60)
+    broken = drift.SharedListing(failing, ttl=60)
     for _ in range(2):
         try:
             broken.get()

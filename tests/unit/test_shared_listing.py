@@ -1,4 +1,4 @@
-"""The cluster-wide LISTs the drift checks of all backends share (reconcile.SharedListing):
+"""The cluster-wide LISTs the drift checks of all backends share (drift.SharedListing):
 one fetch per interval, a fresh one after a watch event, nothing cached from a failure, one
 fetch for concurrent callers; and the Reconciler's copies and missed-injection checks use them."""
 
