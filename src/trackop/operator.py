@@ -80,6 +80,7 @@ def configure(settings: kopf.OperatorSettings, logger: logging.Logger, **_: Any)
         # With templates a child process builds each template and in-place migrations (managed
         # servers, clone fallbacks) import MLflow on first use: most operators never do.
         schema.preload()
+    schema.head_revision()  # the migration scripts' ids, read once now (no MLflow import), not by the first handlers
     if METRICS_ADDRESS:
         metrics.serve(METRICS_ADDRESS)
         logger.info("metrics served on http://%s/metrics", METRICS_ADDRESS)

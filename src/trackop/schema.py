@@ -257,11 +257,22 @@ def heads_of(graph: dict[str, tuple[str, ...]]) -> list[str]:
     return sorted(graph.keys() - {d for downs in graph.values() for d in downs})
 
 
+_GRAPH_LOCK = threading.Lock()
+
+
 @cache
-def _revision_graph() -> dict[str, tuple[str, ...]]:
+def _read_mlflow_revision_graph() -> dict[str, tuple[str, ...]]:
     # The script directory of MLflow's own Alembic config (mlflow.store.db.utils.
     # _get_alembic_config): <package>/store/db_migrations, scripts in its versions/.
     return read_revision_graph(_mlflow_package_dir() / "store" / "db_migrations" / "versions")
+
+
+def _revision_graph() -> dict[str, tuple[str, ...]]:
+    # One reader at a time: kopf's handler threads ask at once after a restart, and
+    # CPython 3.11's ast.parse is not safe to run in several threads at once ("AST
+    # constructor recursion depth mismatch", CPython gh-106905). The cache makes it once.
+    with _GRAPH_LOCK:
+        return _read_mlflow_revision_graph()
 
 
 @cache

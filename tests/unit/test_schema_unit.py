@@ -151,3 +151,38 @@ def test_a_childs_error_reply_comes_back_as_the_same_type(monkeypatch):
 
 def test_the_childs_argv_is_the_interpreter_and_module_only():
     assert schema.child_command() == [sys.executable, "-m", "trackop.schema"]
+
+
+def test_the_revision_ids_are_read_once_however_many_threads_ask_at_once():
+    """kopf's handler threads all ask after an operator restart; CPython 3.11.7's ast.parse
+    can fail when run in several threads at once ("AST constructor recursion depth mismatch",
+    gh-106905: seen once in tests/e2e/test_faults.py), so the reading is serialised. This test
+    did not reproduce the race without the lock in eight runs here; it guards the outcome."""
+    import sys
+    import threading
+
+    schema._read_mlflow_revision_graph.cache_clear()
+    schema.head_revision.cache_clear()
+    schema.known_revisions.cache_clear()
+    start, errors, heads = threading.Barrier(16), [], []
+
+    def ask() -> None:
+        start.wait()
+        try:
+            heads.append(schema.head_revision())
+            schema.known_revisions()
+        except Exception as exc:  # noqa: BLE001 - the test reports whatever broke
+            errors.append(exc)
+
+    threads = [threading.Thread(target=ask) for _ in range(16)]
+    switch = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # switch threads as often as CPython allows: the race shows
+    try:
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    finally:
+        sys.setswitchinterval(switch)
+    assert not errors
+    assert len(set(heads)) == 1 and len(heads) == 16
