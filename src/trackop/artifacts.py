@@ -28,7 +28,7 @@ import botocore.exceptions
 from botocore.config import Config
 
 if TYPE_CHECKING:
-    from .api import ArtifactStore
+    from .api.v1alpha1 import ArtifactStore
 
 DEFAULT_REGION = "us-east-1"
 BUCKET_FIELD = "spec.artifacts.s3.bucket"

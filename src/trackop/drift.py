@@ -27,9 +27,10 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from . import conditions as cond
-from . import postgres, tuning
-from .api import MANAGED_BY, MANAGED_BY_LABEL, BackendSpec, ExternalServer
+from . import postgres
+from .api import conditions as cond
+from .api import connections
+from .api.v1alpha1 import MANAGED_BY, MANAGED_BY_LABEL, BackendSpec, PostgresEndpoint
 from .injection import COPY_LABEL, copy_label_value
 
 log = logging.getLogger(__name__)
@@ -47,7 +48,7 @@ def eligible(spec: BackendSpec) -> bool:
 
 def referenced_secrets(spec: BackendSpec) -> tuple[str, ...]:
     """The Secrets in the backend's namespace that a full reconcile reads."""
-    names = [spec.server.admin_secret, spec.connection_secret]
+    names = [spec.postgres.admin_secret, spec.connection_secret]
     if spec.password_secret is not None:
         names.append(spec.password_secret.name)
     if spec.artifacts is not None and spec.artifacts.credentials_secret:
@@ -59,7 +60,7 @@ def owned_objects(spec: BackendSpec) -> tuple[tuple[str, str], ...]:
     """(kind, name) of the objects trackop applies for the backend in its namespace."""
     if spec.tracking_server is None:
         return ()
-    return (("services", spec.server_name), ("deployments", spec.server_name))
+    return (("services", spec.tracking_server_name), ("deployments", spec.tracking_server_name))
 
 
 def fingerprint_of(spec: BackendSpec, admin_user: str, server: postgres.ServerSnapshot, secret_versions: Versions,
@@ -95,11 +96,11 @@ def budget_verdict(spec: BackendSpec, server: postgres.ServerSnapshot) -> tuple[
     if database_limit is None or role_limit is None:
         return None
     tracking = spec.tracking_server
-    budget = tuning.connection_budget(
+    budget = connections.connection_budget(
         spec.effective_tuning, tracking.replicas if tracking else 0, tracking.workers if tracking else 0,
         database_limit=database_limit, role_limit=role_limit, server_max_connections=server.max_connections,
         reserved_slots=server.reserved_slots, used_by_others=server.used_by_others(spec.database))
-    found = tuning.budget_condition(budget)
+    found = connections.budget_condition(budget)
     return found.status, found.reason, found.message
 
 
@@ -165,7 +166,7 @@ class SharedListing:
 class Baseline:
     spec: BackendSpec
     generation: int
-    reach: ExternalServer
+    reach: PostgresEndpoint
     admin: tuple[str, str]                # (user, password): the snapshot's session
     fingerprint: dict[str, Any]
     taken_at: float                       # monotonic, right after the full reconcile
@@ -197,7 +198,7 @@ class DriftChecker:
             return found
 
     # -- after a full reconcile --
-    def record(self, spec: BackendSpec, generation: int, reach: ExternalServer, admin: tuple[str, str],
+    def record(self, spec: BackendSpec, generation: int, reach: PostgresEndpoint, admin: tuple[str, str],
                server: postgres.ServerSnapshot) -> None:
         """Fingerprint a backend that a full reconcile has just made Ready, from narrow reads
         of its own objects (``server`` holds its rows, read on the reconcile's session)."""

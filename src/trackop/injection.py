@@ -34,8 +34,9 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from .api import INJECTION_MODES, SpecError, check_backend_name
-from .tuning import MAX_OVERFLOW_ENV, POOL_SIZE_ENV
+from .api.tuning import MAX_OVERFLOW_ENV, POOL_SIZE_ENV
+from .api.v1alpha1 import INJECTION_MODES, SpecError
+from .api.validation import check_backend_name
 
 INJECT_LABEL = "trackop.dev/inject"
 BACKEND_ANNOTATION = "trackop.dev/backend"

@@ -20,7 +20,8 @@ from urllib.parse import urlsplit
 
 from kubernetes import client
 
-from . import api, metrics, webhook, webhook_tls
+from . import metrics, webhook, webhook_tls
+from .api.v1alpha1 import GROUP, KIND, MANAGED_BY, MANAGED_BY_LABEL, VERSION
 from .injection import BackendView
 from .kube import Kube
 
@@ -196,7 +197,7 @@ class InjectionService:
     def _body(self, certs: webhook_tls.WebhookCerts, resource_version: str = "") -> client.V1Secret:
         return client.V1Secret(
             metadata=client.V1ObjectMeta(name=CERT_SECRET, namespace=self.operator_namespace,
-                                         labels={api.MANAGED_BY_LABEL: api.MANAGED_BY},
+                                         labels={MANAGED_BY_LABEL: MANAGED_BY},
                                          resource_version=resource_version or None),
             type="Opaque", data=webhook_tls.to_secret_data(certs))
 
@@ -317,7 +318,7 @@ class InjectionService:
             namespace, backend, message = item
             if backend:
                 backend_ns, name = backend.split("/", 1)
-                involved = {"api_version": f"{api.GROUP}/{api.VERSION}", "kind": api.KIND, "name": name,
+                involved = {"api_version": f"{GROUP}/{VERSION}", "kind": KIND, "name": name,
                             "namespace": backend_ns}
                 event_ns = backend_ns
             else:

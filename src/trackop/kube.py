@@ -12,7 +12,7 @@ from typing import Any
 
 from kubernetes import client, watch
 
-from . import api
+from .api.v1alpha1 import GROUP, PLURAL, VERSION
 
 
 def _custom_read(custom: client.CustomObjectsApi, group: str, version: str, plural: str, name: str,
@@ -247,7 +247,7 @@ class Kube:
         """Every TrackingBackend ("backends") or Namespace ("namespaces") as plain dicts, and
         the list's resourceVersion to watch from."""
         if kind == "backends":
-            found = self.custom.list_cluster_custom_object(api.GROUP, api.VERSION, api.PLURAL)
+            found = self.custom.list_cluster_custom_object(GROUP, VERSION, PLURAL)
             return list(found.get("items") or []), found["metadata"]["resourceVersion"]
         listed = self.core.list_namespace()
         items = [self.core.api_client.sanitize_for_serialization(ns) for ns in listed.items]
@@ -256,8 +256,8 @@ class Kube:
     def watch(self, kind: str, resource_version: str, timeout_seconds: int = 300,
               ) -> Iterator[tuple[str, dict[str, Any]]]:
         """(event type, object) from ``resource_version`` on, until the server ends the watch."""
-        func = {"backends": functools.partial(self.custom.list_cluster_custom_object, api.GROUP, api.VERSION,
-                                              api.PLURAL),
+        func = {"backends": functools.partial(self.custom.list_cluster_custom_object, GROUP, VERSION,
+                                              PLURAL),
                 "namespaces": self.core.list_namespace}[kind]
         stream = watch.Watch().stream(func, resource_version=resource_version, timeout_seconds=timeout_seconds,
                                       allow_watch_bookmarks=True, _request_timeout=(10, timeout_seconds + 30))

@@ -23,8 +23,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from . import tuning
-from .api import ENGINE_CNPG, ENGINE_STATEFULSET, SUPERUSER_RESERVED_CONNECTIONS, BackendSpec
+from .api import connections, tuning
+from .api.v1alpha1 import ENGINE_CNPG, ENGINE_STATEFULSET, SUPERUSER_RESERVED_CONNECTIONS, BackendSpec
 from .manifests import labels, owner_reference
 
 COMPONENT = "postgres"
@@ -76,7 +76,7 @@ def budget_shortfall(spec: BackendSpec, wanted: Mapping[str, str]) -> BudgetShor
     if "max_connections" not in wanted:
         return None
     server = spec.tracking_server
-    breakdown = tuning.required_connections(spec.effective_tuning, server.replicas if server else 0,
+    breakdown = connections.required_connections(spec.effective_tuning, server.replicas if server else 0,
                                             server.workers if server else 0)
     required = sum(breakdown.values())
     max_connections = int(wanted["max_connections"])
@@ -270,7 +270,7 @@ def statefulset_progress(spec: BackendSpec, body: Mapping[str, Any]) -> Progress
     observed = (status.get("observedGeneration") or 0) >= (meta.get("generation") or 0)
     if observed and update and current == update and (status.get("updatedReplicas") or 0) >= 1 and ready >= 1:
         return Progress(True, "Running", f"PostgreSQL {spec.managed.version} ({name}-0) is ready at "
-                                         f"{spec.server.host}:{spec.server.port}")
+                                         f"{spec.postgres.host}:{spec.postgres.port}")
     if current and update and current != update:
         containers = body["spec"]["template"]["spec"]["containers"]
         settings = {k: v for k, v in parameters_from_args(containers[0].get("args")).items()
@@ -289,7 +289,7 @@ def cluster_progress(spec: BackendSpec, body: Mapping[str, Any]) -> Progress:
     if ready is not None and ready.get("status") == "True":
         return Progress(True, "Running", f"CloudNativePG Cluster {name}: {status.get('readyInstances', 0)}/"
                                          f"{spec.managed.instances} instances ready, primary at "
-                                         f"{spec.server.host}:{spec.server.port}")
+                                         f"{spec.postgres.host}:{spec.postgres.port}")
     phase = status.get("phase") or "not yet reconciled by CloudNativePG"
     return Progress(False, "Starting", f"CloudNativePG Cluster {name}: {phase} "
                                        f"({status.get('readyInstances', 0)}/{spec.managed.instances} ready; "

@@ -6,8 +6,9 @@ from collections.abc import Mapping
 from typing import Any
 from urllib.parse import quote
 
-from . import artifacts, tuning
-from .api import BACKEND_LABEL, MANAGED_BY, MANAGED_BY_LABEL, BackendSpec, ExternalServer
+from . import artifacts
+from .api import tuning
+from .api.v1alpha1 import BACKEND_LABEL, MANAGED_BY, MANAGED_BY_LABEL, BackendSpec, PostgresEndpoint
 
 MIGRATION_JOB_BACKOFF_LIMIT = 2
 MIGRATION_JOB_TTL_SECONDS = 3600
@@ -37,17 +38,17 @@ def _host_for_uri(host: str) -> str:
     return f"[{host}]" if ":" in host else host
 
 
-def database_uri(spec: BackendSpec, password: str, server: ExternalServer | None = None) -> str:
+def database_uri(spec: BackendSpec, password: str, server: PostgresEndpoint | None = None) -> str:
     """The SQLAlchemy URL MLflow uses; every part URL-encoded, so any password works.
     ``server``: another address of the same server (the operator's own way in)."""
-    s = server or spec.server
+    s = server or spec.postgres
     return (
         f"{spec.url_scheme}://{quote(spec.role, safe='')}:{quote(password, safe='')}"
         f"@{_host_for_uri(s.host)}:{s.port}/{quote(spec.database, safe='')}?sslmode={s.ssl_mode}"
     )
 
 
-def operator_uri(server: ExternalServer, user: str, password: str, database: str) -> str:
+def operator_uri(server: PostgresEndpoint, user: str, password: str, database: str) -> str:
     """A SQLAlchemy URL for the operator's own in-process work (psycopg 3, which the operator
     bundles), e.g. the admin building the template database."""
     return (
@@ -131,12 +132,12 @@ def connection_secret_data(spec: BackendSpec, password: str,
     data = {
         "MLFLOW_TRACKING_URI": spec.tracking_server_uri if spec.injection_mode == "Server" else uri,
         "MLFLOW_BACKEND_STORE_URI": uri,
-        "PGHOST": spec.server.host,
-        "PGPORT": str(spec.server.port),
+        "PGHOST": spec.postgres.host,
+        "PGPORT": str(spec.postgres.port),
         "PGDATABASE": spec.database,
         "PGUSER": spec.role,
         "PGPASSWORD": password,
-        "PGSSLMODE": spec.server.ssl_mode,
+        "PGSSLMODE": spec.postgres.ssl_mode,
     }
     if spec.artifacts is not None:
         data["MLFLOW_ARTIFACT_ROOT"] = spec.artifacts.uri
@@ -241,7 +242,7 @@ SERVER_DEFAULT_RESOURCES = {"requests": {"cpu": "100m", "memory": "512Mi"}, "lim
 
 
 def server_allowed_hosts(spec: BackendSpec) -> list[str]:
-    name, ns = spec.server_name, spec.namespace
+    name, ns = spec.tracking_server_name, spec.namespace
     service_names = [name, f"{name}.{ns}", f"{name}.{ns}.svc", f"{name}.{ns}.svc.cluster.local"]
     hosts = [h for n in service_names for h in (n, f"{n}:*")]
     extra = list(spec.tracking_server.allowed_hosts) if spec.tracking_server else []
@@ -313,7 +314,7 @@ def tracking_server_deployment(spec: BackendSpec, owner: Mapping[str, Any]) -> d
         "apiVersion": "apps/v1",
         "kind": "Deployment",
         "metadata": {
-            "name": spec.server_name,
+            "name": spec.tracking_server_name,
             "namespace": spec.namespace,
             "labels": {**labels(spec, "tracking-server"), **selector},
             "ownerReferences": [owner_reference(owner)],
@@ -337,7 +338,7 @@ def tracking_server_service(spec: BackendSpec, owner: Mapping[str, Any]) -> dict
         "apiVersion": "v1",
         "kind": "Service",
         "metadata": {
-            "name": spec.server_name,
+            "name": spec.tracking_server_name,
             "namespace": spec.namespace,
             "labels": labels(spec, "tracking-server"),
             "ownerReferences": [owner_reference(owner)],

@@ -20,8 +20,10 @@ import kopf
 import urllib3
 from kubernetes import client, config
 
-from . import api, drift, kopf_settings, manifests, metrics, schema, webhook
-from . import conditions as cond
+from . import drift, kopf_settings, manifests, metrics, schema, webhook
+from .api import conditions as cond
+from .api.parsing import parse
+from .api.v1alpha1 import GROUP, PLURAL, VERSION, BackendSpec, SpecError
 from .injection_service import InjectionService
 from .kube import Kube
 from .reconcile import MANAGED_ADDRESS_SERVICE, Outcome, Reconciler, StepFailed, injection_view
@@ -46,7 +48,7 @@ MANAGED_POSTGRES_ADDRESS = os.environ.get("TRACKOP_MANAGED_POSTGRES_ADDRESS") or
 _reconciler: Reconciler | None = None
 _injection: InjectionService | None = None
 INDEX = webhook.Index()
-_specs: dict[tuple[str, str], api.BackendSpec] = {}
+_specs: dict[tuple[str, str], BackendSpec] = {}
 _namespace_labels: dict[str, dict[str, str]] = {}
 _locks: dict[tuple[str, str], threading.Lock] = {}
 _locks_guard = threading.Lock()
@@ -105,9 +107,9 @@ def _lock_for(body: Mapping[str, Any]) -> threading.Lock:
         return _locks.setdefault(key, threading.Lock())
 
 
-def _parse(body: Mapping[str, Any]) -> api.BackendSpec:
+def _parse(body: Mapping[str, Any]) -> BackendSpec:
     meta = body["metadata"]
-    return api.parse(meta["namespace"], meta["name"], body.get("spec") or {})
+    return parse(meta["namespace"], meta["name"], body.get("spec") or {})
 
 
 API_RETRY_DELAY = 5.0
@@ -168,7 +170,7 @@ def _run(handler: str, body: Mapping[str, Any], status: Mapping[str, Any], patch
     started = time.perf_counter()
     try:
         spec = _parse(body)
-    except api.SpecError as error:
+    except SpecError as error:
         outcome = Outcome(
             [cond.Condition(cond.READY, "False", "InvalidSpec", str(error))],
             events=[] if cond.reason_of(status.get("conditions"), cond.READY) == "InvalidSpec"
@@ -194,9 +196,9 @@ def _run(handler: str, body: Mapping[str, Any], status: Mapping[str, Any], patch
     return outcome
 
 
-@kopf.on.resume(api.GROUP, api.VERSION, api.PLURAL)
-@kopf.on.create(api.GROUP, api.VERSION, api.PLURAL)
-@kopf.on.update(api.GROUP, api.VERSION, api.PLURAL, field="spec")
+@kopf.on.resume(GROUP, VERSION, PLURAL)
+@kopf.on.create(GROUP, VERSION, PLURAL)
+@kopf.on.update(GROUP, VERSION, PLURAL, field="spec")
 def reconcile_backend(body: kopf.Body, status: kopf.Status, patch: kopf.Patch, retry: int, **_: Any) -> None:
     with _lock_for(body):
         outcome = _run("reconcile", body, status, patch)
@@ -207,7 +209,7 @@ def reconcile_backend(body: kopf.Body, status: kopf.Status, patch: kopf.Patch, r
         raise kopf.TemporaryError(outcome.conditions[-1].message, delay=delay)
 
 
-@kopf.timer(api.GROUP, api.VERSION, api.PLURAL, interval=DRIFT_INTERVAL, initial_delay=DRIFT_INTERVAL,
+@kopf.timer(GROUP, VERSION, PLURAL, interval=DRIFT_INTERVAL, initial_delay=DRIFT_INTERVAL,
             idle=DRIFT_INTERVAL / 2)
 def check_drift(body: kopf.Body, status: kopf.Status, patch: kopf.Patch, **_: Any) -> None:
     if body["metadata"].get("deletionTimestamp"):
@@ -236,7 +238,7 @@ def _unchanged(body: Mapping[str, Any]) -> bool:
     started = time.perf_counter()
     try:
         spec = _parse(body)
-    except api.SpecError:
+    except SpecError:
         return False
     verdict = reconciler().drift.check(spec, body)
     metrics.observe_drift_check(verdict == drift.UNCHANGED, time.perf_counter() - started)
@@ -257,19 +259,19 @@ def _index_view(body: Mapping[str, Any]) -> tuple[webhook.BackendView, tuple[str
     """What the webhook index keeps of a TrackingBackend; None for an invalid spec."""
     try:
         spec = _parse(body)
-    except api.SpecError:
+    except SpecError:
         return None
-    return injection_view(spec, manifests.secret_keys(spec)), (spec.server.host, spec.server.port, spec.database)
+    return injection_view(spec, manifests.secret_keys(spec)), (spec.postgres.host, spec.postgres.port, spec.database)
 
 
-@kopf.on.event(api.GROUP, api.VERSION, api.PLURAL)
+@kopf.on.event(GROUP, VERSION, PLURAL)
 def track_backend(event: kopf.RawEvent, body: kopf.Body, **_: Any) -> None:
     """The parsed specs the drift timer and namespace events act on (the webhook's index
     is fed by its own watch: see injection_service.IndexWatch)."""
     key = (body["metadata"]["namespace"], body["metadata"]["name"])
     try:
         spec = _parse(body)
-    except api.SpecError:
+    except SpecError:
         spec = None
     if event["type"] == "DELETED" or spec is None:
         _specs.pop(key, None)
@@ -303,12 +305,12 @@ def track_namespace(event: kopf.RawEvent, body: kopf.Body, **_: Any) -> None:
             reconciler().sync_copies(spec, data)
 
 
-@kopf.on.delete(api.GROUP, api.VERSION, api.PLURAL)
+@kopf.on.delete(GROUP, VERSION, PLURAL)
 def delete_backend(body: kopf.Body, patch: kopf.Patch, retry: int, **_: Any) -> None:
     patch.status["phase"] = "Deleting"
     try:
         spec = _parse(body)
-    except api.SpecError:
+    except SpecError:
         return  # nothing was ever provisioned from an invalid spec
     try:
         with _lock_for(body), _retrying_api_trouble():

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import psycopg
 from psycopg import sql
 
-from .api import BackendSpec, ExternalServer
+from .api.v1alpha1 import BackendSpec, PostgresEndpoint
 
 APPLICATION_NAME = "trackop"
 
@@ -39,7 +39,7 @@ class ServerUnreachable(PostgresError):
     reason = "ServerUnreachable"
 
 
-class AdminAuthFailed(PostgresError):
+class PasswordRejected(PostgresError):
     reason = "AdminAuthenticationFailed"
 
 
@@ -101,7 +101,7 @@ class DatabaseState:
 
 # ---- connections -----------------------------------------------------------------------
 
-def connect(server: ExternalServer, user: str, password: str, dbname: str = "postgres") -> psycopg.Connection:
+def connect(server: PostgresEndpoint, user: str, password: str, dbname: str = "postgres") -> psycopg.Connection:
     """Connect with autocommit; map failures to conditions that name the cause."""
     try:
         return psycopg.connect(
@@ -132,7 +132,7 @@ class AdminSessions:
         self._idle: dict[tuple, list[tuple[float, psycopg.Connection]]] = {}
 
     @staticmethod
-    def _key(server: ExternalServer, user: str, password: str) -> tuple:
+    def _key(server: PostgresEndpoint, user: str, password: str) -> tuple:
         return (server.host, server.port, server.ssl_mode, user, hashlib.sha256(password.encode()).hexdigest())
 
     def _take(self, key: tuple) -> tuple[float, psycopg.Connection] | None:
@@ -164,7 +164,7 @@ class AdminSessions:
             old.close()
 
     @contextmanager
-    def session(self, server: ExternalServer, user: str, password: str) -> Iterator[psycopg.Connection]:
+    def session(self, server: PostgresEndpoint, user: str, password: str) -> Iterator[psycopg.Connection]:
         key = self._key(server, user, password)
         found = self._take(key)
         born, conn = found if found else (time.monotonic(), connect(server, user, password))
@@ -186,18 +186,18 @@ class AdminSessions:
 ADMIN_SESSIONS = AdminSessions()
 
 
-def admin_session(server: ExternalServer, user: str, password: str):
+def admin_session(server: PostgresEndpoint, user: str, password: str):
     """An admin session in database ``postgres``, reused between reconciles (AdminSessions)."""
     return ADMIN_SESSIONS.session(server, user, password)
 
 
-def classify_connect_error(exc: psycopg.OperationalError, server: ExternalServer, user: str,
+def classify_connect_error(exc: psycopg.OperationalError, server: PostgresEndpoint, user: str,
                            dbname: str) -> PostgresError:
     text = str(exc)
     where = f"{server.host}:{server.port}"
     sqlstate = getattr(exc, "sqlstate", None)
     if sqlstate in ("28P01", "28000") or "password authentication failed" in text:
-        return AdminAuthFailed(
+        return PasswordRejected(
             f"PostgreSQL at {where} rejected the password of role {user!r}: correct the credentials "
             "in the Secret and trackop retries by itself")
     # psycopg reports no SQLSTATE for a failed connection attempt: match the server's text too.
@@ -208,7 +208,7 @@ def classify_connect_error(exc: psycopg.OperationalError, server: ExternalServer
         "sslMode and network policy; trackop retries with backoff")
 
 
-def connection_lost(exc: psycopg.OperationalError, server: ExternalServer) -> ServerUnreachable:
+def connection_lost(exc: psycopg.OperationalError, server: PostgresEndpoint) -> ServerUnreachable:
     """A session that broke after it connected (the server restarted or terminated it)."""
     return ServerUnreachable(
         f"lost the connection to PostgreSQL at {server.host}:{server.port} ({_cause(str(exc))}): "
@@ -425,7 +425,7 @@ class RoleLogin:
     handover_pending: bool = False
 
 
-def login_as_role(server: ExternalServer, role: str, password: str, database: str) -> RoleLogin:
+def login_as_role(server: PostgresEndpoint, role: str, password: str, database: str) -> RoleLogin:
     """Log in as the role to its database (the password's drift check) and read the MLflow
     revision on the same connection, so a converged backend costs one connection here."""
     try:
@@ -443,7 +443,7 @@ def login_as_role(server: ExternalServer, role: str, password: str, database: st
                 return RoleLogin(True, None)
             row = conn.execute("SELECT version_num FROM alembic_version LIMIT 1").fetchone()
             return RoleLogin(True, row[0] if row else None)
-    except AdminAuthFailed:
+    except PasswordRejected:
         return RoleLogin(False)
 
 

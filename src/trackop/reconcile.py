@@ -21,12 +21,13 @@ from typing import Any
 import psycopg
 from kubernetes.client import ApiException
 
-from . import conditions as cond
-from . import artifacts, drift, injection, managed, manifests, postgres, schema, tuning
+from . import artifacts, drift, injection, managed, manifests, postgres, schema
+from .api import conditions as cond
+from .api import connections, tuning
+from .api.conditions import Condition
+from .api.v1alpha1 import BACKEND_LABEL, ENGINE_CNPG, MANAGED_BY, MANAGED_BY_LABEL, BackendSpec, PostgresEndpoint
 from .drift import SharedListing
 from .injection import COPY_LABEL, copy_label_value
-from .api import BACKEND_LABEL, ENGINE_CNPG, MANAGED_BY, MANAGED_BY_LABEL, BackendSpec, ExternalServer
-from .conditions import Condition
 from .kube import Kube
 
 log = logging.getLogger(__name__)
@@ -94,16 +95,16 @@ class _Context:
     previous_status: Mapping[str, Any]
     secrets: set[str] = field(default_factory=set)
     events: list[tuple[str, str, str]] = field(default_factory=list)
-    # Where the operator itself connects: spec.server, or a managed server's pod address
+    # Where the operator itself connects: spec.postgres, or a managed server's pod address
     # when the operator runs outside the cluster's Service network.
-    reach: ExternalServer | None = None
+    reach: PostgresEndpoint | None = None
     admin_login: tuple[str, str] | None = None   # (user, password) from the admin Secret
     cloned: tuple[str, float] | None = None      # (template, seconds) when this reconcile cloned the database
     not_cloned: str | None = None                # why a new database was not cloned (then migrated in place)
 
     def __post_init__(self) -> None:
         if self.reach is None:
-            self.reach = self.spec.server
+            self.reach = self.spec.postgres
 
     def did(self, reason: str, message: str) -> None:
         self.events.append(("Normal", reason, message))
@@ -163,7 +164,7 @@ class Reconciler:
                 login = self._database_and_role(ctx, admin, privileges, password)
                 done.append(Condition(cond.DATABASE_READY, "True", "Provisioned",
                                       f"database {spec.database} owned by role {spec.role} on "
-                                      f"{spec.server.host}:{spec.server.port}"))
+                                      f"{spec.postgres.host}:{spec.postgres.port}"))
                 step_type = cond.TUNING_APPLIED
                 tuning_conditions, budget = self._tuning(ctx, admin, privileges)
                 done.extend(tuning_conditions)
@@ -231,7 +232,7 @@ class Reconciler:
     @staticmethod
     def _status_fields(spec: BackendSpec, revision: str | None) -> dict[str, Any]:
         status: dict[str, Any] = {
-            "database": {"host": spec.server.host, "port": spec.server.port,
+            "database": {"host": spec.postgres.host, "port": spec.postgres.port,
                          "name": spec.database, "role": spec.role},
             "connectionSecret": spec.connection_secret,
         }
@@ -244,8 +245,8 @@ class Reconciler:
     # ---- steps -----------------------------------------------------------------------
     def _admin_credentials(self, ctx: _Context) -> tuple[str, str]:
         spec = ctx.spec
-        ref = f"{spec.namespace}/{spec.server.admin_secret}"
-        data = self.kube.read_secret(spec.namespace, spec.server.admin_secret)
+        ref = f"{spec.namespace}/{spec.postgres.admin_secret}"
+        data = self.kube.read_secret(spec.namespace, spec.postgres.admin_secret)
         if data is None:
             if spec.managed is not None:
                 maker = "CloudNativePG" if spec.managed.engine == ENGINE_CNPG else "trackop"
@@ -372,16 +373,16 @@ class Reconciler:
                                           "restarts the instances if a parameter needs it")
         return managed.cluster_progress(spec, after)
 
-    def _managed_reach(self, spec: BackendSpec) -> ExternalServer:
+    def _managed_reach(self, spec: BackendSpec) -> PostgresEndpoint:
         if self.managed_address != MANAGED_ADDRESS_POD:
-            return spec.server
+            return spec.postgres
         selector = managed.primary_pod_selector(spec)
         ip = self.kube.pod_ip(spec.namespace, name=None if selector else managed.pod_name(spec), selector=selector)
         if not ip:
             raise StepFailed(cond.POSTGRES_READY, "Starting",
                              f"the managed PostgreSQL {spec.managed.name} has no ready pod with an IP yet", 3,
                              backoff=False)
-        return dataclasses.replace(spec.server, host=ip)
+        return dataclasses.replace(spec.postgres, host=ip)
 
     def _bucket_keys(self, ctx: _Context) -> tuple[tuple[str, ...] | None, StepFailed | None]:
         """The artifact store's credentials from the user's Secret, in ``credential_keys``
@@ -619,7 +620,7 @@ class Reconciler:
                     f"({', '.join(foreign[:5])}), which the hand-over would leave behind")
             for summary in postgres.apply(conn, postgres.plan_template_publish(head)):
                 log.info("%s/%s (template): %s", ctx.spec.namespace, ctx.spec.name, summary)
-            ctx.did("TemplateBuilt", f"built template database {name} on {spec.server.host}:{spec.server.port}: "
+            ctx.did("TemplateBuilt", f"built template database {name} on {spec.postgres.host}:{spec.postgres.port}: "
                                      f"MLflow's migrations from empty to {result.after} in "
                                      f"{time.monotonic() - started:.1f}s, once per server and MLflow version; new "
                                      "backend databases are cloned from it")
@@ -708,12 +709,12 @@ class Reconciler:
                                        f"{', '.join(waiting)} take effect after the server restarts; {after_restart}"
                                        if waiting else "every setting is in effect"))
         server = spec.tracking_server
-        budget = tuning.connection_budget(
+        budget = connections.connection_budget(
             wanted, server.replicas if server else 0, server.workers if server else 0,
             database_limit=state.database_limit, role_limit=state.role_limit,
             server_max_connections=state.max_connections, reserved_slots=state.reserved_slots,
             used_by_others=state.used_by_others)
-        found.append(tuning.budget_condition(budget))
+        found.append(connections.budget_condition(budget))
         return found, {"required": budget.required, "limit": budget.limit}
 
     def _schema(self, ctx: _Context, password: str, current: str | None) -> tuple[str, str]:
@@ -813,25 +814,25 @@ class Reconciler:
         try:
             changed, _ = self.kube.apply(manifests.tracking_server_service(spec, ctx.owner))
             if changed:
-                ctx.did("TrackingServerApplied", f"applied Service {spec.server_name}")
+                ctx.did("TrackingServerApplied", f"applied Service {spec.tracking_server_name}")
             changed, deployment = self.kube.apply(manifests.tracking_server_deployment(spec, ctx.owner))
         except ApiException as exc:
             # spec.server.resources is free-form and serviceAccountName and image are free
             # text in the CRD: what the API server refuses in the Deployment is reported.
             raise StepFailed(cond.SERVER_READY, "ServerRejected",
-                             f"the API server refused the tracking server's objects {spec.server_name}: "
+                             f"the API server refused the tracking server's objects {spec.tracking_server_name}: "
                              f"{_refusal(exc)}; check spec.server (resources, serviceAccountName, image)",
                              30) from None
         if changed:
-            ctx.did("TrackingServerApplied", f"applied Deployment {spec.server_name} ({server.image})")
+            ctx.did("TrackingServerApplied", f"applied Deployment {spec.tracking_server_name} ({server.image})")
         if server.replicas == 0:
-            raise StepFailed(cond.SERVER_READY, "ScaledToZero", f"Deployment {spec.server_name} has 0 replicas", 60)
+            raise StepFailed(cond.SERVER_READY, "ScaledToZero", f"Deployment {spec.tracking_server_name} has 0 replicas", 60)
         status = deployment.status
         updated, available = status.updated_replicas or 0, status.available_replicas or 0
         if (status.observed_generation or 0) < deployment.metadata.generation or updated < server.replicas \
                 or available < 1:
             raise StepFailed(cond.SERVER_READY, "RollingOut",
-                             f"Deployment {spec.server_name}: {updated}/{server.replicas} updated, "
+                             f"Deployment {spec.tracking_server_name}: {updated}/{server.replicas} updated, "
                              f"{available} available", 3, backoff=False)
         return Condition(cond.SERVER_READY, "True", "Available",
                          f"{available}/{server.replicas} replicas available at {spec.tracking_server_uri}")
@@ -851,14 +852,14 @@ class Reconciler:
         ctx = _Context(spec, owner, {})
         try:
             admin_user, admin_password = self._admin_credentials(ctx)
-            with postgres.connect(spec.server, admin_user, admin_password) as conn:
+            with postgres.connect(spec.postgres, admin_user, admin_password) as conn:
                 role = postgres.inspect_role(conn, spec.role)
                 database = postgres.inspect_database(conn, spec.database)
                 summaries = postgres.apply(conn, postgres.plan_drop(spec, role, database))
         except postgres.PostgresError as error:
             raise StepFailed(cond.READY, error.reason, cond.redact(error.message, ctx.secrets), 15) from None
         except psycopg.OperationalError as exc:
-            error = postgres.connection_lost(exc, spec.server)
+            error = postgres.connection_lost(exc, spec.postgres)
             raise StepFailed(cond.READY, error.reason, cond.redact(error.message, ctx.secrets), 15) from None
         return [("Normal", "Deleted", s) for s in summaries]
 

@@ -21,7 +21,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-from . import api, injection, metrics
+from . import injection, metrics
+from .api.parsing import parse
+from .api.v1alpha1 import GROUP, MANAGED_BY, MANAGED_BY_LABEL, PLURAL, VERSION, BackendSpec, SpecError
 from .injection import BackendView
 
 log = logging.getLogger(__name__)
@@ -83,7 +85,7 @@ class Index:
             return {k: dict(v) for k, v in self._namespaces.items()}
 
 
-def backend_view(spec: api.BackendSpec, secret_keys: tuple[str, ...]) -> BackendView:
+def backend_view(spec: BackendSpec, secret_keys: tuple[str, ...]) -> BackendView:
     return BackendView(spec.namespace, spec.name, spec.injection_mode, spec.namespace_selector, secret_keys)
 
 
@@ -95,17 +97,17 @@ def validate_backend(body: Mapping[str, Any], index: Index) -> tuple[bool, str]:
     meta = body.get("metadata") or {}
     namespace, name = meta.get("namespace", ""), meta.get("name", "")
     try:
-        spec = api.parse(namespace, name, body.get("spec") or {})
-    except api.SpecError as error:
+        spec = parse(namespace, name, body.get("spec") or {})
+    except SpecError as error:
         return False, str(error)
     if spec.namespace_selector is not None:
         try:
             injection.label_selector_matches(spec.namespace_selector, {})
         except ValueError as error:
             return False, f"spec.injection.namespaceSelector: {error}"
-    owner = index.store_owner((spec.server.host, spec.server.port, spec.database))
+    owner = index.store_owner((spec.postgres.host, spec.postgres.port, spec.database))
     if owner is not None and owner != (namespace, name):
-        return False, (f"spec.postgres.database: {spec.database} on {spec.server.host}:{spec.server.port} is "
+        return False, (f"spec.postgres.database: {spec.database} on {spec.postgres.host}:{spec.postgres.port} is "
                        f"already used by TrackingBackend {owner[0]}/{owner[1]}")
     return True, ""
 
@@ -182,7 +184,7 @@ def webhook_configurations(url: str, ca_bundle: bytes, *, failure_policy: str, o
     mutating = {
         "apiVersion": "admissionregistration.k8s.io/v1",
         "kind": "MutatingWebhookConfiguration",
-        "metadata": {"name": MUTATING_NAME, "labels": {api.MANAGED_BY_LABEL: api.MANAGED_BY}, **meta_extra},
+        "metadata": {"name": MUTATING_NAME, "labels": {MANAGED_BY_LABEL: MANAGED_BY}, **meta_extra},
         "webhooks": [{
             "name": "inject.trackop.dev",
             "clientConfig": client_config(MUTATE_PATH),
@@ -202,12 +204,12 @@ def webhook_configurations(url: str, ca_bundle: bytes, *, failure_policy: str, o
     validating = {
         "apiVersion": "admissionregistration.k8s.io/v1",
         "kind": "ValidatingWebhookConfiguration",
-        "metadata": {"name": VALIDATING_NAME, "labels": {api.MANAGED_BY_LABEL: api.MANAGED_BY}, **meta_extra},
+        "metadata": {"name": VALIDATING_NAME, "labels": {MANAGED_BY_LABEL: MANAGED_BY}, **meta_extra},
         "webhooks": [{
             "name": "validate.trackop.dev",
             "clientConfig": client_config(VALIDATE_PATH),
-            "rules": [{"operations": ["CREATE", "UPDATE"], "apiGroups": [api.GROUP], "apiVersions": [api.VERSION],
-                       "resources": [api.PLURAL], "scope": "Namespaced"}],
+            "rules": [{"operations": ["CREATE", "UPDATE"], "apiGroups": [GROUP], "apiVersions": [VERSION],
+                       "resources": [PLURAL], "scope": "Namespaced"}],
             "failurePolicy": failure_policy,
             "sideEffects": "None",
             "timeoutSeconds": TIMEOUT_SECONDS,

@@ -25,13 +25,13 @@ import uuid
 
 import psycopg
 import pytest
+from helpers import eventually
+from kit import GROUP, PLURAL, VERSION, Admin, Backends, OperatorProcess, assert_no_secret_leaks
 from kubernetes import client
 from psycopg import sql
 
-from helpers import eventually
-from kit import GROUP, PLURAL, VERSION, Admin, Backends, OperatorProcess, assert_no_secret_leaks
 from trackop import postgres, schema
-from trackop.api import default_database_name
+from trackop.api.names import default_database_name
 
 pytestmark = pytest.mark.bed
 

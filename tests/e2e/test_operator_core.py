@@ -11,12 +11,12 @@ import time
 
 import psycopg
 import pytest
+from helpers import eventually
+from kit import Admin, Backends, assert_no_secret_leaks, make_admin
 from psycopg import sql
 
-from kit import Admin, Backends, assert_no_secret_leaks, make_admin
-from helpers import eventually
 from trackop import schema
-from trackop.api import default_database_name
+from trackop.api.names import default_database_name
 
 pytestmark = pytest.mark.bed
 

@@ -23,16 +23,16 @@ from __future__ import annotations
 import base64
 from urllib.parse import quote
 
+import kit
 import pytest
 from kubernetes import client
 
-import kit
-from trackop import api
+from trackop.api.v1alpha1 import MANAGED_BY, MANAGED_BY_LABEL
 
 pytestmark = pytest.mark.bed
 
 MIN_LENGTH = 8
-MANAGED_BY_SELECTOR = f"{api.MANAGED_BY_LABEL}={api.MANAGED_BY}"
+MANAGED_BY_SELECTOR = f"{MANAGED_BY_LABEL}={MANAGED_BY}"
 
 
 def _forms(secret: str) -> dict[str, str]:

@@ -12,7 +12,8 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from trackop import api, postgres
+from trackop import postgres
+from trackop.api.v1alpha1 import PostgresEndpoint
 
 pytestmark = pytest.mark.bed
 
@@ -25,7 +26,7 @@ def admin(bed_info: dict):
                          dbname="postgres", autocommit=True) as conn:
         conn.execute(sql.SQL("CREATE ROLE {} LOGIN CREATEDB CREATEROLE PASSWORD {}").format(
             sql.Identifier(name), sql.Literal(password)))
-    server = api.ExternalServer(pg["host"], pg["port"], "disable", "pg-admin", 5)
+    server = PostgresEndpoint(pg["host"], pg["port"], "disable", "pg-admin", 5)
     yield server, name, password
     with psycopg.connect(host=pg["host"], port=pg["port"], user=pg["user"], password=pg["password"],
                          dbname="postgres", autocommit=True) as conn:
@@ -76,7 +77,7 @@ def test_a_session_is_not_reused_after_a_failure_or_with_other_credentials(admin
     with sessions.session(server, user, password) as conn:
         second = pid(conn)
     assert second != first
-    with pytest.raises(postgres.AdminAuthFailed):
+    with pytest.raises(postgres.PasswordRejected):
         with sessions.session(server, user, "wrong-" + password):
             pass
     with sessions.session(server, user, password) as conn:

@@ -15,8 +15,9 @@ import pytest
 from kubernetes import client
 from psycopg import sql
 
-from trackop import api, drift, postgres
-from trackop import conditions as cond
+from trackop import drift, postgres
+from trackop.api import conditions as cond
+from trackop.api.parsing import parse
 from trackop.kube import Kube
 from trackop.reconcile import Reconciler
 
@@ -42,7 +43,7 @@ class Fixture:
         self.owner = {"apiVersion": "v1", "kind": "ConfigMap",
                       "metadata": {"name": "owner", "namespace": namespace, "uid": owner.metadata.uid,
                                    "generation": 1}}
-        self.spec = api.parse(namespace, "drifty", {"postgres": {"external": {
+        self.spec = parse(namespace, "drifty", {"postgres": {"external": {
             "host": self.pg["host"], "port": self.pg["port"], "sslMode": "disable",
             "adminSecretRef": {"name": "pg-admin"}}}})
         self.reconciler = Reconciler(Kube(kube_api), "trackop-system", shared_list_ttl=0.2,
@@ -61,7 +62,7 @@ class Fixture:
                                                        "status": self.status})
 
     def drop(self) -> None:
-        with postgres.connect(self.spec.server, self.admin, self.admin_password) as conn:
+        with postgres.connect(self.spec.postgres, self.admin, self.admin_password) as conn:
             role = postgres.inspect_role(conn, self.spec.role)
             database = postgres.inspect_database(conn, self.spec.database)
             postgres.apply(conn, postgres.plan_drop(self.spec, role, database))
@@ -119,7 +120,7 @@ def test_role_and_database_drift_is_found_by_name(backend: Fixture):
 
 
 def test_a_dropped_role_or_database_is_a_change(backend: Fixture):
-    with postgres.connect(backend.spec.server, backend.admin, backend.admin_password) as conn:
+    with postgres.connect(backend.spec.postgres, backend.admin, backend.admin_password) as conn:
         conn.execute(sql.SQL("DROP DATABASE {}").format(sql.Identifier(backend.spec.database)))
     assert backend.check() == "changed: database"
     backend.reconcile()

@@ -8,10 +8,12 @@ import time
 
 import pytest
 import yaml
+from helpers import eventually
 from kubernetes import client
 
-from helpers import eventually
-from trackop import api, managed
+from trackop import managed
+from trackop.api.parsing import parse
+from trackop.api.v1alpha1 import BackendSpec
 from trackop.testbed import binaries
 
 pytestmark = pytest.mark.bed
@@ -26,14 +28,14 @@ SPECS = {
 }
 
 
-def backend(namespace: str, case: str, engine: str = "StatefulSet") -> tuple[api.BackendSpec, dict]:
+def backend(namespace: str, case: str, engine: str = "StatefulSet") -> tuple[BackendSpec, dict]:
     extra = dict(SPECS[case])
     managed_spec = {"engine": engine, **extra.pop("managed", {})}
     if engine == "CloudNativePG":
         managed_spec.pop("port", None)
         managed_spec["instances"] = 3
     postgres = {"managed": managed_spec, **extra.pop("postgres", {})}
-    spec = api.parse(namespace, "team-a", {"postgres": postgres, **extra})
+    spec = parse(namespace, "team-a", {"postgres": postgres, **extra})
     owner = {"apiVersion": "trackop.dev/v1alpha1", "kind": "TrackingBackend",
              "metadata": {"name": "team-a", "namespace": namespace, "uid": "5d3e1c2a-0000-4000-8000-000000000001"}}
     return spec, owner

@@ -18,7 +18,9 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from trackop import api, postgres, reconcile, schema
+from trackop import postgres, reconcile, schema
+from trackop.api.parsing import parse
+from trackop.api.v1alpha1 import BackendSpec, PostgresEndpoint
 from trackop.reconcile import Reconciler, _Context
 
 pytestmark = pytest.mark.bed
@@ -44,16 +46,16 @@ class Server:
         if admin is None:
             superuser.execute(sql.SQL("CREATE ROLE {} LOGIN CREATEDB CREATEROLE PASSWORD {}").format(
                 sql.Identifier(self.admin), sql.Literal(self.admin_password)))
-        self.made: list[api.BackendSpec] = []
+        self.made: list[BackendSpec] = []
 
-    def spec(self, name: str) -> api.BackendSpec:
+    def spec(self, name: str) -> BackendSpec:
         suffix = uuid.uuid4().hex[:8]
-        return api.parse("tmpl-test", name, {"postgres": {
+        return parse("tmpl-test", name, {"postgres": {
             "external": {"host": self.pg["host"], "port": self.pg["port"], "sslMode": "disable",
                          "adminSecretRef": {"name": "pg-admin"}},
             "database": f"mlflow_tmpl_{name.replace('-', '_')}_{suffix}"}})
 
-    def provision(self, spec: api.BackendSpec) -> tuple[_Context, str]:
+    def provision(self, spec: BackendSpec) -> tuple[_Context, str]:
         """DatabaseReady and SchemaReady, exactly as Reconciler.reconcile runs them."""
         self.made.append(spec)
         password = secrets.token_urlsafe(24)
@@ -61,7 +63,7 @@ class Server:
         ctx.admin_login = (self.admin, self.admin_password)
         ctx.secrets.update({password, self.admin_password})
         rec = Reconciler(kube=None)
-        with postgres.connect(spec.server, self.admin, self.admin_password) as conn:
+        with postgres.connect(spec.postgres, self.admin, self.admin_password) as conn:
             privileges = postgres.admin_privileges(conn)
             login = rec._database_and_role(ctx, conn, privileges, password)
         revision, _ = rec._schema(ctx, password, login.revision)
@@ -73,7 +75,7 @@ class Server:
                                password=password or self.pg["password"], dbname=database, autocommit=True)
 
     def drop_all(self) -> None:
-        with postgres.connect(api.ExternalServer(self.pg["host"], self.pg["port"], "disable", "x", 5),
+        with postgres.connect(PostgresEndpoint(self.pg["host"], self.pg["port"], "disable", "x", 5),
                               self.admin, self.admin_password) as conn:
             for spec in self.made:
                 role = postgres.inspect_role(conn, spec.role)
@@ -221,13 +223,13 @@ def test_a_cloned_database_equals_a_migrated_one_and_mlflow_works_in_it(server: 
                             (int(experiment),)).fetchone() == (f"s3://bucket/team/{experiment}",)
 
 
-def provision_concurrently(server: Server, specs: list[api.BackendSpec]) -> dict[str, _Context]:
+def provision_concurrently(server: Server, specs: list[BackendSpec]) -> dict[str, _Context]:
     """Each spec provisioned from its own thread at once, as kopf's handlers run; every
     thread's exception is reported."""
     contexts: dict[str, _Context] = {}
     errors: list[BaseException] = []
 
-    def provision(spec: api.BackendSpec) -> None:
+    def provision(spec: BackendSpec) -> None:
         try:
             contexts[spec.name] = server.provision(spec)[0]
         except BaseException as exc:  # reported below, with the others
@@ -312,19 +314,19 @@ def test_an_interrupted_handover_is_finished_by_the_next_reconcile(server: Serve
     password = secrets.token_urlsafe(24)
     # The crash came right after CREATE DATABASE ... TEMPLATE: the role exists, the database
     # is the role's, its objects are still trackop_template's.
-    with postgres.connect(spec.server, server.admin, server.admin_password) as conn:
+    with postgres.connect(spec.postgres, server.admin, server.admin_password) as conn:
         postgres.apply(conn, postgres.plan_role(spec, None, postgres.scram_verifier(conn, spec.role, password),
                                                 postgres.admin_privileges(conn)))
         postgres.apply(conn, [postgres.plan_clone(spec, postgres.template_name(head()))])
     server.made.append(spec)
     with server.connect(spec.database) as conn:
         assert owners(conn) == {postgres.TEMPLATE_ROLE}
-    assert postgres.login_as_role(spec.server, spec.role, password, spec.database).handover_pending
+    assert postgres.login_as_role(spec.postgres, spec.role, password, spec.database).handover_pending
 
     ctx = _Context(spec, {"metadata": {"uid": "u"}}, {})
     ctx.admin_login = (server.admin, server.admin_password)
     rec = Reconciler(kube=None)
-    with postgres.connect(spec.server, server.admin, server.admin_password) as conn:
+    with postgres.connect(spec.postgres, server.admin, server.admin_password) as conn:
         login = rec._database_and_role(ctx, conn, postgres.admin_privileges(conn), password)
     assert login.revision == head() and not login.handover_pending
     assert any("REASSIGN OWNED" in m for m in messages(ctx, "DatabaseReconciled"))

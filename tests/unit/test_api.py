@@ -7,10 +7,12 @@ import hashlib
 import re
 
 import pytest
-
-from trackop import api
-from trackop.api import SpecError
 from helpers import deep_merge
+
+from trackop.api.names import MAX_IDENTIFIER, default_database_name, migration_job_name
+from trackop.api.parsing import parse
+from trackop.api.v1alpha1 import DEFAULT_MLFLOW_VERSION, MAX_BACKEND_NAME, SSL_MODES, BackendSpec, SecretRef, SpecError
+from trackop.api.validation import check_backend_name, check_identifier
 
 NAMESPACE = "ml-platform"
 NAME = "team-a"
@@ -29,9 +31,9 @@ def base_spec() -> dict:
     return {"postgres": {"external": {"host": "pg.db.svc", "adminSecretRef": {"name": "pg-admin"}}}}
 
 
-def make_spec(overrides: dict | None = None, namespace: str = NAMESPACE, name: str = NAME) -> api.BackendSpec:
-    """api.parse of a minimal valid spec with ``overrides`` merged in (nested dicts merge)."""
-    return api.parse(namespace, name, deep_merge(copy.deepcopy(base_spec()), overrides or {}))
+def make_spec(overrides: dict | None = None, namespace: str = NAMESPACE, name: str = NAME) -> BackendSpec:
+    """parse of a minimal valid spec with ``overrides`` merged in (nested dicts merge)."""
+    return parse(namespace, name, deep_merge(copy.deepcopy(base_spec()), overrides or {}))
 
 
 def spec_error(overrides: dict, namespace: str = NAMESPACE, name: str = NAME) -> SpecError:
@@ -45,22 +47,22 @@ def spec_error(overrides: dict, namespace: str = NAMESPACE, name: str = NAME) ->
 def test_defaults():
     spec = make_spec()
     assert spec.namespace == NAMESPACE and spec.name == NAME
-    assert spec.server.host == "pg.db.svc"
-    assert spec.server.port == 5432
-    assert spec.server.ssl_mode == "prefer"
-    assert spec.server.admin_secret == "pg-admin"
+    assert spec.postgres.host == "pg.db.svc"
+    assert spec.postgres.port == 5432
+    assert spec.postgres.ssl_mode == "prefer"
+    assert spec.postgres.admin_secret == "pg-admin"
     assert spec.driver == "psycopg"
     assert spec.url_scheme == "postgresql+psycopg"
-    assert spec.mlflow_version == "3.17.2" == api.DEFAULT_MLFLOW_VERSION
+    assert spec.mlflow_version == "3.17.2" == DEFAULT_MLFLOW_VERSION
     assert spec.migration == "Inline"
     assert spec.migration_image == "ghcr.io/mlflow/mlflow:v3.17.2"
     assert spec.deletion_policy == "Retain"
     assert spec.password_secret is None
     # '-' is mapped to '_', so the name carries a hash of "ml-platform/team-a".
-    assert spec.database == "mlflow_ml_platform_team_a_276dc659" == api.default_database_name(NAMESPACE, NAME)
+    assert spec.database == "mlflow_ml_platform_team_a_276dc659" == default_database_name(NAMESPACE, NAME)
     assert spec.role == spec.database
     assert spec.connection_secret == "team-a-mlflow"
-    assert spec.migration_job == api.migration_job_name(NAME, "3.17.2 ghcr.io/mlflow/mlflow:v3.17.2")
+    assert spec.migration_job == migration_job_name(NAME, "3.17.2 ghcr.io/mlflow/mlflow:v3.17.2")
 
 
 def test_explicit_values_are_kept():
@@ -73,11 +75,11 @@ def test_explicit_values_are_kept():
         "schema": {"mlflowVersion": "3.1.0", "migration": "Job"},
         "deletionPolicy": "Delete",
     })
-    assert spec.server.port == 6543
-    assert spec.server.ssl_mode == "verify-full"
+    assert spec.postgres.port == 6543
+    assert spec.postgres.ssl_mode == "verify-full"
     assert (spec.database, spec.role) == ("mlflow_x", "mlflow_x_owner")
     assert spec.driver == "psycopg2" and spec.url_scheme == "postgresql+psycopg2"
-    assert spec.password_secret == api.SecretRef("my-pw", "password")
+    assert spec.password_secret == SecretRef("my-pw", "password")
     assert spec.mlflow_version == "3.1.0"
     assert spec.migration_image == "ghcr.io/mlflow/mlflow:v3.1.0"
     assert spec.migration == "Job"
@@ -96,20 +98,20 @@ def test_owner_marker_names_namespace_and_name():
     assert make_spec(namespace="other").owner_marker != marker
 
 
-@pytest.mark.parametrize("mode", api.SSL_MODES)
+@pytest.mark.parametrize("mode", SSL_MODES)
 def test_every_ssl_mode_is_accepted(mode):
-    assert make_spec({"postgres": {"external": {"sslMode": mode}}}).server.ssl_mode == mode
+    assert make_spec({"postgres": {"external": {"sslMode": mode}}}).postgres.ssl_mode == mode
 
 
 @pytest.mark.parametrize("host", ["pg", "pg.db.svc", "10.0.0.1", "fe80::1", "2001:db8::1", "PG-1.Example.com",
                                   "::1", "::ffff:10.0.0.1"])
 def test_valid_hosts(host):
-    assert make_spec({"postgres": {"external": {"host": host}}}).server.host == host
+    assert make_spec({"postgres": {"external": {"host": host}}}).postgres.host == host
 
 
 @pytest.mark.parametrize("port", [1, 5432, 65535])
 def test_valid_ports(port):
-    assert make_spec({"postgres": {"external": {"port": port}}}).server.port == port
+    assert make_spec({"postgres": {"external": {"port": port}}}).postgres.port == port
 
 
 # ---- validation errors name the field ----------------------------------------------------
@@ -192,7 +194,7 @@ def test_missing_host():
     spec = base_spec()
     del spec["postgres"]["external"]["host"]
     with pytest.raises(SpecError) as info:
-        api.parse(NAMESPACE, NAME, spec)
+        parse(NAMESPACE, NAME, spec)
     assert info.value.field == "spec.postgres.external.host"
 
 
@@ -203,7 +205,7 @@ def test_host_with_a_port_is_rejected(host):
 
 @pytest.mark.parametrize("host", ["::1", "2001:db8::", "::"])
 def test_ipv6_literals_starting_or_ending_with_colons_are_accepted(host):
-    assert make_spec({"postgres": {"external": {"host": host}}}).server.host == host
+    assert make_spec({"postgres": {"external": {"host": host}}}).postgres.host == host
 
 
 @pytest.mark.parametrize("host", ["pg.db.svc\n", "10.0.0.1\n", "::1\n"])
@@ -265,7 +267,7 @@ def test_bad_deletion_policy(policy):
                                   {"postgres": {"external": {}}}])
 def test_missing_external(spec):
     with pytest.raises(SpecError) as info:
-        api.parse(NAMESPACE, NAME, spec)
+        parse(NAMESPACE, NAME, spec)
     assert info.value.field == "spec.postgres.external"
 
 
@@ -277,7 +279,7 @@ def test_missing_admin_secret_ref(ref):
     else:
         spec["postgres"]["external"]["adminSecretRef"] = ref
     with pytest.raises(SpecError) as info:
-        api.parse(NAMESPACE, NAME, spec)
+        parse(NAMESPACE, NAME, spec)
     assert info.value.field == "spec.postgres.external.adminSecretRef.name"
 
 
@@ -289,7 +291,7 @@ def test_spec_error_message_starts_with_the_field():
 
 def test_password_secret_ref_key():
     spec = make_spec({"postgres": {"passwordSecretRef": {"name": "pw", "key": "secret"}}})
-    assert spec.password_secret == api.SecretRef("pw", "secret")
+    assert spec.password_secret == SecretRef("pw", "secret")
 
 
 @pytest.mark.parametrize("ref", [{"key": "password"}, {"name": ""}, {"name": None, "key": "k"}])
@@ -308,12 +310,12 @@ def _hashed(namespace: str, name: str) -> str:
 
 def test_default_database_name_short():
     # Only [a-z0-9] on both sides: nothing is lost, the name is kept as is.
-    assert api.default_database_name("mlplatform", "teama") == "mlflow_mlplatform_teama"
-    assert api.default_database_name("ns", "app1") == "mlflow_ns_app1"
+    assert default_database_name("mlplatform", "teama") == "mlflow_mlplatform_teama"
+    assert default_database_name("ns", "app1") == "mlflow_ns_app1"
     # Any '-', '.' or upper-case letter is mapped, and then the name carries a hash of "ns/name".
-    assert api.default_database_name("ml-platform", "team-a") == "mlflow_ml_platform_team_a_276dc659"
-    assert api.default_database_name("ml-platform", "team-a") == _hashed("ml-platform", "team-a")
-    assert api.default_database_name("NS", "My.App-1") == "mlflow_ns_my_app_1_750586e3" == _hashed("NS", "My.App-1")
+    assert default_database_name("ml-platform", "team-a") == "mlflow_ml_platform_team_a_276dc659"
+    assert default_database_name("ml-platform", "team-a") == _hashed("ml-platform", "team-a")
+    assert default_database_name("NS", "My.App-1") == "mlflow_ns_my_app_1_750586e3" == _hashed("NS", "My.App-1")
 
 
 @pytest.mark.parametrize("namespace, name", [
@@ -321,11 +323,11 @@ def test_default_database_name_short():
     ("ml-platform", "t" * 45), ("ns", "a-b"),
 ])
 def test_default_database_name_is_a_valid_identifier(namespace, name):
-    result = api.default_database_name(namespace, name)
-    assert len(result.encode()) <= api.MAX_IDENTIFIER
+    result = default_database_name(namespace, name)
+    assert len(result.encode()) <= MAX_IDENTIFIER
     assert _IDENT.fullmatch(result), result
     # And it passes the same validation parse applies.
-    assert api.check_identifier("f", result, frozenset()) == result
+    assert check_identifier("f", result, frozenset()) == result
 
 
 @pytest.mark.parametrize("namespace, name", [
@@ -333,15 +335,15 @@ def test_default_database_name_is_a_valid_identifier(namespace, name):
 ])
 def test_parse_derives_the_default_database_for_any_accepted_backend_name(namespace, name):
     spec = make_spec(namespace=namespace, name=name)
-    assert spec.database == api.default_database_name(namespace, name)
+    assert spec.database == default_database_name(namespace, name)
     assert spec.role == spec.database
-    assert len(spec.database) <= api.MAX_IDENTIFIER and _IDENT.fullmatch(spec.database)
+    assert len(spec.database) <= MAX_IDENTIFIER and _IDENT.fullmatch(spec.database)
 
 
 def test_default_database_name_exactly_63_has_no_suffix_and_64_gets_one():
     fits = "n" * (63 - len("mlflow_ns_"))
-    assert api.default_database_name("ns", fits) == f"mlflow_ns_{fits}"
-    long = api.default_database_name("ns", fits + "n")
+    assert default_database_name("ns", fits) == f"mlflow_ns_{fits}"
+    long = default_database_name("ns", fits + "n")
     assert len(long) == 63
     assert re.fullmatch(r"mlflow_ns_n+_[0-9a-f]{8}", long)
     assert long == _hashed("ns", fits + "n")
@@ -349,14 +351,14 @@ def test_default_database_name_exactly_63_has_no_suffix_and_64_gets_one():
 
 def test_default_database_name_hash_is_stable():
     name = "n" * 80
-    assert api.default_database_name("ns", name) == api.default_database_name("ns", name)
+    assert default_database_name("ns", name) == default_database_name("ns", name)
     # Pinned: a change here would move every existing long-named backend to a new database.
-    assert api.default_database_name("ns", name) == "mlflow_ns_nnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnn_0389fef4"
+    assert default_database_name("ns", name) == "mlflow_ns_nnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnn_0389fef4"
 
 
 def test_long_names_differing_only_at_the_end_differ():
-    a = api.default_database_name("ns", "x" * 100 + "-a")
-    b = api.default_database_name("ns", "x" * 100 + "-b")
+    a = default_database_name("ns", "x" * 100 + "-a")
+    b = default_database_name("ns", "x" * 100 + "-b")
     assert a != b
     assert a[:54] == b[:54]
     assert len(a) == len(b) == 63
@@ -370,14 +372,14 @@ def test_long_names_differing_only_at_the_end_differ():
     (("ns", "team-a"), ("ns", "team_a")),
 ])
 def test_default_database_name_does_not_collide_across_namespaces(first, second):
-    assert api.default_database_name(*first) != api.default_database_name(*second)
+    assert default_database_name(*first) != default_database_name(*second)
 
 
 # ---- backend names -----------------------------------------------------------------------
 
 @pytest.mark.parametrize("name", ["a", "team-a", "t0", "x" * 45, "a-" * 22 + "b"])
 def test_backend_names_up_to_45_characters_are_accepted(name):
-    assert api.check_backend_name(name) == name
+    assert check_backend_name(name) == name
     assert make_spec(name=name).name == name
 
 
@@ -387,7 +389,7 @@ def test_backend_names_up_to_45_characters_are_accepted(name):
 ])
 def test_invalid_backend_names_are_rejected_on_metadata_name(name):
     with pytest.raises(SpecError) as info:
-        api.check_backend_name(name)
+        check_backend_name(name)
     assert info.value.field == "metadata.name"
     assert spec_error({}, name=name).field == "metadata.name"
 
@@ -400,8 +402,8 @@ def test_backend_name_error_names_the_limit():
 
 @pytest.mark.parametrize("name", ["team-a", "a", "x" * 45, "a-" * 22 + "b", "z" * 44 + "9"])
 def test_migration_job_name_is_a_valid_kubernetes_name(name):
-    api.check_backend_name(name)  # every name parse accepts
-    job = api.migration_job_name(name, "3.17.2 ghcr.io/mlflow/mlflow:v3.17.2")
+    check_backend_name(name)  # every name parse accepts
+    job = migration_job_name(name, "3.17.2 ghcr.io/mlflow/mlflow:v3.17.2")
     # The Job name is also the value of its pods' job-name label: at most 63, a DNS label.
     assert len(job) <= 62
     assert _DNS1123_SUBDOMAIN.fullmatch(job), job
@@ -410,30 +412,30 @@ def test_migration_job_name_is_a_valid_kubernetes_name(name):
 
 
 def test_migration_job_name_of_the_longest_backend_name_is_62_characters():
-    assert len(api.migration_job_name("x" * api.MAX_BACKEND_NAME, "k")) == 62
-    assert api.MAX_BACKEND_NAME == 45
+    assert len(migration_job_name("x" * MAX_BACKEND_NAME, "k")) == 62
+    assert MAX_BACKEND_NAME == 45
 
 
 def test_migration_job_name_cut_on_a_dot_is_still_valid():
     # Job names are no longer cut; a '.' can no longer reach them because parse refuses it.
     name = "a" * 39 + ".b"
     assert spec_error({}, name=name).field == "metadata.name"
-    job = api.migration_job_name("a" * 39 + "-b", "3.17.2")
+    job = migration_job_name("a" * 39 + "-b", "3.17.2")
     assert job.startswith("a" * 39 + "-b-migrate-")
     assert _DNS1123_SUBDOMAIN.fullmatch(job), job
 
 
 def test_migration_job_name_changes_with_the_version():
-    assert api.migration_job_name("team-a", "3.17.2") != api.migration_job_name("team-a", "3.17.3")
-    assert api.migration_job_name("team-a", "3.17.2") == api.migration_job_name("team-a", "3.17.2")
-    assert api.migration_job_name("team-a", "3.17.2").startswith("team-a-migrate-")
+    assert migration_job_name("team-a", "3.17.2") != migration_job_name("team-a", "3.17.3")
+    assert migration_job_name("team-a", "3.17.2") == migration_job_name("team-a", "3.17.2")
+    assert migration_job_name("team-a", "3.17.2").startswith("team-a-migrate-")
     digest = hashlib.sha256(b"team-a\x003.17.2").hexdigest()[:8]
-    assert api.migration_job_name("team-a", "3.17.2") == f"team-a-migrate-{digest}"
+    assert migration_job_name("team-a", "3.17.2") == f"team-a-migrate-{digest}"
 
 
 def test_backend_migration_job_follows_version_and_image():
     base = make_spec({"schema": {"mlflowVersion": "3.17.2"}})
-    assert base.migration_job == api.migration_job_name(NAME, "3.17.2 ghcr.io/mlflow/mlflow:v3.17.2")
+    assert base.migration_job == migration_job_name(NAME, "3.17.2 ghcr.io/mlflow/mlflow:v3.17.2")
     other_version = make_spec({"schema": {"mlflowVersion": "3.17.3"}})
     other_image = make_spec({"schema": {"mlflowVersion": "3.17.2", "image": "registry.local/mlflow:pinned"}})
     assert len({base.migration_job, other_version.migration_job, other_image.migration_job}) == 3
@@ -442,12 +444,12 @@ def test_backend_migration_job_follows_version_and_image():
 
 def test_migration_job_names_of_long_backends_do_not_collide():
     prefix = "x" * 40
-    assert api.migration_job_name(prefix + "-a", "3.17.2") != api.migration_job_name(prefix + "-b", "3.17.2")
+    assert migration_job_name(prefix + "-a", "3.17.2") != migration_job_name(prefix + "-b", "3.17.2")
     prefix = "x" * 43
-    assert api.migration_job_name(prefix + "-a", "3.17.2") != api.migration_job_name(prefix + "-b", "3.17.2")
+    assert migration_job_name(prefix + "-a", "3.17.2") != migration_job_name(prefix + "-b", "3.17.2")
 
 
 def test_migration_job_name_keeps_name_and_key_apart():
     # The NUL separator: ("ab", "c") and ("a", "bc") hash different strings.
-    assert api.migration_job_name("ab", "c").removeprefix("ab-migrate-") != \
-        api.migration_job_name("a", "bc").removeprefix("a-migrate-")
+    assert migration_job_name("ab", "c").removeprefix("ab-migrate-") != \
+        migration_job_name("a", "bc").removeprefix("a-migrate-")

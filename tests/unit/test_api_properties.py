@@ -1,4 +1,4 @@
-"""Property: ``api.parse`` on any spec, however broken, returns a BackendSpec or raises a
+"""Property: ``parse`` on any spec, however broken, returns a BackendSpec or raises a
 SpecError that names the field first, never another exception (the operator and the
 webhook catch only SpecError)."""
 
@@ -8,34 +8,35 @@ import copy
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-
 from spec_mutations import extras_sets, full_spec, immutable_changes, json_values, mutations
-from trackop import api
+
+from trackop.api.parsing import parse
+from trackop.api.v1alpha1 import BackendSpec, SpecError
 
 SETTINGS = settings(max_examples=400, deadline=None, derandomize=True, database=None,
                     suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
 
 
 def _parse(obj: dict):
-    return api.parse("team-ns", obj["metadata"]["name"], obj["spec"])
+    return parse("team-ns", obj["metadata"]["name"], obj["spec"])
 
 
 def _check(obj: dict, mutation) -> None:
     try:
         parsed = _parse(obj)
-    except api.SpecError as error:
+    except SpecError as error:
         assert str(error).startswith(f"{error.field}: "), str(error)
         assert error.field.startswith(("spec.", "metadata.name")), error.field
         assert mutation is None or mutation.related(error.field), (error.field, mutation)
     else:
-        assert isinstance(parsed, api.BackendSpec)
+        assert isinstance(parsed, BackendSpec)
 
 
 @SETTINGS
 @given(extras=extras_sets, edits=st.lists(mutations(), min_size=1, max_size=2))
 def test_parse_refuses_a_mutated_spec_only_with_a_spec_error(extras, edits):
     base = {"metadata": {"name": "team-a"}, "spec": full_spec("127.0.0.1", 5432, extras=extras)}
-    assert isinstance(_parse(base), api.BackendSpec)
+    assert isinstance(_parse(base), BackendSpec)
     obj = copy.deepcopy(base)
     for edit in edits:
         edit.apply(obj)
@@ -56,8 +57,8 @@ def test_parse_takes_any_database_or_role_change(edit):
 @given(spec=json_values)
 def test_parse_of_any_json_value_as_spec(spec):
     try:
-        api.parse("team-ns", "team-a", spec if isinstance(spec, dict) else {"postgres": spec})
-    except api.SpecError as error:
+        parse("team-ns", "team-a", spec if isinstance(spec, dict) else {"postgres": spec})
+    except SpecError as error:
         assert str(error).startswith(f"{error.field}: ")
 
 

@@ -7,8 +7,8 @@ from urllib.parse import quote
 
 import pytest
 
-from trackop import conditions
-from trackop.conditions import Condition
+from trackop.api import conditions
+from trackop.api.conditions import Condition
 
 T0 = "2024-01-01T00:00:00Z"
 T1 = "2024-01-02T00:00:00Z"

@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from trackop import conditions
+from trackop.api import conditions
 
 ROOT = Path(__file__).resolve().parents[2]
 SOURCE = ROOT / "src" / "trackop"

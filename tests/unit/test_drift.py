@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import time
 
-from trackop import api, drift, postgres
+from trackop import drift, postgres
+from trackop.api.parsing import parse
 
-SPEC = api.parse("team", "tb", {"postgres": {"external": {"host": "db", "adminSecretRef": {"name": "pg-admin"}}}})
-WITH_SERVER = api.parse("team", "tb", {
+SPEC = parse("team", "tb", {"postgres": {"external": {"host": "db", "adminSecretRef": {"name": "pg-admin"}}}})
+WITH_SERVER = parse("team", "tb", {
     "postgres": {"external": {"host": "db", "adminSecretRef": {"name": "pg-admin"}},
                  "passwordSecretRef": {"name": "own", "key": "pw"}},
     "server": {}})
@@ -96,7 +97,7 @@ def test_copies_are_picked_by_their_label():
 
 
 def test_only_external_servers_get_the_fingerprint():
-    managed = api.parse("team", "tb", {"postgres": {"managed": {}}})
+    managed = parse("team", "tb", {"postgres": {"managed": {}}})
     assert drift.eligible(SPEC) and not drift.eligible(managed)
 
 

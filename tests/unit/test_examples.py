@@ -11,7 +11,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from trackop import api, injection, tuning
+from trackop import injection
+from trackop.api import connections, tuning
+from trackop.api.parsing import parse
+from trackop.api.v1alpha1 import GROUP, SUPERUSER_RESERVED_CONNECTIONS, VERSION, BackendSpec
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 FILES = sorted(EXAMPLES.glob("*.yaml"))
@@ -43,7 +46,7 @@ def header(path: Path) -> str:
 def test_the_examples_cover_the_set_ups():
     names = {p.name for p in FILES}
     assert {"quickstart.yaml", "rds-s3.yaml", "cloudsql-gcs.yaml", "cnpg-minio.yaml", "training-job.yaml"} <= names
-    parsed = [api.parse(d["metadata"]["namespace"], d["metadata"]["name"], d["spec"]) for _, d in backends()]
+    parsed = [parse(d["metadata"]["namespace"], d["metadata"]["name"], d["spec"]) for _, d in backends()]
     assert {p.injection_mode for p in parsed} == {"Server", "Direct"}
     assert {p.artifacts.kind for p in parsed if p.artifacts} >= {"s3", "gcs"}
     assert any(p.artifacts and p.artifacts.kind == "s3" and p.artifacts.endpoint for p in parsed)  # MinIO
@@ -59,22 +62,22 @@ def test_every_example_says_what_it_shows_and_which_secrets_it_expects(path):
 @pytest.mark.parametrize("path,doc", backends(), ids=lambda v: v.name if isinstance(v, Path) else "")
 def test_every_backend_parses(path, doc):
     meta = doc["metadata"]
-    spec = api.parse(meta["namespace"], meta["name"], doc["spec"])  # raises SpecError
-    assert doc["apiVersion"] == f"{api.GROUP}/{api.VERSION}"
+    spec = parse(meta["namespace"], meta["name"], doc["spec"])  # raises SpecError
+    assert doc["apiVersion"] == f"{GROUP}/{VERSION}"
     if spec.tuning is not None and spec.tuning.max_connections is not None:
         server = spec.tracking_server
         limit = tuning.connection_limit(spec.tuning)
         server_wide = spec.tuning.scope == tuning.SCOPE_SERVER  # max_connections less the superusers' slots
-        budget = tuning.connection_budget(spec.tuning, server.replicas if server else 0,
+        budget = connections.connection_budget(spec.tuning, server.replicas if server else 0,
                                           server.workers if server else 0, database_limit=limit,
                                           role_limit=limit,
                                           server_max_connections=spec.tuning.max_connections if server_wide else None,
-                                          reserved_slots=api.SUPERUSER_RESERVED_CONNECTIONS, used_by_others=0)
+                                          reserved_slots=SUPERUSER_RESERVED_CONNECTIONS, used_by_others=0)
         assert budget.required <= budget.limit, f"{path.name}: {meta['name']} is over its own connection budget"
 
 
-def _secret_keys_needed(spec: api.BackendSpec) -> dict[str, set[str]]:
-    needed = {spec.server.admin_secret: {"username", "password"}}
+def _secret_keys_needed(spec: BackendSpec) -> dict[str, set[str]]:
+    needed = {spec.postgres.admin_secret: {"username", "password"}}
     if spec.password_secret:
         needed.setdefault(spec.password_secret.name, set()).add(spec.password_secret.key)
     if spec.artifacts and spec.artifacts.credentials_secret:
@@ -85,7 +88,7 @@ def _secret_keys_needed(spec: api.BackendSpec) -> dict[str, set[str]]:
 @pytest.mark.parametrize("path,doc", backends(), ids=lambda v: v.name if isinstance(v, Path) else "")
 def test_referenced_secrets_are_templated_or_named_in_the_header(path, doc):
     meta = doc["metadata"]
-    spec = api.parse(meta["namespace"], meta["name"], doc["spec"])
+    spec = parse(meta["namespace"], meta["name"], doc["spec"])
     templates = {d["metadata"]["name"]: d for d in documents(path)
                  if d["kind"] == "Secret" and d["metadata"]["namespace"] == meta["namespace"]}
     text = header(path)
@@ -108,7 +111,7 @@ def _pod_templates() -> list[tuple[Path, dict, dict]]:
 
 
 def test_opted_in_pods_name_a_backend_that_admits_them():
-    specs = {(d["metadata"]["namespace"], d["metadata"]["name"]): api.parse(d["metadata"]["namespace"],
+    specs = {(d["metadata"]["namespace"], d["metadata"]["name"]): parse(d["metadata"]["namespace"],
                                                                             d["metadata"]["name"], d["spec"])
              for _, d in backends()}
     namespaces = {d["metadata"]["name"]: d["metadata"].get("labels") or {}

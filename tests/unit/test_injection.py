@@ -8,9 +8,16 @@ import re
 import jsonpatch  # a dependency of kopf: a real RFC 6902 applier, stricter than a hand-made one
 import pytest
 
-from trackop import api, injection, manifests
-from trackop.injection import (BACKEND_ANNOTATION, INIT_ANNOTATION, INJECT_LABEL, INJECTED_ANNOTATION, BackendView,
-                               Decision)
+from trackop import injection, manifests
+from trackop.api.parsing import parse
+from trackop.injection import (
+    BACKEND_ANNOTATION,
+    INIT_ANNOTATION,
+    INJECT_LABEL,
+    INJECTED_ANNOTATION,
+    BackendView,
+    Decision,
+)
 
 OPERATOR_NS = "trackop-system"
 BACKEND_NS = "ml-platform"
@@ -297,7 +304,7 @@ def test_json_pointer_escaping():
 
 def _secret(overrides: dict) -> dict[str, str]:
     spec = {"postgres": {"external": {"host": "pg.db.svc", "adminSecretRef": {"name": "pg-admin"}}}, **overrides}
-    return manifests.connection_secret_data(api.parse(BACKEND_NS, "team-a", spec), "s3cret-pw", ("AKIA", "sk"))
+    return manifests.connection_secret_data(parse(BACKEND_NS, "team-a", spec), "s3cret-pw", ("AKIA", "sk"))
 
 
 S3 = {"s3": {"bucket": "ml-artifacts", "endpoint": "http://minio:9000"}}

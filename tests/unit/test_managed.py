@@ -5,35 +5,37 @@ from __future__ import annotations
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-
 from spec_mutations import json_values
-from trackop import api, managed
+
+from trackop import managed
+from trackop.api import parsing
+from trackop.api.v1alpha1 import ENGINE_STATEFULSET, ENGINES, BackendSpec, ManagedServer, PostgresEndpoint, SpecError
 
 OWNER = {"apiVersion": "trackop.dev/v1alpha1", "kind": "TrackingBackend",
          "metadata": {"name": "team-a", "namespace": "ml", "uid": "u-1"}}
 
 
-def parse(managed_spec: dict | None = None, name: str = "team-a", **extra) -> api.BackendSpec:
+def parse(managed_spec: dict | None = None, name: str = "team-a", **extra) -> BackendSpec:
     postgres = {"managed": managed_spec if managed_spec is not None else {}, **extra.pop("postgres", {})}
-    return api.parse("ml", name, {"postgres": postgres, **extra})
+    return parsing.parse("ml", name, {"postgres": postgres, **extra})
 
 
 # ---- parsing ---------------------------------------------------------------------------------
 
 def test_defaults_are_a_single_statefulset_reached_through_its_service():
     spec = parse()
-    assert spec.managed == api.ManagedServer(
+    assert spec.managed == ManagedServer(
         engine="StatefulSet", name="team-a-postgres", version="17", image="docker.io/library/postgres:17",
         port=5432, instances=1, storage_size="10Gi", storage_class=None, resources=None)
-    assert spec.server == api.ExternalServer("team-a-postgres.ml.svc", 5432, "disable", "team-a-postgres", 5)
+    assert spec.postgres == PostgresEndpoint("team-a-postgres.ml.svc", 5432, "disable", "team-a-postgres", 5)
 
 
 def test_cloudnativepg_is_reached_through_its_rw_service_with_its_superuser_secret():
     spec = parse({"engine": "CloudNativePG", "instances": 3, "version": "16"})
     assert spec.managed.image == "ghcr.io/cloudnative-pg/postgresql:16"
-    assert spec.server.host == "team-a-postgres-rw.ml.svc"
-    assert spec.server.admin_secret == "team-a-postgres-superuser"
-    assert spec.server.ssl_mode == "require"
+    assert spec.postgres.host == "team-a-postgres-rw.ml.svc"
+    assert spec.postgres.admin_secret == "team-a-postgres-superuser"
+    assert spec.postgres.ssl_mode == "require"
 
 
 @pytest.mark.parametrize("spec, field", [
@@ -51,14 +53,14 @@ def test_cloudnativepg_is_reached_through_its_rw_service_with_its_superuser_secr
      "spec.postgres.tuning.maxConnections"),
 ])
 def test_invalid_managed_specs_name_the_field(spec, field):
-    with pytest.raises(api.SpecError) as raised:
-        api.parse("ml", "team-a", spec)
+    with pytest.raises(SpecError) as raised:
+        parsing.parse("ml", "team-a", spec)
     assert raised.value.field == field
 
 
 def test_a_managed_backend_name_leaves_room_for_the_statefulset_revision_label():
     parse(name="a" * 43)
-    with pytest.raises(api.SpecError) as raised:
+    with pytest.raises(SpecError) as raised:
         parse(name="a" * 44)
     assert raised.value.field == "metadata.name"
 
@@ -211,7 +213,7 @@ MANAGED_FIELDS = ("engine", "version", "image", "port", "instances", "storage", 
 @settings(max_examples=300, deadline=None, derandomize=True, database=None,
           suppress_health_check=[HealthCheck.too_slow])
 @given(edits=st.lists(st.tuples(st.sampled_from(MANAGED_FIELDS), json_values), min_size=1, max_size=3),
-       engine=st.sampled_from(api.ENGINES))
+       engine=st.sampled_from(ENGINES))
 def test_any_managed_value_parses_or_is_refused_naming_the_field(edits, engine):
     managed_spec: dict = {"engine": engine}
     for path, value in edits:
@@ -224,10 +226,10 @@ def test_any_managed_value_parses_or_is_refused_naming_the_field(edits, engine):
         node[last] = value
     try:
         parsed = parse(managed_spec)
-    except api.SpecError as error:
+    except SpecError as error:
         assert error.field.startswith("spec.postgres"), error.field
         assert str(error).startswith(f"{error.field}: ")
     else:
-        assert parsed.managed is not None and parsed.server.host.endswith(".ml.svc")
-        managed.statefulset(parsed, OWNER, {}) if parsed.managed.engine == api.ENGINE_STATEFULSET \
+        assert parsed.managed is not None and parsed.postgres.host.endswith(".ml.svc")
+        managed.statefulset(parsed, OWNER, {}) if parsed.managed.engine == ENGINE_STATEFULSET \
             else managed.cnpg_cluster(parsed, OWNER, {})

@@ -8,10 +8,13 @@ import re
 from urllib.parse import quote
 
 import pytest
+from helpers import deep_merge
 from sqlalchemy.engine import make_url
 
-from trackop import api, manifests
-from helpers import deep_merge
+from trackop import manifests
+from trackop.api.names import migration_job_name
+from trackop.api.parsing import parse
+from trackop.api.v1alpha1 import BackendSpec, SpecError
 
 OWNER = {
     "apiVersion": "trackop.dev/v1alpha1",
@@ -23,9 +26,9 @@ _LABEL_VALUE = re.compile(r"(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?")
 _DNS1123_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
 
 
-def make_spec(overrides: dict | None = None, namespace: str = "ml-platform", name: str = "team-a") -> api.BackendSpec:
+def make_spec(overrides: dict | None = None, namespace: str = "ml-platform", name: str = "team-a") -> BackendSpec:
     spec = {"postgres": {"external": {"host": "pg.db.svc", "adminSecretRef": {"name": "pg-admin"}}}}
-    return api.parse(namespace, name, deep_merge(spec, copy.deepcopy(overrides or {})))
+    return parse(namespace, name, deep_merge(spec, copy.deepcopy(overrides or {})))
 
 
 SPEC = make_spec()
@@ -151,7 +154,7 @@ def test_label_values_are_valid_for_a_long_backend_name(name):
 
 
 def test_a_backend_name_too_long_for_labels_never_reaches_the_manifests():
-    with pytest.raises(api.SpecError) as info:
+    with pytest.raises(SpecError) as info:
         make_spec(name="n" * 46)
     assert info.value.field == "metadata.name"
 
@@ -170,7 +173,7 @@ def _container(job: dict) -> dict:
 def test_migration_job_runs_mlflow_db_upgrade_from_the_secret():
     job = manifests.migration_job(JOB_SPEC, OWNER)
     assert job["apiVersion"] == "batch/v1" and job["kind"] == "Job"
-    assert job["metadata"]["name"] == api.migration_job_name("team-a", "3.17.2 ghcr.io/mlflow/mlflow:v3.17.2")
+    assert job["metadata"]["name"] == migration_job_name("team-a", "3.17.2 ghcr.io/mlflow/mlflow:v3.17.2")
     assert job["metadata"]["name"] == JOB_SPEC.migration_job
     assert job["metadata"]["namespace"] == "ml-platform"
     assert job["metadata"]["labels"]["trackop.dev/mlflow-version"] == "3.17.2"

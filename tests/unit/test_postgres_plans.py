@@ -8,7 +8,9 @@ import dataclasses
 import psycopg
 import pytest
 
-from trackop import api, postgres
+from trackop import postgres
+from trackop.api.parsing import parse
+from trackop.api.v1alpha1 import BackendSpec
 from trackop.postgres import AdminPrivileges, DatabaseState, RoleState
 
 VERIFIER = "SCRAM-SHA-256$4096:c2FsdA==$c3RvcmVk:c2VydmVy"
@@ -16,12 +18,12 @@ SUPERUSER = AdminPrivileges(superuser=True, createdb=True, createrole=True)
 CREATOR = AdminPrivileges(superuser=False, createdb=True, createrole=True)
 
 
-def make_spec(overrides: dict | None = None, namespace: str = "ml-platform", name: str = "team-a") -> api.BackendSpec:
+def make_spec(overrides: dict | None = None, namespace: str = "ml-platform", name: str = "team-a") -> BackendSpec:
     spec = {"postgres": {"external": {"host": "pg.db.svc", "adminSecretRef": {"name": "pg-admin"}},
                          "database": "mlflow_team_a", "role": "mlflow_team_a"}}
     for key, value in (overrides or {}).items():
         spec["postgres"][key] = copy.deepcopy(value)
-    return api.parse(namespace, name, spec)
+    return parse(namespace, name, spec)
 
 
 SPEC = make_spec()
@@ -341,14 +343,14 @@ def test_check_admin_names_what_is_missing(createdb, createrole, named, not_name
 
 # ---- classify_connect_error --------------------------------------------------------------
 
-SERVER = SPEC.server
+SERVER = SPEC.postgres
 
 
 def test_password_failure_is_an_auth_error():
     exc = psycopg.OperationalError('connection failed: connection to server at "10.0.0.1", port 5432 failed: '
                                    'FATAL:  password authentication failed for user "admin"')
     err = postgres.classify_connect_error(exc, SERVER, "admin", "postgres")
-    assert isinstance(err, postgres.AdminAuthFailed)
+    assert isinstance(err, postgres.PasswordRejected)
     assert "pg.db.svc:5432" in err.message and "'admin'" in err.message
 
 
@@ -389,7 +391,7 @@ def test_another_database_missing_is_not_taken_for_ours():
 @pytest.mark.parametrize("sqlstate", ["28P01", "28000"])
 def test_auth_sqlstates_are_auth_errors(sqlstate):
     exc = _with_sqlstate(psycopg.OperationalError("connection failed: FATAL:  nope"), sqlstate)
-    assert isinstance(postgres.classify_connect_error(exc, SERVER, "admin", "postgres"), postgres.AdminAuthFailed)
+    assert isinstance(postgres.classify_connect_error(exc, SERVER, "admin", "postgres"), postgres.PasswordRejected)
 
 
 def test_unreachable_server_keeps_a_detail():

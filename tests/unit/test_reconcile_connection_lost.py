@@ -7,7 +7,8 @@ from __future__ import annotations
 import psycopg
 import pytest
 
-from trackop import api, postgres
+from trackop import postgres
+from trackop.api.parsing import parse
 from trackop.reconcile import Reconciler, StepFailed
 
 SPEC = {"postgres": {"external": {"host": "db.example", "port": 5432, "adminSecretRef": {"name": "pg-admin"}}}}
@@ -60,7 +61,7 @@ def broken(monkeypatch):
 
 
 def test_a_lost_session_is_a_server_unreachable_condition(broken):
-    outcome = Reconciler(FakeKube()).reconcile(api.parse("ns", "team", SPEC), OWNER, {})
+    outcome = Reconciler(FakeKube()).reconcile(parse("ns", "team", SPEC), OWNER, {})
     assert not outcome.ready and outcome.retry_after == 15
     failed = {c.type: c for c in outcome.conditions}
     assert failed["DatabaseReady"].status == "False" and failed["DatabaseReady"].reason == "ServerUnreachable"
@@ -71,7 +72,7 @@ def test_a_lost_session_is_a_server_unreachable_condition(broken):
 
 
 def test_a_lost_session_while_deleting_is_retried(broken):
-    spec = api.parse("ns", "team", {**SPEC, "deletionPolicy": "Delete"})
+    spec = parse("ns", "team", {**SPEC, "deletionPolicy": "Delete"})
     with pytest.raises(StepFailed) as failure:
         Reconciler(FakeKube()).delete(spec, OWNER)
     assert failure.value.reason == "ServerUnreachable" and failure.value.retry_after == 15

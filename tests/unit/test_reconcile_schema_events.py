@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from trackop import api, schema
+from trackop import schema
+from trackop.api.parsing import parse
 from trackop.reconcile import Reconciler, _Context
 
 SPEC = {"postgres": {"external": {"host": "db.example", "port": 5432, "adminSecretRef": {"name": "pg-admin"}}}}
@@ -10,7 +11,7 @@ SPEC = {"postgres": {"external": {"host": "db.example", "port": 5432, "adminSecr
 
 def _run_schema(monkeypatch, result: schema.MigrationResult) -> _Context:
     monkeypatch.setattr(schema, "migrate", lambda url, **_: result)
-    ctx = _Context(api.parse("ns", "team", SPEC), {"metadata": {"uid": "u"}}, {})
+    ctx = _Context(parse("ns", "team", SPEC), {"metadata": {"uid": "u"}}, {})
     revision, _ = Reconciler(kube=None)._schema(ctx, "pw", current=None)
     assert revision == result.after
     return ctx

@@ -7,7 +7,8 @@ from __future__ import annotations
 import pytest
 from kubernetes.client import ApiException
 
-from trackop import api, manifests
+from trackop import manifests
+from trackop.api.parsing import parse
 from trackop.reconcile import Reconciler, _Context
 
 SPEC = {"postgres": {"external": {"host": "db.example", "port": 5432, "adminSecretRef": {"name": "pg-admin"}}}}
@@ -30,7 +31,7 @@ class RacingKube:
     def create_secret(self, body):
         if self.winner is None:
             raise ApiException(status=409, reason="Conflict")
-        spec = api.parse("ns", "team", SPEC)
+        spec = parse("ns", "team", SPEC)
         self.stored = manifests.connection_secret(spec, self.winner, OWNER, None)["stringData"]
         raise ApiException(status=409, reason="Conflict")
 
@@ -40,7 +41,7 @@ class RacingKube:
 
 def test_the_losing_create_adopts_the_winners_password():
     kube = RacingKube(winner="the-password-of-the-other-reconcile")
-    ctx = _Context(api.parse("ns", "team", SPEC), OWNER, {})
+    ctx = _Context(parse("ns", "team", SPEC), OWNER, {})
     password, data = Reconciler(kube)._password(ctx, None)
     assert password == data["PGPASSWORD"] == "the-password-of-the-other-reconcile"
     assert kube.reads == 2
@@ -48,6 +49,6 @@ def test_the_losing_create_adopts_the_winners_password():
 
 
 def test_a_conflict_that_persists_is_raised_not_looped():
-    ctx = _Context(api.parse("ns", "team", SPEC), OWNER, {})
+    ctx = _Context(parse("ns", "team", SPEC), OWNER, {})
     with pytest.raises(ApiException):
         Reconciler(RacingKube(winner=None))._password(ctx, None)

@@ -8,7 +8,8 @@ import threading
 
 import pytest
 
-from trackop import api
+from trackop.api.parsing import parse
+from trackop.api.v1alpha1 import BackendSpec
 from trackop.reconcile import Reconciler, SharedListing
 
 
@@ -122,8 +123,8 @@ class ListingKube:
         pass
 
 
-def spec(name: str) -> api.BackendSpec:
-    return api.parse("team-a", name, {"postgres": {"external": {"host": "h", "adminSecretRef": {"name": "a"}}},
+def spec(name: str) -> BackendSpec:
+    return parse("team-a", name, {"postgres": {"external": {"host": "h", "adminSecretRef": {"name": "a"}}},
                                       "injection": {"namespaceSelector": {"matchLabels": {"team": "a"}}}})
 
 

@@ -7,14 +7,15 @@ import dataclasses
 
 import pytest
 
-from trackop import api, postgres, reconcile, schema
+from trackop import postgres, reconcile, schema
+from trackop.api.parsing import parse
 from trackop.postgres import AdminPrivileges, TemplateDatabase, TemplateRole, TemplateState, TemplateUnavailable
 from trackop.reconcile import Reconciler, _Context
 
 REV = "1b5f0d9ad7c1"
 SUPERUSER = AdminPrivileges(superuser=True, createdb=True, createrole=True)
 CREATOR = AdminPrivileges(superuser=False, createdb=True, createrole=True)
-SPEC = api.parse("ml-platform", "team-a", {"postgres": {
+SPEC = parse("ml-platform", "team-a", {"postgres": {
     "external": {"host": "pg.db.svc", "adminSecretRef": {"name": "pg-admin"}},
     "database": "mlflow_team_a", "role": "mlflow_team_a"}})
 
@@ -198,7 +199,7 @@ def test_the_handover_reassigns_from_the_template_role_to_the_backends_role():
 
 
 def test_identifiers_with_quotes_stay_identifiers():
-    odd = api.parse("ns", "odd", {"postgres": {"external": {"host": "h", "adminSecretRef": {"name": "a"}},
+    odd = parse("ns", "odd", {"postgres": {"external": {"host": "h", "adminSecretRef": {"name": "a"}},
                                                "database": "db_x", "role": "role_x"}})
     assert '"db_x"' in postgres.plan_clone(odd, 'tmpl"x').query.as_string(None)
     assert '"tmpl""x"' in postgres.plan_clone(odd, 'tmpl"x').query.as_string(None)
@@ -217,13 +218,13 @@ def test_the_lock_key_is_a_signed_64_bit_integer_apart_from_the_migration_lock()
     ({"mlflowVersion": "3.1.0"}, False),
 ])
 def test_only_inline_backends_of_the_bundled_mlflow_clone(schema_spec, clones):
-    spec = api.parse("ns", "b", {"postgres": {"external": {"host": "h", "adminSecretRef": {"name": "a"}}},
+    spec = parse("ns", "b", {"postgres": {"external": {"host": "h", "adminSecretRef": {"name": "a"}}},
                                  "schema": schema_spec})
     assert Reconciler._clones(spec) is clones
 
 
 def test_a_managed_server_migrates_its_one_database_in_place():
-    spec = api.parse("ns", "b", {"postgres": {"managed": {}}})
+    spec = parse("ns", "b", {"postgres": {"managed": {}}})
     assert Reconciler._clones(spec) is False
 
 

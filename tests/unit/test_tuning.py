@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from trackop import tuning
-from trackop.tuning import ConnectionBudget, TuningError, TuningSpec
+from trackop.api import connections, tuning
+from trackop.api.connections import ConnectionBudget
+from trackop.api.tuning import TuningError, TuningSpec
 
 GiB = 1024**3
 MB = 1024
@@ -315,28 +316,28 @@ def test_connection_limit_defaults_to_none():
 # --- connection budget -------------------------------------------------------------------
 
 def test_constants():
-    assert tuning.MIGRATION_CONNECTIONS == 2
-    assert tuning.OPERATOR_RESERVE == 2
+    assert connections.MIGRATION_CONNECTIONS == 2
+    assert connections.OPERATOR_RESERVE == 2
 
 
 def test_required_connections_breakdown():
     spec = tuning.parse_tuning({"pool": {"size": 2, "maxOverflow": 3}, "expectedClients": 4})
     # server: 2 replicas * 3 workers * 2 engines (tracking + registry) * (2 + 3)
-    assert tuning.required_connections(spec, 2, 3) == {
+    assert connections.required_connections(spec, 2, 3) == {
         "server": 60, "clients": 20, "migration": 2, "reserve": 2}
 
 
 def test_required_connections_defaults_and_zero_replicas():
     spec = tuning.parse_tuning(None)
-    assert tuning.required_connections(spec, 0, 4) == {
+    assert connections.required_connections(spec, 0, 4) == {
         "server": 0, "clients": 0, "migration": 2, "reserve": 2}
-    assert tuning.required_connections(spec, 1, 1)["server"] == 10
+    assert connections.required_connections(spec, 1, 1)["server"] == 10
 
 
 def test_max_overflow_zero_counts_as_sqlalchemy_default():
     # MLflow passes max_overflow only when non-zero, so 0 leaves SQLAlchemy's 10.
     spec = tuning.parse_tuning({"pool": {"size": 1, "maxOverflow": 0}, "expectedClients": 1})
-    assert tuning.required_connections(spec, 1, 1) == {
+    assert connections.required_connections(spec, 1, 1) == {
         "server": 22, "clients": 11, "migration": 2, "reserve": 2}
 
 
@@ -344,7 +345,7 @@ def budget(spec=None, replicas=1, workers=1, **kw) -> ConnectionBudget:
     args = dict(database_limit=-1, role_limit=-1, server_max_connections=100,
                 reserved_slots=3, used_by_others=0)
     args.update(kw)
-    return tuning.connection_budget(spec or tuning.parse_tuning(None), replicas, workers, **args)
+    return connections.connection_budget(spec or tuning.parse_tuning(None), replicas, workers, **args)
 
 
 def test_budget_server_term_only_when_limits_are_minus_one():
@@ -403,8 +404,8 @@ def test_pool_env_names_are_the_ones_mlflow_reads():
     assert re.search(r"if pool_max_overflow:\s*\n\s*kwargs\[\"max_overflow\"\]", utils)
 
 
-def test_module_docstring_documents_the_formulas():
-    doc = tuning.__doc__ or ""
+def test_module_docstrings_document_the_formulas():
+    doc = (tuning.__doc__ or "") + (connections.__doc__ or "")
     for text in ("RAM / 4", "RAM * 3 / 4", "min(RAM / 16, 2GB)",
                  "(RAM - shared_buffers) / (3 * max_connections)", "replicas * workers",
                  "expectedClients * per_process", "64kB", "262143"):

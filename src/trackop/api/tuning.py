@@ -1,7 +1,7 @@
-"""PostgreSQL tuning and the connection budget for an MLflow tracking database (pure).
+"""``spec.postgres.tuning``: its typed form, parsing, units and derived settings (pure).
 
-Everything here is a pure function of ``spec.postgres.tuning`` (and, for the budget,
-numbers the caller read from the server): no I/O, no Kubernetes, no PostgreSQL.
+Everything here is a pure function of ``spec.postgres.tuning``: no I/O, no Kubernetes,
+no PostgreSQL. The connection budget is in ``budget.py``.
 
 Units
 -----
@@ -59,26 +59,6 @@ are stored in 8kB pages, so an unaligned value would read back differently from
 limits above. Example, ``serverMemory: 8Gi``: ``shared_buffers = 2GB``,
 ``effective_cache_size = 6GB``, ``maintenance_work_mem = 512MB``,
 ``work_mem = (8GiB - 2GiB) / 300 = 20971kB``, rounded down to ``20MB``.
-
-Connection budget
------------------
-One process using MLflow's SQLAlchemy store holds at most
-``per_process = pool.size + overflow`` connections per engine, where ``overflow`` is
-``pool.maxOverflow``, except that 0 counts as 10: MLflow 3.17 passes
-``MLFLOW_SQLALCHEMYSTORE_MAX_OVERFLOW`` to SQLAlchemy only when it is non-zero, so 0
-leaves SQLAlchemy's default of 10. Each MLflow server worker opens two engines (the
-tracking store and the model registry store each keep their own pool). So:
-
-* ``server    = replicas * workers * 2 * per_process``
-* ``clients   = expectedClients * per_process`` (clients using the database directly)
-* ``migration = 2`` (the operator's in-process migration: Alembic's engine plus its
-  advisory-lock session)
-* ``reserve   = 2`` (the operator's own checks: admin session and role login)
-
-``required`` is their sum. The ``limit`` is the smallest of the database's connection
-limit, the role's connection limit (either ignored when -1, meaning none) and
-``max_connections - superuser/reserved slots - connections used by others``.
-The budget holds when ``required <= limit``.
 """
 
 from __future__ import annotations
@@ -86,24 +66,38 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from dataclasses import field as dataclass_field
 from fractions import Fraction
 from typing import Any
 
-from . import conditions as cond
-
 FIELD_PREFIX = "spec.postgres.tuning"
 
+
 SCOPE_DATABASE = "Database"
+
+
 SCOPE_SERVER = "Server"
+
+
 SCOPES = (SCOPE_DATABASE, SCOPE_SERVER)
 
+
 KB = 1
+
+
 MB = 1024
+
+
 GB = 1024 * MB
+
+
 TB = 1024 * GB
+
+
 PG_INT_MAX = 2147483647  # PostgreSQL GUCs are C ints: the kB value must fit
+
+
 BLOCK_KB = 8  # PostgreSQL's page size; shared_buffers/effective_cache_size count pages
+
 
 # (minimum kB, maximum kB), PostgreSQL 15's own bounds; the block-counted ones
 # have a larger theoretical maximum, but a kB value still has to fit an int.
@@ -113,32 +107,51 @@ MEMORY_LIMITS_KB: dict[str, tuple[int, int]] = {
     "shared_buffers": (128, min(PG_INT_MAX, (2**30 - 1) * BLOCK_KB)),
     "effective_cache_size": (BLOCK_KB, PG_INT_MAX),
 }
+
+
 MAX_CONNECTIONS_RANGE = (1, 262143)
+
+
 POOL_SIZE_RANGE = (1, 100)
+
+
 MAX_OVERFLOW_RANGE = (0, 100)
+
+
 EXPECTED_CLIENTS_RANGE = (0, 100000)
 
+
 DEFAULT_MAX_CONNECTIONS = 100  # PostgreSQL's default, used when none is given
+
+
 DEFAULT_POOL_SIZE = 2
+
+
 DEFAULT_MAX_OVERFLOW = 3
+
+
 MAINTENANCE_WORK_MEM_CAP_KB = 2 * GB
 
-MIGRATION_CONNECTIONS = 2  # the in-process migration: the Alembic engine plus its advisory-lock session
-OPERATOR_RESERVE = 2  # the operator's own checks (admin session + role login)
-# MLflow's server builds one engine (one pool) for the tracking store and another for
-# the model registry store in every worker (initialize_backend_stores).
-ENGINES_PER_SERVER_WORKER = 2
-# SQLAlchemy QueuePool's default max_overflow, which applies when MLflow drops a 0.
-SQLALCHEMY_DEFAULT_MAX_OVERFLOW = 10
 
 POOL_SIZE_ENV = "MLFLOW_SQLALCHEMYSTORE_POOL_SIZE"
+
+
 MAX_OVERFLOW_ENV = "MLFLOW_SQLALCHEMYSTORE_MAX_OVERFLOW"
 
+
 _MAX_LENGTH = 64  # longer than any sensible size; keeps int()/Fraction() from choking
+
+
 _PG_UNITS_KB = {"kB": KB, "MB": MB, "GB": GB, "TB": TB}
+
+
 # [0-9], not \d: \d also matches non-ASCII digits, which int() would accept.
 _PG_MEMORY_RE = re.compile(r"([0-9]+)(kB|MB|GB|TB)")
+
+
 _QUANTITY_RE = re.compile(r"\+?([0-9]+(?:\.[0-9]*)?|\.[0-9]+)(Ki|Mi|Gi|Ti|Pi|Ei|k|M|G|T|P|E|)")
+
+
 _QUANTITY_FACTORS = {
     "": 1,
     "Ki": 1024, "Mi": 1024**2, "Gi": 1024**3, "Ti": 1024**4, "Pi": 1024**5, "Ei": 1024**6,
@@ -377,82 +390,6 @@ def connection_limit(spec: TuningSpec) -> int:
     return -1
 
 
-@dataclass(frozen=True)
-class ConnectionBudget:
-    """Connections the tracking setup needs against the tightest limit it is under.
-
-    ``limit`` is the configured one (database, role, or max_connections minus reserved
-    slots): it goes into status, so it must not move with other sessions, or every drift
-    check would write status. ``available`` also subtracts other databases' sessions now:
-    the verdict uses it."""
-
-    required: int
-    limit: int | None  # None: unknown
-    breakdown: dict[str, int] = dataclass_field(default_factory=dict)  # server, clients, migration, reserve
-    available: int | None = None  # None: the same as limit
-
-    @property
-    def within(self) -> bool:
-        """True when the limit is unknown or what is available now is not exceeded."""
-        headroom = self.limit if self.available is None else self.available
-        return headroom is None or self.required <= headroom
-
-
-def _per_process(spec: TuningSpec) -> int:
-    # MLflow ignores a max_overflow of 0 (falsy), leaving SQLAlchemy's default of 10.
-    overflow = spec.max_overflow or SQLALCHEMY_DEFAULT_MAX_OVERFLOW
-    return spec.pool_size + overflow
-
-
-def required_connections(spec: TuningSpec, server_replicas: int, server_workers: int) -> dict[str, int]:
-    """Peak connections by source: ``server``, ``clients``, ``migration``, ``reserve``."""
-    per_process = _per_process(spec)
-    return {
-        "server": server_replicas * server_workers * ENGINES_PER_SERVER_WORKER * per_process,
-        "clients": spec.expected_clients * per_process,
-        "migration": MIGRATION_CONNECTIONS,
-        "reserve": OPERATOR_RESERVE,
-    }
-
-
-def connection_budget(spec: TuningSpec, server_replicas: int, server_workers: int, *,
-                      database_limit: int, role_limit: int, server_max_connections: int | None,
-                      reserved_slots: int, used_by_others: int) -> ConnectionBudget:
-    """Required connections against the smallest applicable limit (-1 limits are ignored).
-
-    ``server_max_connections`` of None (unknown) leaves the server-wide term out.
-    """
-    breakdown = required_connections(spec, server_replicas, server_workers)
-    configured = [lim for lim in (database_limit, role_limit) if lim >= 0]
-    now = list(configured)
-    if server_max_connections is not None:
-        # Superuser/reserved slots are never ours; other databases' sessions not at the moment.
-        configured.append(server_max_connections - reserved_slots)
-        now.append(server_max_connections - reserved_slots - used_by_others)
-    return ConnectionBudget(
-        required=sum(breakdown.values()),
-        limit=min(configured) if configured else None,
-        breakdown=breakdown,
-        available=min(now) if now else None,
-    )
-
-
 def pool_env(spec: TuningSpec) -> dict[str, str]:
     """Environment for MLflow's SQLAlchemy pool (names read by mlflow.store.db.utils)."""
     return {POOL_SIZE_ENV: str(spec.pool_size), MAX_OVERFLOW_ENV: str(spec.max_overflow)}
-
-
-def budget_condition(budget: ConnectionBudget) -> cond.Condition:
-    """The ConnectionBudget condition (the full reconcile writes it; the drift check
-    recomputes it from its snapshot and compares)."""
-    parts = ", ".join(f"{k} {v}" for k, v in budget.breakdown.items())
-    if budget.within:
-        return cond.Condition(cond.CONNECTION_BUDGET, "True", "WithinLimit",
-                              f"needs {budget.required} connections ({parts}) of {budget.limit}")
-    others = "" if budget.available in (None, budget.limit) else \
-        f" ({budget.limit - budget.available} of the limit {budget.limit} in use by other sessions)"
-    return cond.Condition(cond.CONNECTION_BUDGET, "False", "OverBudget",
-                          f"may need {budget.required} connections ({parts}) but only "
-                          f"{budget.available if budget.available is not None else budget.limit} are "
-                          f"available{others}: lower server replicas, workers, pool or expectedClients, or "
-                          "raise the limit, before clients fail with 'too many connections'")

@@ -1,263 +1,54 @@
-"""Typed view of a ``TrackingBackend``: spec parsing, defaults and derived names (pure).
+"""``parse``: a ``TrackingBackend``'s spec in, its typed view out, with defaults (pure).
 
-The CRD's schema is the first line of validation; this module checks again, so an
-object that reached the operator some other way (an older CRD, a direct etcd write)
-still cannot smuggle an unsafe identifier into SQL.
+The CRD's schema is the first line of validation; parsing checks again (through
+``validation``), so an object that reached the operator some other way (an older CRD, a
+direct etcd write) still cannot smuggle an unsafe identifier into SQL.
 """
 
 from __future__ import annotations
 
-import hashlib
-import ipaddress
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Any
 
-from .tuning import TuningError, TuningSpec, parse_tuning
+from .names import default_database_name
+from .tuning import TuningError, parse_tuning
+from .v1alpha1 import (
+    DEFAULT_MLFLOW_VERSION,
+    DEFAULT_POSTGRES_VERSION,
+    DEFAULT_STORAGE_SIZE,
+    DELETION_POLICIES,
+    DRIVERS,
+    ENGINE_CNPG,
+    ENGINE_STATEFULSET,
+    ENGINES,
+    INJECTION_MODES,
+    MANAGED_SUFFIX,
+    MAX_MANAGED_BACKEND_NAME,
+    MIGRATION_MODES,
+    SSL_MODES,
+    SUPERUSER_RESERVED_CONNECTIONS,
+    ArtifactStore,
+    BackendSpec,
+    ManagedServer,
+    PostgresEndpoint,
+    SecretRef,
+    SpecError,
+    TrackingServerSpec,
+)
+from .validation import (
+    _RESERVED_DATABASES,
+    _RESERVED_ROLES,
+    check_backend_name,
+    check_host,
+    check_identifier,
+)
 
-GROUP = "trackop.dev"
-VERSION = "v1alpha1"
-PLURAL = "trackingbackends"
-KIND = "TrackingBackend"
-
-DEFAULT_MLFLOW_VERSION = "3.17.2"
-MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
-BACKEND_LABEL = "trackop.dev/backend"
-MANAGED_BY = "trackop"
-
-SSL_MODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
-DRIVERS = {"psycopg": "postgresql+psycopg", "psycopg2": "postgresql+psycopg2"}
-MIGRATION_MODES = ("Inline", "Job")
-DELETION_POLICIES = ("Retain", "Delete")
-INJECTION_MODES = ("Server", "Direct")
-ENGINE_STATEFULSET = "StatefulSet"
-ENGINE_CNPG = "CloudNativePG"
-ENGINES = (ENGINE_STATEFULSET, ENGINE_CNPG)
-DEFAULT_POSTGRES_VERSION = "17"
-DEFAULT_STORAGE_SIZE = "10Gi"
-# PostgreSQL's own default, which trackop does not change on the servers it deploys: a
-# max_connections at or below it leaves no slot for anyone but a superuser, and the
-# server refuses to start at all.
-SUPERUSER_RESERVED_CONNECTIONS = 3
-
-# PostgreSQL's NAMEDATALEN is 64: identifiers are at most 63 bytes.
-MAX_IDENTIFIER = 63
-_IDENTIFIER = re.compile(r"[a-z_][a-z0-9_]*")
-_RESERVED_DATABASES = frozenset({"postgres", "template0", "template1"})
-_RESERVED_ROLES = frozenset({"postgres", "public", "current_user", "session_user", "current_role", "none"})
-_HOST_NAME = re.compile(r"[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?")
 _VERSION = re.compile(r"[0-9]+\.[0-9]+\.[0-9]+")
-# The backend's name is part of Service, Job and label values: a DNS-1035 label with room
-# for the suffixes trackop adds ("-mlflow", "-migrate-<hash>").
-MAX_BACKEND_NAME = 45
-_BACKEND_NAME = re.compile(r"[a-z]([-a-z0-9]*[a-z0-9])?")
-# A managed server's StatefulSet is "<name>-postgres"; the StatefulSet controller labels its
-# pods with "<statefulset>-<10-character hash>", which must fit a 63-character label value.
-MAX_MANAGED_BACKEND_NAME = 43
-MANAGED_SUFFIX = "-postgres"
+
 _MAJOR_VERSION = re.compile(r"[0-9]{2}")
+
 _QUANTITY = re.compile(r"[0-9]+(\.[0-9]+)?(Ki|Mi|Gi|Ti|Pi|Ei|k|M|G|T|P|E)?")
-
-
-class SpecError(ValueError):
-    """The spec is invalid; ``field`` names the offending path for conditions and events."""
-
-    def __init__(self, field: str, message: str) -> None:
-        super().__init__(f"{field}: {message}")
-        self.field = field
-
-
-@dataclass(frozen=True)
-class SecretRef:
-    name: str
-    key: str
-
-
-@dataclass(frozen=True)
-class ExternalServer:
-    host: str
-    port: int
-    ssl_mode: str
-    admin_secret: str
-    connect_timeout: int
-
-
-@dataclass(frozen=True)
-class ManagedServer:
-    """``spec.postgres.managed``: a PostgreSQL server trackop deploys for this backend alone."""
-
-    engine: str                          # StatefulSet | CloudNativePG
-    name: str                            # StatefulSet/Service/Secret, or the CNPG Cluster: <backend>-postgres
-    version: str                         # PostgreSQL major version, "17"
-    image: str
-    port: int
-    instances: int                       # always 1 for StatefulSet
-    storage_size: str
-    storage_class: str | None
-    resources: Mapping[str, Any] | None
-
-    @property
-    def service(self) -> str:
-        """The Service clients reach the server (CloudNativePG: the primary) through."""
-        return f"{self.name}-rw" if self.engine == ENGINE_CNPG else self.name
-
-    @property
-    def superuser_secret(self) -> str:
-        """The Secret with the superuser's username and password (CloudNativePG makes its own)."""
-        return f"{self.name}-superuser" if self.engine == ENGINE_CNPG else self.name
-
-
-@dataclass(frozen=True)
-class ArtifactStore:
-    """``spec.artifacts``: one bucket (S3, GCS) or container (Azure) and a prefix."""
-
-    kind: str                           # "s3" | "gcs" | "azure"
-    bucket: str                         # the Azure container for azure
-    prefix: str
-    endpoint: str | None                # S3-compatible stores, emulators, private endpoints
-    create: bool                        # createBucket / createContainer
-    credentials_secret: str | None
-    credential_keys: tuple[str, ...]    # s3: access key id, secret key; gcs: key JSON; azure: account key
-    region: str = "us-east-1"           # s3
-    project: str | None = None          # gcs
-    account: str | None = None          # azure
-
-    @property
-    def field(self) -> str:
-        return f"spec.artifacts.{self.kind}"
-
-    @property
-    def uri(self) -> str:
-        """The artifact root in the form MLflow's artifact repository for the store parses."""
-        base = {
-            "s3": f"s3://{self.bucket}",
-            "gcs": f"gs://{self.bucket}",
-            "azure": f"wasbs://{self.bucket}@{self.account}.blob.core.windows.net",
-        }[self.kind]
-        return f"{base}/{self.prefix}" if self.prefix else base
-
-
-@dataclass(frozen=True)
-class ServerSpec:
-    enabled: bool
-    replicas: int
-    workers: int
-    image: str
-    port: int
-    serve_artifacts: bool
-    service_account: str | None
-    allowed_hosts: tuple[str, ...]
-    resources: Mapping[str, Any] | None
-
-
-@dataclass(frozen=True)
-class BackendSpec:
-    namespace: str
-    name: str
-    server: ExternalServer
-    database: str
-    role: str
-    password_secret: SecretRef | None
-    driver: str
-    mlflow_version: str
-    migration: str
-    migration_image: str
-    deletion_policy: str
-    tuning: "TuningSpec | None" = None
-    artifacts: ArtifactStore | None = None
-    tracking_server: ServerSpec | None = None  # None: no tracking server
-    injection_mode: str = "Direct"
-    # spec.injection.namespaceSelector: other namespaces whose pods may be injected.
-    namespace_selector: Mapping[str, Any] | None = None
-    # spec.postgres.managed: trackop deploys the server; ``server`` is then its Service.
-    managed: ManagedServer | None = None
-
-    @property
-    def effective_tuning(self) -> TuningSpec:
-        """``spec.postgres.tuning``, or its defaults (pool sizes) when none is given."""
-        return self.tuning or parse_tuning(None)
-
-    @property
-    def server_name(self) -> str:
-        """The tracking server's Deployment and Service."""
-        return f"{self.name}-mlflow"
-
-    @property
-    def tracking_server_uri(self) -> str | None:
-        if self.tracking_server is None:
-            return None
-        return f"http://{self.server_name}.{self.namespace}.svc:{self.tracking_server.port}"
-
-    @property
-    def owner_marker(self) -> str:
-        """The comment trackop puts on the role and database it made, to recognise them later."""
-        return f"managed by trackop for TrackingBackend {self.namespace}/{self.name}"
-
-    @property
-    def connection_secret(self) -> str:
-        return connection_secret_name(self.name)
-
-    @property
-    def migration_job(self) -> str:
-        # A new MLflow version or image gets a new Job; a failed one stays for its logs.
-        return migration_job_name(self.name, f"{self.mlflow_version} {self.migration_image}")
-
-    @property
-    def url_scheme(self) -> str:
-        return DRIVERS[self.driver]
-
-
-def connection_secret_name(backend_name: str) -> str:
-    return f"{backend_name}-mlflow"
-
-
-def migration_job_name(backend_name: str, migration_key: str) -> str:
-    """``<name>-migrate-<hash>``: one Job per backend and MLflow version (and image)."""
-    digest = hashlib.sha256(f"{backend_name}\0{migration_key}".encode()).hexdigest()[:8]
-    return f"{backend_name}-migrate-{digest}"
-
-
-def default_database_name(namespace: str, name: str) -> str:
-    """``mlflow_<namespace>_<name>``, with a hash of the original names whenever the mapping
-    to an identifier loses information ('-' and '.' become '_'), so two backends never
-    derive the same database (``a-b``/``c`` and ``a``/``b-c`` would otherwise)."""
-    base = f"mlflow_{namespace}_{name}"
-    safe = re.sub(r"[^a-z0-9_]", "_", base.lower())
-    if safe == base and len(safe) <= MAX_IDENTIFIER:
-        return safe
-    digest = hashlib.sha256(f"{namespace}/{name}".encode()).hexdigest()[:8]
-    return f"{safe[:MAX_IDENTIFIER - 9]}_{digest}"
-
-
-def check_backend_name(name: str) -> str:
-    if not _BACKEND_NAME.fullmatch(name) or len(name) > MAX_BACKEND_NAME:
-        raise SpecError("metadata.name", f"must be a DNS-1035 label of at most {MAX_BACKEND_NAME} characters "
-                                         "(it names the backend's Service, Secret and Jobs)")
-    return name
-
-
-def check_host(host: object) -> str:
-    """A DNS name or an IP address, never a host:port pair."""
-    if isinstance(host, str) and len(host) <= 253:
-        if _HOST_NAME.fullmatch(host):
-            return host
-        try:
-            ipaddress.ip_address(host)
-            return host
-        except ValueError:
-            pass
-    raise SpecError("spec.postgres.external.host", "must be a host name or an IP address (put the port in port)")
-
-
-def check_identifier(field: str, value: str, reserved: frozenset[str]) -> str:
-    if not isinstance(value, str) or not _IDENTIFIER.fullmatch(value):
-        raise SpecError(field, "must match ^[a-z_][a-z0-9_]*$ (lowercase letters, digits, underscore)")
-    if len(value.encode()) > MAX_IDENTIFIER:
-        raise SpecError(field, f"must be at most {MAX_IDENTIFIER} characters")
-    if value in reserved:
-        raise SpecError(field, f"{value!r} is reserved")
-    return value
 
 
 def _get(mapping: Mapping[str, Any] | None, key: str, default: Any = None) -> Any:
@@ -266,10 +57,6 @@ def _get(mapping: Mapping[str, Any] | None, key: str, default: Any = None) -> An
     value = mapping.get(key)
     return default if value is None else value
 
-
-# The typed getters below refuse a value of the wrong type with a SpecError naming it: a
-# spec that bypassed the CRD's schema must not raise anything else (the handlers and the
-# webhook catch only SpecError).
 
 def _object(mapping: Mapping[str, Any] | None, key: str, field: str) -> Mapping[str, Any] | None:
     value = _get(mapping, key)
@@ -376,7 +163,7 @@ def parse(namespace: str, name: str, spec: Mapping[str, Any]) -> BackendSpec:
     return BackendSpec(
         namespace=namespace,
         name=name,
-        server=server,
+        postgres=server,
         database=database,
         role=role,
         password_secret=password_secret,
@@ -394,7 +181,7 @@ def parse(namespace: str, name: str, spec: Mapping[str, Any]) -> BackendSpec:
     )
 
 
-def _parse_external(external: Mapping[str, Any]) -> ExternalServer:
+def _parse_external(external: Mapping[str, Any]) -> PostgresEndpoint:
     host = check_host(_get(external, "host", ""))
     port = _integer(external, "port", "spec.postgres.external.port", 5432, 1, 65535)
     ssl_mode = _choice(external, "sslMode", "spec.postgres.external.sslMode", "prefer", SSL_MODES)
@@ -404,7 +191,7 @@ def _parse_external(external: Mapping[str, Any]) -> ExternalServer:
         raise SpecError("spec.postgres.external.adminSecretRef.name", "is required")
     connect_timeout = _integer(external, "connectTimeoutSeconds", "spec.postgres.external.connectTimeoutSeconds",
                                5, 1, 60)
-    return ExternalServer(host, port, ssl_mode, admin_secret, connect_timeout)
+    return PostgresEndpoint(host, port, ssl_mode, admin_secret, connect_timeout)
 
 
 def _parse_managed(namespace: str, name: str, managed: Mapping[str, Any]) -> ManagedServer:
@@ -445,10 +232,10 @@ def _parse_managed(namespace: str, name: str, managed: Mapping[str, Any]) -> Man
     )
 
 
-def managed_connection(namespace: str, managed: ManagedServer) -> ExternalServer:
+def managed_connection(namespace: str, managed: ManagedServer) -> PostgresEndpoint:
     """How workloads reach a managed server: its Service's cluster DNS name, as the superuser
     Secret's admin. The deployed image serves no TLS; CloudNativePG serves its own."""
-    return ExternalServer(
+    return PostgresEndpoint(
         host=f"{managed.service}.{namespace}.svc",
         port=managed.port,
         ssl_mode="require" if managed.engine == ENGINE_CNPG else "disable",
@@ -462,6 +249,7 @@ _BUCKET = {
     "gcs": re.compile(r"[a-z0-9][a-z0-9._-]{1,220}[a-z0-9]"),
     "azure": re.compile(r"[a-z0-9]([a-z0-9-]{1,61})[a-z0-9]"),
 }
+
 _DEFAULT_KEYS = {"s3": ("accessKeyId", "secretAccessKey"), "gcs": ("serviceAccountKey",), "azure": ("accountKey",)}
 
 
@@ -511,7 +299,7 @@ def _parse_artifacts(artifacts: Mapping[str, Any]) -> ArtifactStore | None:
     )
 
 
-def _parse_server(server: Mapping[str, Any] | None, mlflow_version: str) -> ServerSpec | None:
+def _parse_server(server: Mapping[str, Any] | None, mlflow_version: str) -> TrackingServerSpec | None:
     if server is None or not _boolean(server, "enabled", "spec.server.enabled", True):
         return None
 
@@ -522,7 +310,7 @@ def _parse_server(server: Mapping[str, Any] | None, mlflow_version: str) -> Serv
     if not isinstance(allowed_hosts, list) or not all(isinstance(host, str) for host in allowed_hosts):
         raise SpecError("spec.server.allowedHosts", "must be a list of strings")
 
-    return ServerSpec(
+    return TrackingServerSpec(
         enabled=True,
         replicas=bounded("replicas", 1, 0, 50),
         workers=bounded("workers", 2, 1, 32),
