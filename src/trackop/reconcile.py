@@ -29,6 +29,7 @@ from .api.v1alpha1 import BACKEND_LABEL, ENGINE_CNPG, MANAGED_BY, MANAGED_BY_LAB
 from .drift import SharedListing
 from .injection import COPY_LABEL, copy_label_value
 from .kube import Kube
+from .redaction import redact
 
 log = logging.getLogger(__name__)
 
@@ -200,7 +201,7 @@ class Reconciler:
             return self._failed(ctx, done, StepFailed(step_type, error.reason, error.message, 15))
 
     def _failed(self, ctx: _Context, done: list[Condition], failure: StepFailed) -> Outcome:
-        message = cond.redact(failure.message, ctx.secrets)
+        message = redact(failure.message, ctx.secrets)
         failed = Condition(failure.condition_type, "False", failure.reason, message)
         waiting = [
             Condition(t, "Unknown", "Waiting", f"waiting for {failure.condition_type}")
@@ -208,7 +209,7 @@ class Reconciler:
             if t != failure.condition_type and t not in {c.type for c in done}
         ]
         ready = Condition(cond.READY, "False", failure.reason, message)
-        events = [(t, r, cond.redact(m, ctx.secrets)) for t, r, m in ctx.events]
+        events = [(t, r, redact(m, ctx.secrets)) for t, r, m in ctx.events]
         # One Warning per new cause, not one per retry; progress is not a warning.
         previous_reason = cond.reason_of(ctx.previous_status.get("conditions"), cond.READY)
         if previous_reason != failure.reason and failure.backoff:
@@ -562,7 +563,7 @@ class Reconciler:
                     "was dropped") from None
             ctx.cloned = (template, time.monotonic() - started)
         except postgres.TemplateUnavailable as why:
-            ctx.not_cloned = cond.redact(why.message, ctx.secrets)
+            ctx.not_cloned = redact(why.message, ctx.secrets)
             log.warning("%s/%s: database %s not cloned from a template, migrated in place instead: %s",
                         spec.namespace, spec.name, spec.database, ctx.not_cloned)
             return None
@@ -610,7 +611,7 @@ class Reconciler:
                     manifests.operator_uri(ctx.reach, admin_user, admin_password, build), role=postgres.TEMPLATE_ROLE)
             except (schema.SchemaMigrationError, schema.SchemaNewerThanTarget) as exc:
                 raise postgres.TemplateUnavailable(
-                    f"building template {name} failed: {cond.redact(str(exc), ctx.secrets)}") from None
+                    f"building template {name} failed: {redact(str(exc), ctx.secrets)}") from None
             with postgres.connect(ctx.reach, admin_user, admin_password, build) as db:
                 postgres.apply(db, postgres.plan_template_schema(open_=False))
                 foreign = postgres.objects_not_owned_by(db, postgres.TEMPLATE_ROLE)
@@ -740,10 +741,10 @@ class Reconciler:
             result = schema.migrate(url)
         except schema.SchemaNewerThanTarget as exc:
             raise StepFailed(cond.SCHEMA_READY, "SchemaNewerThanTarget",
-                             f"{cond.redact(str(exc), ctx.secrets)}: trackop never downgrades; set "
+                             f"{redact(str(exc), ctx.secrets)}: trackop never downgrades; set "
                              "spec.schema.mlflowVersion to the MLflow version that wrote it", 300) from None
         except schema.SchemaMigrationError as exc:
-            raise StepFailed(cond.SCHEMA_READY, "MigrationFailed", cond.redact(str(exc), ctx.secrets), 30) from None
+            raise StepFailed(cond.SCHEMA_READY, "MigrationFailed", redact(str(exc), ctx.secrets), 30) from None
         # Under the advisory lock the revision is read again: another reconcile of the same
         # backend (the drift timer runs beside the handler) may have migrated it meanwhile,
         # and then nothing moved and there is nothing to announce.
@@ -793,7 +794,7 @@ class Reconciler:
                 ctx.did("BucketCreated", summary)
         except artifacts.ArtifactsError as error:
             if error.reason != "NoCredentials" or store.credentials_secret is not None:
-                raise StepFailed(cond.ARTIFACTS_READY, error.reason, cond.redact(error.message, ctx.secrets),
+                raise StepFailed(cond.ARTIFACTS_READY, error.reason, redact(error.message, ctx.secrets),
                                  15) from None
             checked = False  # workload identity: only the server's service account can reach it
         # Direct clients give new experiments a local location unless the database says otherwise.
@@ -857,10 +858,10 @@ class Reconciler:
                 database = postgres.inspect_database(conn, spec.database)
                 summaries = postgres.apply(conn, postgres.plan_drop(spec, role, database))
         except postgres.PostgresError as error:
-            raise StepFailed(cond.READY, error.reason, cond.redact(error.message, ctx.secrets), 15) from None
+            raise StepFailed(cond.READY, error.reason, redact(error.message, ctx.secrets), 15) from None
         except psycopg.OperationalError as exc:
             error = postgres.connection_lost(exc, spec.postgres)
-            raise StepFailed(cond.READY, error.reason, cond.redact(error.message, ctx.secrets), 15) from None
+            raise StepFailed(cond.READY, error.reason, redact(error.message, ctx.secrets), 15) from None
         return [("Normal", "Deleted", s) for s in summaries]
 
     def _delete_managed(self, spec: BackendSpec, owner: Mapping[str, Any]) -> list[tuple[str, str, str]]:

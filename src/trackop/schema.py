@@ -32,8 +32,10 @@ from dataclasses import asdict, dataclass
 from functools import cache
 from pathlib import Path
 from types import ModuleType
-from typing import TYPE_CHECKING, Iterable
+from typing import TYPE_CHECKING
 from urllib.parse import unquote, urlsplit
+
+from .redaction import redact
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
     from sqlalchemy.engine import Engine
@@ -122,16 +124,6 @@ class MigrationResult:
 
 
 # ---------------------------------------------------------------------------- secrets
-
-
-def redact(text: str, secrets: Iterable[str | None]) -> str:
-    """``text`` with every occurrence of each non-empty secret replaced by ``***``.
-
-    Longest secrets first, so a URL is masked whole before the password inside it.
-    """
-    for secret in sorted({s for s in secrets if s}, key=len, reverse=True):
-        text = text.replace(secret, "***")
-    return text
 
 
 def _url_secrets(url: str) -> list[str]:

@@ -1,9 +1,8 @@
-"""trackop.conditions: merging conditions, phases and redaction (pure)."""
+"""trackop.api.conditions: merging conditions and phases (pure)."""
 
 from __future__ import annotations
 
 import re
-from urllib.parse import quote
 
 import pytest
 
@@ -99,35 +98,3 @@ def test_reason_of():
     assert conditions.reason_of(conds, "Ready") == "AdminAuthenticationFailed"
     assert conditions.reason_of(conds, "SchemaReady") is None
     assert conditions.reason_of(None, "Ready") is None
-
-
-# ---- redact ------------------------------------------------------------------------------
-
-def test_redact_raw_and_url_encoded_forms():
-    secret = "p@ss:/w%rd#?&= ü"
-    uri = f"postgresql+psycopg://role:{quote(secret, safe='')}@pg:5432/db"
-    text = f"failed with {secret} via {uri}"
-    redacted = conditions.redact(text, [secret])
-    assert secret not in redacted
-    assert quote(secret, safe="") not in redacted
-    assert redacted == "failed with *** via postgresql+psycopg://role:***@pg:5432/db"
-
-
-def test_redact_several_secrets_and_every_occurrence():
-    text = "alpha1 beta22 alpha1 gamma"
-    assert conditions.redact(text, ["alpha1", "beta22"]) == "*** *** *** gamma"
-
-
-@pytest.mark.parametrize("short", ["", "a", "ab", "abc"])
-def test_redact_ignores_very_short_strings(short):
-    text = "a cat sat on abc mat"
-    assert conditions.redact(text, [short]) == text
-
-
-def test_redact_four_characters_is_enough():
-    assert conditions.redact("token=abcd;", ["abcd"]) == "token=***;"
-
-
-def test_redact_without_secrets_returns_the_text():
-    assert conditions.redact("nothing here", []) == "nothing here"
-    assert conditions.redact("nothing here", ["absent-secret"]) == "nothing here"

@@ -36,13 +36,6 @@ def test_importing_the_module_does_not_import_mlflow_or_alembic():
     assert out.strip() == "[]"
 
 
-def test_redact_masks_every_secret_and_the_longest_first():
-    url = "postgresql+psycopg://r:s3cret@h:5432/db"
-    text = f"failed on {url}; password s3cret; again s3cret"
-    assert schema.redact(text, [None, "", "s3cret", url]) == "failed on ***; password ***; again ***"
-    assert schema.redact("nothing here", ["s3cret"]) == "nothing here"
-
-
 PASSWORD = "p@ss:/w%rd#?x"
 URL = f"postgresql+psycopg://mlflow_a:{quote(PASSWORD, safe='')}@pg.db.svc:5432/mlflow_a?sslmode=require"
 

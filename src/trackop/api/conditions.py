@@ -6,7 +6,6 @@ import datetime as dt
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import quote
 
 READY = "Ready"
 DATABASE_READY = "DatabaseReady"
@@ -63,11 +62,3 @@ def reason_of(conditions: Sequence[Mapping[str, Any]] | None, type_: str) -> str
         if cond.get("type") == type_:
             return cond.get("reason")
     return None
-
-
-def redact(text: str, secrets: Iterable[str]) -> str:
-    """Replace any secret value (and its URL-encoded form) in a message meant for people."""
-    for secret in secrets:
-        if secret and len(secret) >= 4:
-            text = text.replace(secret, "***").replace(quote(secret, safe=""), "***")
-    return text
