@@ -25,13 +25,34 @@ def _custom_patch(custom: client.CustomObjectsApi, group: str, version: str, plu
     return custom.patch_namespaced_custom_object(group, version, namespace, plural, name, body, **kwargs)
 
 
+def _status(exc: client.ApiException) -> dict[str, Any]:
+    """The Status object the API server sent with a refusal ({} when the body is not one)."""
+    try:
+        found = json.loads(exc.body or "{}")
+    except (TypeError, ValueError):
+        return {}
+    return found if isinstance(found, dict) else {}
+
+
+def status_message(exc: client.ApiException) -> str:
+    """The API server's own words for a refused request ("" when it sent none)."""
+    message = _status(exc).get("message")
+    return message if isinstance(message, str) else ""
+
+
+def refusal_message(exc: client.ApiException) -> str:
+    """The API server's own words for a refused request, or its status code and reason."""
+    return status_message(exc) or f"{exc.status} {exc.reason}"
+
+
 def _names_an_object(exc: client.ApiException) -> bool:
     """A 404 about a missing object names it; one about a missing API (a CRD that is not
     installed) does not."""
-    try:
-        return bool(json.loads(exc.body or "{}").get("details", {}).get("name"))
-    except (ValueError, AttributeError):
-        return False
+    details = _status(exc).get("details")
+    return isinstance(details, dict) and bool(details.get("name"))
+
+
+_APPLY = {"field_manager": "trackop", "force": True, "_content_type": "application/apply-patch+yaml"}
 
 
 def _decode(data: Mapping[str, str] | None) -> dict[str, str]:
@@ -107,21 +128,23 @@ class Kube:
             if exc.status != 409:  # made by a previous attempt: fine
                 raise
 
-    # ---- the tracking server ---------------------------------------------------------
-    def apply(self, body: Mapping[str, Any]) -> tuple[bool, Any]:
-        """Server-side apply a Deployment or Service trackop owns: (changed, the object)."""
+    # ---- server-side apply (Deployments, StatefulSets, Services, CloudNativePG Clusters) ----
+    def apply(self, body: Mapping[str, Any]) -> dict[str, Any]:
+        """Server-side apply an object trackop owns: the object as stored, as a plain dict."""
+        _, patch = self._object_calls(body)
         meta = body["metadata"]
-        name, namespace = meta["name"], meta["namespace"]
-        read, patch = self._object_calls(body)
-        try:
-            before = read(name, namespace).metadata.resource_version
-        except client.ApiException as exc:
-            if exc.status != 404:
-                raise
-            before = None
-        after = patch(name, namespace, body, field_manager="trackop", force=True,
-                      _content_type="application/apply-patch+yaml")
-        return after.metadata.resource_version != before, after
+        return self._plain(patch(meta["name"], meta["namespace"], body, **_APPLY))
+
+    def apply_if_changed(self, body: Mapping[str, Any]) -> tuple[bool, dict[str, Any]]:
+        """:meth:`apply`, and whether it changed the object (its resourceVersion moved)."""
+        before = self.version_of(body)
+        after = self.apply(body)
+        return after["metadata"]["resourceVersion"] != before, after
+
+    def version_of(self, body: Mapping[str, Any]) -> str | None:
+        """The resourceVersion of the object named like ``body``, or None if there is none."""
+        found = self.read_object(body)
+        return None if found is None else found["metadata"]["resourceVersion"]
 
     def _object_calls(self, body: Mapping[str, Any]) -> tuple[Callable[..., Any], Callable[..., Any]]:
         """(read(name, namespace), apply(name, namespace, body, **kwargs)) for a kind trackop applies."""
@@ -152,14 +175,6 @@ class Kube:
             if exc.status == 404 and _names_an_object(exc):
                 return None
             raise
-
-    def apply_object(self, body: Mapping[str, Any]) -> dict[str, Any]:
-        """Server-side apply: the object as stored."""
-        _, patch = self._object_calls(body)
-        meta = body["metadata"]
-        after = patch(meta["name"], meta["namespace"], body, field_manager="trackop", force=True,
-                      _content_type="application/apply-patch+yaml")
-        return self._plain(after)
 
     def release_object(self, body: Mapping[str, Any], owner_uid: str) -> bool:
         """Drop ``owner_uid`` from an object's owners so garbage collection keeps it (Retain).
@@ -194,14 +209,6 @@ class Kube:
             if ready and pod.metadata.deletion_timestamp is None and pod.status.pod_ip:
                 return pod.status.pod_ip
         return None
-
-    def read_deployment(self, namespace: str, name: str) -> client.V1Deployment | None:
-        try:
-            return self.apps.read_namespaced_deployment(name, namespace)
-        except client.ApiException as exc:
-            if exc.status == 404:
-                return None
-            raise
 
     # ---- the drift checks' view: resourceVersions only ----------------------------------
     # Metadata-only reads (PartialObjectMetadata): no Secret data crosses the wire, and the
@@ -313,8 +320,7 @@ class Kube:
             "MutatingWebhookConfiguration": admission.patch_mutating_webhook_configuration,
             "ValidatingWebhookConfiguration": admission.patch_validating_webhook_configuration,
         }[body["kind"]]
-        patch(body["metadata"]["name"], body, field_manager="trackop", force=True,
-              _content_type="application/apply-patch+yaml")
+        patch(body["metadata"]["name"], body, **_APPLY)
 
     def post_event(self, namespace: str, involved: Mapping[str, Any], event_type: str, reason: str,
                    message: str) -> None:

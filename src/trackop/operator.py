@@ -7,7 +7,6 @@ which is check-first and so costs one short round of catalog reads on a converge
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import threading
@@ -25,7 +24,7 @@ from .api import conditions as cond
 from .api.parsing import parse
 from .api.v1alpha1 import GROUP, PLURAL, VERSION, BackendSpec, SpecError
 from .injection_service import InjectionService
-from .kube import Kube
+from .kube import Kube, status_message
 from .reconcile import MANAGED_ADDRESS_SERVICE, Outcome, Reconciler, StepFailed, injection_view
 
 DRIFT_INTERVAL = float(os.environ.get("TRACKOP_DRIFT_INTERVAL", "60"))
@@ -112,6 +111,13 @@ def _parse(body: Mapping[str, Any]) -> BackendSpec:
     return parse(meta["namespace"], meta["name"], body.get("spec") or {})
 
 
+def retry_delay(base: float, retry: int, backoff: bool = True) -> float:
+    """Seconds until kopf retries a handler: ``base`` doubled per earlier retry (up to 16x)
+    when backing off, never more than MAX_RETRY_DELAY."""
+    factor = 2 ** min(retry, 4) if backoff else 1
+    return min(base * factor, MAX_RETRY_DELAY)
+
+
 API_RETRY_DELAY = 5.0
 FORBIDDEN_RETRY_DELAY = 15.0
 
@@ -126,10 +132,7 @@ def api_trouble(exc: BaseException) -> kopf.TemporaryError | None:
         return kopf.TemporaryError(f"the Kubernetes API is unreachable ({type(exc).__name__}): retrying",
                                    delay=API_RETRY_DELAY)
     if isinstance(exc, client.ApiException) and exc.status == 403:
-        try:
-            detail = json.loads(exc.body or "{}").get("message", "")
-        except ValueError:
-            detail = ""
+        detail = status_message(exc)
         return kopf.TemporaryError(
             f"the Kubernetes API refused a request (403 Forbidden: {detail[:300] or exc.reason}): the "
             "ServiceAccount lacks a permission the chart's ClusterRole grants, or the API server has "
@@ -203,10 +206,9 @@ def reconcile_backend(body: kopf.Body, status: kopf.Status, patch: kopf.Patch, r
     with _lock_for(body):
         outcome = _run("reconcile", body, status, patch)
     if outcome.retry_after is not None:
-        factor = 2 ** min(retry, 4) if outcome.backoff else 1
-        delay = min(outcome.retry_after * factor, MAX_RETRY_DELAY)
         # The condition already says why; kopf retries this handler after the delay.
-        raise kopf.TemporaryError(outcome.conditions[-1].message, delay=delay)
+        raise kopf.TemporaryError(outcome.conditions[-1].message,
+                                  delay=retry_delay(outcome.retry_after, retry, outcome.backoff))
 
 
 @kopf.timer(GROUP, VERSION, PLURAL, interval=DRIFT_INTERVAL, initial_delay=DRIFT_INTERVAL,
@@ -317,7 +319,6 @@ def delete_backend(body: kopf.Body, patch: kopf.Patch, retry: int, **_: Any) -> 
             events = reconciler().delete(spec, body)
     except StepFailed as failure:
         kopf.event(body, type="Warning", reason=failure.reason, message=failure.message)
-        raise kopf.TemporaryError(failure.message, delay=min(failure.retry_after * 2 ** min(retry, 4),
-                                                             MAX_RETRY_DELAY)) from None
+        raise kopf.TemporaryError(failure.message, delay=retry_delay(failure.retry_after, retry)) from None
     for event_type, reason, message in events:
         kopf.event(body, type=event_type, reason=reason, message=message)

@@ -9,7 +9,6 @@ reason names the cause and whose message says the fix.
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import os
 import secrets as random_secrets
@@ -28,18 +27,11 @@ from .api.conditions import Condition
 from .api.v1alpha1 import BACKEND_LABEL, ENGINE_CNPG, MANAGED_BY, MANAGED_BY_LABEL, BackendSpec, PostgresEndpoint
 from .drift import SharedListing
 from .injection import COPY_LABEL, copy_label_value
-from .kube import Kube
+from .kube import Kube, refusal_message
 from .redaction import redact
 
 log = logging.getLogger(__name__)
 
-
-def _refusal(exc: ApiException) -> str:
-    """The API server's own message for a refused object (its body is a Status)."""
-    try:
-        return json.loads(exc.body)["message"]
-    except (TypeError, ValueError, KeyError):
-        return f"{exc.status} {exc.reason}"
 
 GENERATED_PASSWORD_BYTES = 32  # token_urlsafe(32): 43 characters
 # New Inline databases are cloned from a template database (postgres.py); "off" migrates
@@ -286,7 +278,7 @@ class Reconciler:
                 raise  # API trouble: the operator retries soon
             raise StepFailed(cond.POSTGRES_READY, "ManagedServerRejected",
                              f"the API server refused the managed PostgreSQL's objects {server.name}: "
-                             f"{_refusal(exc)}; check spec.postgres.managed (image, storage, resources)",
+                             f"{refusal_message(exc)}; check spec.postgres.managed (image, storage, resources)",
                              30) from None
         if not progress.ready:
             raise StepFailed(cond.POSTGRES_READY, progress.reason, progress.message, 3, backoff=False)
@@ -323,7 +315,7 @@ class Reconciler:
                              f"{kind} {name} exists and was not made by trackop for this backend: rename the "
                              f"TrackingBackend or remove that {kind}; trackop never takes over what it did not make",
                              60)
-        return before, self.kube.apply_object(wanted)
+        return before, self.kube.apply(wanted)
 
     def _superuser_secret(self, ctx: _Context) -> None:
         """The StatefulSet engine's superuser Secret: generated once, adopted when an earlier
@@ -767,7 +759,7 @@ class Reconciler:
             except ApiException as exc:
                 # An image the API server refuses (spec.schema.image is free text): say so, retry later.
                 raise StepFailed(cond.SCHEMA_READY, "MigrationJobRejected",
-                                 f"the API server refused Job {name}: {_refusal(exc)}; check spec.schema.image",
+                                 f"the API server refused Job {name}: {refusal_message(exc)}; check spec.schema.image",
                                  30) from None
             ctx.did("MigrationJobCreated", f"created Job {name} running mlflow db upgrade with {spec.migration_image}")
             raise StepFailed(cond.SCHEMA_READY, "Migrating", f"Job {name} is migrating the schema", 5)
@@ -813,25 +805,25 @@ class Reconciler:
         spec = ctx.spec
         server = spec.tracking_server
         try:
-            changed, _ = self.kube.apply(manifests.tracking_server_service(spec, ctx.owner))
+            changed, _ = self.kube.apply_if_changed(manifests.tracking_server_service(spec, ctx.owner))
             if changed:
                 ctx.did("TrackingServerApplied", f"applied Service {spec.tracking_server_name}")
-            changed, deployment = self.kube.apply(manifests.tracking_server_deployment(spec, ctx.owner))
+            changed, deployment = self.kube.apply_if_changed(manifests.tracking_server_deployment(spec, ctx.owner))
         except ApiException as exc:
             # spec.server.resources is free-form and serviceAccountName and image are free
             # text in the CRD: what the API server refuses in the Deployment is reported.
             raise StepFailed(cond.SERVER_READY, "ServerRejected",
                              f"the API server refused the tracking server's objects {spec.tracking_server_name}: "
-                             f"{_refusal(exc)}; check spec.server (resources, serviceAccountName, image)",
+                             f"{refusal_message(exc)}; check spec.server (resources, serviceAccountName, image)",
                              30) from None
         if changed:
             ctx.did("TrackingServerApplied", f"applied Deployment {spec.tracking_server_name} ({server.image})")
         if server.replicas == 0:
             raise StepFailed(cond.SERVER_READY, "ScaledToZero", f"Deployment {spec.tracking_server_name} has 0 replicas", 60)
-        status = deployment.status
-        updated, available = status.updated_replicas or 0, status.available_replicas or 0
-        if (status.observed_generation or 0) < deployment.metadata.generation or updated < server.replicas \
-                or available < 1:
+        status = deployment.get("status") or {}
+        updated, available = status.get("updatedReplicas") or 0, status.get("availableReplicas") or 0
+        if (status.get("observedGeneration") or 0) < deployment["metadata"]["generation"] \
+                or updated < server.replicas or available < 1:
             raise StepFailed(cond.SERVER_READY, "RollingOut",
                              f"Deployment {spec.tracking_server_name}: {updated}/{server.replicas} updated, "
                              f"{available} available", 3, backoff=False)

@@ -461,13 +461,13 @@ def test_the_operator_calls_work_as_its_service_account_and_nothing_more(
     labels = {"app": "mlflow"}
     service = {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "mlflow", "namespace": work},
                "spec": {"selector": labels, "ports": [{"port": 5000}]}}
-    assert kube.apply(service)[0] is True  # created by server-side apply
+    assert kube.apply_if_changed(service)[0] is True  # created by server-side apply
     deployment = {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "mlflow", "namespace": work},
                   "spec": {"selector": {"matchLabels": labels}, "template": {
                       "metadata": {"labels": labels},
                       "spec": {"containers": [{"name": "s", "image": "example.invalid/mlflow:1"}]}}}}
-    assert kube.apply(deployment)[0] is True
-    assert kube.read_deployment(work, "mlflow") is not None
+    assert kube.apply_if_changed(deployment)[0] is True
+    assert kube.read_object(deployment) is not None
     kube.pods_by_label("trackop.dev/inject=true")
     kube.post_event(work, {"api_version": "v1", "kind": "Namespace", "name": work, "namespace": work},
                     "Warning", "InjectionSkipped", "a test event")
