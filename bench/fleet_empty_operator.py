@@ -16,7 +16,7 @@ from typing import Any
 
 import kopf
 
-from trackop import kopf_settings
+from trackop.controller import kopf_settings
 
 GROUP, VERSION, PLURAL = "trackop.dev", "v1alpha1", "trackingbackends"
 INTERVAL = float(os.environ.get("TRACKOP_DRIFT_INTERVAL", "60"))

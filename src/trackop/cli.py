@@ -7,8 +7,11 @@ import json
 import os
 import random
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 
+from . import __version__
+from .settings import DEFAULT_OPERATOR_NAMESPACE, FAILURE_POLICIES, LOG_FORMATS, MANAGED_ADDRESSES, Settings
 from .testbed import Testbed
 
 DEFAULT_DEV_DIR = Path("/tmp/trackop-dev")
@@ -36,29 +39,38 @@ def _dev(args: argparse.Namespace) -> int:
     return dev.run(args.dir, exit_after=args.exit, progress=_progress)
 
 
+def settings_from(args: argparse.Namespace, environ: Mapping[str, str]) -> Settings:
+    """The operator's Settings: the flags given, else the TRACKOP_* environment, else defaults."""
+    flags = {
+        "operator_namespace": args.operator_namespace, "managed_postgres_address": args.managed_postgres_address,
+        "metrics_address": args.metrics_address, "peering_lifetime": args.peering_lifetime,
+        "log_format": args.log_format, "webhook_address": args.webhook_address, "webhook_url": args.webhook_url,
+        "webhook_failure_policy": args.webhook_failure_policy, "webhook_cert_secret": args.webhook_cert_secret,
+        "webhook_service": args.webhook_service, "webhook_owner_cluster_role": args.webhook_owner_clusterrole,
+    }
+    changes = {key: value for key, value in flags.items() if value not in (None, "")}
+    if args.verbose:
+        changes["verbose"] = True
+    return Settings.from_environ(environ).replace(**changes)
+
+
 def _run(args: argparse.Namespace) -> int:
     if args.kubeconfig:
         # Before kopf and the kubernetes client are imported: both read it at import.
         os.environ["KUBECONFIG"] = str(args.kubeconfig)
-    # The operator module reads its settings at import.
-    for name, value in (("TRACKOP_WEBHOOK_ADDRESS", args.webhook_address), ("TRACKOP_WEBHOOK_URL", args.webhook_url),
-                        ("TRACKOP_WEBHOOK_FAILURE_POLICY", args.webhook_failure_policy),
-                        ("TRACKOP_WEBHOOK_CERT_SECRET", args.webhook_cert_secret),
-                        ("TRACKOP_WEBHOOK_SERVICE", args.webhook_service),
-                        ("TRACKOP_WEBHOOK_OWNER_CLUSTERROLE", args.webhook_owner_clusterrole),
-                        ("TRACKOP_METRICS_ADDRESS", args.metrics_address),
-                        ("TRACKOP_PEERING_LIFETIME", str(args.peering_lifetime or "")),
-                        ("TRACKOP_NAMESPACE", args.operator_namespace),
-                        ("TRACKOP_MANAGED_POSTGRES_ADDRESS", args.managed_postgres_address),
-                        ("TRACKOP_VERBOSE", "1" if args.verbose else "")):
-        if value:
-            os.environ[name] = value
+    try:
+        settings = settings_from(args, os.environ)
+    except ValueError as error:
+        raise RuntimeError(f"invalid setting: {error}") from None
     import kopf
 
-    from . import operator  # noqa: F401  (registers the handlers)
+    from .controller import handlers
+    from .controller.runtime import Runtime
 
-    kopf.configure(verbose=args.verbose)
+    kopf.configure(verbose=settings.verbose, log_format=kopf.LogFormat[settings.log_format.upper()])
     kopf.run(
+        registry=handlers.registry(settings),
+        memo=kopf.Memo(runtime=Runtime.create(settings)),
         clusterwide=args.all_namespaces,
         namespaces=args.namespace or (),
         standalone=not args.peering,
@@ -73,6 +85,7 @@ def _run(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="trackop", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"trackop {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
 
     testbed = commands.add_parser("testbed", help="the local test bed (control plane, PostgreSQL, S3)")
@@ -103,9 +116,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--peering-lifetime", type=float,
                      help="seconds without a keepalive before a peer counts as dead and another takes over "
                           "(kopf's default 60)")
-    run.add_argument("--operator-namespace", default=os.environ.get("TRACKOP_NAMESPACE", "trackop-system"),
+    run.add_argument("--operator-namespace",
                      help="the operator's own namespace: never injected; holds the webhook certificate "
-                          "(default %(default)s)")
+                          f"(default $TRACKOP_NAMESPACE, else {DEFAULT_OPERATOR_NAMESPACE})")
     run.add_argument("--webhook-address", metavar="HOST:PORT",
                      help="serve the admission webhooks here and register them (injection into pods, "
                           "TrackingBackend validation); for the local bed, 127.0.0.1:PORT")
@@ -116,18 +129,21 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--webhook-owner-clusterrole", metavar="NAME",
                      help="make this ClusterRole (the chart's) the owner of the webhook configurations, so they "
                           "are garbage-collected with it when the release is uninstalled")
-    run.add_argument("--webhook-failure-policy", choices=("Ignore", "Fail"), default="Ignore",
+    run.add_argument("--webhook-failure-policy", choices=FAILURE_POLICIES,
                      help="Ignore (default): pods are created uninjected, with a warning, when the webhook is down or "
                           "the backend is unknown; Fail: such pods are rejected")
     run.add_argument("--webhook-cert-secret", metavar="NAME",
                      help="serve the certificate of this TLS Secret in the operator's namespace (tls.crt, tls.key, "
                           "ca.crt; for example one cert-manager renews) instead of trackop's own CA; reloaded when "
                           "it changes")
-    run.add_argument("--managed-postgres-address", choices=("service", "pod"), default="service",
+    run.add_argument("--managed-postgres-address", choices=MANAGED_ADDRESSES,
                      help="how the operator reaches the PostgreSQL servers it deploys (spec.postgres.managed): "
                           "service (default), their Service's cluster DNS name; pod, the ready pod's IP, for an "
                           "operator running outside the cluster's Service network (workloads always get the "
                           "Service name)")
+    run.add_argument("--log-format", choices=LOG_FORMATS,
+                     help="full (default: time, logger, level, message), plain (the message), or json (one "
+                          "object a line, kopf's JSON format, for log collectors)")
     run.add_argument("--verbose", action="store_true")
     run.set_defaults(func=_run)
 

@@ -15,11 +15,13 @@ import pytest
 from kubernetes import client
 from psycopg import sql
 
-from trackop import drift, postgres
+from trackop import postgres
 from trackop.api import conditions as cond
 from trackop.api.parsing import parse
+from trackop.controller import drift
+from trackop.controller.reconciler import Reconciler
+from trackop.injection import COPY_LABEL
 from trackop.kube import Kube
-from trackop.reconcile import Reconciler
 
 pytestmark = pytest.mark.bed
 
@@ -143,7 +145,7 @@ def test_secret_and_copy_changes_are_found_by_name(backend: Fixture):
     assert backend.check() == "changed: secrets"
     backend.reconcile()
 
-    copies = [s for s in backend.core.list_secret_for_all_namespaces(label_selector=drift.COPY_LABEL).items
+    copies = [s for s in backend.core.list_secret_for_all_namespaces(label_selector=COPY_LABEL).items
               if s.metadata.namespace == ns]
     assert len(copies) == 1  # the backend's own namespace always gets one
     backend.core.delete_namespaced_secret(copies[0].metadata.name, ns)

@@ -78,7 +78,7 @@ def _image_env(home: Path) -> dict[str, str]:
 def test_the_wheel_holds_the_package_and_its_metadata(image_venv):
     wheel = next((image_venv.parent / "wheels").glob("trackop-*.whl"))
     names = zipfile.ZipFile(wheel).namelist()
-    assert "trackop/operator.py" in names and "trackop/cli.py" in names
+    assert "trackop/controller/handlers.py" in names and "trackop/cli.py" in names
     assert not any(n.startswith(("tests/", "bench/", "hack/")) for n in names)
     entry_points = next(n for n in names if n.endswith(".dist-info/entry_points.txt"))
     assert "trackop = trackop.cli:main" in zipfile.ZipFile(wheel).read(entry_points).decode()
@@ -107,7 +107,7 @@ def test_the_entrypoint_runs(image_venv, tmp_path):
 
 IMPORT_ALL = """
 import importlib, pkgutil, trackop
-import trackop.operator  # the operator's handlers, as `trackop run` loads them
+import trackop.controller.handlers  # the operator's handlers, as `trackop run` loads them
 for module in pkgutil.walk_packages(trackop.__path__, "trackop."):
     importlib.import_module(module.name)
 from trackop import schema
@@ -126,4 +126,4 @@ def test_the_operator_imports_with_nothing_written(image_venv, tmp_path):
     assert bundled == PYPROJECT_MLFLOW
     assert {p: p.stat().st_mtime_ns for p in image_venv.rglob("*")} == before
     # Bytecode was compiled at install time, so imports stay fast without writing it.
-    assert any((image_venv / "lib").rglob("trackop/__pycache__/operator.*.pyc"))
+    assert any((image_venv / "lib").rglob("trackop/controller/__pycache__/handlers.*.pyc"))

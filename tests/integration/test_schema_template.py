@@ -18,10 +18,12 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from trackop import postgres, reconcile, schema
+from trackop import postgres, schema
 from trackop.api.parsing import parse
 from trackop.api.v1alpha1 import BackendSpec, PostgresEndpoint
-from trackop.reconcile import Reconciler, _Context
+from trackop.controller.outcome import Context
+from trackop.controller.steps import database, template
+from trackop.controller.steps import schema as schema_step
 
 pytestmark = pytest.mark.bed
 
@@ -55,18 +57,17 @@ class Server:
                          "adminSecretRef": {"name": "pg-admin"}},
             "database": f"mlflow_tmpl_{name.replace('-', '_')}_{suffix}"}})
 
-    def provision(self, spec: BackendSpec) -> tuple[_Context, str]:
+    def provision(self, spec: BackendSpec, schema_templates: bool = True) -> tuple[Context, str]:
         """DatabaseReady and SchemaReady, exactly as Reconciler.reconcile runs them."""
         self.made.append(spec)
         password = secrets.token_urlsafe(24)
-        ctx = _Context(spec, {"metadata": {"uid": "u"}}, {})
+        ctx = Context(spec, {"metadata": {"uid": "u"}}, {})
         ctx.admin_login = (self.admin, self.admin_password)
         ctx.secrets.update({password, self.admin_password})
-        rec = Reconciler(kube=None)
         with postgres.connect(spec.postgres, self.admin, self.admin_password) as conn:
             privileges = postgres.admin_privileges(conn)
-            login = rec._database_and_role(ctx, conn, privileges, password)
-        revision, _ = rec._schema(ctx, password, login.revision)
+            login = database.ensure(ctx, conn, privileges, password, clones=template.clones(spec, schema_templates))
+        revision, _ = schema_step.ensure(ctx, None, password, login.revision)
         assert revision == head()
         return ctx, password
 
@@ -98,11 +99,11 @@ def server(bed_info: dict, superuser: psycopg.Connection) -> Server:
     made.drop_all()
 
 
-def reasons(ctx: _Context) -> list[str]:
+def reasons(ctx: Context) -> list[str]:
     return [reason for _, reason, _ in ctx.events]
 
 
-def messages(ctx: _Context, reason: str) -> list[str]:
+def messages(ctx: Context, reason: str) -> list[str]:
     return [message for _, r, message in ctx.events if r == reason]
 
 
@@ -163,9 +164,8 @@ def test_a_cloned_database_equals_a_migrated_one_and_mlflow_works_in_it(server: 
     (migrated_event,) = messages(ctx, "SchemaMigrated")
     assert migrated_event.startswith(f"cloned the MLflow schema at revision {head()} from template")
 
-    monkeypatch.setattr(reconcile, "SCHEMA_TEMPLATES", False)
     migrated_spec = server.spec("migrated")
-    in_place, _ = server.provision(migrated_spec)
+    in_place, _ = server.provision(migrated_spec, schema_templates=False)
     assert in_place.cloned is None and "TemplateBuilt" not in reasons(in_place)
     (event,) = messages(in_place, "SchemaMigrated")
     assert event.startswith(f"migrated the MLflow schema from empty to {head()}")
@@ -223,10 +223,10 @@ def test_a_cloned_database_equals_a_migrated_one_and_mlflow_works_in_it(server: 
                             (int(experiment),)).fetchone() == (f"s3://bucket/team/{experiment}",)
 
 
-def provision_concurrently(server: Server, specs: list[BackendSpec]) -> dict[str, _Context]:
+def provision_concurrently(server: Server, specs: list[BackendSpec]) -> dict[str, Context]:
     """Each spec provisioned from its own thread at once, as kopf's handlers run; every
     thread's exception is reported."""
-    contexts: dict[str, _Context] = {}
+    contexts: dict[str, Context] = {}
     errors: list[BaseException] = []
 
     def provision(spec: BackendSpec) -> None:
@@ -323,11 +323,11 @@ def test_an_interrupted_handover_is_finished_by_the_next_reconcile(server: Serve
         assert owners(conn) == {postgres.TEMPLATE_ROLE}
     assert postgres.login_as_role(spec.postgres, spec.role, password, spec.database).handover_pending
 
-    ctx = _Context(spec, {"metadata": {"uid": "u"}}, {})
+    ctx = Context(spec, {"metadata": {"uid": "u"}}, {})
     ctx.admin_login = (server.admin, server.admin_password)
-    rec = Reconciler(kube=None)
     with postgres.connect(spec.postgres, server.admin, server.admin_password) as conn:
-        login = rec._database_and_role(ctx, conn, postgres.admin_privileges(conn), password)
+        login = database.ensure(ctx, conn, postgres.admin_privileges(conn), password,
+                                clones=template.clones(spec, schema_templates=True))
     assert login.revision == head() and not login.handover_pending
     assert any("REASSIGN OWNED" in m for m in messages(ctx, "DatabaseReconciled"))
     with server.connect(spec.database) as conn:

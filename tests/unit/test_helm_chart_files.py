@@ -14,6 +14,7 @@ import pytest
 import yaml
 
 from trackop import cli, injection_service, webhook
+from trackop.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "deploy" / "helm" / "trackop"
@@ -95,12 +96,12 @@ def test_the_chart_and_the_operator_agree_on_names():
     assert webhook.MUTATING_NAME in notes and webhook.VALIDATING_NAME in notes
 
 
-def test_failure_policy_enum_matches_the_cli():
+def test_failure_policy_enum_and_default_match_the_operator():
     run = next(a for a in cli.build_parser()._subparsers._group_actions[0].choices["run"]._actions
                if a.dest == "webhook_failure_policy")
     enum = SCHEMA["properties"]["webhook"]["properties"]["failurePolicy"]["enum"]
     assert sorted(enum) == sorted(run.choices)
-    assert VALUES["webhook"]["failurePolicy"] == run.default
+    assert VALUES["webhook"]["failurePolicy"] == Settings().webhook.failure_policy  # what the flag defaults to
 
 
 def _objects(schema: dict, path: str = ""):

@@ -9,7 +9,8 @@ import pytest
 
 from trackop import postgres
 from trackop.api.parsing import parse
-from trackop.reconcile import Reconciler, StepFailed
+from trackop.controller.outcome import StepFailed
+from trackop.controller.reconciler import Reconciler
 
 SPEC = {"postgres": {"external": {"host": "db.example", "port": 5432, "adminSecretRef": {"name": "pg-admin"}}}}
 OWNER = {"metadata": {"uid": "u-1", "name": "team", "namespace": "ns"}, "apiVersion": "trackop.dev/v1alpha1",

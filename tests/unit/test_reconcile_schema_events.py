@@ -4,15 +4,16 @@ from __future__ import annotations
 
 from trackop import schema
 from trackop.api.parsing import parse
-from trackop.reconcile import Reconciler, _Context
+from trackop.controller.outcome import Context
+from trackop.controller.steps import schema as schema_step
 
 SPEC = {"postgres": {"external": {"host": "db.example", "port": 5432, "adminSecretRef": {"name": "pg-admin"}}}}
 
 
-def _run_schema(monkeypatch, result: schema.MigrationResult) -> _Context:
+def _run_schema(monkeypatch, result: schema.MigrationResult) -> Context:
     monkeypatch.setattr(schema, "migrate", lambda url, **_: result)
-    ctx = _Context(parse("ns", "team", SPEC), {"metadata": {"uid": "u"}}, {})
-    revision, _ = Reconciler(kube=None)._schema(ctx, "pw", current=None)
+    ctx = Context(parse("ns", "team", SPEC), {"metadata": {"uid": "u"}}, {})
+    revision, _ = schema_step.ensure(ctx, None, "pw", current=None)
     assert revision == result.after
     return ctx
 

@@ -9,7 +9,8 @@ from kubernetes.client import ApiException
 
 from trackop import manifests
 from trackop.api.parsing import parse
-from trackop.reconcile import Reconciler, _Context
+from trackop.controller.outcome import Context
+from trackop.controller.steps import connection_secret
 
 SPEC = {"postgres": {"external": {"host": "db.example", "port": 5432, "adminSecretRef": {"name": "pg-admin"}}}}
 OWNER = {"metadata": {"uid": "u-1", "name": "team", "namespace": "ns"}, "apiVersion": "trackop.dev/v1alpha1",
@@ -41,14 +42,14 @@ class RacingKube:
 
 def test_the_losing_create_adopts_the_winners_password():
     kube = RacingKube(winner="the-password-of-the-other-reconcile")
-    ctx = _Context(parse("ns", "team", SPEC), OWNER, {})
-    password, data = Reconciler(kube)._password(ctx, None)
+    ctx = Context(parse("ns", "team", SPEC), OWNER, {})
+    password, data = connection_secret.password(ctx, kube, None)
     assert password == data["PGPASSWORD"] == "the-password-of-the-other-reconcile"
     assert kube.reads == 2
     assert not any(reason == "ConnectionSecretCreated" for _, reason, _ in ctx.events)
 
 
 def test_a_conflict_that_persists_is_raised_not_looped():
-    ctx = _Context(parse("ns", "team", SPEC), OWNER, {})
+    ctx = Context(parse("ns", "team", SPEC), OWNER, {})
     with pytest.raises(ApiException):
-        Reconciler(RacingKube(winner=None))._password(ctx, None)
+        connection_secret.password(ctx, RacingKube(winner=None), None)

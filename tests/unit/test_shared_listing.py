@@ -1,4 +1,4 @@
-"""The cluster-wide LISTs the drift checks of all backends share (drift.SharedListing):
+"""The cluster-wide LISTs the drift checks of all backends share (controller.listing.SharedListing):
 one fetch per interval, a fresh one after a watch event, nothing cached from a failure, one
 fetch for concurrent callers; and the Reconciler's copies and missed-injection checks use them."""
 
@@ -10,7 +10,8 @@ import pytest
 
 from trackop.api.parsing import parse
 from trackop.api.v1alpha1 import BackendSpec
-from trackop.reconcile import Reconciler, SharedListing
+from trackop.controller.listing import SharedListing
+from trackop.controller.reconciler import Reconciler
 
 
 class Clock:
@@ -133,10 +134,10 @@ def test_many_backends_share_one_list_of_namespaces_and_of_pods_per_interval():
     reconciler = Reconciler(kube, "trackop-system", shared_list_ttl=60)
     for i in range(10):
         backend = spec(f"b{i}")
-        reconciler.sync_copies(backend, {"PGPASSWORD": "pw", "PGHOST": "h"})
-        assert reconciler.missed_injections(backend) == []
+        reconciler.copies.sync(backend, {"PGPASSWORD": "pw", "PGHOST": "h"})
+        assert reconciler.copies.missed_injections(backend) == []
     assert kube.lists == {"namespaces": 1, "pods": 1}
     assert len(kube.puts) == 10  # each backend's copy still placed, in the namespace its selector admits
     reconciler.namespaces.invalidate()
-    reconciler.sync_copies(spec("late"), {"PGPASSWORD": "pw", "PGHOST": "h"})
+    reconciler.copies.sync(spec("late"), {"PGPASSWORD": "pw", "PGHOST": "h"})
     assert kube.lists["namespaces"] == 2

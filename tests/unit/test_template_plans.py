@@ -1,5 +1,5 @@
 """The template database's pure parts: names, markers, verdicts and plans (no database), and
-the schema step's Events for a clone (trackop.postgres, trackop.reconcile)."""
+the schema step's Events for a clone (trackop.postgres, trackop.controller.steps)."""
 
 from __future__ import annotations
 
@@ -7,10 +7,12 @@ import dataclasses
 
 import pytest
 
-from trackop import postgres, reconcile, schema
+from trackop import postgres, schema
 from trackop.api.parsing import parse
 from trackop.postgres import AdminPrivileges, TemplateDatabase, TemplateRole, TemplateState, TemplateUnavailable
-from trackop.reconcile import Reconciler, _Context
+from trackop.controller.outcome import Context
+from trackop.controller.steps import schema as schema_step
+from trackop.controller.steps import template as template_step
 
 REV = "1b5f0d9ad7c1"
 SUPERUSER = AdminPrivileges(superuser=True, createdb=True, createrole=True)
@@ -220,21 +222,21 @@ def test_the_lock_key_is_a_signed_64_bit_integer_apart_from_the_migration_lock()
 def test_only_inline_backends_of_the_bundled_mlflow_clone(schema_spec, clones):
     spec = parse("ns", "b", {"postgres": {"external": {"host": "h", "adminSecretRef": {"name": "a"}}},
                                  "schema": schema_spec})
-    assert Reconciler._clones(spec) is clones
+    assert template_step.clones(spec, schema_templates=True) is clones
 
 
 def test_a_managed_server_migrates_its_one_database_in_place():
     spec = parse("ns", "b", {"postgres": {"managed": {}}})
-    assert Reconciler._clones(spec) is False
+    assert template_step.clones(spec, schema_templates=True) is False
 
 
-def test_templates_can_be_turned_off(monkeypatch):
-    monkeypatch.setattr(reconcile, "SCHEMA_TEMPLATES", False)
-    assert Reconciler._clones(SPEC) is False
+def test_templates_can_be_turned_off():
+    assert template_step.clones(SPEC, schema_templates=True) is True
+    assert template_step.clones(SPEC, schema_templates=False) is False
 
 
-def _ctx() -> _Context:
-    return _Context(SPEC, {"metadata": {"uid": "u"}}, {})
+def _ctx() -> Context:
+    return Context(SPEC, {"metadata": {"uid": "u"}}, {})
 
 
 def test_a_clone_announces_its_schema_as_cloned_and_runs_no_migration(monkeypatch):
@@ -244,7 +246,7 @@ def test_a_clone_announces_its_schema_as_cloned_and_runs_no_migration(monkeypatc
     monkeypatch.setattr(schema, "migrate", no_migration)
     ctx = _ctx()
     ctx.cloned = (postgres.template_name(schema.head_revision()), 0.12)
-    revision, _ = Reconciler(kube=None)._schema(ctx, "pw", current=schema.head_revision())
+    revision, _ = schema_step.ensure(ctx, None, "pw", current=schema.head_revision())
     assert revision == schema.head_revision()
     ((_, reason, message),) = ctx.events
     assert reason == "SchemaMigrated"
@@ -255,7 +257,7 @@ def test_a_clone_announces_its_schema_as_cloned_and_runs_no_migration(monkeypatc
 
 def test_a_converged_database_gets_no_event():
     ctx = _ctx()
-    Reconciler(kube=None)._schema(ctx, "pw", current=schema.head_revision())
+    schema_step.ensure(ctx, None, "pw", current=schema.head_revision())
     assert ctx.events == []
 
 
@@ -263,7 +265,7 @@ def test_an_in_place_migration_of_a_new_database_says_why_it_was_not_cloned(monk
     monkeypatch.setattr(schema, "migrate", lambda url, **_: schema.MigrationResult(None, schema.head_revision(), 0.9))
     ctx = _ctx()
     ctx.not_cloned = "database trackop_mlflow_x exists and was not made by trackop"
-    Reconciler(kube=None)._schema(ctx, "pw", current=None)
+    schema_step.ensure(ctx, None, "pw", current=None)
     ((_, reason, message),) = ctx.events
     assert reason == "SchemaMigrated" and message.startswith("migrated the MLflow schema from empty")
     assert message.endswith("(not cloned from a template: database trackop_mlflow_x exists and was not made by "

@@ -1,0 +1,79 @@
+"""The connection Secret's copies in the namespaces whose pods may be injected, and the
+pods that opted in but missed injection (the webhook was down with failurePolicy Ignore)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+
+from .. import injection, manifests
+from ..api.v1alpha1 import BackendSpec
+from ..injection import COPY_LABEL, copy_label_value
+from ..kube import Kube
+from .listing import SharedListing
+
+
+def injection_view(spec: BackendSpec, secret_keys: Iterable[str]) -> injection.BackendView:
+    return injection.BackendView(spec.namespace, spec.name, spec.injection_mode, spec.namespace_selector,
+                                 tuple(sorted(secret_keys)))
+
+
+class SecretCopies:
+    """``namespaces`` and ``opted_in_pods`` are listings shared by every backend's reconcile."""
+
+    def __init__(self, kube: Kube, namespaces: SharedListing, opted_in_pods: SharedListing,
+                 operator_namespace: str | None) -> None:
+        self.kube = kube
+        self.namespaces = namespaces
+        self.opted_in_pods = opted_in_pods
+        self.operator_namespace = operator_namespace
+        self._reported_pods: set[str] = set()  # uids already reported as missing injection
+
+    def sync(self, spec: BackendSpec, data: Mapping[str, str],
+             did: Callable[[str, str], None] = lambda reason, message: None) -> None:
+        """Keep a copy of the connection Secret, with only the keys the mode needs, in every
+        namespace whose pods may be injected; remove copies where they no longer may."""
+        view = injection_view(spec, data)
+        name = injection.copy_secret_name(spec.namespace, spec.name)
+        label = copy_label_value(spec.namespace, spec.name)
+        existing = self.kube.secrets_by_label(f"{COPY_LABEL}={label}")
+        wanted = {ns for ns, labels in self.namespaces.get().items()
+                  if injection.admits_namespace(spec.namespace, spec.namespace_selector, ns, labels,
+                                                self.operator_namespace)}
+        copy = injection.copy_secret_data(view, data)
+        for namespace in sorted(wanted):
+            if existing.get((namespace, name)) == copy:
+                continue
+            self.kube.put_secret({
+                "apiVersion": "v1", "kind": "Secret", "type": "Opaque",
+                "metadata": {"name": name, "namespace": namespace,
+                             "labels": {**manifests.labels(spec, "injection"), COPY_LABEL: label},
+                             "annotations": {"trackop.dev/copy-of": f"{spec.namespace}/{spec.connection_secret}"}},
+                "stringData": copy,
+            })
+            did("SecretCopied", f"copied the {spec.injection_mode}-mode keys of Secret {spec.connection_secret} "
+                                f"to {namespace}/{name}")
+        for namespace, secret in existing:
+            if namespace not in wanted:
+                self.kube.delete_secret(namespace, secret)
+                did("SecretCopyRemoved", f"removed {namespace}/{secret}: the namespace is no longer admitted")
+
+    def remove(self, spec: BackendSpec) -> None:
+        for namespace, secret in self.kube.secrets_by_label(f"{COPY_LABEL}={copy_label_value(spec.namespace, spec.name)}"):
+            self.kube.delete_secret(namespace, secret)
+
+    def missed_injections(self, spec: BackendSpec) -> list[tuple[str, str, str]]:
+        """Warnings for pods that opted in to this backend but were created without
+        injection (the webhook was down with failurePolicy Ignore); each pod once."""
+        events = []
+        for pod in self.opted_in_pods.get():
+            meta = pod.metadata
+            reference = injection.parse_backend_reference(
+                (meta.annotations or {}).get(injection.BACKEND_ANNOTATION), meta.namespace)
+            if reference != (spec.namespace, spec.name) or meta.uid in self._reported_pods:
+                continue
+            if injection.missed_injection({"metadata": {"labels": meta.labels, "annotations": meta.annotations}}):
+                self._reported_pods.add(meta.uid)
+                events.append(("Warning", "InjectionMissed",
+                               f"pod {meta.namespace}/{meta.name} opted in but was created without "
+                               "MLFLOW_TRACKING_URI (the webhook was unavailable): delete it to recreate it"))
+        return events

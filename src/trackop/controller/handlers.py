@@ -1,0 +1,251 @@
+"""kopf handlers only: events in, reconcile calls out, status and Events back.
+
+Every handler is a thin wrapper: parse the spec, run the Reconciler, write what it
+returned into status and Events. The drift timer first compares the backend's
+fingerprint (drift.py) and runs the same sequence only when something moved. The
+handlers are registered by :func:`registry` with the intervals of the operator's
+Settings; what they share is the :class:`Runtime` in kopf's memo.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import kopf
+
+from .. import manifests, metrics, schema, webhook
+from ..api import conditions as cond
+from ..api.parsing import parse
+from ..api.v1alpha1 import GROUP, PLURAL, VERSION, BackendSpec, SpecError
+from ..injection_service import InjectionService
+from ..settings import Settings
+from . import kopf_settings
+from .copies import injection_view
+from .drift import UNCHANGED
+from .outcome import Outcome, StepFailed
+from .retry import api_trouble, retry_delay, retrying_api_trouble
+from .runtime import Runtime
+
+log = logging.getLogger(__name__)
+
+
+def registry(settings: Settings) -> kopf.OperatorRegistry:
+    """The handlers, registered with the intervals ``settings`` gives."""
+    found = kopf.OperatorRegistry()
+    resource = (GROUP, VERSION, PLURAL)
+    # kopf's default registry logs in through the kubernetes client by itself; an own one says so.
+    kopf.on.login(registry=found)(kopf.login_via_client)
+    kopf.on.startup(registry=found)(configure)
+    kopf.on.cleanup(registry=found)(stop_webhooks)
+    kopf.on.resume(*resource, registry=found)(reconcile_backend)
+    kopf.on.create(*resource, registry=found)(reconcile_backend)
+    kopf.on.update(*resource, field="spec", registry=found)(reconcile_backend)
+    kopf.timer(*resource, interval=settings.drift_interval, initial_delay=settings.drift_interval,
+               idle=settings.drift_interval / 2, registry=found)(check_drift)
+    kopf.on.event(*resource, registry=found)(track_backend)
+    kopf.on.event("", "v1", "namespaces", registry=found)(track_namespace)
+    kopf.on.delete(*resource, registry=found)(delete_backend)
+    return found
+
+
+def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: logging.Logger, **_: Any) -> None:
+    runtime: Runtime = memo.runtime
+    options = runtime.settings
+    kopf_settings.apply(settings, verbose=options.verbose, peering_lifetime=options.peering_lifetime)
+    if not options.schema_templates:
+        # Every backend migrates in-process then: import MLflow once, not in the first reconcile.
+        # With templates a child process builds each template and in-place migrations (managed
+        # servers, clone fallbacks) import MLflow on first use: most operators never do.
+        schema.preload()
+    schema.head_revision()  # the migration scripts' ids, read once now (no MLflow import), not by the first handlers
+    if options.metrics_address:
+        metrics.serve(options.metrics_address)
+        logger.info("metrics served on http://%s/metrics", options.metrics_address)
+    hooks = options.webhook
+    if hooks.address:
+        runtime.injection = InjectionService(
+            runtime.kube, runtime.index, index_view, address=hooks.address, url=hooks.url,
+            failure_policy=hooks.failure_policy, operator_namespace=options.operator_namespace,
+            cert_secret=hooks.cert_secret, service=hooks.service, owner_cluster_role=hooks.owner_cluster_role)
+        runtime.injection.start()
+        logger.info("admission webhooks served on %s (failurePolicy %s)", hooks.address, hooks.failure_policy)
+    logger.info("trackop ready: MLflow %s bundled, drift interval %.0fs", schema.BUNDLED_MLFLOW_VERSION,
+                options.drift_interval)
+
+
+def stop_webhooks(memo: kopf.Memo, **_: Any) -> None:
+    if memo.runtime.injection is not None:
+        memo.runtime.injection.stop()
+
+
+def _parse(body: Mapping[str, Any]) -> BackendSpec:
+    meta = body["metadata"]
+    return parse(meta["namespace"], meta["name"], body.get("spec") or {})
+
+
+def _write(outcome: Outcome, body: Mapping[str, Any], status: Mapping[str, Any], patch: kopf.Patch) -> None:
+    generation = body["metadata"].get("generation", 0)
+    merged = cond.merge(status.get("conditions"), outcome.conditions, generation)
+    new_status = {
+        **outcome.status,
+        "observedGeneration": generation,
+        "phase": cond.phase(outcome.ready, status.get("phase")),
+        "conditions": merged,
+    }
+    # Patch only what changed, so a converged drift check writes nothing at all.
+    for key, value in new_status.items():
+        if status.get(key) != value:
+            patch.status[key] = value
+    for event_type, reason, message in outcome.events:
+        kopf.event(body, type=event_type, reason=reason, message=message)
+
+
+def run(runtime: Runtime, handler: str, body: Mapping[str, Any], status: Mapping[str, Any],
+        patch: kopf.Patch) -> Outcome:
+    """Parse, reconcile, write status and Events; the outcome for the handler's retry."""
+    started = time.perf_counter()
+    try:
+        spec = _parse(body)
+    except SpecError as error:
+        outcome = Outcome(
+            [cond.Condition(cond.READY, "False", "InvalidSpec", str(error))],
+            events=[] if cond.reason_of(status.get("conditions"), cond.READY) == "InvalidSpec"
+            else [("Warning", "InvalidSpec", str(error))],
+        )
+        _write(outcome, body, status, patch)
+        metrics.observe_reconcile(handler, "invalid_spec", time.perf_counter() - started, "InvalidSpec")
+        return outcome
+    try:
+        outcome = runtime.reconciler.reconcile(spec, body, status)
+    except Exception as exc:
+        metrics.observe_reconcile(handler, "error", time.perf_counter() - started)
+        retry = api_trouble(exc)
+        if retry is not None:
+            # Backends converge within seconds of the API server coming back.
+            raise retry from None
+        raise
+    _write(outcome, body, status, patch)
+    failure = None if outcome.ready else next(
+        (c.reason for c in outcome.conditions if c.type == cond.READY and c.status != "True"), None)
+    metrics.observe_reconcile(handler, "ready" if outcome.ready else "not_ready", time.perf_counter() - started,
+                              failure)
+    return outcome
+
+
+def reconcile_backend(body: kopf.Body, status: kopf.Status, patch: kopf.Patch, retry: int, memo: kopf.Memo,
+                      **_: Any) -> None:
+    runtime: Runtime = memo.runtime
+    with runtime.lock_for(body):
+        outcome = run(runtime, "reconcile", body, status, patch)
+    if outcome.retry_after is not None:
+        # The condition already says why; kopf retries this handler after the delay.
+        raise kopf.TemporaryError(outcome.conditions[-1].message,
+                                  delay=retry_delay(outcome.retry_after, retry, outcome.backoff))
+
+
+def check_drift(body: kopf.Body, status: kopf.Status, patch: kopf.Patch, memo: kopf.Memo, **_: Any) -> None:
+    runtime: Runtime = memo.runtime
+    if body["metadata"].get("deletionTimestamp"):
+        return
+    lock = runtime.lock_for(body)
+    if not lock.acquire(blocking=False):
+        return  # a change handler is reconciling this backend right now; the next interval checks
+    try:
+        cpu = time.thread_time()  # this thread's CPU: the check's own cost, for the metrics
+        unchanged = _unchanged(runtime, body)
+        if not unchanged:
+            run(runtime, "drift", body, status, patch)
+        metrics.observe_drift_cpu(unchanged, time.thread_time() - cpu)
+    finally:
+        lock.release()
+    spec = runtime.specs.get((body["metadata"]["namespace"], body["metadata"]["name"]))
+    if spec is not None:
+        with retrying_api_trouble():
+            missed = runtime.reconciler.copies.missed_injections(spec)
+        for event_type, reason, message in missed:
+            kopf.event(body, type=event_type, reason=reason, message=message)
+
+
+def _unchanged(runtime: Runtime, body: Mapping[str, Any]) -> bool:
+    """The fingerprint check (drift.py): True when nothing the backend rests on moved."""
+    started = time.perf_counter()
+    try:
+        spec = _parse(body)
+    except SpecError:
+        return False
+    verdict = runtime.reconciler.drift.check(spec, body)
+    metrics.observe_drift_check(verdict == UNCHANGED, time.perf_counter() - started)
+    if verdict == UNCHANGED:
+        return True
+    level = logging.INFO if verdict.startswith("changed") or "verdict" in verdict else logging.DEBUG
+    log.log(level, "%s/%s: full drift check: %s", spec.namespace, spec.name, verdict)
+    return False
+
+
+def index_view(body: Mapping[str, Any]) -> tuple[webhook.BackendView, tuple[str, int, str]] | None:
+    """What the webhook index keeps of a TrackingBackend; None for an invalid spec."""
+    try:
+        spec = _parse(body)
+    except SpecError:
+        return None
+    return injection_view(spec, manifests.secret_keys(spec)), (spec.postgres.host, spec.postgres.port, spec.database)
+
+
+def track_backend(event: kopf.RawEvent, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+    """The parsed specs the drift timer and namespace events act on (the webhook's index
+    is fed by its own watch: see injection_service.IndexWatch)."""
+    runtime: Runtime = memo.runtime
+    key = (body["metadata"]["namespace"], body["metadata"]["name"])
+    try:
+        spec = _parse(body)
+    except SpecError:
+        spec = None
+    if event["type"] == "DELETED" or spec is None:
+        runtime.specs.pop(key, None)
+        if event["type"] == "DELETED":
+            runtime.forget_lock(key)
+    else:
+        runtime.specs[key] = spec
+
+
+def track_namespace(event: kopf.RawEvent, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+    runtime: Runtime = memo.runtime
+    name = body["metadata"]["name"]
+    if event["type"] is not None:
+        # Added, relabelled, terminating or gone: the next copy placement lists again.
+        runtime.reconciler.namespaces.invalidate()
+    if event["type"] == "DELETED":
+        runtime.namespace_labels.pop(name, None)
+        return
+    labels = dict(body["metadata"].get("labels") or {})
+    before = runtime.namespace_labels.get(name)
+    runtime.namespace_labels[name] = labels
+    if event["type"] is None or before == labels:
+        return  # the initial listing: every backend's own reconcile places its copies
+    # A new namespace, or new labels: copies for backends that select namespaces by label.
+    for spec in list(runtime.specs.values()):
+        if spec.namespace_selector is None:
+            continue
+        data = runtime.kube.read_secret(spec.namespace, spec.connection_secret)
+        if data:
+            runtime.reconciler.copies.sync(spec, data)
+
+
+def delete_backend(body: kopf.Body, patch: kopf.Patch, retry: int, memo: kopf.Memo, **_: Any) -> None:
+    runtime: Runtime = memo.runtime
+    patch.status["phase"] = "Deleting"
+    try:
+        spec = _parse(body)
+    except SpecError:
+        return  # nothing was ever provisioned from an invalid spec
+    try:
+        with runtime.lock_for(body), retrying_api_trouble():
+            events = runtime.reconciler.delete(spec, body)
+    except StepFailed as failure:
+        kopf.event(body, type="Warning", reason=failure.reason, message=failure.message)
+        raise kopf.TemporaryError(failure.message, delay=retry_delay(failure.retry_after, retry)) from None
+    for event_type, reason, message in events:
+        kopf.event(body, type=event_type, reason=reason, message=message)

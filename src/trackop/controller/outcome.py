@@ -1,0 +1,64 @@
+"""What a reconcile carries from step to step and hands back to the handlers."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..api import conditions as cond
+from ..api.conditions import Condition
+from ..api.v1alpha1 import BackendSpec, PostgresEndpoint
+
+
+class StepFailed(Exception):
+    """A step could not complete; carries the condition that says why."""
+
+    def __init__(self, condition_type: str, reason: str, message: str, retry_after: float = 10,
+                 backoff: bool = True) -> None:
+        super().__init__(message)
+        self.condition_type = condition_type
+        self.reason = reason
+        self.message = message
+        self.retry_after = retry_after
+        # Progress (a Job running, a rollout) is polled at a steady pace, not backed off.
+        self.backoff = backoff
+
+
+@dataclass
+class Outcome:
+    """What a reconcile found and did; the handlers turn it into status and Events."""
+
+    conditions: list[Condition]
+    status: dict[str, Any] = field(default_factory=dict)
+    events: list[tuple[str, str, str]] = field(default_factory=list)  # (type, reason, message)
+    retry_after: float | None = None  # None: converged
+    backoff: bool = True
+
+    @property
+    def ready(self) -> bool:
+        return any(c.type == cond.READY and c.status == "True" for c in self.conditions)
+
+
+@dataclass
+class Context:
+    """One reconcile of one backend: its spec, what the steps learned, the Events they post."""
+
+    spec: BackendSpec
+    owner: Mapping[str, Any]
+    previous_status: Mapping[str, Any]
+    secrets: set[str] = field(default_factory=set)   # every secret value seen: redacted from messages
+    events: list[tuple[str, str, str]] = field(default_factory=list)
+    # Where the operator itself connects: spec.postgres, or a managed server's pod address
+    # when the operator runs outside the cluster's Service network.
+    reach: PostgresEndpoint | None = None
+    admin_login: tuple[str, str] | None = None   # (user, password) from the admin Secret
+    cloned: tuple[str, float] | None = None      # (template, seconds) when this reconcile cloned the database
+    not_cloned: str | None = None                # why a new database was not cloned (then migrated in place)
+
+    def __post_init__(self) -> None:
+        if self.reach is None:
+            self.reach = self.spec.postgres
+
+    def did(self, reason: str, message: str) -> None:
+        self.events.append(("Normal", reason, message))

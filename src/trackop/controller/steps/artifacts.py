@@ -1,0 +1,35 @@
+"""The artifact bucket reachable and writable, and Direct-mode clients' experiments pointed
+at it by a trigger in the backend's database. Condition: ArtifactsReady."""
+
+from __future__ import annotations
+
+from ... import artifacts, postgres
+from ...api import conditions as cond
+from ...api.conditions import Condition
+from ...redaction import redact
+from ..outcome import Context, StepFailed
+
+
+def ensure(ctx: Context, password: str, keys: tuple[str, ...] | None) -> Condition:
+    spec = ctx.spec
+    store = spec.artifacts
+    checked = True
+    try:
+        ref = f"{spec.namespace}/{store.credentials_secret}" if store.credentials_secret else None
+        for summary in artifacts.check_store(store, keys, ref):
+            ctx.did("BucketCreated", summary)
+    except artifacts.ArtifactsError as error:
+        if error.reason != "NoCredentials" or store.credentials_secret is not None:
+            raise StepFailed(cond.ARTIFACTS_READY, error.reason, redact(error.message, ctx.secrets),
+                             15) from None
+        checked = False  # workload identity: only the server's service account can reach it
+    # Direct clients give new experiments a local location unless the database says otherwise.
+    with postgres.connect(ctx.reach, spec.role, password, spec.database) as conn:
+        plan = postgres.plan_artifact_trigger(store.uri, postgres.inspect_artifact_trigger(conn))
+        for summary in postgres.apply(conn, plan):
+            ctx.did("ArtifactLocationReconciled", summary)
+    if not checked:
+        return Condition(cond.ARTIFACTS_READY, "Unknown", "NoCredentialsToCheck",
+                         f"{store.uri} is reached through workload identity, which the operator does not "
+                         "have: the tracking server's first upload is the check")
+    return Condition(cond.ARTIFACTS_READY, "True", "Writable", f"{store.uri} is reachable and writable")

@@ -1,0 +1,44 @@
+"""The MLflow tracking server's Service and Deployment, rolled out once the schema is at
+the target revision. Condition: ServerReady."""
+
+from __future__ import annotations
+
+from kubernetes.client import ApiException
+
+from ... import manifests
+from ...api import conditions as cond
+from ...api.conditions import Condition
+from ...kube import Kube, refusal_message
+from ..outcome import Context, StepFailed
+
+
+def ensure(ctx: Context, kube: Kube) -> Condition:
+    """Service and Deployment; only reached once the schema is at the target head."""
+    spec = ctx.spec
+    server = spec.tracking_server
+    try:
+        changed, _ = kube.apply_if_changed(manifests.tracking_server_service(spec, ctx.owner))
+        if changed:
+            ctx.did("TrackingServerApplied", f"applied Service {spec.tracking_server_name}")
+        changed, deployment = kube.apply_if_changed(manifests.tracking_server_deployment(spec, ctx.owner))
+    except ApiException as exc:
+        # spec.server.resources is free-form and serviceAccountName and image are free
+        # text in the CRD: what the API server refuses in the Deployment is reported.
+        raise StepFailed(cond.SERVER_READY, "ServerRejected",
+                         f"the API server refused the tracking server's objects {spec.tracking_server_name}: "
+                         f"{refusal_message(exc)}; check spec.server (resources, serviceAccountName, image)",
+                         30) from None
+    if changed:
+        ctx.did("TrackingServerApplied", f"applied Deployment {spec.tracking_server_name} ({server.image})")
+    if server.replicas == 0:
+        raise StepFailed(cond.SERVER_READY, "ScaledToZero", f"Deployment {spec.tracking_server_name} has 0 replicas",
+                         60)
+    status = deployment.get("status") or {}
+    updated, available = status.get("updatedReplicas") or 0, status.get("availableReplicas") or 0
+    if (status.get("observedGeneration") or 0) < deployment["metadata"]["generation"] \
+            or updated < server.replicas or available < 1:
+        raise StepFailed(cond.SERVER_READY, "RollingOut",
+                         f"Deployment {spec.tracking_server_name}: {updated}/{server.replicas} updated, "
+                         f"{available} available", 3, backoff=False)
+    return Condition(cond.SERVER_READY, "True", "Available",
+                     f"{available}/{server.replicas} replicas available at {spec.tracking_server_uri}")
