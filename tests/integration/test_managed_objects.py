@@ -12,7 +12,7 @@ from kubernetes import client
 
 from helpers import eventually
 from trackop import api, managed
-from trackop.testbed import binaries
+from trackop_testbed import binaries
 
 pytestmark = pytest.mark.bed
 

@@ -79,7 +79,7 @@ from typing import Callable, Sequence
 
 from kubernetes import client
 
-from ..kube import Kube
+from trackop.kube import Kube
 
 _VAR_REF = re.compile(r"\$\$|\$\(([A-Za-z_][A-Za-z0-9_.\-]*)\)")
 
