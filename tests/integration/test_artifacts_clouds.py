@@ -29,7 +29,7 @@ from trackop.artifacts import (
     check_gcs,
     gcs_client_env,
 )
-from trackop_testbed.kubelet import expand
+from trackop_testbed.pod_env import expand
 from trackop_testbed.procs import free_ports
 
 pytestmark = pytest.mark.bed

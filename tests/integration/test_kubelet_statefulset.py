@@ -18,7 +18,7 @@ import pytest
 from kubernetes import client
 
 from helpers import eventually
-from trackop_testbed.kubelet import LocalKubeletError
+from trackop_testbed.kubelet_errors import LocalKubeletError
 from trackop_testbed.procs import free_ports, is_listening
 
 pytestmark = pytest.mark.bed
