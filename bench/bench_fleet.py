@@ -66,8 +66,8 @@ import psycopg
 from kubernetes import client, config, watch
 from psycopg import sql
 
-from trackop.install import install_crd
-from trackop.testbed.bed import Testbed
+from trackop_testbed.bed import Testbed
+from trackop_testbed.crd import install_crd
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))

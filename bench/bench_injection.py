@@ -55,7 +55,7 @@ from pathlib import Path
 
 from kubernetes import client, config
 
-from trackop.install import install_crd
+from trackop_testbed.crd import install_crd
 
 ROOT = Path(__file__).resolve().parents[1]
 from benchlib import Postgres, bed_down, bed_up, free_port, machine, stop_process, write_section  # noqa: E402

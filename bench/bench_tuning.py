@@ -432,7 +432,7 @@ def main() -> None:
     backends = [Backend(label, f"{prefix}-{suffix}", port, workers, tun)
                 for (label, prefix, workers, tun), port in zip(variants, ports)]
 
-    from trackop.testbed.kubelet import LocalKubelet
+    from trackop_testbed.kubelet import LocalKubelet
 
     kubelet = LocalKubelet(cluster.api, workdir=log_dir / "kubelet")
     apps = client.AppsV1Api(cluster.api)

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Sets up a fresh machine for trackop: PostgreSQL server binaries (Debian packages),
-# a Python virtualenv with trackop and its test extra, and the Go-built test bed
-# binaries (cached under ~/.cache/trackop, so only the first run builds them).
+# a Python virtualenv with trackop, its test extra and the test bed (testbed/), and the
+# Go-built test bed binaries (cached under ~/.cache/trackop, so only the first run builds them).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -44,19 +44,23 @@ if ! command -v npm >/dev/null || ! command -v node >/dev/null; then
   exit 1
 fi
 
-# Python: a virtualenv in .venv, reinstalled only when pyproject.toml or constraints.txt
-# changes. The runtime dependencies are held to constraints.txt, the versions the image
-# installs (Dockerfile), so the tests run against what ships.
+# Python: a virtualenv in .venv, reinstalled only when a pyproject.toml or constraints.txt
+# changes: trackop with its test extra, then the test bed's own package (testbed/: the bed,
+# the local kubelet, the quickstart and the `trackop testbed`/`trackop dev` commands), which
+# the product's wheel and image never contain. The runtime dependencies are held to
+# constraints.txt, the versions the image installs (Dockerfile), so the tests run against
+# what ships.
 PY=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
 stamp=.venv/.trackop-installed
-want=$(cat pyproject.toml constraints.txt | sha256sum | cut -d' ' -f1)
+want=$(cat pyproject.toml testbed/pyproject.toml constraints.txt | sha256sum | cut -d' ' -f1)
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
-  echo "setup: installing trackop and its test extra into .venv" >&2
+  echo "setup: installing trackop and its test extra, and the test bed, into .venv" >&2
   .venv/bin/pip install -q --upgrade pip
   .venv/bin/pip install -q -e ".[test]" --constraint constraints.txt
+  .venv/bin/pip install -q -e ./testbed --constraint constraints.txt
   echo "$want" > "$stamp"
 fi
 
 # The Go-built binaries (a no-op once cached).
-.venv/bin/python -c 'from trackop.testbed import binaries; binaries.ensure_all()'
+.venv/bin/python -c 'from trackop_testbed import binaries; binaries.ensure_all()'

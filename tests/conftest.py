@@ -22,9 +22,9 @@ import psycopg
 import pytest
 from kubernetes import client, config
 
-from trackop.install import install_crd
-from trackop.testbed import Testbed
-from trackop.testbed.kubelet import LocalKubelet
+from trackop_testbed.bed import Testbed
+from trackop_testbed.crd import install_crd
+from trackop_testbed.kubelet import LocalKubelet
 
 
 def _progress(message: str) -> None:

@@ -20,7 +20,7 @@ from kubernetes.dynamic import DynamicClient
 from psycopg import sql
 
 from helpers import eventually
-from trackop.testbed.procs import free_ports
+from trackop_testbed.procs import free_ports
 
 GROUP, VERSION, PLURAL = "trackop.dev", "v1alpha1", "trackingbackends"
 DRIFT_INTERVAL = 3  # seconds: short, so drift repair is observable within a test
@@ -297,7 +297,7 @@ def chart_service_account_kubeconfig(kube_api: client.ApiClient, admin_kubeconfi
     """A kubeconfig that authenticates as the chart's ServiceAccount (a TokenRequest token),
     after applying the ServiceAccount, ClusterRole, ClusterRoleBinding and peering object
     exactly as ``helm template`` renders them with default values."""
-    from trackop.testbed import binaries
+    from trackop_testbed import binaries
 
     helm = binaries.ensure_helm()
     rendered = subprocess.run([str(helm), "template", CHART_RELEASE, str(CHART), "--namespace", namespace],
@@ -312,7 +312,7 @@ def chart_service_account_kubeconfig(kube_api: client.ApiClient, admin_kubeconfi
     wanted = [o for o in objects if o["kind"] in ("ServiceAccount", "ClusterRole", "ClusterRoleBinding",
                                                   "ClusterKopfPeering")]
     assert {o["kind"] for o in wanted} >= {"ServiceAccount", "ClusterRole", "ClusterRoleBinding"}
-    from trackop.install import install_crd
+    from trackop_testbed.crd import install_crd
 
     for crd in yaml.safe_load_all((CHART / "crds" / "kopf.dev_peerings.yaml").read_text()):
         install_crd(kube_api, manifest=crd)  # the ClusterKopfPeering below needs its CRD served

@@ -3,40 +3,19 @@
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import random
 import sys
 from collections.abc import Mapping
+from importlib.metadata import entry_points
 from pathlib import Path
 
 from . import __version__
 from .settings import DEFAULT_OPERATOR_NAMESPACE, FAILURE_POLICIES, LOG_FORMATS, MANAGED_ADDRESSES, Settings
-from .testbed import Testbed
 
-DEFAULT_DEV_DIR = Path("/tmp/trackop-dev")
-
-
-def _progress(message: str) -> None:
-    print(f"trackop: {message}", file=sys.stderr, flush=True)
-
-
-def _testbed_up(args: argparse.Namespace) -> int:
-    info = Testbed(args.dir, progress=_progress).up()
-    print(json.dumps({"testbed": str(Path(args.dir).resolve() / "testbed.json"),
-                      "kubeconfig": info["kubeconfig"]}))
-    return 0
-
-
-def _testbed_down(args: argparse.Namespace) -> int:
-    Testbed(args.dir, progress=_progress).down()
-    return 0
-
-
-def _dev(args: argparse.Namespace) -> int:
-    from . import dev
-
-    return dev.run(args.dir, exit_after=args.exit, progress=_progress)
+# Subcommands other installed packages add: each entry point is a callable
+# ``register(subparsers)`` (the test bed's package adds ``testbed`` and ``dev``).
+COMMANDS_GROUP = "trackop.commands"
 
 
 def settings_from(args: argparse.Namespace, environ: Mapping[str, str]) -> Settings:
@@ -88,15 +67,6 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"trackop {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
 
-    testbed = commands.add_parser("testbed", help="the local test bed (control plane, PostgreSQL, S3)")
-    bed_commands = testbed.add_subparsers(dest="action", required=True)
-    up = bed_commands.add_parser("up", help="start the bed in the background (reuses a running one)")
-    up.add_argument("--dir", required=True, type=Path)
-    up.set_defaults(func=_testbed_up)
-    down = bed_commands.add_parser("down", help="stop exactly what 'up' started")
-    down.add_argument("--dir", required=True, type=Path)
-    down.set_defaults(func=_testbed_down)
-
     run = commands.add_parser("run", help="the operator, against the current kubeconfig or in-cluster config")
     scope = run.add_mutually_exclusive_group(required=True)
     scope.add_argument("--namespace", "-n", action="append", help="watch this namespace (repeatable)")
@@ -147,10 +117,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--verbose", action="store_true")
     run.set_defaults(func=_run)
 
-    dev = commands.add_parser("dev", help="the quickstart on the local test bed")
-    dev.add_argument("--dir", type=Path, default=DEFAULT_DEV_DIR, help="the bed's directory (default %(default)s)")
-    dev.add_argument("--exit", action="store_true", help="stop everything once the run is logged")
-    dev.set_defaults(func=_dev)
+    for entry in sorted(entry_points(group=COMMANDS_GROUP), key=lambda e: e.name):
+        entry.load()(commands)
     return parser
 
 

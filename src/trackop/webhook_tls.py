@@ -23,9 +23,8 @@ from dataclasses import dataclass
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from . import pki
 
 TLS_CERT = "tls.crt"
 TLS_KEY = "tls.key"
@@ -36,8 +35,6 @@ PREVIOUS_CA = "previous-ca.crt"
 DEFAULT_CA_DAYS = 3650
 DEFAULT_CERT_DAYS = 90
 DEFAULT_RENEW_BEFORE = dt.timedelta(days=30)
-# Tolerates a little clock skew between the operator and the API server.
-_BACKDATE = dt.timedelta(minutes=5)
 
 
 @dataclass(frozen=True)
@@ -58,52 +55,12 @@ def _aware(now: dt.datetime) -> dt.datetime:
     return now.astimezone(dt.timezone.utc)
 
 
-def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
-    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                             serialization.NoEncryption())
-
-
-def _cert_pem(cert: x509.Certificate) -> bytes:
-    return cert.public_bytes(serialization.Encoding.PEM)
-
-
-def _load_key(pem: bytes) -> ec.EllipticCurvePrivateKey:
-    key = serialization.load_pem_private_key(pem, password=None)
-    if not isinstance(key, ec.EllipticCurvePrivateKey):
-        raise ValueError("expected an EC private key")
-    return key
-
-
-def _cn(common_name: str) -> x509.Name:
-    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name[:64])])
-
-
 def _make_ca(now: dt.datetime, days: int) -> tuple[bytes, bytes]:
-    key = ec.generate_private_key(ec.SECP256R1())
     # The serial in the name keeps successive CAs distinguishable in logs and bundles.
     serial = x509.random_serial_number()
-    name = _cn(f"trackop-webhook-ca-{serial % 10**8:08d}")
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(serial)
-        .not_valid_before(now - _BACKDATE)
-        .not_valid_after(now + dt.timedelta(days=days))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(x509.KeyUsage(
-            digital_signature=True, key_cert_sign=True, crl_sign=True, content_commitment=False,
-            key_encipherment=False, data_encipherment=False, key_agreement=False,
-            encipher_only=False, decipher_only=False), critical=True)
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
-        .sign(key, hashes.SHA256())
-    )
-    return _cert_pem(cert), _key_pem(key)
-
-
-def _sans(names: Sequence[str], ips: Sequence[str]) -> list[x509.GeneralName]:
-    return [x509.DNSName(n) for n in names] + [x509.IPAddress(ipaddress.ip_address(ip)) for ip in ips]
+    ca = pki.make_ca(f"trackop-webhook-ca-{serial % 10**8:08d}", now=now, days=days, serial=serial,
+                     path_length=0, key_identifier=True)
+    return ca.cert_pem, ca.key_pem
 
 
 def _issue(ca_cert_pem: bytes, ca_key_pem: bytes, names: Sequence[str], ips: Sequence[str],
@@ -111,30 +68,9 @@ def _issue(ca_cert_pem: bytes, ca_key_pem: bytes, names: Sequence[str], ips: Seq
     if not names and not ips:
         # Clients match SANs only (the CN is ignored), so a cert without one is useless.
         raise ValueError("the serving certificate needs at least one DNS name or IP address")
-    ca_cert = x509.load_pem_x509_certificate(ca_cert_pem)
-    ca_key = _load_key(ca_key_pem)
-    key = ec.generate_private_key(ec.SECP256R1())
-    # Never outlive the CA: a leaf valid past its issuer fails verification anyway.
-    not_after = min(now + dt.timedelta(days=days), ca_cert.not_valid_after_utc)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(_cn(names[0] if names else ips[0]))
-        .issuer_name(ca_cert.subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - _BACKDATE)
-        .not_valid_after(not_after)
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(x509.KeyUsage(
-            digital_signature=True, key_cert_sign=False, crl_sign=False, content_commitment=False,
-            key_encipherment=False, data_encipherment=False, key_agreement=False,
-            encipher_only=False, decipher_only=False), critical=True)
-        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-        .add_extension(x509.SubjectAlternativeName(_sans(names, ips)), critical=False)
-        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False)
-        .sign(ca_key, hashes.SHA256())
-    )
-    return _cert_pem(cert), _key_pem(key)
+    leaf = pki.issue(pki.KeyPair(ca_key_pem, ca_cert_pem), names[0] if names else ips[0], dns_names=names,
+                     ip_addresses=ips, server=True, now=now, days=days, key_usage=True, key_identifier=True)
+    return leaf.cert_pem, leaf.key_pem
 
 
 def new_certs(service_dns_names: Sequence[str], ip_addresses: Sequence[str], now: dt.datetime, *,
@@ -184,9 +120,9 @@ def needs_rotation(certs: WebhookCerts, now: dt.datetime, *, renew_before: dt.ti
     # A hand-edited or half-written Secret: the pair no longer fits together.
     if cert.issuer != ca.subject or not _signed_by(cert, ca):
         return "the serving certificate is not signed by the current CA"
-    if _load_key(certs.key_pem).public_key() != cert.public_key():
+    if pki.load_ec_key(certs.key_pem).public_key() != cert.public_key():
         return "the serving key does not match the serving certificate"
-    if _load_key(certs.ca_key_pem).public_key() != ca.public_key():
+    if pki.load_ec_key(certs.ca_key_pem).public_key() != ca.public_key():
         return "the CA key does not match the CA certificate"
     if names is not None or ips is not None:
         have_names, have_ips = certificate_sans(certs.cert_pem)
@@ -218,7 +154,7 @@ def rotate(certs: WebhookCerts, now: dt.datetime, names: Sequence[str], ips: Seq
     now = _aware(now)
     ca = x509.load_pem_x509_certificate(certs.ca_cert_pem)
     try:
-        ca_key_fits = _load_key(certs.ca_key_pem).public_key() == ca.public_key()
+        ca_key_fits = pki.load_ec_key(certs.ca_key_pem).public_key() == ca.public_key()
     except ValueError:
         ca_key_fits = False
     if ca_key_fits and _ca_usable(ca, now, cert_days):
@@ -273,10 +209,10 @@ def from_secret_data(data: Mapping[str, str]) -> WebhookCerts:
         ca_cert, ca_key, cert, key = (decoded(k) for k in (CA_CERT, CA_KEY, TLS_CERT, TLS_KEY))
         x509.load_pem_x509_certificate(ca_cert)
         x509.load_pem_x509_certificate(cert)
-        _load_key(ca_key)
-        _load_key(key)
+        pki.load_ec_key(ca_key)
+        pki.load_ec_key(key)
         previous_raw = base64.b64decode(data.get(PREVIOUS_CA) or "", validate=True)
-        previous = tuple(_cert_pem(c) for c in x509.load_pem_x509_certificates(previous_raw)) if previous_raw else ()
+        previous = tuple(pki.cert_pem(c) for c in x509.load_pem_x509_certificates(previous_raw)) if previous_raw else ()
     except (ValueError, TypeError) as error:
         raise ValueError(f"the webhook certificate Secret is invalid: {error}") from None
     return WebhookCerts(ca_cert, ca_key, cert, key, previous)

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from trackop.testbed.procs import is_listening
+from trackop_testbed.procs import is_listening
 
 pytestmark = pytest.mark.bed
 

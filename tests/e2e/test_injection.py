@@ -200,7 +200,7 @@ def test_the_validating_webhook_refuses_a_second_backend_on_the_same_database(ba
 
 def _tls_secret(core_v1, name: str) -> None:
     """What cert-manager would write: a CA and a serving certificate for 127.0.0.1."""
-    from trackop.testbed import pki
+    from trackop import pki
 
     ca = pki.make_ca(f"external-ca-{uuid.uuid4().hex[:6]}")
     leaf = pki.issue(ca, "trackop-webhook", ip_addresses=("127.0.0.1",), server=True)

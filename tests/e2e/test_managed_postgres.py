@@ -26,8 +26,8 @@ from kubernetes import client
 from helpers import eventually
 from kit import Backends, assert_no_secret_leaks
 from trackop import managed
-from trackop.testbed import binaries
-from trackop.testbed.procs import free_ports
+from trackop_testbed import binaries
+from trackop_testbed.procs import free_ports
 
 pytestmark = pytest.mark.bed
 

@@ -11,7 +11,7 @@ from kubernetes import client
 
 from helpers import eventually
 from kit import CHART_RELEASE, Admin, Backends, OperatorProcess
-from trackop.install import install_crd
+from trackop_testbed.crd import install_crd
 
 pytestmark = pytest.mark.bed
 

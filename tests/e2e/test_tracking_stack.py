@@ -17,7 +17,7 @@ from kubernetes import client
 
 from helpers import eventually
 from kit import Admin, Backends, assert_no_secret_leaks
-from trackop.testbed.procs import free_ports
+from trackop_testbed.procs import free_ports
 
 pytestmark = pytest.mark.bed
 

@@ -8,7 +8,7 @@ import uuid
 import pytest
 
 from trackop.artifacts import ArtifactsError, S3Location, check_s3
-from trackop.testbed.procs import free_ports
+from trackop_testbed.procs import free_ports
 
 pytestmark = pytest.mark.bed
 

@@ -29,8 +29,8 @@ from trackop.artifacts import (
     check_gcs,
     gcs_client_env,
 )
-from trackop.testbed.kubelet import expand
-from trackop.testbed.procs import free_ports
+from trackop_testbed.pod_env import expand
+from trackop_testbed.procs import free_ports
 
 pytestmark = pytest.mark.bed
 

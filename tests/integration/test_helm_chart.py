@@ -19,7 +19,7 @@ from kubernetes import client, config
 from helpers import eventually
 from trackop import cli, webhook
 from trackop.kube import Kube
-from trackop.testbed import binaries
+from trackop_testbed import binaries
 
 pytestmark = pytest.mark.bed
 

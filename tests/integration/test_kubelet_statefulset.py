@@ -18,8 +18,8 @@ import pytest
 from kubernetes import client
 
 from helpers import eventually
-from trackop.testbed.kubelet import LocalKubeletError
-from trackop.testbed.procs import free_ports, is_listening
+from trackop_testbed.kubelet_errors import LocalKubeletError
+from trackop_testbed.procs import free_ports, is_listening
 
 pytestmark = pytest.mark.bed
 

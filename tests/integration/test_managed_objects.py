@@ -14,7 +14,7 @@ from kubernetes import client
 from trackop import managed
 from trackop.api.parsing import parse
 from trackop.api.v1alpha1 import BackendSpec
-from trackop.testbed import binaries
+from trackop_testbed import binaries
 
 pytestmark = pytest.mark.bed
 

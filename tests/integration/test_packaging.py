@@ -8,6 +8,7 @@ requirement that constraints.txt does not cover fails here.
 
 from __future__ import annotations
 
+import ast
 import shutil
 import subprocess
 import sys
@@ -84,6 +85,41 @@ def test_the_wheel_holds_the_package_and_its_metadata(image_venv):
     assert "trackop = trackop.cli:main" in zipfile.ZipFile(wheel).read(entry_points).decode()
 
 
+# The test bed, its local kubelet and the quickstart: the package in testbed/ and the modules
+# it is made of. The product never ships or imports them (make installs them next to it).
+TEST_BED_PACKAGE = "trackop_testbed"
+TEST_BED_MODULES = {TEST_BED_PACKAGE, "testbed", "kubelet", "dev", "quickstart"}
+
+
+def _imported_modules(tree: ast.AST) -> set[str]:
+    """Every name an import statement could load as a module: each dotted part of
+    ``import a.b`` and ``from a.b import c`` (c too: it may be a submodule)."""
+    found: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found.update(part for alias in node.names for part in alias.name.split("."))
+        elif isinstance(node, ast.ImportFrom):
+            found.update((node.module or "").split("."))
+            found.update(alias.name for alias in node.names)
+    return found - {""}
+
+
+def test_the_wheel_holds_no_test_bed(image_venv):
+    wheel = zipfile.ZipFile(next((image_venv.parent / "wheels").glob("trackop-*.whl")))
+    names = wheel.namelist()
+    sources = [n for n in names if n.endswith(".py")]
+    assert "trackop/cli.py" in sources
+    for name in sources:
+        parts = set(Path(name).with_suffix("").parts)
+        assert not parts & TEST_BED_MODULES, f"{name}: test bed code in the wheel"
+        text = wheel.read(name).decode()
+        imported = _imported_modules(ast.parse(text, name)) & TEST_BED_MODULES
+        assert not imported, f"{name} imports {sorted(imported)}"
+        assert TEST_BED_PACKAGE not in text, f"{name} names {TEST_BED_PACKAGE} (an import by name?)"
+    entry_points = next(n for n in names if n.endswith(".dist-info/entry_points.txt"))
+    assert TEST_BED_PACKAGE not in wheel.read(entry_points).decode()
+
+
 def test_installed_exactly_the_pins(image_venv):
     frozen = _run(image_venv / "bin" / "python", "-m", "pip", "freeze", "--all", "--disable-pip-version-check")
     installed = {}
@@ -103,6 +139,18 @@ def test_the_entrypoint_runs(image_venv, tmp_path):
     assert "run" in _run(trackop, "--help", env=env)
     help_text = _run(trackop, "run", "--help", env=env)
     assert "--all-namespaces" in help_text and "--webhook-address" in help_text
+
+
+def test_the_image_has_no_test_bed_commands(image_venv, tmp_path):
+    """``testbed`` and ``dev`` come from the test bed's package (its entry points), which
+    the image does not have: argparse refuses them as it refuses any unknown command."""
+    env = _image_env(tmp_path / "home")
+    trackop = image_venv / "bin" / "trackop"
+    for command in (["testbed", "up", "--dir", str(tmp_path / "bed")], ["dev", "--exit"]):
+        result = subprocess.run([str(trackop), *command], capture_output=True, text=True, timeout=60, env=env)
+        assert result.returncode == 2, result
+        assert f"invalid choice: '{command[0]}'" in result.stderr
+    assert not (tmp_path / "bed").exists()
 
 
 IMPORT_ALL = """

@@ -18,8 +18,9 @@ import pytest
 from kubernetes import client
 
 from helpers import eventually
-from trackop.testbed import pki
-from trackop.testbed.procs import free_ports
+from trackop import pki
+from trackop_testbed.pki import write_private
+from trackop_testbed.procs import free_ports
 
 pytestmark = pytest.mark.bed
 
@@ -177,8 +178,8 @@ class _MutatingHandler(http.server.BaseHTTPRequestHandler):
 def test_mutating_webhook_served_locally_mutates_a_pod(kube_api, core_v1, namespace, tmp_path):
     ca = pki.make_ca("webhook-ca")
     serving = pki.issue(ca, "webhook", ip_addresses=("127.0.0.1",), server=True)
-    cert = pki.write_private(tmp_path / "tls.crt", serving.cert_pem)
-    key = pki.write_private(tmp_path / "tls.key", serving.key_pem)
+    cert = write_private(tmp_path / "tls.crt", serving.cert_pem)
+    key = write_private(tmp_path / "tls.key", serving.key_pem)
     port = free_ports(1)[0]
     server = http.server.ThreadingHTTPServer(("127.0.0.1", port), _MutatingHandler)
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)

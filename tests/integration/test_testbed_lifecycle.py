@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from trackop.testbed.procs import ProcessRecord, is_alive, is_listening
+from trackop_testbed.procs import ProcessRecord, is_alive, is_listening
 
 pytestmark = pytest.mark.bed
 

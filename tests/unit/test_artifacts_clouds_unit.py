@@ -22,7 +22,7 @@ from trackop.artifacts import (
     validate_azure_container_name,
     validate_gcs_bucket_name,
 )
-from trackop.testbed.kubelet import expand
+from trackop_testbed.pod_env import expand
 
 KEY = "dW5pdC10ZXN0LWtleS1ub3QtYS1yZWFsLWF6dXJlLWtleS0wMTIzNDU2Nzg5YWJjZGVm"
 

@@ -1,6 +1,6 @@
 from pathlib import Path
 
-from trackop.testbed import binaries
+from trackop_testbed import binaries
 
 
 def test_version_ldflags_stamp_the_real_version():

@@ -1,4 +1,4 @@
-from trackop.testbed.kubelet import expand
+from trackop_testbed.pod_env import expand
 
 
 def test_expand_replaces_known_names_and_keeps_unknown():

@@ -3,7 +3,8 @@ import ipaddress
 from cryptography import x509
 from cryptography.x509.oid import NameOID
 
-from trackop.testbed import pki
+from trackop import pki
+from trackop_testbed.pki import write_private
 
 
 def test_issued_certificate_chains_to_its_ca_with_sans_and_groups():
@@ -20,5 +21,5 @@ def test_issued_certificate_chains_to_its_ca_with_sans_and_groups():
 
 
 def test_private_files_are_owner_only(tmp_path):
-    path = pki.write_private(tmp_path / "k.pem", b"secret")
+    path = write_private(tmp_path / "k.pem", b"secret")
     assert path.stat().st_mode & 0o777 == 0o600

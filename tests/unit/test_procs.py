@@ -3,7 +3,7 @@ from __future__ import annotations
 import dataclasses
 import signal
 
-from trackop.testbed.procs import free_ports, is_alive, spawn, stop
+from trackop_testbed.procs import free_ports, is_alive, spawn, stop
 
 
 def test_free_ports_are_distinct():

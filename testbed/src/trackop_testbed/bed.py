@@ -29,7 +29,10 @@ from pathlib import Path
 
 import yaml
 
-from . import binaries, pki, postgres_server
+from trackop import pki
+
+from . import binaries, postgres_server
+from .pki import make_service_account_key, write_private
 from .procs import ProcessRecord, free_ports, is_alive, is_listening, spawn, stop, tail, wait_bindable, wait_until
 
 SERVICE_CIDR = "10.0.0.0/24"
@@ -114,7 +117,7 @@ class Testbed:
         return BedState.from_json(json.loads(self.state_path.read_text()))
 
     def _save_state(self, state: BedState) -> None:
-        pki.write_private(self.state_path, json.dumps(state.to_json(), indent=2).encode())
+        write_private(self.state_path, json.dumps(state.to_json(), indent=2).encode())
 
     def info(self) -> dict:
         """The contents of testbed.json: how clients reach the bed."""
@@ -146,7 +149,7 @@ class Testbed:
                 "connection_string": _azure_connection_string(state),
             },
         }
-        pki.write_private(self.info_path, json.dumps(info, indent=2).encode())
+        write_private(self.info_path, json.dumps(info, indent=2).encode())
 
     def _components(self, state: BedState) -> tuple[str, ...]:
         if state.external_kubeconfig:
@@ -266,19 +269,19 @@ class Testbed:
         )
         admin = pki.issue(ca, "trackop-admin", organizations=("system:masters",), client=True)
         kcm = pki.issue(ca, "system:kube-controller-manager", client=True)
-        sa_private, sa_public = pki.make_service_account_key()
+        sa_private, sa_public = make_service_account_key()
         for name, data in {
             "ca.crt": ca.cert_pem, "ca.key": ca.key_pem,
             "apiserver.crt": serving.cert_pem, "apiserver.key": serving.key_pem,
             "admin.crt": admin.cert_pem, "admin.key": admin.key_pem,
             "sa.key": sa_private, "sa.pub": sa_public,
         }.items():
-            pki.write_private(d / name, data)
+            write_private(d / name, data)
         server = f"https://127.0.0.1:{state.ports['kube-apiserver']}"
-        pki.write_private(self.dir / "kube-controller-manager.kubeconfig",
-                          _kubeconfig(server, ca.cert_pem, kcm, "system:kube-controller-manager"))
+        write_private(self.dir / "kube-controller-manager.kubeconfig",
+                      _kubeconfig(server, ca.cert_pem, kcm, "system:kube-controller-manager"))
         # Written last: its presence means the PKI is complete.
-        pki.write_private(self.dir / "kubeconfig", _kubeconfig(server, ca.cert_pem, admin, "trackop-admin"))
+        write_private(self.dir / "kubeconfig", _kubeconfig(server, ca.cert_pem, admin, "trackop-admin"))
 
     # ---- starting ----------------------------------------------------------------------
     def _start(self, name: str, state: BedState, bins: dict[str, Path]) -> ProcessRecord:

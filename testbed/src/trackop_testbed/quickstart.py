@@ -27,11 +27,12 @@ import yaml
 from kubernetes import client, config
 from psycopg import sql
 
-from .injection import BACKEND_ANNOTATION, INJECT_LABEL
-from .install import install_crd
-from .testbed import Testbed
-from .testbed.kubelet import LocalKubelet
-from .testbed.procs import free_ports
+from trackop.injection import BACKEND_ANNOTATION, INJECT_LABEL
+
+from .bed import Testbed
+from .crd import install_crd
+from .kubelet import LocalKubelet
+from .procs import free_ports
 
 ADMIN_ROLE = "trackop_admin"
 QUICKSTART_RUN = """
