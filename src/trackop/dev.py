@@ -27,11 +27,11 @@ import yaml
 from kubernetes import client, config
 from psycopg import sql
 
-from .injection import BACKEND_ANNOTATION, INJECT_LABEL
 from .install import install_crd
 from .testbed import Testbed
 from .testbed.kubelet import LocalKubelet
 from .testbed.procs import free_ports
+from .webhook.injection import BACKEND_ANNOTATION, INJECT_LABEL
 
 ADMIN_ROLE = "trackop_admin"
 QUICKSTART_RUN = """

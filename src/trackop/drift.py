@@ -31,7 +31,7 @@ from . import postgres
 from .api import conditions as cond
 from .api import connections
 from .api.v1alpha1 import MANAGED_BY, MANAGED_BY_LABEL, BackendSpec, PostgresEndpoint
-from .injection import COPY_LABEL, copy_label_value
+from .webhook.injection import COPY_LABEL, copy_label_value
 
 log = logging.getLogger(__name__)
 

@@ -20,13 +20,16 @@ import kopf
 import urllib3
 from kubernetes import client, config
 
-from . import drift, kopf_settings, manifests, metrics, schema, webhook
+from . import drift, kopf_settings, metrics, schema
 from .api import conditions as cond
 from .api.parsing import parse
 from .api.v1alpha1 import GROUP, PLURAL, VERSION, BackendSpec, SpecError
-from .injection_service import InjectionService
 from .kube import Kube
-from .reconcile import MANAGED_ADDRESS_SERVICE, Outcome, Reconciler, StepFailed, injection_view
+from .reconcile import MANAGED_ADDRESS_SERVICE, Outcome, Reconciler, StepFailed
+from .specs.connection_secret import secret_keys
+from .webhook.index import Index
+from .webhook.injection import BackendView, backend_view
+from .webhook.service import InjectionService
 
 DRIFT_INTERVAL = float(os.environ.get("TRACKOP_DRIFT_INTERVAL", "60"))
 # Between two full reconciles of a converged backend, the drift timer only compares its
@@ -47,7 +50,7 @@ MANAGED_POSTGRES_ADDRESS = os.environ.get("TRACKOP_MANAGED_POSTGRES_ADDRESS") or
 
 _reconciler: Reconciler | None = None
 _injection: InjectionService | None = None
-INDEX = webhook.Index()
+INDEX = Index()
 _specs: dict[tuple[str, str], BackendSpec] = {}
 _namespace_labels: dict[str, dict[str, str]] = {}
 _locks: dict[tuple[str, str], threading.Lock] = {}
@@ -255,19 +258,19 @@ def stop_webhooks(**_: Any) -> None:
         _injection.stop()
 
 
-def _index_view(body: Mapping[str, Any]) -> tuple[webhook.BackendView, tuple[str, int, str]] | None:
+def _index_view(body: Mapping[str, Any]) -> tuple[BackendView, tuple[str, int, str]] | None:
     """What the webhook index keeps of a TrackingBackend; None for an invalid spec."""
     try:
         spec = _parse(body)
     except SpecError:
         return None
-    return injection_view(spec, manifests.secret_keys(spec)), (spec.postgres.host, spec.postgres.port, spec.database)
+    return backend_view(spec, secret_keys(spec)), (spec.postgres.host, spec.postgres.port, spec.database)
 
 
 @kopf.on.event(GROUP, VERSION, PLURAL)
 def track_backend(event: kopf.RawEvent, body: kopf.Body, **_: Any) -> None:
     """The parsed specs the drift timer and namespace events act on (the webhook's index
-    is fed by its own watch: see injection_service.IndexWatch)."""
+    is fed by its own watch: see webhook.index_watch.IndexWatch)."""
     key = (body["metadata"]["namespace"], body["metadata"]["name"])
     try:
         spec = _parse(body)

@@ -14,22 +14,26 @@ import logging
 import os
 import secrets as random_secrets
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import psycopg
 from kubernetes.client import ApiException
 
-from . import artifacts, drift, injection, managed, manifests, postgres, schema
+from . import artifacts, drift, postgres, schema
 from .api import conditions as cond
 from .api import connections, tuning
 from .api.conditions import Condition
 from .api.v1alpha1 import BACKEND_LABEL, ENGINE_CNPG, MANAGED_BY, MANAGED_BY_LABEL, BackendSpec, PostgresEndpoint
 from .drift import SharedListing
-from .injection import COPY_LABEL, copy_label_value
 from .kube import Kube
 from .redaction import redact
+from .specs import common, managed_server, managed_server_status, tracking_server
+from .specs.connection_secret import connection_secret, database_uri, operator_uri
+from .specs.migration_job import migration_job
+from .webhook import injection
+from .webhook.injection import COPY_LABEL, copy_label_value
 
 log = logging.getLogger(__name__)
 
@@ -109,13 +113,6 @@ class _Context:
 
     def did(self, reason: str, message: str) -> None:
         self.events.append(("Normal", reason, message))
-
-
-
-
-def injection_view(spec: BackendSpec, secret_keys: Iterable[str]) -> injection.BackendView:
-    return injection.BackendView(spec.namespace, spec.name, spec.injection_mode, spec.namespace_selector,
-                                 tuple(sorted(secret_keys)))
 
 
 MANAGED_ADDRESS_SERVICE = "service"
@@ -271,8 +268,8 @@ class Reconciler:
         ``ctx.reach`` at it. Everything after this is the external-server path."""
         spec = ctx.spec
         server = spec.managed
-        settings = managed.parameters(spec)
-        shortfall = managed.budget_shortfall(spec, settings)
+        settings = managed_server.parameters(spec)
+        shortfall = managed_server_status.budget_shortfall(spec, settings)
         if shortfall is not None:
             # Checked before the server is restarted with fewer connections than the stack needs.
             raise StepFailed(cond.TUNING_APPLIED, "MaxConnectionsTooLow", shortfall.message, 300)
@@ -293,25 +290,25 @@ class Reconciler:
         ctx.reach = self._managed_reach(spec)
         return Condition(cond.POSTGRES_READY, "True", progress.reason, progress.message)
 
-    def _statefulset(self, ctx: _Context, settings: Mapping[str, str]) -> managed.Progress:
+    def _statefulset(self, ctx: _Context, settings: Mapping[str, str]) -> managed_server_status.Progress:
         spec = ctx.spec
         name = spec.managed.name
         self._superuser_secret(ctx)
-        before, _ = self._apply_owned(spec, managed.service(spec, ctx.owner))
+        before, _ = self._apply_owned(spec, managed_server.service(spec, ctx.owner))
         if before is None:
             ctx.did("PostgresDeployed", f"created Service {spec.managed.service}")
-        before, after = self._apply_owned(spec, managed.statefulset(spec, ctx.owner, settings))
+        before, after = self._apply_owned(spec, managed_server.statefulset(spec, ctx.owner, settings))
         if before is None:
             ctx.did("PostgresDeployed", f"created StatefulSet {name} running {spec.managed.image}")
         else:
-            old = managed.parameters_from_args(_container_args(before))
-            new = managed.parameters_from_args(_container_args(after))
+            old = managed_server.parameters_from_args(_container_args(before))
+            new = managed_server.parameters_from_args(_container_args(after))
             changed = {k: v for k, v in new.items() if old.get(k) != v}
             removed = sorted(set(old) - set(new))
             if changed or removed:
                 shown = ", ".join([f"{k}={v}" for k, v in sorted(changed.items())] + [f"{k} reset" for k in removed])
                 ctx.did("PostgresRestarting", f"restarting PostgreSQL ({name}) to apply {shown}")
-        return managed.statefulset_progress(spec, after)
+        return managed_server_status.statefulset_progress(spec, after)
 
     def _apply_owned(self, spec: BackendSpec, wanted: dict[str, Any]) -> tuple[dict[str, Any] | None, dict[str, Any]]:
         """Server-side apply one of a managed server's objects: (before, or None if new; after).
@@ -335,7 +332,7 @@ class Reconciler:
             password = random_secrets.token_urlsafe(GENERATED_PASSWORD_BYTES)
             ctx.secrets.add(password)
             try:
-                self.kube.create_secret(managed.superuser_secret(spec, password, ctx.owner))
+                self.kube.create_secret(managed_server.superuser_secret(spec, password, ctx.owner))
                 ctx.did("SuperuserSecretCreated", f"created Secret {name} for the managed server's superuser")
             except ApiException as exc:
                 if exc.status != 409:
@@ -348,21 +345,21 @@ class Reconciler:
                              "was initialised with them) or delete the Secret and the volume to start afresh", 60)
         ctx.secrets.add(data["password"])
         if ctx.owner["metadata"]["uid"] not in owners:
-            body = managed.superuser_secret(spec, data["password"], ctx.owner)
+            body = managed_server.superuser_secret(spec, data["password"], ctx.owner)
             body["stringData"]["username"] = data["username"]
             self.kube.update_secret(body)
             ctx.did("SuperuserSecretAdopted", f"adopted Secret {name} kept from an earlier backend of this name")
 
-    def _cnpg_cluster(self, ctx: _Context, settings: Mapping[str, str]) -> managed.Progress:
+    def _cnpg_cluster(self, ctx: _Context, settings: Mapping[str, str]) -> managed_server_status.Progress:
         spec = ctx.spec
         name = spec.managed.name
         try:
-            before, after = self._apply_owned(spec, managed.cnpg_cluster(spec, ctx.owner, settings))
+            before, after = self._apply_owned(spec, managed_server.cnpg_cluster(spec, ctx.owner, settings))
         except ApiException as exc:
             if exc.status != 404:
                 raise
             raise StepFailed(cond.POSTGRES_READY, "CloudNativePGNotInstalled",
-                             f"engine CloudNativePG needs CloudNativePG's CRDs ({managed.CNPG_CRD}), which this "
+                             f"engine CloudNativePG needs CloudNativePG's CRDs ({managed_server.CNPG_CRD}), which this "
                              "cluster does not have: install the CloudNativePG operator, or use engine StatefulSet",
                              15) from None
         if before is None:
@@ -372,13 +369,14 @@ class Reconciler:
                 (after.get("spec") or {}).get("postgresql", {}).get("parameters"):
             ctx.did("PostgresRestarting", f"updated the parameters of CloudNativePG Cluster {name}; CloudNativePG "
                                           "restarts the instances if a parameter needs it")
-        return managed.cluster_progress(spec, after)
+        return managed_server_status.cluster_progress(spec, after)
 
     def _managed_reach(self, spec: BackendSpec) -> PostgresEndpoint:
         if self.managed_address != MANAGED_ADDRESS_POD:
             return spec.postgres
-        selector = managed.primary_pod_selector(spec)
-        ip = self.kube.pod_ip(spec.namespace, name=None if selector else managed.pod_name(spec), selector=selector)
+        selector = managed_server.primary_pod_selector(spec)
+        ip = self.kube.pod_ip(spec.namespace, name=None if selector else managed_server.pod_name(spec),
+                              selector=selector)
         if not ip:
             raise StepFailed(cond.POSTGRES_READY, "Starting",
                              f"the managed PostgreSQL {spec.managed.name} has no ready pod with an IP yet", 3,
@@ -429,7 +427,7 @@ class Reconciler:
         else:
             password = random_secrets.token_urlsafe(GENERATED_PASSWORD_BYTES)
         ctx.secrets.add(password)
-        body = manifests.connection_secret(spec, password, ctx.owner, bucket_keys)
+        body = connection_secret(spec, password, ctx.owner, bucket_keys)
         if existing is None:
             try:
                 self.kube.create_secret(body)
@@ -451,7 +449,7 @@ class Reconciler:
                     did: Callable[[str, str], None] = lambda reason, message: None) -> None:
         """Keep a copy of the connection Secret, with only the keys the mode needs, in every
         namespace whose pods may be injected; remove copies where they no longer may."""
-        view = injection_view(spec, data)
+        view = injection.backend_view(spec, data)
         name = injection.copy_secret_name(spec.namespace, spec.name)
         label = copy_label_value(spec.namespace, spec.name)
         existing = self.kube.secrets_by_label(f"{COPY_LABEL}={label}")
@@ -465,7 +463,7 @@ class Reconciler:
             self.kube.put_secret({
                 "apiVersion": "v1", "kind": "Secret", "type": "Opaque",
                 "metadata": {"name": name, "namespace": namespace,
-                             "labels": {**manifests.labels(spec, "injection"), COPY_LABEL: label},
+                             "labels": {**common.labels(spec, "injection"), COPY_LABEL: label},
                              "annotations": {"trackop.dev/copy-of": f"{spec.namespace}/{spec.connection_secret}"}},
                 "stringData": copy,
             })
@@ -608,7 +606,7 @@ class Reconciler:
                 # In a child process: once per server and MLflow version, not worth keeping
                 # MLflow's modules in the operator for the rest of its life.
                 result = schema.migrate_in_subprocess(
-                    manifests.operator_uri(ctx.reach, admin_user, admin_password, build), role=postgres.TEMPLATE_ROLE)
+                    operator_uri(ctx.reach, admin_user, admin_password, build), role=postgres.TEMPLATE_ROLE)
             except (schema.SchemaMigrationError, schema.SchemaNewerThanTarget) as exc:
                 raise postgres.TemplateUnavailable(
                     f"building template {name} failed: {redact(str(exc), ctx.secrets)}") from None
@@ -675,9 +673,9 @@ class Reconciler:
                 postgres.check_settings(conn, desired, kb_values)
             except postgres.InvalidSetting as error:
                 raise StepFailed(cond.TUNING_APPLIED, error.reason, error.message, 300) from None
-            managed_server = spec.managed is not None and wanted.scope == tuning.SCOPE_SERVER
-            if managed_server:
-                # Startup parameters of the server trackop deploys (managed.parameters), rolled
+            startup_parameters = spec.managed is not None and wanted.scope == tuning.SCOPE_SERVER
+            if startup_parameters:
+                # Startup parameters of the server trackop deploys (managed_server.parameters), rolled
                 # out by its StatefulSet or CloudNativePG before this step: never ALTER SYSTEM.
                 plan = []
             elif wanted.scope == tuning.SCOPE_SERVER:
@@ -694,7 +692,7 @@ class Reconciler:
             if applied:
                 state = postgres.inspect_tuning(conn, spec, privileges.superuser)
             shown = ", ".join(f"{k}={v}" for k, v in desired.items()) or "no settings"
-            if managed_server:
+            if startup_parameters:
                 in_effect = postgres.settings_in_effect(conn, list(desired))
                 waiting = sorted(name for name in desired if in_effect.get(name) != kb_values.get(name))
             else:
@@ -703,7 +701,7 @@ class Reconciler:
                                    f"scope {wanted.scope}: {shown}"
                                    + (f"; waiting for a restart: {', '.join(waiting)}" if waiting else "")))
             if wanted.scope == tuning.SCOPE_SERVER:
-                after_restart = ("the managed server is restarted with them" if managed_server
+                after_restart = ("the managed server is restarted with them" if startup_parameters
                                  else "trackop never restarts an external server")
                 found.append(Condition(cond.PENDING_RESTART, "True" if waiting else "False",
                                        "RestartNeeded" if waiting else "NoRestartNeeded",
@@ -721,7 +719,7 @@ class Reconciler:
     def _schema(self, ctx: _Context, password: str, current: str | None) -> tuple[str, str]:
         """``current`` is the revision read while checking the role's login."""
         spec = ctx.spec
-        url = manifests.database_uri(spec, password, ctx.reach)
+        url = database_uri(spec, password, ctx.reach)
         if spec.migration == "Job":
             return self._schema_by_job(ctx, current)
         if spec.mlflow_version != schema.BUNDLED_MLFLOW_VERSION:
@@ -763,7 +761,7 @@ class Reconciler:
         job = self.kube.read_job(spec.namespace, name)
         if job is None:
             try:
-                self.kube.create_job(manifests.migration_job(spec, ctx.owner))
+                self.kube.create_job(migration_job(spec, ctx.owner))
             except ApiException as exc:
                 # An image the API server refuses (spec.schema.image is free text): say so, retry later.
                 raise StepFailed(cond.SCHEMA_READY, "MigrationJobRejected",
@@ -813,10 +811,10 @@ class Reconciler:
         spec = ctx.spec
         server = spec.tracking_server
         try:
-            changed, _ = self.kube.apply(manifests.tracking_server_service(spec, ctx.owner))
+            changed, _ = self.kube.apply(tracking_server.service(spec, ctx.owner))
             if changed:
                 ctx.did("TrackingServerApplied", f"applied Service {spec.tracking_server_name}")
-            changed, deployment = self.kube.apply(manifests.tracking_server_deployment(spec, ctx.owner))
+            changed, deployment = self.kube.apply(tracking_server.deployment(spec, ctx.owner))
         except ApiException as exc:
             # spec.server.resources is free-form and serviceAccountName and image are free
             # text in the CRD: what the API server refuses in the Deployment is reported.
@@ -877,7 +875,7 @@ class Reconciler:
         self.kube.release_secret(spec.namespace, spec.connection_secret, uid)
         if server.engine == ENGINE_CNPG:
             try:
-                self.kube.release_object(managed.cnpg_cluster(spec, None, {}), uid)
+                self.kube.release_object(managed_server.cnpg_cluster(spec, None, {}), uid)
             except ApiException as exc:
                 if exc.status != 404:  # CloudNativePG not installed: nothing was made
                     raise
@@ -886,7 +884,7 @@ class Reconciler:
                      f"role {spec.role}) and Secret {spec.connection_secret} (deletionPolicy Retain)")]
         self.kube.release_secret(spec.namespace, server.superuser_secret, uid)
         return [("Normal", "Retained",
-                 f"kept PersistentVolumeClaim {managed.claim_name(spec)} (database {spec.database}, role "
+                 f"kept PersistentVolumeClaim {managed_server.claim_name(spec)} (database {spec.database}, role "
                  f"{spec.role}) and Secrets {server.superuser_secret} and {spec.connection_secret}; the server "
                  "stopped with this TrackingBackend, and a TrackingBackend of the same name starts it again on "
                  "the same data (deletionPolicy Retain)")]

@@ -7,9 +7,9 @@ from __future__ import annotations
 import pytest
 from kubernetes.client import ApiException
 
-from trackop import manifests
 from trackop.api.parsing import parse
 from trackop.reconcile import Reconciler, _Context
+from trackop.specs.connection_secret import connection_secret
 
 SPEC = {"postgres": {"external": {"host": "db.example", "port": 5432, "adminSecretRef": {"name": "pg-admin"}}}}
 OWNER = {"metadata": {"uid": "u-1", "name": "team", "namespace": "ns"}, "apiVersion": "trackop.dev/v1alpha1",
@@ -32,7 +32,7 @@ class RacingKube:
         if self.winner is None:
             raise ApiException(status=409, reason="Conflict")
         spec = parse("ns", "team", SPEC)
-        self.stored = manifests.connection_secret(spec, self.winner, OWNER, None)["stringData"]
+        self.stored = connection_secret(spec, self.winner, OWNER, None)["stringData"]
         raise ApiException(status=409, reason="Conflict")
 
     def update_secret(self, body):
