@@ -327,3 +327,21 @@ class Kube:
             source=client.V1EventSource(component="trackop"),
             reporting_component="trackop", reporting_instance="trackop",
         ))
+
+    # ---- the webhook's certificate Secret: its data as stored, written over a version ----
+    def read_secret_encoded(self, namespace: str, name: str) -> tuple[dict[str, str], str] | None:
+        """The Secret's data as stored (base64 values) and its resourceVersion, or None if it
+        does not exist."""
+        try:
+            secret = self.core.read_namespaced_secret(name, namespace)
+        except client.ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise
+        return dict(secret.data or {}), secret.metadata.resource_version
+
+    def replace_secret(self, body: Mapping[str, Any]) -> None:
+        """Replace a Secret whole; with ``metadata.resourceVersion``, only that version of it
+        (another writer's newer version makes this a 409)."""
+        meta = body["metadata"]
+        self.core.replace_namespaced_secret(meta["name"], meta["namespace"], body)

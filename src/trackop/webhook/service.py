@@ -14,6 +14,7 @@ import logging
 import os
 import queue
 import threading
+from typing import Any
 from urllib.parse import urlsplit
 
 from kubernetes import client
@@ -86,7 +87,7 @@ class InjectionService:
                 return certs
             certs = certificates.new_certs(self.names, self.ips, _now())
             try:
-                self.kube.core.create_namespaced_secret(self.operator_namespace, self._body(certs))
+                self.kube.create_secret(self._body(certs))
                 return certs
             except client.ApiException as exc:
                 if exc.status != 409:
@@ -95,23 +96,23 @@ class InjectionService:
 
     def _read(self) -> tuple[certificates.WebhookCerts | None, str]:
         """The certificates in the Secret (None: missing or unreadable) and its resourceVersion."""
-        try:
-            secret = self.kube.core.read_namespaced_secret(CERT_SECRET, self.operator_namespace)
-        except client.ApiException as exc:
-            if exc.status != 404:
-                raise
+        found = self.kube.read_secret_encoded(self.operator_namespace, CERT_SECRET)
+        if found is None:
             return None, ""
+        data, version = found
         try:
-            return certificates.from_secret_data(secret.data or {}), secret.metadata.resource_version
+            return certificates.from_secret_data(data), version
         except (KeyError, ValueError):
-            return None, secret.metadata.resource_version
+            return None, version
 
-    def _body(self, certs: certificates.WebhookCerts, resource_version: str = "") -> client.V1Secret:
-        return client.V1Secret(
-            metadata=client.V1ObjectMeta(name=CERT_SECRET, namespace=self.operator_namespace,
-                                         labels={MANAGED_BY_LABEL: MANAGED_BY},
-                                         resource_version=resource_version or None),
-            type="Opaque", data=certificates.to_secret_data(certs))
+    def _body(self, certs: certificates.WebhookCerts, resource_version: str = "") -> dict[str, Any]:
+        """The certificate Secret; with ``resource_version``, a replacement of that version only."""
+        meta: dict[str, Any] = {"name": CERT_SECRET, "namespace": self.operator_namespace,
+                                "labels": {MANAGED_BY_LABEL: MANAGED_BY}}
+        if resource_version:
+            meta["resourceVersion"] = resource_version
+        return {"apiVersion": "v1", "kind": "Secret", "metadata": meta, "type": "Opaque",
+                "data": certificates.to_secret_data(certs)}
 
     def _register(self, certs: certificates.WebhookCerts) -> None:
         self._apply_configurations(certificates.ca_bundle(certs, _now()))
@@ -126,10 +127,13 @@ class InjectionService:
 
     def _reload_external(self) -> bool:
         """Serve the externally managed certificate; re-register when it changed."""
-        secret = self.kube.core.read_namespaced_secret(self.cert_secret, self.operator_namespace)
-        if secret.metadata.resource_version == self._external_version:
+        found = self.kube.read_secret_encoded(self.operator_namespace, self.cert_secret)
+        if found is None:
+            raise ValueError(f"Secret {self.operator_namespace}/{self.cert_secret} not found")
+        encoded, version = found
+        if version == self._external_version:
             return False
-        data = {k: base64.b64decode(v) for k, v in (secret.data or {}).items()}
+        data = {k: base64.b64decode(v) for k, v in encoded.items()}
         missing = [k for k in ("tls.crt", "tls.key", "ca.crt") if k not in data]
         if missing:
             raise ValueError(f"Secret {self.operator_namespace}/{self.cert_secret} lacks {', '.join(missing)}")
@@ -140,7 +144,7 @@ class InjectionService:
         if self._external_ca and self._external_ca != data["ca.crt"]:
             self._stop.wait(BUNDLE_PROPAGATION_SECONDS)
         self.server.load_certificate(data["tls.crt"], data["tls.key"])
-        self._external_version = secret.metadata.resource_version
+        self._external_version = version
         self._external_ca = data["ca.crt"]
         metrics.CERT_ROTATIONS.inc()
         log.info("serving the certificate from Secret %s/%s", self.operator_namespace, self.cert_secret)
@@ -163,10 +167,9 @@ class InjectionService:
         rotated = certificates.rotate(self.certs, _now(), self.names, self.ips)
         try:
             if version:
-                self.kube.core.replace_namespaced_secret(CERT_SECRET, self.operator_namespace,
-                                                         self._body(rotated, version))
+                self.kube.replace_secret(self._body(rotated, version))
             else:
-                self.kube.core.create_namespaced_secret(self.operator_namespace, self._body(rotated))
+                self.kube.create_secret(self._body(rotated))
         except client.ApiException as exc:
             if exc.status != 409:
                 raise
