@@ -120,12 +120,13 @@ def summary(xs: list[float]) -> dict[str, float]:
 # of the headers (http.server writes them in two sends).
 NODELAY_WRAPPER = """
 import sys
-from trackop import cli, webhook
-_init = webhook.WebhookServer.__init__
+from trackop import cli
+from trackop.webhook import server
+_init = server.WebhookServer.__init__
 def _init_nodelay(self, *args, **kwargs):
     _init(self, *args, **kwargs)
     self._server.RequestHandlerClass.disable_nagle_algorithm = True
-webhook.WebhookServer.__init__ = _init_nodelay
+server.WebhookServer.__init__ = _init_nodelay
 sys.exit(cli.main(sys.argv[1:]))
 """
 

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import copy
 import time
 from collections.abc import Callable
 from typing import TypeVar
+
+from trackop.api.parsing import parse
+from trackop.api.v1alpha1 import BackendSpec
 
 T = TypeVar("T")
 
@@ -29,3 +33,17 @@ def deep_merge(base: dict, overrides: dict) -> dict:
         else:
             base[key] = value
     return base
+
+
+# The owner (a TrackingBackend body) the unit tests hand to the object builders.
+OWNER = {
+    "apiVersion": "trackop.dev/v1alpha1",
+    "kind": "TrackingBackend",
+    "metadata": {"name": "team-a", "namespace": "ml-platform", "uid": "0b6a2c1e-1111-2222-3333-444455556666"},
+}
+
+
+def make_spec(overrides: dict | None = None, namespace: str = "ml-platform", name: str = "team-a") -> BackendSpec:
+    """A parsed backend on an external server, with ``overrides`` merged into its spec."""
+    spec = {"postgres": {"external": {"host": "pg.db.svc", "adminSecretRef": {"name": "pg-admin"}}}}
+    return parse(namespace, name, deep_merge(spec, copy.deepcopy(overrides or {})))

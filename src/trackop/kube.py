@@ -73,12 +73,9 @@ class Kube:
 
     def read_secret_and_owners(self, namespace: str, name: str) -> tuple[dict[str, str], set[str]] | None:
         """The decoded data and the uids of the Secret's owners, or None if it does not exist."""
-        try:
-            secret = self.core.read_namespaced_secret(name, namespace)
-        except client.ApiException as exc:
-            if exc.status == 404:
-                return None
-            raise
+        secret = self._secret(namespace, name)
+        if secret is None:
+            return None
         return _decode(secret.data), {ref.uid for ref in secret.metadata.owner_references or []}
 
     def create_secret(self, body: Mapping[str, Any]) -> None:
@@ -94,12 +91,9 @@ class Kube:
 
     def release_secret(self, namespace: str, name: str, owner_uid: str) -> bool:
         """Drop the owner reference so garbage collection keeps the Secret (deletionPolicy Retain)."""
-        try:
-            secret = self.core.read_namespaced_secret(name, namespace)
-        except client.ApiException as exc:
-            if exc.status == 404:
-                return False
-            raise
+        secret = self._secret(namespace, name)
+        if secret is None:
+            return False
         if not any(r.uid == owner_uid for r in secret.metadata.owner_references or []):
             return False
         # Strategic merge: ownerReferences merge by uid, so this removes only that entry.
@@ -333,3 +327,25 @@ class Kube:
             source=client.V1EventSource(component="trackop"),
             reporting_component="trackop", reporting_instance="trackop",
         ))
+
+    # ---- the webhook's certificate Secret: its data as stored, written over a version ----
+    def read_secret_encoded(self, namespace: str, name: str) -> tuple[dict[str, str], str] | None:
+        """The Secret's data as stored (base64 values) and its resourceVersion, or None if it
+        does not exist."""
+        secret = self._secret(namespace, name)
+        return None if secret is None else (dict(secret.data or {}), secret.metadata.resource_version)
+
+    def replace_secret(self, body: Mapping[str, Any]) -> None:
+        """Replace a Secret whole; with ``metadata.resourceVersion``, only that version of it
+        (another writer's newer version makes this a 409)."""
+        meta = body["metadata"]
+        self.core.replace_namespaced_secret(meta["name"], meta["namespace"], body)
+
+    def _secret(self, namespace: str, name: str) -> client.V1Secret | None:
+        """The Secret as the client reads it, or None if it does not exist."""
+        try:
+            return self.core.read_namespaced_secret(name, namespace)
+        except client.ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise

@@ -14,7 +14,7 @@ from kubernetes import client
 
 from helpers import eventually
 from kit import Admin, Backends
-from trackop.injection import copy_secret_name
+from trackop.webhook.injection import copy_secret_name
 
 pytestmark = pytest.mark.bed
 

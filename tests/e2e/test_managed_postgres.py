@@ -25,7 +25,7 @@ from kubernetes import client
 
 from helpers import eventually
 from kit import Backends, assert_no_secret_leaks
-from trackop import managed
+from trackop.specs import managed_server
 from trackop_testbed import binaries
 from trackop_testbed.procs import free_ports
 
@@ -182,14 +182,14 @@ def no_cnpg_crd(kube_api):
 
     def remove() -> None:
         try:
-            extensions.delete_custom_resource_definition(managed.CNPG_CRD)
+            extensions.delete_custom_resource_definition(managed_server.CNPG_CRD)
         except client.ApiException as exc:
             if exc.status != 404:
                 raise
 
         def gone() -> bool:
             try:
-                extensions.read_custom_resource_definition(managed.CNPG_CRD)
+                extensions.read_custom_resource_definition(managed_server.CNPG_CRD)
                 return False
             except client.ApiException as exc:
                 return exc.status == 404
@@ -215,8 +215,8 @@ def test_cloudnativepg_cluster_needs_its_crd_and_is_accepted_with_it(backends: B
     # No CloudNativePG operator runs on the bed: the Cluster is accepted and waits for it.
     condition = backends.wait_condition("ha", "PostgresReady", "False", "Starting", timeout=120)
     assert "is the CloudNativePG operator running?" in condition["message"]
-    cluster = custom.get_namespaced_custom_object(managed.CNPG_GROUP, managed.CNPG_VERSION, namespace,
-                                                  managed.CNPG_PLURAL, "ha-postgres")
+    cluster = custom.get_namespaced_custom_object(managed_server.CNPG_GROUP, managed_server.CNPG_VERSION, namespace,
+                                                  managed_server.CNPG_PLURAL, "ha-postgres")
     assert cluster["spec"]["instances"] == 3
     assert cluster["spec"]["imageName"] == "ghcr.io/cloudnative-pg/postgresql:17"
     assert cluster["spec"]["enableSuperuserAccess"] is True
@@ -228,11 +228,11 @@ def test_cloudnativepg_cluster_needs_its_crd_and_is_accepted_with_it(backends: B
     # Retain keeps the Cluster (and so the data) when the backend goes.
     backends.delete("ha")
     eventually(lambda: backends.get("ha") is None, "the backend to be deleted", timeout=60)
-    cluster = custom.get_namespaced_custom_object(managed.CNPG_GROUP, managed.CNPG_VERSION, namespace,
-                                                  managed.CNPG_PLURAL, "ha-postgres")
+    cluster = custom.get_namespaced_custom_object(managed_server.CNPG_GROUP, managed_server.CNPG_VERSION, namespace,
+                                                  managed_server.CNPG_PLURAL, "ha-postgres")
     assert not cluster["metadata"].get("ownerReferences")
-    custom.delete_namespaced_custom_object(managed.CNPG_GROUP, managed.CNPG_VERSION, namespace, managed.CNPG_PLURAL,
-                                           "ha-postgres")
+    custom.delete_namespaced_custom_object(managed_server.CNPG_GROUP, managed_server.CNPG_VERSION, namespace,
+                                           managed_server.CNPG_PLURAL, "ha-postgres")
 
     # Delete: the garbage collector deletes the Cluster with the backend (CloudNativePG, where it
     # runs, then deletes its volumes).
@@ -242,8 +242,8 @@ def test_cloudnativepg_cluster_needs_its_crd_and_is_accepted_with_it(backends: B
 
     def collected() -> bool:
         try:
-            custom.get_namespaced_custom_object(managed.CNPG_GROUP, managed.CNPG_VERSION, namespace,
-                                                managed.CNPG_PLURAL, "gone-postgres")
+            custom.get_namespaced_custom_object(managed_server.CNPG_GROUP, managed_server.CNPG_VERSION, namespace,
+                                                managed_server.CNPG_PLURAL, "gone-postgres")
             return False
         except client.ApiException as exc:
             return exc.status == 404

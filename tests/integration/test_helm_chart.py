@@ -17,7 +17,8 @@ import yaml
 from kubernetes import client, config
 
 from helpers import eventually
-from trackop import cli, webhook
+from trackop import cli
+from trackop.specs.webhook_configurations import MUTATING_NAME, VALIDATING_NAME
 from trackop.kube import Kube
 from trackop_testbed import binaries
 
@@ -253,7 +254,7 @@ def test_notes_say_what_to_do_next(helm: Path, bed_info: dict, chart_crds):
     notes = done.stdout.split("NOTES:", 1)[1]
     for expected in ("create secret generic pg-admin", "kind: TrackingBackend", "kubectl get tb -A",
                      "trackop.dev/inject", "trackop.dev/backend", "tk-trackop-webhook",
-                     f"mutatingwebhookconfiguration {webhook.MUTATING_NAME}", "trackop-webhook-certs"):
+                     f"mutatingwebhookconfiguration {MUTATING_NAME}", "trackop-webhook-certs"):
         assert expected in notes, expected
 
 
@@ -282,9 +283,9 @@ DEFAULT_RULES = [
     ([""], ["pods"], None, ["get", "list"]),
     ([""], ["events"], None, ["create"]),
     (["apiextensions.k8s.io"], ["customresourcedefinitions"], None, ["list", "watch"]),
-    (["admissionregistration.k8s.io"], ["mutatingwebhookconfigurations"], [webhook.MUTATING_NAME],
+    (["admissionregistration.k8s.io"], ["mutatingwebhookconfigurations"], [MUTATING_NAME],
      ["create", "patch"]),
-    (["admissionregistration.k8s.io"], ["validatingwebhookconfigurations"], [webhook.VALIDATING_NAME],
+    (["admissionregistration.k8s.io"], ["validatingwebhookconfigurations"], [VALIDATING_NAME],
      ["create", "patch"]),
     (["rbac.authorization.k8s.io"], ["clusterroles"], ["tk-trackop"], ["get"]),
     (["kopf.dev"], ["clusterkopfpeerings"], None, ["list", "watch"]),
@@ -473,7 +474,7 @@ def test_the_operator_calls_work_as_its_service_account_and_nothing_more(
                     "Warning", "InjectionSkipped", "a test event")
     # The webhook configurations by server-side apply, dry-run (the bed's real ones belong to other tests).
     admission = client.AdmissionregistrationV1Api(as_operator)
-    for name, allowed in ((webhook.MUTATING_NAME, True), (f"{webhook.MUTATING_NAME}-other", False)):
+    for name, allowed in ((MUTATING_NAME, True), (f"{MUTATING_NAME}-other", False)):
         body = {"apiVersion": "admissionregistration.k8s.io/v1", "kind": "MutatingWebhookConfiguration",
                 "metadata": {"name": name}, "webhooks": []}
         try:
@@ -489,9 +490,9 @@ def test_the_operator_calls_work_as_its_service_account_and_nothing_more(
     assert can("patch", **tb) and can("watch", "trackingbackends", "trackop.dev")
     assert can("patch", **tb, subresource="status") and can("update", **tb, subresource="finalizers")
     assert can("watch", "customresourcedefinitions", "apiextensions.k8s.io") and can("watch", "namespaces")
-    assert can("create", "mutatingwebhookconfigurations", "admissionregistration.k8s.io", name=webhook.MUTATING_NAME)
+    assert can("create", "mutatingwebhookconfigurations", "admissionregistration.k8s.io", name=MUTATING_NAME)
     assert can("create", "validatingwebhookconfigurations", "admissionregistration.k8s.io",
-               name=webhook.VALIDATING_NAME)
+               name=VALIDATING_NAME)
     assert can("get", "clusterroles", "rbac.authorization.k8s.io", name=role)
     assert not can("get", "clusterroles", "rbac.authorization.k8s.io", name="cluster-admin")
     assert can("list", "clusterkopfpeerings", "kopf.dev") and can("watch", "clusterkopfpeerings", "kopf.dev")

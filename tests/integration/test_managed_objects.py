@@ -11,9 +11,9 @@ import yaml
 from helpers import eventually
 from kubernetes import client
 
-from trackop import managed
 from trackop.api.parsing import parse
 from trackop.api.v1alpha1 import BackendSpec
+from trackop.specs import managed_server
 from trackop_testbed import binaries
 
 pytestmark = pytest.mark.bed
@@ -45,13 +45,14 @@ def backend(namespace: str, case: str, engine: str = "StatefulSet") -> tuple[Bac
 def test_statefulset_service_and_secret_pass_a_server_side_dry_run(kube_api, namespace, case):
     spec, owner = backend(namespace, case)
     apps, core = client.AppsV1Api(kube_api), client.CoreV1Api(kube_api)
-    settings = managed.parameters(spec)
-    stored = apps.create_namespaced_stateful_set(namespace, managed.statefulset(spec, owner, settings), dry_run="All")
-    assert stored.spec.template.spec.containers[0].args == managed.server_args(spec, settings)
+    settings = managed_server.parameters(spec)
+    stored = apps.create_namespaced_stateful_set(namespace, managed_server.statefulset(spec, owner, settings),
+                                                 dry_run="All")
+    assert stored.spec.template.spec.containers[0].args == managed_server.server_args(spec, settings)
     assert stored.spec.persistent_volume_claim_retention_policy.when_deleted == \
         ("Delete" if spec.deletion_policy == "Delete" else "Retain")
-    core.create_namespaced_service(namespace, managed.service(spec, owner), dry_run="All")
-    core.create_namespaced_secret(namespace, managed.superuser_secret(spec, "x" * 43, owner), dry_run="All")
+    core.create_namespaced_service(namespace, managed_server.service(spec, owner), dry_run="All")
+    core.create_namespaced_secret(namespace, managed_server.superuser_secret(spec, "x" * 43, owner), dry_run="All")
 
 
 def test_the_pod_template_meets_the_restricted_pod_security_standard(kube_api, core_v1):
@@ -61,12 +62,12 @@ def test_the_pod_template_meets_the_restricted_pod_security_standard(kube_api, c
         name=name, labels={"pod-security.kubernetes.io/enforce": "restricted"})))
     try:
         spec, owner = backend(name, "tuned")
-        template = managed.statefulset(spec, owner, managed.parameters(spec))["spec"]["template"]
+        template = managed_server.statefulset(spec, owner, managed_server.parameters(spec))["spec"]["template"]
         pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "pg", **template["metadata"]},
                "spec": template["spec"]}
         # As the StatefulSet controller makes the pod: the claim template becomes a volume.
-        pod["spec"]["volumes"] = [*pod["spec"]["volumes"], {"name": managed.DATA_VOLUME, "persistentVolumeClaim": {
-            "claimName": managed.claim_name(spec)}}]
+        pod["spec"]["volumes"] = [*pod["spec"]["volumes"], {
+            "name": managed_server.DATA_VOLUME, "persistentVolumeClaim": {"claimName": managed_server.claim_name(spec)}}]
         core_v1.create_namespaced_pod(name, pod, dry_run="All")
         # The check is real: the same pod as root is refused.
         pod["spec"]["securityContext"] = {**pod["spec"]["securityContext"], "runAsNonRoot": False, "runAsUser": 0}
@@ -102,15 +103,15 @@ def cnpg_crd(kube_api):
 def test_the_cloudnativepg_cluster_passes_its_crds_validation(kube_api, namespace, cnpg_crd, case):
     spec, owner = backend(namespace, case, engine="CloudNativePG")
     custom = client.CustomObjectsApi(kube_api)
-    body = managed.cnpg_cluster(spec, owner, managed.parameters(spec))
-    stored = custom.create_namespaced_custom_object(managed.CNPG_GROUP, managed.CNPG_VERSION, namespace,
-                                                    managed.CNPG_PLURAL, body, dry_run="All")
+    body = managed_server.cnpg_cluster(spec, owner, managed_server.parameters(spec))
+    stored = custom.create_namespaced_custom_object(managed_server.CNPG_GROUP, managed_server.CNPG_VERSION, namespace,
+                                                    managed_server.CNPG_PLURAL, body, dry_run="All")
     assert stored["spec"]["instances"] == 3
-    assert stored["spec"]["postgresql"]["parameters"] == managed.parameters(spec)
+    assert stored["spec"]["postgresql"]["parameters"] == managed_server.parameters(spec)
     assert stored["spec"]["enableSuperuserAccess"] is True
     # The CRD's validation is real: a Cluster it does not accept is refused.
     broken = {**body, "spec": {**body["spec"], "instances": "three"}}
     with pytest.raises(client.ApiException) as refused:
-        custom.create_namespaced_custom_object(managed.CNPG_GROUP, managed.CNPG_VERSION, namespace,
-                                               managed.CNPG_PLURAL, broken, dry_run="All")
+        custom.create_namespaced_custom_object(managed_server.CNPG_GROUP, managed_server.CNPG_VERSION, namespace,
+                                               managed_server.CNPG_PLURAL, broken, dry_run="All")
     assert refused.value.status == 422 and "spec.instances" in refused.value.body

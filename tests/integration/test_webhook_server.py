@@ -13,7 +13,10 @@ import pytest
 from kubernetes import client
 
 from helpers import eventually
-from trackop import webhook, webhook_tls
+from trackop.specs.webhook_configurations import MUTATE_PATH, webhook_configurations
+from trackop.webhook import certificates
+from trackop.webhook.index import Index
+from trackop.webhook.server import Handlers, WebhookServer
 
 MUTATE_REVIEW = json.dumps({
     "apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
@@ -23,7 +26,7 @@ MUTATE_REVIEW = json.dumps({
 
 
 def _post(port: int, context: ssl.SSLContext) -> dict:
-    request = urllib.request.Request(f"https://127.0.0.1:{port}{webhook.MUTATE_PATH}", data=MUTATE_REVIEW,
+    request = urllib.request.Request(f"https://127.0.0.1:{port}{MUTATE_PATH}", data=MUTATE_REVIEW,
                                      headers={"Content-Type": "application/json"}, method="POST")
     opener = urllib.request.build_opener(urllib.request.ProxyHandler({}), urllib.request.HTTPSHandler(context=context))
     with opener.open(request, timeout=5) as response:
@@ -32,9 +35,9 @@ def _post(port: int, context: ssl.SSLContext) -> dict:
 
 def test_rotating_the_certificate_under_load_fails_no_handshake():
     now = dt.datetime.now(dt.timezone.utc)
-    certs = webhook_tls.new_certs([], ["127.0.0.1"], now)
-    handlers = webhook.Handlers(webhook.Index(), "trackop-system", fail_closed=False, on_warning=lambda *a: None)
-    server = webhook.WebhookServer("127.0.0.1", 0, handlers)
+    certs = certificates.new_certs([], ["127.0.0.1"], now)
+    handlers = Handlers(Index(), "trackop-system", fail_closed=False, on_warning=lambda *a: None)
+    server = WebhookServer("127.0.0.1", 0, handlers)
     server.load_certificate(certs.cert_pem, certs.key_pem)
     server.start()
     client_context = ssl.create_default_context(cadata=certs.ca_cert_pem.decode())
@@ -57,7 +60,7 @@ def test_rotating_the_certificate_under_load_fails_no_handshake():
             thread.start()
         # Same CA, a new serving pair each time: what the rotation loop does within a CA's life.
         for _ in range(60):
-            certs = webhook_tls.rotate(certs, dt.datetime.now(dt.timezone.utc), [], ["127.0.0.1"])
+            certs = certificates.rotate(certs, dt.datetime.now(dt.timezone.utc), [], ["127.0.0.1"])
             server.load_certificate(certs.cert_pem, certs.key_pem)
     finally:
         stop.set()
@@ -76,7 +79,7 @@ def test_uninstalling_the_cluster_role_garbage_collects_the_webhook_configuratio
     admission = client.AdmissionregistrationV1Api(kube_api)
     name = f"gc-{uuid.uuid4().hex[:8]}"
     role = rbac.create_cluster_role(client.V1ClusterRole(metadata=client.V1ObjectMeta(name=name)))
-    mutating, validating = webhook.webhook_configurations(
+    mutating, validating = webhook_configurations(
         "https://127.0.0.1:1", b"CA", failure_policy="Ignore", operator_namespace="trackop-system",
         owner=(name, role.metadata.uid))
     mutating["metadata"]["name"], validating["metadata"]["name"] = f"{name}-m", f"{name}-v"

@@ -67,10 +67,11 @@ def test_parse_of_any_json_value_as_spec(spec):
 def test_the_validating_webhook_answers_every_mutated_spec_naming_the_field(extras, edits):
     # An exception in the webhook is a 400 to the API server, which with failurePolicy
     # Ignore admits the object: every spec must get an answer.
-    from trackop import webhook
+    from trackop.webhook.index import Index
+    from trackop.webhook.validation import validate_backend
 
     obj = {"metadata": {"name": "team-a", "namespace": "team-ns"}, "spec": full_spec("127.0.0.1", 5432, extras=extras)}
     for edit in edits:
         edit.apply(obj)
-    allowed, message = webhook.validate_backend(obj, webhook.Index())
+    allowed, message = validate_backend(obj, Index())
     assert allowed or message.startswith(("spec", "metadata.name")), message

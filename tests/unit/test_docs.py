@@ -77,7 +77,7 @@ def source_reasons() -> tuple[dict[str, set[str | None]], set[str]]:
                     for reason in _strings(args[1]):
                         add(reason, _condition_type(args[0]))
                 elif name == "Progress" and len(args) > 1:
-                    # managed.Progress: the managed server's verdict, which becomes PostgresReady.
+                    # managed_server_status.Progress: the managed server's verdict, which becomes PostgresReady.
                     for reason in _strings(args[1]):
                         add(reason, conditions.POSTGRES_READY)
                 elif name == "Condition" and len(args) > 2:

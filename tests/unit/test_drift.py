@@ -8,7 +8,7 @@ import time
 from trackop import postgres
 from trackop.api.parsing import parse
 from trackop.controller import fingerprint, listing
-from trackop.injection import COPY_LABEL
+from trackop.webhook.injection import COPY_LABEL
 
 SPEC = parse("team", "tb", {"postgres": {"external": {"host": "db", "adminSecretRef": {"name": "pg-admin"}}}})
 WITH_SERVER = parse("team", "tb", {

@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from trackop import injection
 from trackop.api import connections, tuning
 from trackop.api.parsing import parse
 from trackop.api.v1alpha1 import GROUP, SUPERUSER_RESERVED_CONNECTIONS, VERSION, BackendSpec
+from trackop.webhook import injection
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 FILES = sorted(EXAMPLES.glob("*.yaml"))

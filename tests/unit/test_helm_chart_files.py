@@ -13,8 +13,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from trackop import cli, injection_service, webhook
+from trackop import cli
 from trackop.settings import Settings
+from trackop.specs.webhook_configurations import MUTATING_NAME, SERVICE_PORT, VALIDATING_NAME
+from trackop.webhook.service import CERT_SECRET
 
 ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "deploy" / "helm" / "trackop"
@@ -86,14 +88,14 @@ def test_rbac_source_has_no_wildcards():
 
 def test_the_chart_and_the_operator_agree_on_names():
     rbac = (CHART / "templates" / "rbac.yaml").read_text()
-    assert f"resourceNames: [{webhook.MUTATING_NAME}]" in rbac
-    assert f"resourceNames: [{webhook.VALIDATING_NAME}]" in rbac
-    assert webhook.SERVICE_PORT == 443
+    assert f"resourceNames: [{MUTATING_NAME}]" in rbac
+    assert f"resourceNames: [{VALIDATING_NAME}]" in rbac
+    assert SERVICE_PORT == 443
     service = (CHART / "templates" / "webhook-service.yaml").read_text()
     assert "port: 443" in service and "targetPort: webhook" in service
     notes = (CHART / "templates" / "NOTES.txt").read_text()
-    assert injection_service.CERT_SECRET in notes
-    assert webhook.MUTATING_NAME in notes and webhook.VALIDATING_NAME in notes
+    assert CERT_SECRET in notes
+    assert MUTATING_NAME in notes and VALIDATING_NAME in notes
 
 
 def test_failure_policy_enum_and_default_match_the_operator():

@@ -1,4 +1,4 @@
-"""trackop.injection: the mutating webhook's decision for a Pod CREATE (pure)."""
+"""trackop.webhook.injection: the mutating webhook's decision for a Pod CREATE (pure)."""
 
 from __future__ import annotations
 
@@ -8,9 +8,10 @@ import re
 import jsonpatch  # a dependency of kopf: a real RFC 6902 applier, stricter than a hand-made one
 import pytest
 
-from trackop import injection, manifests
 from trackop.api.parsing import parse
-from trackop.injection import (
+from trackop.specs import connection_secret
+from trackop.webhook import injection
+from trackop.webhook.injection import (
     BACKEND_ANNOTATION,
     INIT_ANNOTATION,
     INJECT_LABEL,
@@ -304,7 +305,7 @@ def test_json_pointer_escaping():
 
 def _secret(overrides: dict) -> dict[str, str]:
     spec = {"postgres": {"external": {"host": "pg.db.svc", "adminSecretRef": {"name": "pg-admin"}}}, **overrides}
-    return manifests.connection_secret_data(parse(BACKEND_NS, "team-a", spec), "s3cret-pw", ("AKIA", "sk"))
+    return connection_secret.connection_secret_data(parse(BACKEND_NS, "team-a", spec), "s3cret-pw", ("AKIA", "sk"))
 
 
 S3 = {"s3": {"bucket": "ml-artifacts", "endpoint": "http://minio:9000"}}
@@ -356,6 +357,17 @@ def test_expected_env_names_and_missed_injection():
     assert not injection.missed_injection(pod(label=None))
     assert not injection.missed_injection(pod(annotations={INJECTED_ANNOTATION: "ml-platform/team-a"}))
     assert not injection.missed_injection({})
+
+
+def test_backend_view_of_a_spec_holds_its_mode_selector_and_sorted_secret_keys():
+    selector = {"matchLabels": {"team": "a"}}
+    spec = parse(BACKEND_NS, "team-a", {"postgres": {"external": {"host": "pg.db.svc",
+                                                                  "adminSecretRef": {"name": "pg-admin"}}},
+                                        "injection": {"namespaceSelector": selector}})
+    view = injection.backend_view(spec, {"PGUSER": "u", "MLFLOW_TRACKING_URI": "uri"})
+    assert view == BackendView(BACKEND_NS, "team-a", "Direct", selector, ("MLFLOW_TRACKING_URI", "PGUSER"))
+    # The operator's index passes the keys the spec implies; the copies pass a Secret's data: the same view.
+    assert injection.backend_view(spec, ("PGUSER", "MLFLOW_TRACKING_URI")) == view
 
 
 # --- the copy's name -------------------------------------------------------------------------

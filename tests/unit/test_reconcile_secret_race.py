@@ -7,10 +7,10 @@ from __future__ import annotations
 import pytest
 from kubernetes.client import ApiException
 
-from trackop import manifests
 from trackop.api.parsing import parse
 from trackop.controller.outcome import Context
-from trackop.controller.steps import connection_secret
+from trackop.controller.steps import connection_secret as connection_secret_step
+from trackop.specs.connection_secret import connection_secret
 
 SPEC = {"postgres": {"external": {"host": "db.example", "port": 5432, "adminSecretRef": {"name": "pg-admin"}}}}
 OWNER = {"metadata": {"uid": "u-1", "name": "team", "namespace": "ns"}, "apiVersion": "trackop.dev/v1alpha1",
@@ -33,7 +33,7 @@ class RacingKube:
         if self.winner is None:
             raise ApiException(status=409, reason="Conflict")
         spec = parse("ns", "team", SPEC)
-        self.stored = manifests.connection_secret(spec, self.winner, OWNER, None)["stringData"]
+        self.stored = connection_secret(spec, self.winner, OWNER, None)["stringData"]
         raise ApiException(status=409, reason="Conflict")
 
     def update_secret(self, body):
@@ -43,7 +43,7 @@ class RacingKube:
 def test_the_losing_create_adopts_the_winners_password():
     kube = RacingKube(winner="the-password-of-the-other-reconcile")
     ctx = Context(parse("ns", "team", SPEC), OWNER, {})
-    password, data = connection_secret.password(ctx, kube, None)
+    password, data = connection_secret_step.password(ctx, kube, None)
     assert password == data["PGPASSWORD"] == "the-password-of-the-other-reconcile"
     assert kube.reads == 2
     assert not any(reason == "ConnectionSecretCreated" for _, reason, _ in ctx.events)
@@ -52,4 +52,4 @@ def test_the_losing_create_adopts_the_winners_password():
 def test_a_conflict_that_persists_is_raised_not_looped():
     ctx = Context(parse("ns", "team", SPEC), OWNER, {})
     with pytest.raises(ApiException):
-        connection_secret.password(ctx, RacingKube(winner=None), None)
+        connection_secret_step.password(ctx, RacingKube(winner=None), None)

@@ -3,18 +3,14 @@ pods that opted in but missed injection (the webhook was down with failurePolicy
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 
-from .. import injection, manifests
 from ..api.v1alpha1 import BackendSpec
-from ..injection import COPY_LABEL, copy_label_value
 from ..kube import Kube
+from ..specs import common
+from ..webhook import injection
+from ..webhook.injection import COPY_LABEL, copy_label_value
 from .listing import SharedListing
-
-
-def injection_view(spec: BackendSpec, secret_keys: Iterable[str]) -> injection.BackendView:
-    return injection.BackendView(spec.namespace, spec.name, spec.injection_mode, spec.namespace_selector,
-                                 tuple(sorted(secret_keys)))
 
 
 class SecretCopies:
@@ -32,7 +28,7 @@ class SecretCopies:
              did: Callable[[str, str], None] = lambda reason, message: None) -> None:
         """Keep a copy of the connection Secret, with only the keys the mode needs, in every
         namespace whose pods may be injected; remove copies where they no longer may."""
-        view = injection_view(spec, data)
+        view = injection.backend_view(spec, data)
         name = injection.copy_secret_name(spec.namespace, spec.name)
         label = copy_label_value(spec.namespace, spec.name)
         existing = self.kube.secrets_by_label(f"{COPY_LABEL}={label}")
@@ -46,7 +42,7 @@ class SecretCopies:
             self.kube.put_secret({
                 "apiVersion": "v1", "kind": "Secret", "type": "Opaque",
                 "metadata": {"name": name, "namespace": namespace,
-                             "labels": {**manifests.labels(spec, "injection"), COPY_LABEL: label},
+                             "labels": {**common.labels(spec, "injection"), COPY_LABEL: label},
                              "annotations": {"trackop.dev/copy-of": f"{spec.namespace}/{spec.connection_secret}"}},
                 "stringData": copy,
             })

@@ -29,7 +29,7 @@ from typing import Any
 
 from .. import postgres
 from ..api.v1alpha1 import MANAGED_BY, MANAGED_BY_LABEL, BackendSpec, PostgresEndpoint
-from ..injection import COPY_LABEL, copy_label_value
+from ..webhook.injection import COPY_LABEL, copy_label_value
 from .fingerprint import (
     budget_verdict,
     copies_by_backend,

@@ -12,7 +12,7 @@ from .. import postgres
 from ..api import conditions as cond
 from ..api import connections
 from ..api.v1alpha1 import BackendSpec
-from ..injection import COPY_LABEL
+from ..webhook.injection import COPY_LABEL
 
 Versions = Mapping[tuple[str, str], str]  # (namespace, name) -> resourceVersion
 

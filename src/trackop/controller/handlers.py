@@ -16,14 +16,15 @@ from typing import Any
 
 import kopf
 
-from .. import manifests, metrics, schema, webhook
+from .. import metrics, schema
 from ..api import conditions as cond
 from ..api.parsing import parse
 from ..api.v1alpha1 import GROUP, PLURAL, VERSION, BackendSpec, SpecError
-from ..injection_service import InjectionService
 from ..settings import Settings
+from ..specs.connection_secret import secret_keys
+from ..webhook.injection import BackendView, backend_view
+from ..webhook.service import InjectionService
 from . import kopf_settings
-from .copies import injection_view
 from .drift import UNCHANGED
 from .outcome import Outcome, StepFailed
 from .retry import api_trouble, retry_delay, retrying_api_trouble
@@ -185,18 +186,18 @@ def _unchanged(runtime: Runtime, body: Mapping[str, Any]) -> bool:
     return False
 
 
-def index_view(body: Mapping[str, Any]) -> tuple[webhook.BackendView, tuple[str, int, str]] | None:
+def index_view(body: Mapping[str, Any]) -> tuple[BackendView, tuple[str, int, str]] | None:
     """What the webhook index keeps of a TrackingBackend; None for an invalid spec."""
     try:
         spec = _parse(body)
     except SpecError:
         return None
-    return injection_view(spec, manifests.secret_keys(spec)), (spec.postgres.host, spec.postgres.port, spec.database)
+    return backend_view(spec, secret_keys(spec)), (spec.postgres.host, spec.postgres.port, spec.database)
 
 
 def track_backend(event: kopf.RawEvent, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
     """The parsed specs the drift timer and namespace events act on (the webhook's index
-    is fed by its own watch: see injection_service.IndexWatch)."""
+    is fed by its own watch: see webhook.index_watch.IndexWatch)."""
     runtime: Runtime = memo.runtime
     key = (body["metadata"]["namespace"], body["metadata"]["name"])
     try:

@@ -14,13 +14,14 @@ from typing import Any
 
 import psycopg
 
-from .. import injection, postgres
+from .. import postgres
 from ..api import conditions as cond
 from ..api.conditions import Condition
 from ..api.v1alpha1 import BackendSpec
 from ..kube import Kube
 from ..redaction import redact
 from ..settings import MANAGED_ADDRESS_SERVICE, Settings
+from ..webhook import injection
 from . import fingerprint
 from .copies import SecretCopies
 from .drift import DriftChecker

@@ -11,11 +11,11 @@ from typing import Any
 
 from kubernetes import client, config
 
-from .. import webhook
 from ..api.v1alpha1 import BackendSpec
-from ..injection_service import InjectionService
 from ..kube import Kube
 from ..settings import Settings
+from ..webhook.index import Index
+from ..webhook.service import InjectionService
 from .reconciler import Reconciler
 
 
@@ -34,7 +34,7 @@ class Runtime:
         self.settings = settings
         self.reconciler = reconciler
         self.kube = reconciler.kube
-        self.index = webhook.Index()
+        self.index = Index()
         self.injection: InjectionService | None = None
         # The parsed specs the drift timer and namespace events act on, and the namespaces'
         # labels as last seen (the webhook's index is fed by its own watch).

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from kubernetes.client import ApiException
 
-from ... import manifests
 from ...api import conditions as cond
 from ...kube import Kube
+from ...specs.connection_secret import connection_secret
 from ..outcome import Context, StepFailed
 from ..passwords import generate_password
 
@@ -35,7 +35,7 @@ def password(ctx: Context, kube: Kube, bucket_keys: tuple[str, ...] | None,
     else:
         chosen = generate_password()
     ctx.secrets.add(chosen)
-    body = manifests.connection_secret(spec, chosen, ctx.owner, bucket_keys)
+    body = connection_secret(spec, chosen, ctx.owner, bucket_keys)
     if existing is None:
         try:
             kube.create_secret(body)

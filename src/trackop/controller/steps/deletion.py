@@ -8,11 +8,12 @@ from typing import Any
 import psycopg
 from kubernetes.client import ApiException
 
-from ... import managed, postgres
+from ... import postgres
 from ...api import conditions as cond
 from ...api.v1alpha1 import ENGINE_CNPG, BackendSpec
 from ...kube import Kube
 from ...redaction import redact
+from ...specs import managed_server
 from ..outcome import Context, StepFailed
 from .credentials import admin_credentials
 
@@ -58,7 +59,7 @@ def _delete_managed(spec: BackendSpec, owner: Mapping[str, Any], kube: Kube) -> 
     kube.release_secret(spec.namespace, spec.connection_secret, uid)
     if server.engine == ENGINE_CNPG:
         try:
-            kube.release_object(managed.cnpg_cluster(spec, None, {}), uid)
+            kube.release_object(managed_server.cnpg_cluster(spec, None, {}), uid)
         except ApiException as exc:
             if exc.status != 404:  # CloudNativePG not installed: nothing was made
                 raise
@@ -67,7 +68,7 @@ def _delete_managed(spec: BackendSpec, owner: Mapping[str, Any], kube: Kube) -> 
                  f"role {spec.role}) and Secret {spec.connection_secret} (deletionPolicy Retain)")]
     kube.release_secret(spec.namespace, server.superuser_secret, uid)
     return [("Normal", "Retained",
-             f"kept PersistentVolumeClaim {managed.claim_name(spec)} (database {spec.database}, role "
+             f"kept PersistentVolumeClaim {managed_server.claim_name(spec)} (database {spec.database}, role "
              f"{spec.role}) and Secrets {server.superuser_secret} and {spec.connection_secret}; the server "
              "stopped with this TrackingBackend, and a TrackingBackend of the same name starts it again on "
              "the same data (deletionPolicy Retain)")]

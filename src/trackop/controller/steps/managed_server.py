@@ -9,12 +9,12 @@ from typing import Any
 
 from kubernetes.client import ApiException
 
-from ... import managed
 from ...api import conditions as cond
 from ...api.conditions import Condition
 from ...api.v1alpha1 import BACKEND_LABEL, ENGINE_CNPG, MANAGED_BY, MANAGED_BY_LABEL, BackendSpec, PostgresEndpoint
 from ...kube import Kube, refusal_message
 from ...settings import MANAGED_ADDRESS_POD
+from ...specs import managed_server, managed_server_status
 from ..outcome import Context, StepFailed
 from ..passwords import generate_password
 
@@ -24,8 +24,8 @@ def ensure(ctx: Context, kube: Kube, managed_address: str) -> Condition:
     ``ctx.reach`` at it. Everything after this is the external-server path."""
     spec = ctx.spec
     server = spec.managed
-    settings = managed.parameters(spec)
-    shortfall = managed.budget_shortfall(spec, settings)
+    settings = managed_server.parameters(spec)
+    shortfall = managed_server_status.budget_shortfall(spec, settings)
     if shortfall is not None:
         # Checked before the server is restarted with fewer connections than the stack needs.
         raise StepFailed(cond.TUNING_APPLIED, "MaxConnectionsTooLow", shortfall.message, 300)
@@ -58,25 +58,25 @@ def _container_args(statefulset: Mapping[str, Any]) -> list[str]:
     return list(containers[0].get("args") or []) if containers else []
 
 
-def _statefulset(ctx: Context, kube: Kube, settings: Mapping[str, str]) -> managed.Progress:
+def _statefulset(ctx: Context, kube: Kube, settings: Mapping[str, str]) -> managed_server_status.Progress:
     spec = ctx.spec
     name = spec.managed.name
     _superuser_secret(ctx, kube)
-    before, _ = _apply_owned(spec, kube, managed.service(spec, ctx.owner))
+    before, _ = _apply_owned(spec, kube, managed_server.service(spec, ctx.owner))
     if before is None:
-        ctx.did("PostgresDeployed", f"created Service {spec.managed.service}")
-    before, after = _apply_owned(spec, kube, managed.statefulset(spec, ctx.owner, settings))
+        ctx.did("PostgresDeployed", f"created Service {spec.managed_server.service}")
+    before, after = _apply_owned(spec, kube, managed_server.statefulset(spec, ctx.owner, settings))
     if before is None:
         ctx.did("PostgresDeployed", f"created StatefulSet {name} running {spec.managed.image}")
     else:
-        old = managed.parameters_from_args(_container_args(before))
-        new = managed.parameters_from_args(_container_args(after))
+        old = managed_server.parameters_from_args(_container_args(before))
+        new = managed_server.parameters_from_args(_container_args(after))
         changed = {k: v for k, v in new.items() if old.get(k) != v}
         removed = sorted(set(old) - set(new))
         if changed or removed:
             shown = ", ".join([f"{k}={v}" for k, v in sorted(changed.items())] + [f"{k} reset" for k in removed])
             ctx.did("PostgresRestarting", f"restarting PostgreSQL ({name}) to apply {shown}")
-    return managed.statefulset_progress(spec, after)
+    return managed_server_status.statefulset_progress(spec, after)
 
 
 def _apply_owned(spec: BackendSpec, kube: Kube, wanted: dict[str, Any]) -> tuple[dict[str, Any] | None, dict[str, Any]]:
@@ -96,13 +96,13 @@ def _superuser_secret(ctx: Context, kube: Kube) -> None:
     """The StatefulSet engine's superuser Secret: generated once, adopted when an earlier
     backend of this name left it behind (deletionPolicy Retain kept its data too)."""
     spec = ctx.spec
-    name = spec.managed.superuser_secret
+    name = spec.managed_server.superuser_secret
     found = kube.read_secret_and_owners(spec.namespace, name)
     if found is None:
         password = generate_password()
         ctx.secrets.add(password)
         try:
-            kube.create_secret(managed.superuser_secret(spec, password, ctx.owner))
+            kube.create_secret(managed_server.superuser_secret(spec, password, ctx.owner))
             ctx.did("SuperuserSecretCreated", f"created Secret {name} for the managed server's superuser")
         except ApiException as exc:
             if exc.status != 409:
@@ -115,22 +115,22 @@ def _superuser_secret(ctx: Context, kube: Kube) -> None:
                          "was initialised with them) or delete the Secret and the volume to start afresh", 60)
     ctx.secrets.add(data["password"])
     if ctx.owner["metadata"]["uid"] not in owners:
-        body = managed.superuser_secret(spec, data["password"], ctx.owner)
+        body = managed_server.superuser_secret(spec, data["password"], ctx.owner)
         body["stringData"]["username"] = data["username"]
         kube.update_secret(body)
         ctx.did("SuperuserSecretAdopted", f"adopted Secret {name} kept from an earlier backend of this name")
 
 
-def _cnpg_cluster(ctx: Context, kube: Kube, settings: Mapping[str, str]) -> managed.Progress:
+def _cnpg_cluster(ctx: Context, kube: Kube, settings: Mapping[str, str]) -> managed_server_status.Progress:
     spec = ctx.spec
     name = spec.managed.name
     try:
-        before, after = _apply_owned(spec, kube, managed.cnpg_cluster(spec, ctx.owner, settings))
+        before, after = _apply_owned(spec, kube, managed_server.cnpg_cluster(spec, ctx.owner, settings))
     except ApiException as exc:
         if exc.status != 404:
             raise
         raise StepFailed(cond.POSTGRES_READY, "CloudNativePGNotInstalled",
-                         f"engine CloudNativePG needs CloudNativePG's CRDs ({managed.CNPG_CRD}), which this "
+                         f"engine CloudNativePG needs CloudNativePG's CRDs ({managed_server.CNPG_CRD}), which this "
                          "cluster does not have: install the CloudNativePG operator, or use engine StatefulSet",
                          15) from None
     if before is None:
@@ -140,15 +140,15 @@ def _cnpg_cluster(ctx: Context, kube: Kube, settings: Mapping[str, str]) -> mana
             (after.get("spec") or {}).get("postgresql", {}).get("parameters"):
         ctx.did("PostgresRestarting", f"updated the parameters of CloudNativePG Cluster {name}; CloudNativePG "
                                       "restarts the instances if a parameter needs it")
-    return managed.cluster_progress(spec, after)
+    return managed_server_status.cluster_progress(spec, after)
 
 
 def _reach(spec: BackendSpec, kube: Kube, managed_address: str) -> PostgresEndpoint:
     """Where the operator connects: the Service (in the cluster), or the ready pod's IP."""
     if managed_address != MANAGED_ADDRESS_POD:
         return spec.postgres
-    selector = managed.primary_pod_selector(spec)
-    ip = kube.pod_ip(spec.namespace, name=None if selector else managed.pod_name(spec), selector=selector)
+    selector = managed_server.primary_pod_selector(spec)
+    ip = kube.pod_ip(spec.namespace, name=None if selector else managed_server.pod_name(spec), selector=selector)
     if not ip:
         raise StepFailed(cond.POSTGRES_READY, "Starting",
                          f"the managed PostgreSQL {spec.managed.name} has no ready pod with an IP yet", 3,

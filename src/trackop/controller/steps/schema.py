@@ -5,17 +5,19 @@ from __future__ import annotations
 
 from kubernetes.client import ApiException
 
-from ... import manifests, schema
+from ... import schema
 from ...api import conditions as cond
 from ...kube import Kube, refusal_message
 from ...redaction import redact
+from ...specs.connection_secret import database_uri
+from ...specs.migration_job import migration_job
 from ..outcome import Context, StepFailed
 
 
 def ensure(ctx: Context, kube: Kube, password: str, current: str | None) -> tuple[str, str]:
     """(revision, message); ``current`` is the revision read while checking the role's login."""
     spec = ctx.spec
-    url = manifests.database_uri(spec, password, ctx.reach)
+    url = database_uri(spec, password, ctx.reach)
     if spec.migration == "Job":
         return _by_job(ctx, kube, current)
     if spec.mlflow_version != schema.BUNDLED_MLFLOW_VERSION:
@@ -58,7 +60,7 @@ def _by_job(ctx: Context, kube: Kube, current: str | None) -> tuple[str, str]:
     job = kube.read_job(spec.namespace, name)
     if job is None:
         try:
-            kube.create_job(manifests.migration_job(spec, ctx.owner))
+            kube.create_job(migration_job(spec, ctx.owner))
         except ApiException as exc:
             # An image the API server refuses (spec.schema.image is free text): say so, retry later.
             raise StepFailed(cond.SCHEMA_READY, "MigrationJobRejected",

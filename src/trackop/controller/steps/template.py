@@ -9,9 +9,10 @@ import time
 
 import psycopg
 
-from ... import manifests, postgres, schema
+from ... import postgres, schema
 from ...api.v1alpha1 import BackendSpec
 from ...redaction import redact
+from ...specs.connection_secret import operator_uri
 from ..outcome import Context
 
 log = logging.getLogger(__name__)
@@ -97,7 +98,7 @@ def _build(ctx: Context, conn: psycopg.Connection, privileges: postgres.AdminPri
             # In a child process: once per server and MLflow version, not worth keeping
             # MLflow's modules in the operator for the rest of its life.
             result = schema.migrate_in_subprocess(
-                manifests.operator_uri(ctx.reach, admin_user, admin_password, build), role=postgres.TEMPLATE_ROLE)
+                operator_uri(ctx.reach, admin_user, admin_password, build), role=postgres.TEMPLATE_ROLE)
         except (schema.SchemaMigrationError, schema.SchemaNewerThanTarget) as exc:
             raise postgres.TemplateUnavailable(
                 f"building template {name} failed: {redact(str(exc), ctx.secrets)}") from None

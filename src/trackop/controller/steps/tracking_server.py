@@ -5,10 +5,10 @@ from __future__ import annotations
 
 from kubernetes.client import ApiException
 
-from ... import manifests
 from ...api import conditions as cond
 from ...api.conditions import Condition
 from ...kube import Kube, refusal_message
+from ...specs import tracking_server
 from ..outcome import Context, StepFailed
 
 
@@ -17,10 +17,10 @@ def ensure(ctx: Context, kube: Kube) -> Condition:
     spec = ctx.spec
     server = spec.tracking_server
     try:
-        changed, _ = kube.apply_if_changed(manifests.tracking_server_service(spec, ctx.owner))
+        changed, _ = kube.apply_if_changed(tracking_server.service(spec, ctx.owner))
         if changed:
             ctx.did("TrackingServerApplied", f"applied Service {spec.tracking_server_name}")
-        changed, deployment = kube.apply_if_changed(manifests.tracking_server_deployment(spec, ctx.owner))
+        changed, deployment = kube.apply_if_changed(tracking_server.deployment(spec, ctx.owner))
     except ApiException as exc:
         # spec.server.resources is free-form and serviceAccountName and image are free
         # text in the CRD: what the API server refuses in the Deployment is reported.

@@ -27,9 +27,9 @@ def ensure(ctx: Context, conn: psycopg.Connection, privileges: postgres.AdminPri
             postgres.check_settings(conn, desired, kb_values)
         except postgres.InvalidSetting as error:
             raise StepFailed(cond.TUNING_APPLIED, error.reason, error.message, 300) from None
-        managed_server = spec.managed is not None and wanted.scope == tuning.SCOPE_SERVER
-        if managed_server:
-            # Startup parameters of the server trackop deploys (managed.parameters), rolled
+        startup_parameters = spec.managed is not None and wanted.scope == tuning.SCOPE_SERVER
+        if startup_parameters:
+            # Startup parameters of the server trackop deploys (managed_server.parameters), rolled
             # out by its StatefulSet or CloudNativePG before this step: never ALTER SYSTEM.
             plan = []
         elif wanted.scope == tuning.SCOPE_SERVER:
@@ -46,7 +46,7 @@ def ensure(ctx: Context, conn: psycopg.Connection, privileges: postgres.AdminPri
         if applied:
             state = postgres.inspect_tuning(conn, spec, privileges.superuser)
         shown = ", ".join(f"{k}={v}" for k, v in desired.items()) or "no settings"
-        if managed_server:
+        if startup_parameters:
             in_effect = postgres.settings_in_effect(conn, list(desired))
             waiting = sorted(name for name in desired if in_effect.get(name) != kb_values.get(name))
         else:
@@ -55,7 +55,7 @@ def ensure(ctx: Context, conn: psycopg.Connection, privileges: postgres.AdminPri
                                f"scope {wanted.scope}: {shown}"
                                + (f"; waiting for a restart: {', '.join(waiting)}" if waiting else "")))
         if wanted.scope == tuning.SCOPE_SERVER:
-            after_restart = ("the managed server is restarted with them" if managed_server
+            after_restart = ("the managed server is restarted with them" if startup_parameters
                              else "trackop never restarts an external server")
             found.append(Condition(cond.PENDING_RESTART, "True" if waiting else "False",
                                    "RestartNeeded" if waiting else "NoRestartNeeded",

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 
-from . import pki
+from .. import pki
 
 TLS_CERT = "tls.crt"
 TLS_KEY = "tls.key"

@@ -12,20 +12,19 @@ Two engines:
   replicates anything itself. CloudNativePG makes the ``-rw`` Service and the superuser
   Secret, and applies parameter changes in the order PostgreSQL requires of standbys.
 
-Everything here decides (spec in, object bodies and verdicts out); ``reconcile`` applies.
-Once the server is ready, the backend is provisioned on it by the same code as for an
-external server.
+Everything here decides (spec in, object bodies out; the verdicts on them are in
+``managed_server_status``); ``reconcile`` applies. Once the server is ready, the backend
+is provisioned on it by the same code as for an external server.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Any
 
-from .api import connections, tuning
-from .api.v1alpha1 import ENGINE_CNPG, ENGINE_STATEFULSET, SUPERUSER_RESERVED_CONNECTIONS, BackendSpec
-from .manifests import labels, owner_reference
+from ..api import tuning
+from ..api.v1alpha1 import ENGINE_CNPG, ENGINE_STATEFULSET, BackendSpec
+from .common import labels, owner_reference
 
 COMPONENT = "postgres"
 SUPERUSER = "postgres"
@@ -51,39 +50,6 @@ def parameters(spec: BackendSpec) -> dict[str, str]:
     if spec.tuning is None or spec.tuning.scope != tuning.SCOPE_SERVER:
         return {}
     return tuning.settings_for_scope(spec.tuning)
-
-
-@dataclass(frozen=True)
-class BudgetShortfall:
-    max_connections: int
-    usable: int
-    required: int
-    breakdown: Mapping[str, int]
-
-    @property
-    def message(self) -> str:
-        parts = ", ".join(f"{k} {v}" for k, v in self.breakdown.items())
-        return (f"max_connections {self.max_connections} leaves {self.usable} connections after the "
-                f"{SUPERUSER_RESERVED_CONNECTIONS} reserved for superusers, but this backend needs {self.required} "
-                f"({parts}): the server keeps running with its current settings; raise "
-                "spec.postgres.tuning.maxConnections or lower server replicas, workers, pool or expectedClients")
-
-
-def budget_shortfall(spec: BackendSpec, wanted: Mapping[str, str]) -> BudgetShortfall | None:
-    """Checked before the server is restarted with a new max_connections (lowering it is
-    what can go wrong): a server that comes back with fewer slots than the tracking stack
-    needs would refuse its clients with 'too many connections'."""
-    if "max_connections" not in wanted:
-        return None
-    server = spec.tracking_server
-    breakdown = connections.required_connections(spec.effective_tuning, server.replicas if server else 0,
-                                            server.workers if server else 0)
-    required = sum(breakdown.values())
-    max_connections = int(wanted["max_connections"])
-    usable = max_connections - SUPERUSER_RESERVED_CONNECTIONS
-    if usable >= required:
-        return None
-    return BudgetShortfall(max_connections, usable, required, breakdown)
 
 
 def _meta(spec: BackendSpec, name: str, owner: Mapping[str, Any] | None) -> dict[str, Any]:
@@ -252,48 +218,6 @@ def cnpg_cluster(spec: BackendSpec, owner: Mapping[str, Any] | None, settings: M
     if managed.resources:
         body["spec"]["resources"] = dict(managed.resources)
     return body
-
-
-@dataclass(frozen=True)
-class Progress:
-    ready: bool
-    reason: str
-    message: str
-
-
-def statefulset_progress(spec: BackendSpec, body: Mapping[str, Any]) -> Progress:
-    """Ready once the controller has seen the latest template, the pod runs it and is ready."""
-    name = spec.managed.name
-    meta, status = body.get("metadata") or {}, body.get("status") or {}
-    ready = status.get("readyReplicas") or 0
-    current, update = status.get("currentRevision"), status.get("updateRevision")
-    observed = (status.get("observedGeneration") or 0) >= (meta.get("generation") or 0)
-    if observed and update and current == update and (status.get("updatedReplicas") or 0) >= 1 and ready >= 1:
-        return Progress(True, "Running", f"PostgreSQL {spec.managed.version} ({name}-0) is ready at "
-                                         f"{spec.postgres.host}:{spec.postgres.port}")
-    if current and update and current != update:
-        containers = body["spec"]["template"]["spec"]["containers"]
-        settings = {k: v for k, v in parameters_from_args(containers[0].get("args")).items()
-                    if k not in ("port", "unix_socket_directories")}
-        shown = ", ".join(f"{k}={v}" for k, v in sorted(settings.items())) or "its new template"
-        return Progress(False, "Restarting", f"StatefulSet {name} is restarting PostgreSQL with {shown}")
-    return Progress(False, "Starting", f"StatefulSet {name}: {ready}/1 ready; waiting for PostgreSQL to start "
-                                       f"(kubectl describe pod {name}-0 -n {spec.namespace} if this lasts)")
-
-
-def cluster_progress(spec: BackendSpec, body: Mapping[str, Any]) -> Progress:
-    """CloudNativePG reports a Ready condition; before it, its phase says what it is doing."""
-    name = spec.managed.name
-    status = body.get("status") or {}
-    ready = next((c for c in status.get("conditions") or [] if c.get("type") == "Ready"), None)
-    if ready is not None and ready.get("status") == "True":
-        return Progress(True, "Running", f"CloudNativePG Cluster {name}: {status.get('readyInstances', 0)}/"
-                                         f"{spec.managed.instances} instances ready, primary at "
-                                         f"{spec.postgres.host}:{spec.postgres.port}")
-    phase = status.get("phase") or "not yet reconciled by CloudNativePG"
-    return Progress(False, "Starting", f"CloudNativePG Cluster {name}: {phase} "
-                                       f"({status.get('readyInstances', 0)}/{spec.managed.instances} ready; "
-                                       "is the CloudNativePG operator running?)")
 
 
 def primary_pod_selector(spec: BackendSpec) -> str | None:

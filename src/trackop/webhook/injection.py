@@ -34,9 +34,9 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from .api.tuning import MAX_OVERFLOW_ENV, POOL_SIZE_ENV
-from .api.v1alpha1 import INJECTION_MODES, SpecError
-from .api.validation import check_backend_name
+from ..api.tuning import MAX_OVERFLOW_ENV, POOL_SIZE_ENV
+from ..api.v1alpha1 import INJECTION_MODES, BackendSpec, SpecError
+from ..api.validation import check_backend_name
 
 INJECT_LABEL = "trackop.dev/inject"
 BACKEND_ANNOTATION = "trackop.dev/backend"
@@ -210,6 +210,12 @@ class BackendView:
     @property
     def reference(self) -> str:
         return f"{self.namespace}/{self.name}"
+
+
+def backend_view(spec: BackendSpec, secret_keys: Iterable[str]) -> BackendView:
+    """What the webhook keeps of a parsed backend whose connection Secret has ``secret_keys``."""
+    return BackendView(spec.namespace, spec.name, spec.injection_mode, spec.namespace_selector,
+                       tuple(sorted(secret_keys)))
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,5 @@
-"""spec.postgres.managed: parsing and the pure builders of managed.py (no cluster)."""
+"""spec.postgres.managed: parsing, the pure builders of specs.managed_server and the verdicts of
+specs.managed_server_status (no cluster)."""
 
 from __future__ import annotations
 
@@ -7,9 +8,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from spec_mutations import json_values
 
-from trackop import managed
 from trackop.api import parsing
 from trackop.api.v1alpha1 import ENGINE_STATEFULSET, ENGINES, BackendSpec, ManagedServer, PostgresEndpoint, SpecError
+from trackop.specs import managed_server, managed_server_status
 
 OWNER = {"apiVersion": "trackop.dev/v1alpha1", "kind": "TrackingBackend",
          "metadata": {"name": "team-a", "namespace": "ml", "uid": "u-1"}}
@@ -70,22 +71,23 @@ def test_a_managed_backend_name_leaves_room_for_the_statefulset_revision_label()
 def test_scope_server_tuning_becomes_startup_parameters_and_scope_database_does_not():
     server = parse(postgres={"tuning": {"scope": "Server", "maxConnections": 50, "sharedBuffers": "256MB",
                                         "workMem": "8MB"}})
-    assert managed.parameters(server) == {"max_connections": "50", "shared_buffers": "256MB", "work_mem": "8MB"}
+    assert managed_server.parameters(server) == {"max_connections": "50", "shared_buffers": "256MB", "work_mem": "8MB"}
     database = parse(postgres={"tuning": {"scope": "Database", "workMem": "8MB"}})
-    assert managed.parameters(database) == {}
-    assert managed.parameters(parse()) == {}
+    assert managed_server.parameters(database) == {}
+    assert managed_server.parameters(parse()) == {}
 
 
 def test_lowering_max_connections_below_what_the_backend_needs_is_refused_before_a_restart():
     spec = parse(postgres={"tuning": {"scope": "Server", "maxConnections": 10}},
                  server={"replicas": 2, "workers": 2})
-    shortfall = managed.budget_shortfall(spec, managed.parameters(spec))
+    shortfall = managed_server_status.budget_shortfall(spec, managed_server.parameters(spec))
     # server 2 replicas * 2 workers * 2 engines * (pool 2 + overflow 3) = 40, + migration 2 + reserve 2
     assert shortfall is not None and shortfall.required == 44 and shortfall.usable == 7
     assert "max_connections 10 leaves 7" in shortfall.message and "needs 44" in shortfall.message
     enough = parse(postgres={"tuning": {"scope": "Server", "maxConnections": 47}}, server={"replicas": 2, "workers": 2})
-    assert managed.budget_shortfall(enough, managed.parameters(enough)) is None
-    assert managed.budget_shortfall(spec, {}) is None  # no max_connections: PostgreSQL's own default stays
+    assert managed_server_status.budget_shortfall(enough, managed_server.parameters(enough)) is None
+    # No max_connections: PostgreSQL's own default stays.
+    assert managed_server_status.budget_shortfall(spec, {}) is None
 
 
 # ---- builders ----------------------------------------------------------------------------------
@@ -93,7 +95,7 @@ def test_lowering_max_connections_below_what_the_backend_needs_is_refused_before
 def test_statefulset_runs_the_official_image_with_its_parameters_restricted_and_probed():
     spec = parse({"port": 6543, "storage": {"size": "5Gi", "storageClassName": "fast"}},
                  postgres={"tuning": {"scope": "Server", "maxConnections": 80, "workMem": "4MB"}})
-    body = managed.statefulset(spec, OWNER, managed.parameters(spec))
+    body = managed_server.statefulset(spec, OWNER, managed_server.parameters(spec))
     assert body["metadata"]["name"] == "team-a-postgres"
     assert body["metadata"]["ownerReferences"][0]["uid"] == "u-1"
     assert body["spec"]["replicas"] == 1 and body["spec"]["serviceName"] == "team-a-postgres"
@@ -105,13 +107,13 @@ def test_statefulset_runs_the_official_image_with_its_parameters_restricted_and_
                                  "-c", "max_connections=80", "-c", "work_mem=4MB"]
     env = {e["name"]: e for e in container["env"]}
     assert env["POSTGRES_PASSWORD"]["valueFrom"]["secretKeyRef"] == {"name": "team-a-postgres", "key": "password"}
-    assert env["PGDATA"]["value"].startswith(managed.DATA_MOUNT + "/")
+    assert env["PGDATA"]["value"].startswith(managed_server.DATA_MOUNT + "/")
     assert container["ports"] == [{"name": "postgres", "containerPort": 6543, "protocol": "TCP"}]
     assert "6543" in container["readinessProbe"]["exec"]["command"]
     assert container["securityContext"]["readOnlyRootFilesystem"] is True
     assert pod["securityContext"]["runAsNonRoot"] is True and pod["securityContext"]["runAsUser"] == 999
     mounts = {m["mountPath"] for m in container["volumeMounts"]}
-    assert {managed.DATA_MOUNT, managed.SOCKET_DIR, "/tmp"} == mounts
+    assert {managed_server.DATA_MOUNT, managed_server.SOCKET_DIR, "/tmp"} == mounts
     (claim,) = body["spec"]["volumeClaimTemplates"]
     assert claim["spec"]["resources"]["requests"]["storage"] == "5Gi" and claim["spec"]["storageClassName"] == "fast"
     assert body["spec"]["persistentVolumeClaimRetentionPolicy"]["whenDeleted"] == "Retain"
@@ -120,27 +122,28 @@ def test_statefulset_runs_the_official_image_with_its_parameters_restricted_and_
 
 def test_deletion_policy_delete_lets_the_claim_go_with_the_statefulset():
     spec = parse(deletionPolicy="Delete")
-    body = managed.statefulset(spec, OWNER, {})
+    body = managed_server.statefulset(spec, OWNER, {})
     assert body["spec"]["persistentVolumeClaimRetentionPolicy"] == {"whenDeleted": "Delete", "whenScaled": "Retain"}
 
 
 def test_resources_default_and_override():
-    assert managed.statefulset(parse(), OWNER, {})["spec"]["template"]["spec"]["containers"][0]["resources"] == \
-        managed.DEFAULT_RESOURCES
+    assert managed_server.statefulset(parse(), OWNER, {})["spec"]["template"]["spec"]["containers"][0]["resources"] == \
+        managed_server.DEFAULT_RESOURCES
     given = {"limits": {"memory": "2Gi"}}
     spec = parse({"resources": given})
-    assert managed.statefulset(spec, OWNER, {})["spec"]["template"]["spec"]["containers"][0]["resources"] == given
+    container = managed_server.statefulset(spec, OWNER, {})["spec"]["template"]["spec"]["containers"][0]
+    assert container["resources"] == given
 
 
 def test_service_selects_the_pod_on_the_server_port():
     spec = parse({"port": 6543})
-    body = managed.service(spec, OWNER)
-    assert body["spec"]["selector"] == managed.pod_labels(spec)
+    body = managed_server.service(spec, OWNER)
+    assert body["spec"]["selector"] == managed_server.pod_labels(spec)
     assert body["spec"]["ports"] == [{"name": "postgres", "port": 6543, "targetPort": "postgres", "protocol": "TCP"}]
 
 
 def test_superuser_secret_is_basic_auth_owned_by_the_backend():
-    body = managed.superuser_secret(parse(), "pw", OWNER)
+    body = managed_server.superuser_secret(parse(), "pw", OWNER)
     assert body["type"] == "kubernetes.io/basic-auth"
     assert body["stringData"] == {"username": "postgres", "password": "pw"}
     assert body["metadata"]["ownerReferences"][0]["uid"] == "u-1"
@@ -149,7 +152,7 @@ def test_superuser_secret_is_basic_auth_owned_by_the_backend():
 def test_cnpg_cluster_carries_instances_storage_and_the_tuning_as_parameters():
     spec = parse({"engine": "CloudNativePG", "instances": 3, "storage": {"size": "20Gi", "storageClassName": "ssd"}},
                  postgres={"tuning": {"scope": "Server", "maxConnections": 200, "sharedBuffers": "1GB"}})
-    body = managed.cnpg_cluster(spec, OWNER, managed.parameters(spec))
+    body = managed_server.cnpg_cluster(spec, OWNER, managed_server.parameters(spec))
     assert body["apiVersion"] == "postgresql.cnpg.io/v1" and body["kind"] == "Cluster"
     assert body["metadata"]["name"] == "team-a-postgres"
     assert body["spec"]["instances"] == 3
@@ -157,15 +160,16 @@ def test_cnpg_cluster_carries_instances_storage_and_the_tuning_as_parameters():
     assert body["spec"]["storage"] == {"size": "20Gi", "storageClass": "ssd"}
     assert body["spec"]["postgresql"]["parameters"] == {"max_connections": "200", "shared_buffers": "1GB"}
     assert "resources" not in body["spec"]
-    assert "ownerReferences" not in managed.cnpg_cluster(spec, None, {})["metadata"]
+    assert "ownerReferences" not in managed_server.cnpg_cluster(spec, None, {})["metadata"]
 
 
 def test_parameters_are_read_back_from_the_args():
     spec = parse(postgres={"tuning": {"scope": "Server", "maxConnections": 80}})
-    args = managed.statefulset(spec, OWNER, managed.parameters(spec))["spec"]["template"]["spec"]["containers"][0]["args"]
-    assert managed.parameters_from_args(args) == {"port": "5432", "unix_socket_directories": "/var/run/postgresql",
-                                                  "max_connections": "80"}
-    assert managed.parameters_from_args(None) == {}
+    body = managed_server.statefulset(spec, OWNER, managed_server.parameters(spec))
+    args = body["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert managed_server.parameters_from_args(args) == {
+        "port": "5432", "unix_socket_directories": "/var/run/postgresql", "max_connections": "80"}
+    assert managed_server.parameters_from_args(None) == {}
 
 
 # ---- readiness verdicts --------------------------------------------------------------------------
@@ -177,31 +181,32 @@ def _sts(status: dict, generation: int = 1, args: list[str] | None = None) -> di
 
 def test_statefulset_progress():
     spec = parse()
-    assert managed.statefulset_progress(spec, _sts({})).reason == "Starting"
+    assert managed_server_status.statefulset_progress(spec, _sts({})).reason == "Starting"
     rolling = _sts({"observedGeneration": 2, "currentRevision": "a", "updateRevision": "b", "readyReplicas": 0},
                    generation=2, args=["postgres", "-c", "port=5432", "-c", "max_connections=50"])
-    progress = managed.statefulset_progress(spec, rolling)
+    progress = managed_server_status.statefulset_progress(spec, rolling)
     assert (progress.ready, progress.reason) == (False, "Restarting")
     assert "max_connections=50" in progress.message and "port=" not in progress.message
     stale = _sts({"observedGeneration": 1, "currentRevision": "a", "updateRevision": "a", "readyReplicas": 1,
                   "updatedReplicas": 1}, generation=2)
-    assert not managed.statefulset_progress(spec, stale).ready
+    assert not managed_server_status.statefulset_progress(spec, stale).ready
     ready = _sts({"observedGeneration": 2, "currentRevision": "b", "updateRevision": "b", "readyReplicas": 1,
                   "updatedReplicas": 1}, generation=2)
-    progress = managed.statefulset_progress(spec, ready)
+    progress = managed_server_status.statefulset_progress(spec, ready)
     assert (progress.ready, progress.reason) == (True, "Running")
     assert "team-a-postgres.ml.svc:5432" in progress.message
 
 
 def test_cluster_progress_follows_cloudnativepg_ready_condition():
     spec = parse({"engine": "CloudNativePG", "instances": 2})
-    progress = managed.cluster_progress(spec, {})
+    progress = managed_server_status.cluster_progress(spec, {})
     assert (progress.ready, progress.reason) == (False, "Starting")
     assert "not yet reconciled" in progress.message
-    progress = managed.cluster_progress(spec, {"status": {"phase": "Setting up primary", "readyInstances": 0}})
+    progress = managed_server_status.cluster_progress(spec, {"status": {"phase": "Setting up primary",
+                                                                        "readyInstances": 0}})
     assert "Setting up primary" in progress.message
     ready = {"status": {"readyInstances": 2, "conditions": [{"type": "Ready", "status": "True"}]}}
-    assert managed.cluster_progress(spec, ready).ready
+    assert managed_server_status.cluster_progress(spec, ready).ready
 
 
 # ---- property: any value at any managed field is parsed or refused naming the field ---------
@@ -231,5 +236,5 @@ def test_any_managed_value_parses_or_is_refused_naming_the_field(edits, engine):
         assert str(error).startswith(f"{error.field}: ")
     else:
         assert parsed.managed is not None and parsed.postgres.host.endswith(".ml.svc")
-        managed.statefulset(parsed, OWNER, {}) if parsed.managed.engine == ENGINE_STATEFULSET \
-            else managed.cnpg_cluster(parsed, OWNER, {})
+        managed_server.statefulset(parsed, OWNER, {}) if parsed.managed.engine == ENGINE_STATEFULSET \
+            else managed_server.cnpg_cluster(parsed, OWNER, {})

@@ -1,4 +1,4 @@
-"""trackop.webhook_tls: the webhook's CA and serving certificate, rotation and rollover (pure)."""
+"""trackop.webhook.certificates: the webhook's CA and serving certificate, rotation and rollover (pure)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import pytest
 from cryptography import x509
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
-from trackop import webhook_tls as tls
+from trackop.webhook import certificates as tls
 
 NAMES = ["trackop-webhook", "trackop-webhook.trackop-system.svc"]
 IPS = ["127.0.0.1"]

@@ -1,8 +1,8 @@
 """The running side of injection: certificates in a Secret, the HTTPS webhook server,
 the webhook configurations it registers, rotation before expiry, and warning Events.
 
-The decisions themselves are pure (``injection``, ``webhook.validate_backend``,
-``webhook_tls``); this is the one place that keeps them served.
+The decisions themselves are pure (``injection``, ``validation``, ``certificates``); this
+is the one place that keeps them served.
 """
 
 from __future__ import annotations
@@ -14,16 +14,19 @@ import logging
 import os
 import queue
 import threading
-from collections.abc import Callable, Mapping
 from typing import Any
 from urllib.parse import urlsplit
 
 from kubernetes import client
 
-from . import metrics, webhook, webhook_tls
-from .api.v1alpha1 import GROUP, KIND, MANAGED_BY, MANAGED_BY_LABEL, VERSION
-from .injection import BackendView
-from .kube import Kube
+from .. import metrics
+from ..api.v1alpha1 import GROUP, KIND, MANAGED_BY, MANAGED_BY_LABEL, VERSION
+from ..kube import Kube
+from ..specs.webhook_configurations import webhook_configurations
+from . import certificates
+from .index import Index
+from .index_watch import IndexWatch, ViewOf
+from .server import Handlers, WebhookServer
 
 log = logging.getLogger(__name__)
 
@@ -35,101 +38,12 @@ BUNDLE_PROPAGATION_SECONDS = 2.0
 RENEW_BEFORE = dt.timedelta(days=float(os.environ.get("TRACKOP_WEBHOOK_RENEW_BEFORE_DAYS", "30")))
 
 
-# A TrackingBackend body -> what the index keeps of it (None: an invalid spec, not indexed).
-ViewOf = Callable[[Mapping[str, Any]], "tuple[BackendView, tuple[str, int, str]] | None"]
-WATCH_RETRY_SECONDS = 1.0
-
-
 def _now() -> dt.datetime:
     return dt.datetime.now(dt.timezone.utc)
 
 
-class IndexWatch:
-    """Lists, then watches, what admission decisions read (TrackingBackends, Namespaces)
-    into the index, on threads of its own: kopf pauses its watches on a standby peer, and
-    every replica behind the webhook Service must answer from a current index."""
-
-    KINDS = ("backends", "namespaces")
-
-    def __init__(self, kube: Kube, index: webhook.Index, view_of: ViewOf) -> None:
-        self.kube = kube
-        self.index = index
-        self.view_of = view_of
-        self._versions: dict[str, str] = {}
-
-    def prime(self) -> None:
-        for kind in self.KINDS:
-            self._relist(kind)
-
-    def start(self, stop: threading.Event) -> None:
-        for kind in self.KINDS:
-            threading.Thread(target=self._watch_loop, args=(kind, stop), name=f"trackop-index-{kind}",
-                             daemon=True).start()
-
-    def _relist(self, kind: str) -> None:
-        try:
-            items, version = self.kube.listing(kind)
-        except client.ApiException as exc:
-            if kind != "backends" or exc.status != 404:
-                raise
-            items, version = [], ""  # no CRD yet: watched again after the retry pause
-        seen = set()
-        for body in items:
-            seen.add(self._apply(kind, "ADDED", body))
-        stale = ({(v.namespace, v.name) for v in self.index.backends()} if kind == "backends"
-                 else set(self.index.namespaces()))
-        for key in stale - seen:
-            self._apply_drop(kind, key)
-        self._versions[kind] = version
-        metrics.BACKENDS.set(len(self.index.backends()))
-
-    def _apply(self, kind: str, event_type: str, body: Mapping[str, Any]) -> Any:
-        meta = body["metadata"]
-        if kind == "namespaces":
-            if event_type == "DELETED":
-                self.index.drop_namespace(meta["name"])
-            else:
-                self.index.set_namespace(meta["name"], meta.get("labels") or {})
-            return meta["name"]
-        key = (meta["namespace"], meta["name"])
-        found = None if event_type == "DELETED" else self.view_of(body)
-        if found is None:
-            self.index.drop_backend(*key)
-        else:
-            self.index.set_backend(*found)
-        return key
-
-    def _apply_drop(self, kind: str, key: Any) -> None:
-        if kind == "namespaces":
-            self.index.drop_namespace(key)
-        else:
-            self.index.drop_backend(*key)
-
-    def _watch_loop(self, kind: str, stop: threading.Event) -> None:
-        while not stop.is_set():
-            try:
-                if not self._versions.get(kind):
-                    self._relist(kind)
-                for event_type, body in self.kube.watch(kind, self._versions[kind]):
-                    if event_type == "ERROR":  # 410 Gone and the like: list again
-                        self._versions[kind] = ""
-                        break
-                    self._versions[kind] = body["metadata"]["resourceVersion"]
-                    if event_type != "BOOKMARK":
-                        self._apply(kind, event_type, body)
-                        metrics.BACKENDS.set(len(self.index.backends()))
-                    if stop.is_set():
-                        return
-            except Exception as exc:  # the API server restarting, an expired version: list again
-                status = getattr(exc, "status", "")
-                log.warning("watching %s for the webhook index failed (%s %s); listing again",
-                            kind, type(exc).__name__, status)
-                self._versions[kind] = ""
-                stop.wait(WATCH_RETRY_SECONDS)
-
-
 class InjectionService:
-    def __init__(self, kube: Kube, index: webhook.Index, view_of: ViewOf, *, address: str, url: str,
+    def __init__(self, kube: Kube, index: Index, view_of: ViewOf, *, address: str, url: str,
                  failure_policy: str, operator_namespace: str, cert_secret: str = "", service: str = "",
                  owner_cluster_role: str = "") -> None:
         host, _, port = address.rpartition(":")
@@ -153,18 +67,17 @@ class InjectionService:
                 self.names, self.ips = [served], []
         self.index_watch = IndexWatch(kube, index, view_of)
         self._events: queue.Queue = queue.Queue(maxsize=1000)
-        handlers = webhook.Handlers(index, operator_namespace, fail_closed=failure_policy == "Fail",
-                                    on_warning=self._warn)
-        self.server = webhook.WebhookServer(host, int(port), handlers)
+        handlers = Handlers(index, operator_namespace, fail_closed=failure_policy == "Fail", on_warning=self._warn)
+        self.server = WebhookServer(host, int(port), handlers)
         self._stop = threading.Event()
-        self.certs: webhook_tls.WebhookCerts | None = None
+        self.certs: certificates.WebhookCerts | None = None
         # A TLS Secret someone else renews (cert-manager: tls.crt, tls.key, ca.crt) instead of our own CA.
         self.cert_secret = cert_secret
         self._external_version = ""
         self._external_ca = b""
 
     # ---- certificates ------------------------------------------------------------------
-    def _load_or_create(self) -> webhook_tls.WebhookCerts:
+    def _load_or_create(self) -> certificates.WebhookCerts:
         """The certificates in the Secret, or new ones. Replicas share the Secret: the one
         whose create wins writes it, the others read and serve what it wrote."""
         self.kube.ensure_namespace(self.operator_namespace)
@@ -172,52 +85,55 @@ class InjectionService:
             certs, _version = self._read()
             if certs is not None:
                 return certs
-            certs = webhook_tls.new_certs(self.names, self.ips, _now())
+            certs = certificates.new_certs(self.names, self.ips, _now())
             try:
-                self.kube.core.create_namespaced_secret(self.operator_namespace, self._body(certs))
+                self.kube.create_secret(self._body(certs))
                 return certs
             except client.ApiException as exc:
                 if exc.status != 409:
                     raise
         raise RuntimeError(f"Secret {self.operator_namespace}/{CERT_SECRET} could not be read or created")
 
-    def _read(self) -> tuple[webhook_tls.WebhookCerts | None, str]:
+    def _read(self) -> tuple[certificates.WebhookCerts | None, str]:
         """The certificates in the Secret (None: missing or unreadable) and its resourceVersion."""
-        try:
-            secret = self.kube.core.read_namespaced_secret(CERT_SECRET, self.operator_namespace)
-        except client.ApiException as exc:
-            if exc.status != 404:
-                raise
+        found = self.kube.read_secret_encoded(self.operator_namespace, CERT_SECRET)
+        if found is None:
             return None, ""
+        data, version = found
         try:
-            return webhook_tls.from_secret_data(secret.data or {}), secret.metadata.resource_version
+            return certificates.from_secret_data(data), version
         except (KeyError, ValueError):
-            return None, secret.metadata.resource_version
+            return None, version
 
-    def _body(self, certs: webhook_tls.WebhookCerts, resource_version: str = "") -> client.V1Secret:
-        return client.V1Secret(
-            metadata=client.V1ObjectMeta(name=CERT_SECRET, namespace=self.operator_namespace,
-                                         labels={MANAGED_BY_LABEL: MANAGED_BY},
-                                         resource_version=resource_version or None),
-            type="Opaque", data=webhook_tls.to_secret_data(certs))
+    def _body(self, certs: certificates.WebhookCerts, resource_version: str = "") -> dict[str, Any]:
+        """The certificate Secret; with ``resource_version``, a replacement of that version only."""
+        meta: dict[str, Any] = {"name": CERT_SECRET, "namespace": self.operator_namespace,
+                                "labels": {MANAGED_BY_LABEL: MANAGED_BY}}
+        if resource_version:
+            meta["resourceVersion"] = resource_version
+        return {"apiVersion": "v1", "kind": "Secret", "metadata": meta, "type": "Opaque",
+                "data": certificates.to_secret_data(certs)}
 
-    def _register(self, certs: webhook_tls.WebhookCerts) -> None:
-        self._apply_configurations(webhook_tls.ca_bundle(certs, _now()))
+    def _register(self, certs: certificates.WebhookCerts) -> None:
+        self._apply_configurations(certificates.ca_bundle(certs, _now()))
 
     def _apply_configurations(self, ca_bundle: bytes) -> None:
         if self.owner_cluster_role and self._owner is None:
             self._owner = (self.owner_cluster_role, self.kube.cluster_role_uid(self.owner_cluster_role))
-        for body in webhook.webhook_configurations(self.url, ca_bundle, failure_policy=self.failure_policy,
-                                                   operator_namespace=self.operator_namespace,
-                                                   service=self.service or None, owner=self._owner):
+        for body in webhook_configurations(self.url, ca_bundle, failure_policy=self.failure_policy,
+                                           operator_namespace=self.operator_namespace,
+                                           service=self.service or None, owner=self._owner):
             self.kube.apply_cluster(body)
 
     def _reload_external(self) -> bool:
         """Serve the externally managed certificate; re-register when it changed."""
-        secret = self.kube.core.read_namespaced_secret(self.cert_secret, self.operator_namespace)
-        if secret.metadata.resource_version == self._external_version:
+        found = self.kube.read_secret_encoded(self.operator_namespace, self.cert_secret)
+        if found is None:
+            raise ValueError(f"Secret {self.operator_namespace}/{self.cert_secret} not found")
+        encoded, version = found
+        if version == self._external_version:
             return False
-        data = {k: base64.b64decode(v) for k, v in (secret.data or {}).items()}
+        data = {k: base64.b64decode(v) for k, v in encoded.items()}
         missing = [k for k in ("tls.crt", "tls.key", "ca.crt") if k not in data]
         if missing:
             raise ValueError(f"Secret {self.operator_namespace}/{self.cert_secret} lacks {', '.join(missing)}")
@@ -228,7 +144,7 @@ class InjectionService:
         if self._external_ca and self._external_ca != data["ca.crt"]:
             self._stop.wait(BUNDLE_PROPAGATION_SECONDS)
         self.server.load_certificate(data["tls.crt"], data["tls.key"])
-        self._external_version = secret.metadata.resource_version
+        self._external_version = version
         self._external_ca = data["ca.crt"]
         metrics.CERT_ROTATIONS.inc()
         log.info("serving the certificate from Secret %s/%s", self.operator_namespace, self.cert_secret)
@@ -244,17 +160,16 @@ class InjectionService:
         if stored is not None and stored.cert_pem != self.certs.cert_pem:
             self._adopt(stored)
             log.info("serving the webhook certificate another replica renewed")
-        reason = webhook_tls.needs_rotation(self.certs, _now(), renew_before=RENEW_BEFORE,
-                                            names=self.names, ips=self.ips)
+        reason = certificates.needs_rotation(self.certs, _now(), renew_before=RENEW_BEFORE,
+                                             names=self.names, ips=self.ips)
         if reason is None:
             return None
-        rotated = webhook_tls.rotate(self.certs, _now(), self.names, self.ips)
+        rotated = certificates.rotate(self.certs, _now(), self.names, self.ips)
         try:
             if version:
-                self.kube.core.replace_namespaced_secret(CERT_SECRET, self.operator_namespace,
-                                                         self._body(rotated, version))
+                self.kube.replace_secret(self._body(rotated, version))
             else:
-                self.kube.core.create_namespaced_secret(self.operator_namespace, self._body(rotated))
+                self.kube.create_secret(self._body(rotated))
         except client.ApiException as exc:
             if exc.status != 409:
                 raise
@@ -263,7 +178,7 @@ class InjectionService:
         log.info("rotated the webhook certificate: %s", reason)
         return reason
 
-    def _adopt(self, certs: webhook_tls.WebhookCerts) -> None:
+    def _adopt(self, certs: certificates.WebhookCerts) -> None:
         """Publish the bundle, then serve the certificate (after a pause when the CA changed)."""
         self._register(certs)
         if self.certs is not None and certs.ca_cert_pem != self.certs.ca_cert_pem:
