@@ -20,7 +20,7 @@ from trackop.api import conditions as cond
 from trackop.api.parsing import parse
 from trackop.controller import drift
 from trackop.controller.reconciler import Reconciler
-from trackop.kube import Kube
+from trackop.kube.client import Kube
 from trackop.webhook.injection import COPY_LABEL
 
 pytestmark = pytest.mark.bed

@@ -14,13 +14,13 @@ from pathlib import Path
 
 import pytest
 import yaml
-from kubernetes import client, config
-
 from helpers import eventually
-from trackop import cli
-from trackop.specs.webhook_configurations import MUTATING_NAME, VALIDATING_NAME
-from trackop.kube import Kube
+from kubernetes import client, config
 from trackop_testbed import binaries
+
+from trackop import cli
+from trackop.kube.client import Kube
+from trackop.specs.webhook_configurations import MUTATING_NAME, VALIDATING_NAME
 
 pytestmark = pytest.mark.bed
 
@@ -436,7 +436,7 @@ def test_the_operator_calls_work_as_its_service_account_and_nothing_more(
     as_operator.set_default_header("Impersonate-Group", "system:serviceaccounts")
     kube = Kube(as_operator)
 
-    # Real calls, as the operator makes them (src/trackop/kube.py).
+    # Real calls, as the operator makes them (src/trackop/kube/).
     kube.ensure_namespace(namespace)  # exists: looked up, not created (no namespace create granted)
     assert namespace in kube.namespace_labels()
     items, _ = kube.listing("namespaces")

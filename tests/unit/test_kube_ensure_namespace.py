@@ -8,7 +8,7 @@ from types import SimpleNamespace
 import pytest
 from kubernetes import client
 
-from trackop.kube import Kube
+from trackop.kube.client import Kube
 
 
 class FakeCore:

@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 
 from ..api.v1alpha1 import BackendSpec
-from ..kube import Kube
+from ..kube.client import Kube
 from ..specs import common
 from ..webhook import injection
 from ..webhook.injection import COPY_LABEL, copy_label_value

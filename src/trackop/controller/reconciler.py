@@ -18,7 +18,7 @@ from .. import postgres
 from ..api import conditions as cond
 from ..api.conditions import Condition
 from ..api.v1alpha1 import BackendSpec
-from ..kube import Kube
+from ..kube.client import Kube
 from ..redaction import redact
 from ..settings import MANAGED_ADDRESS_SERVICE, Settings
 from ..webhook import injection

@@ -10,7 +10,7 @@ import kopf
 import urllib3
 from kubernetes import client
 
-from ..kube import status_message
+from ..kube.errors import status_message
 
 MAX_RETRY_DELAY = 60.0
 API_RETRY_DELAY = 5.0

@@ -12,7 +12,7 @@ from typing import Any
 from kubernetes import client, config
 
 from ..api.v1alpha1 import BackendSpec
-from ..kube import Kube
+from ..kube.client import Kube
 from ..settings import Settings
 from ..webhook.index import Index
 from ..webhook.service import InjectionService

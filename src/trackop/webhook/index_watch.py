@@ -11,7 +11,7 @@ from typing import Any
 from kubernetes import client
 
 from .. import metrics
-from ..kube import Kube
+from ..kube.client import Kube
 from .index import Index
 from .injection import BackendView
 

@@ -21,7 +21,7 @@ from kubernetes import client
 
 from .. import metrics
 from ..api.v1alpha1 import GROUP, KIND, MANAGED_BY, MANAGED_BY_LABEL, VERSION
-from ..kube import Kube
+from ..kube.client import Kube
 from ..specs.webhook_configurations import webhook_configurations
 from . import certificates
 from .index import Index

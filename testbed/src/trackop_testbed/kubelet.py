@@ -51,11 +51,17 @@ from typing import Callable, Sequence
 
 from kubernetes import client
 
-from trackop.kube import Kube
+from trackop.kube.client import Kube
 
 from .kubelet_errors import LocalKubeletError
 from .pod_env import expand, resolve_env, translator
-from .pod_volumes import Identity, check_volumes, make_reachable, prepare_volumes, run_as
+from .pod_volumes import (
+    Identity,
+    check_volumes,
+    make_reachable,
+    prepare_volumes,
+    run_as,
+)
 from .running_pod import RunningPod, exited
 from .statefulset_supervisor import StatefulSetSupervisor
 

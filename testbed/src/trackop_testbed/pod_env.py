@@ -23,7 +23,7 @@ from typing import Callable
 
 from kubernetes import client
 
-from trackop.kube import Kube
+from trackop.kube.client import Kube
 
 from .kubelet_errors import LocalKubeletError
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from kubernetes.client import ApiException
 
 from ...api import conditions as cond
-from ...kube import Kube
+from ...kube.client import Kube
 from ...specs.connection_secret import connection_secret
 from ..outcome import Context, StepFailed
 from ..passwords import generate_password

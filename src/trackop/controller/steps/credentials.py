@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from ...api import conditions as cond
 from ...api.v1alpha1 import ENGINE_CNPG
-from ...kube import Kube
+from ...kube.client import Kube
 from ..outcome import Context, StepFailed
 
 

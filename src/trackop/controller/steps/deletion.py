@@ -11,7 +11,7 @@ from kubernetes.client import ApiException
 from ... import postgres
 from ...api import conditions as cond
 from ...api.v1alpha1 import ENGINE_CNPG, BackendSpec
-from ...kube import Kube
+from ...kube.client import Kube
 from ...redaction import redact
 from ...specs import managed_server
 from ..outcome import Context, StepFailed

@@ -11,8 +11,16 @@ from kubernetes.client import ApiException
 
 from ...api import conditions as cond
 from ...api.conditions import Condition
-from ...api.v1alpha1 import BACKEND_LABEL, ENGINE_CNPG, MANAGED_BY, MANAGED_BY_LABEL, BackendSpec, PostgresEndpoint
-from ...kube import Kube, refusal_message
+from ...api.v1alpha1 import (
+    BACKEND_LABEL,
+    ENGINE_CNPG,
+    MANAGED_BY,
+    MANAGED_BY_LABEL,
+    BackendSpec,
+    PostgresEndpoint,
+)
+from ...kube.client import Kube
+from ...kube.errors import refusal_message
 from ...settings import MANAGED_ADDRESS_POD
 from ...specs import managed_server, managed_server_status
 from ..outcome import Context, StepFailed

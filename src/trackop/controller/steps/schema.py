@@ -7,7 +7,8 @@ from kubernetes.client import ApiException
 
 from ... import schema
 from ...api import conditions as cond
-from ...kube import Kube, refusal_message
+from ...kube.client import Kube
+from ...kube.errors import refusal_message
 from ...redaction import redact
 from ...specs.connection_secret import database_uri
 from ...specs.migration_job import migration_job

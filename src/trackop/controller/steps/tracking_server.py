@@ -7,7 +7,8 @@ from kubernetes.client import ApiException
 
 from ...api import conditions as cond
 from ...api.conditions import Condition
-from ...kube import Kube, refusal_message
+from ...kube.client import Kube
+from ...kube.errors import refusal_message
 from ...specs import tracking_server
 from ..outcome import Context, StepFailed
 
