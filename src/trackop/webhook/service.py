@@ -11,7 +11,6 @@ import base64
 import datetime as dt
 import ipaddress
 import logging
-import os
 import queue
 import threading
 from typing import Any
@@ -31,11 +30,9 @@ from .server import Handlers, WebhookServer
 log = logging.getLogger(__name__)
 
 CERT_SECRET = "trackop-webhook-certs"
-ROTATION_CHECK_SECONDS = float(os.environ.get("TRACKOP_WEBHOOK_ROTATION_CHECK", "3600"))
 # The API server picks a new caBundle up through its informers: give it a moment before
 # serving a certificate only the new CA signed.
 BUNDLE_PROPAGATION_SECONDS = 2.0
-RENEW_BEFORE = dt.timedelta(days=float(os.environ.get("TRACKOP_WEBHOOK_RENEW_BEFORE_DAYS", "30")))
 
 
 def _now() -> dt.datetime:
@@ -45,8 +42,12 @@ def _now() -> dt.datetime:
 class InjectionService:
     def __init__(self, kube: Kube, index: Index, view_of: ViewOf, *, address: str, url: str,
                  failure_policy: str, operator_namespace: str, cert_secret: str = "", service: str = "",
-                 owner_cluster_role: str = "") -> None:
+                 owner_cluster_role: str = "", rotation_check_seconds: float = 3600.0,
+                 renew_before: dt.timedelta = certificates.DEFAULT_RENEW_BEFORE) -> None:
         host, _, port = address.rpartition(":")
+        # How often the serving certificate is checked, and how long before expiry it is renewed.
+        self.rotation_check_seconds = rotation_check_seconds
+        self.renew_before = renew_before
         self.kube = kube
         self.url = url or f"https://{host}:{port}"
         self.service = service
@@ -160,7 +161,7 @@ class InjectionService:
         if stored is not None and stored.cert_pem != self.certs.cert_pem:
             self._adopt(stored)
             log.info("serving the webhook certificate another replica renewed")
-        reason = certificates.needs_rotation(self.certs, _now(), renew_before=RENEW_BEFORE,
+        reason = certificates.needs_rotation(self.certs, _now(), renew_before=self.renew_before,
                                              names=self.names, ips=self.ips)
         if reason is None:
             return None
@@ -212,7 +213,7 @@ class InjectionService:
         self.server.stop()
 
     def _rotation_loop(self) -> None:
-        while not self._stop.wait(ROTATION_CHECK_SECONDS):
+        while not self._stop.wait(self.rotation_check_seconds):
             try:
                 self._reload_external() if self.cert_secret else self.rotate_if_needed()
             except Exception:  # retried at the next check; the old certificate still serves
