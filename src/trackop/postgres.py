@@ -447,14 +447,6 @@ def login_as_role(server: PostgresEndpoint, role: str, password: str, database: 
         return RoleLogin(False)
 
 
-def terminate_connections(conn: psycopg.Connection, database: str) -> int:
-    rows = conn.execute(
-        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid()",
-        (database,),
-    ).fetchall()
-    return len(rows)
-
-
 # ---- the template database: new backends are cloned, not migrated -----------------------
 # MLflow's migrations are about 800 statements and a second of CPU per database. Per
 # server and Alembic head, trackop keeps one template database, made once by MLflow's own
