@@ -27,11 +27,11 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from . import postgres
 from .api import conditions as cond
 from .api import connections
 from .api.v1alpha1 import MANAGED_BY, MANAGED_BY_LABEL, BackendSpec, PostgresEndpoint
 from .injection import COPY_LABEL, copy_label_value
+from .postgres import catalog, sessions, snapshot
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +63,7 @@ def owned_objects(spec: BackendSpec) -> tuple[tuple[str, str], ...]:
     return (("services", spec.tracking_server_name), ("deployments", spec.tracking_server_name))
 
 
-def fingerprint_of(spec: BackendSpec, admin_user: str, server: postgres.ServerSnapshot, secret_versions: Versions,
+def fingerprint_of(spec: BackendSpec, admin_user: str, server: snapshot.ServerSnapshot, secret_versions: Versions,
                 copies: Versions, objects: Mapping[tuple[str, str, str], str | None],
                 namespaces_changes: int) -> dict[str, Any]:
     """What the full reconcile rests on, component by component (a name says what moved).
@@ -88,7 +88,7 @@ def differences(before: Mapping[str, Any], now: Mapping[str, Any]) -> list[str]:
     return [key for key in before.keys() | now.keys() if before.get(key) != now.get(key)]
 
 
-def budget_verdict(spec: BackendSpec, server: postgres.ServerSnapshot) -> tuple[str, str, str] | None:
+def budget_verdict(spec: BackendSpec, server: snapshot.ServerSnapshot) -> tuple[str, str, str] | None:
     """The ConnectionBudget condition the full reconcile would write now (None: the role
     or database is gone, which the fingerprint reports anyway)."""
     database_limit = server.database_limit(spec.database)
@@ -199,7 +199,7 @@ class DriftChecker:
 
     # -- after a full reconcile --
     def record(self, spec: BackendSpec, generation: int, reach: PostgresEndpoint, admin: tuple[str, str],
-               server: postgres.ServerSnapshot) -> None:
+               server: snapshot.ServerSnapshot) -> None:
         """Fingerprint a backend that a full reconcile has just made Ready, from narrow reads
         of its own objects (``server`` holds its rows, read on the reconcile's session)."""
         ns = spec.namespace
@@ -247,18 +247,18 @@ class DriftChecker:
             return "the connection budget's verdict moved"
         return UNCHANGED
 
-    def _server(self, baseline: Baseline) -> postgres.ServerSnapshot:
+    def _server(self, baseline: Baseline) -> snapshot.ServerSnapshot:
         reach, (user, password) = baseline.reach, baseline.admin
         key = ("server", reach.host, reach.port, reach.ssl_mode, user, hashlib.sha256(password.encode()).hexdigest())
 
-        def fetch() -> postgres.ServerSnapshot:
-            with postgres.admin_session(reach, user, password) as conn:
-                superuser = postgres.admin_privileges(conn).superuser
-                return postgres.observe_server(conn, superuser)
+        def fetch() -> snapshot.ServerSnapshot:
+            with sessions.admin_session(reach, user, password) as conn:
+                superuser = catalog.admin_privileges(conn).superuser
+                return snapshot.observe_server(conn, superuser)
 
         return self._cached(key, fetch).get(baseline.taken_at)
 
-    def _fingerprint_now(self, baseline: Baseline) -> tuple[dict[str, Any], postgres.ServerSnapshot]:
+    def _fingerprint_now(self, baseline: Baseline) -> tuple[dict[str, Any], snapshot.ServerSnapshot]:
         """The backend's fingerprint from the shared snapshots, and the server's snapshot."""
         spec, ns = baseline.spec, baseline.spec.namespace
         since = baseline.taken_at

@@ -21,7 +21,7 @@ from typing import Any
 import psycopg
 from kubernetes.client import ApiException
 
-from . import artifacts, drift, injection, managed, manifests, postgres, schema
+from . import artifacts, drift, injection, managed, manifests, schema
 from .api import conditions as cond
 from .api import connections, tuning
 from .api.conditions import Condition
@@ -29,6 +29,18 @@ from .api.v1alpha1 import BACKEND_LABEL, ENGINE_CNPG, MANAGED_BY, MANAGED_BY_LAB
 from .drift import SharedListing
 from .injection import COPY_LABEL, copy_label_value
 from .kube import Kube
+from .postgres import (
+    artifact_trigger,
+    catalog,
+    errors,
+    locks,
+    plans,
+    server_settings,
+    sessions,
+    snapshot,
+    statements,
+    templates,
+)
 from .redaction import redact
 
 log = logging.getLogger(__name__)
@@ -42,7 +54,7 @@ def _refusal(exc: ApiException) -> str:
         return f"{exc.status} {exc.reason}"
 
 GENERATED_PASSWORD_BYTES = 32  # token_urlsafe(32): 43 characters
-# New Inline databases are cloned from a template database (postgres.py); "off" migrates
+# New Inline databases are cloned from a template database (postgres/templates.py); "off" migrates
 # each one in place, as before.
 SCHEMA_TEMPLATES = os.environ.get("TRACKOP_SCHEMA_TEMPLATES", "on").lower() != "off"
 TEMPLATE_LOCK_TIMEOUT = 60.0  # seconds to wait for another session's template build
@@ -159,9 +171,9 @@ class Reconciler:
             bucket_keys, bucket_problem = self._bucket_keys(ctx)
             password, secret_data = self._password(ctx, bucket_keys)
             self.sync_copies(spec, secret_data, ctx.did)
-            with postgres.admin_session(ctx.reach, admin_user, admin_password) as admin:
-                privileges = postgres.admin_privileges(admin)
-                postgres.check_admin(privileges, admin_user)
+            with sessions.admin_session(ctx.reach, admin_user, admin_password) as admin:
+                privileges = catalog.admin_privileges(admin)
+                catalog.check_admin(privileges, admin_user)
                 login = self._database_and_role(ctx, admin, privileges, password)
                 done.append(Condition(cond.DATABASE_READY, "True", "Provisioned",
                                       f"database {spec.database} owned by role {spec.role} on "
@@ -170,7 +182,7 @@ class Reconciler:
                 tuning_conditions, budget = self._tuning(ctx, admin, privileges)
                 done.extend(tuning_conditions)
                 # The catalog rows the drift timer's fingerprint starts from (drift.py).
-                observed = postgres.observe_server(admin, privileges.superuser, [spec.role, admin_user],
+                observed = snapshot.observe_server(admin, privileges.superuser, [spec.role, admin_user],
                                                    [spec.database]) \
                     if self.drift.enabled and drift.eligible(spec) else None
             step_type = cond.SCHEMA_READY
@@ -192,12 +204,12 @@ class Reconciler:
             return Outcome(done, status, ctx.events, None)
         except StepFailed as failure:
             return self._failed(ctx, done, failure)
-        except postgres.PostgresError as error:
+        except errors.PostgresError as error:
             return self._failed(ctx, done, StepFailed(step_type, error.reason, error.message, 15))
         except psycopg.OperationalError as exc:
             # A session lost mid-step (a PostgreSQL restart): a condition and our backoff,
             # not an unexpected exception that kopf retries only after a minute.
-            error = postgres.connection_lost(exc, ctx.reach)
+            error = sessions.connection_lost(exc, ctx.reach)
             return self._failed(ctx, done, StepFailed(step_type, error.reason, error.message, 15))
 
     def _failed(self, ctx: _Context, done: list[Condition], failure: StepFailed) -> Outcome:
@@ -497,26 +509,26 @@ class Reconciler:
                                "MLFLOW_TRACKING_URI (the webhook was unavailable): delete it to recreate it"))
         return events
 
-    def _database_and_role(self, ctx: _Context, conn, privileges: postgres.AdminPrivileges,
-                           password: str) -> postgres.RoleLogin:
+    def _database_and_role(self, ctx: _Context, conn, privileges: catalog.AdminPrivileges,
+                           password: str) -> sessions.RoleLogin:
         spec = ctx.spec
-        role = postgres.inspect_role(conn, spec.role)
-        verifier = postgres.scram_verifier(conn, spec.role, password) if role is None else None
-        for summary in postgres.apply(conn, postgres.plan_role(spec, role, verifier, privileges)):
+        role = catalog.inspect_role(conn, spec.role)
+        verifier = plans.scram_verifier(conn, spec.role, password) if role is None else None
+        for summary in statements.apply(conn, plans.plan_role(spec, role, verifier, privileges)):
             ctx.did("RoleReconciled", summary)
-        database = postgres.inspect_database(conn, spec.database)
-        role = postgres.inspect_role(conn, spec.role)
+        database = catalog.inspect_database(conn, spec.database)
+        role = catalog.inspect_role(conn, spec.role)
         if database is None and self._clones(spec):
             database = self._clone(ctx, conn, privileges)
-        for summary in postgres.apply(conn, postgres.plan_database(spec, database, role)):
+        for summary in statements.apply(conn, plans.plan_database(spec, database, role)):
             ctx.did("DatabaseReconciled", summary)
-        login = postgres.login_as_role(ctx.reach, spec.role, password, spec.database)
+        login = sessions.login_as_role(ctx.reach, spec.role, password, spec.database)
         if not login.ok:
             # The password drifted (reset by hand, or the user's Secret rotated).
-            verifier = postgres.scram_verifier(conn, spec.role, password)
-            for summary in postgres.apply(conn, postgres.plan_role(spec, role, verifier, privileges)):
+            verifier = plans.scram_verifier(conn, spec.role, password)
+            for summary in statements.apply(conn, plans.plan_role(spec, role, verifier, privileges)):
                 ctx.did("RoleReconciled", summary)
-            login = postgres.login_as_role(ctx.reach, spec.role, password, spec.database)
+            login = sessions.login_as_role(ctx.reach, spec.role, password, spec.database)
             if not login.ok:
                 raise StepFailed(cond.DATABASE_READY, "RoleLoginFailed",
                                  f"role {spec.role} cannot log in to {spec.database} even after its password "
@@ -525,15 +537,15 @@ class Reconciler:
             # A clone whose hand-over was interrupted (a crash right after CREATE DATABASE).
             try:
                 self._handover(ctx, conn, privileges)
-            except postgres.TemplateUnavailable as why:
+            except templates.TemplateUnavailable as why:
                 raise StepFailed(cond.DATABASE_READY, "HandOverFailed",
-                                 f"database {spec.database} holds objects of role {postgres.TEMPLATE_ROLE} (a clone "
+                                 f"database {spec.database} holds objects of role {templates.TEMPLATE_ROLE} (a clone "
                                  f"whose hand-over was interrupted) that cannot be given to role {spec.role}: "
                                  f"{why.message}", 60) from None
-            login = postgres.login_as_role(ctx.reach, spec.role, password, spec.database)
+            login = sessions.login_as_role(ctx.reach, spec.role, password, spec.database)
         return login
 
-    # ---- the template database (see postgres.py: roles, ownership, lock) ----------------
+    # ---- the template database (see postgres/templates.py: roles, ownership, lock) ----------
     @staticmethod
     def _clones(spec: BackendSpec) -> bool:
         """New databases are cloned from the template when the operator itself migrates them
@@ -543,7 +555,7 @@ class Reconciler:
         return (SCHEMA_TEMPLATES and spec.migration == "Inline" and spec.managed is None
                 and spec.mlflow_version == schema.BUNDLED_MLFLOW_VERSION)
 
-    def _clone(self, ctx: _Context, conn, privileges: postgres.AdminPrivileges) -> postgres.DatabaseState | None:
+    def _clone(self, ctx: _Context, conn, privileges: catalog.AdminPrivileges) -> catalog.DatabaseState | None:
         """Create the backend's (new) database as a clone of the template and hand its
         objects to the role. None when no clone was made: the reason is logged and the
         database is then created empty and migrated in place."""
@@ -553,127 +565,127 @@ class Reconciler:
             started = time.monotonic()
             if not self._create_from_template(ctx, conn, template):
                 # Created meanwhile by another reconcile: the existing-database path takes it.
-                return postgres.inspect_database(conn, spec.database)
+                return catalog.inspect_database(conn, spec.database)
             try:
                 self._handover(ctx, conn, privileges)
-            except (postgres.StatementFailed, postgres.TemplateUnavailable) as error:
-                postgres.apply(conn, [postgres.plan_discard_clone(spec)])
-                raise postgres.TemplateUnavailable(
+            except (errors.StatementFailed, templates.TemplateUnavailable) as error:
+                statements.apply(conn, [templates.plan_discard_clone(spec)])
+                raise templates.TemplateUnavailable(
                     f"the clone's objects could not be handed to role {spec.role} ({error.message}); the clone "
                     "was dropped") from None
             ctx.cloned = (template, time.monotonic() - started)
-        except postgres.TemplateUnavailable as why:
+        except templates.TemplateUnavailable as why:
             ctx.not_cloned = redact(why.message, ctx.secrets)
             log.warning("%s/%s: database %s not cloned from a template, migrated in place instead: %s",
                         spec.namespace, spec.name, spec.database, ctx.not_cloned)
             return None
-        return postgres.inspect_database(conn, spec.database)
+        return catalog.inspect_database(conn, spec.database)
 
-    def _template(self, ctx: _Context, conn, privileges: postgres.AdminPrivileges) -> str:
+    def _template(self, ctx: _Context, conn, privileges: catalog.AdminPrivileges) -> str:
         """The complete template for the bundled MLflow's head on this server (built now if
         there is none), and the admin's membership in the template role."""
         head = schema.head_revision()
-        state = postgres.inspect_template(conn, head)
+        state = templates.inspect_template(conn, head)
         try:
-            if not postgres.template_ready(state):
+            if not templates.template_ready(state):
                 state = self._build_template(ctx, conn, privileges, head)
-            for summary in postgres.apply(conn, postgres.plan_template_role(state.role, privileges)):
+            for summary in statements.apply(conn, templates.plan_template_role(state.role, privileges)):
                 log.info("%s/%s (template): %s", ctx.spec.namespace, ctx.spec.name, summary)
-        except postgres.StatementFailed as error:
-            raise postgres.TemplateUnavailable(error.message) from None
-        return postgres.template_name(head)
+        except errors.StatementFailed as error:
+            raise templates.TemplateUnavailable(error.message) from None
+        return templates.template_name(head)
 
-    def _build_template(self, ctx: _Context, conn, privileges: postgres.AdminPrivileges,
-                        head: str) -> postgres.TemplateState:
+    def _build_template(self, ctx: _Context, conn, privileges: catalog.AdminPrivileges,
+                        head: str) -> templates.TemplateState:
         """Under the server-wide template lock: build the template under a temporary name by
         MLflow's own migrations, acting as the template role, then publish it."""
         spec = ctx.spec
-        name = postgres.template_name(head)
-        if not postgres.try_advisory_lock(conn, postgres.TEMPLATE_LOCK_KEY, TEMPLATE_LOCK_TIMEOUT):
-            raise postgres.TemplateUnavailable(
+        name = templates.template_name(head)
+        if not locks.try_advisory_lock(conn, templates.TEMPLATE_LOCK_KEY, TEMPLATE_LOCK_TIMEOUT):
+            raise templates.TemplateUnavailable(
                 f"another trackop session has been building template {name} for over {TEMPLATE_LOCK_TIMEOUT:.0f}s")
         try:
-            state = postgres.inspect_template(conn, head)
-            if postgres.template_ready(state):
+            state = templates.inspect_template(conn, head)
+            if templates.template_ready(state):
                 return state  # built by another reconcile while this one waited for the lock
             started = time.monotonic()
-            build = postgres.template_build_name(head)
-            steps = postgres.plan_template_role(state.role, privileges) + postgres.plan_template_build(state)
-            for summary in postgres.apply(conn, steps):
+            build = templates.template_build_name(head)
+            steps = templates.plan_template_role(state.role, privileges) + templates.plan_template_build(state)
+            for summary in statements.apply(conn, steps):
                 log.info("%s/%s (template): %s", ctx.spec.namespace, ctx.spec.name, summary)
             admin_user, admin_password = ctx.admin_login
-            with postgres.connect(ctx.reach, admin_user, admin_password, build) as db:
-                postgres.apply(db, postgres.plan_template_schema(open_=True))
+            with sessions.connect(ctx.reach, admin_user, admin_password, build) as db:
+                statements.apply(db, templates.plan_template_schema(open_=True))
             try:
                 # In a child process: once per server and MLflow version, not worth keeping
                 # MLflow's modules in the operator for the rest of its life.
                 result = schema.migrate_in_subprocess(
-                    manifests.operator_uri(ctx.reach, admin_user, admin_password, build), role=postgres.TEMPLATE_ROLE)
+                    manifests.operator_uri(ctx.reach, admin_user, admin_password, build), role=templates.TEMPLATE_ROLE)
             except (schema.SchemaMigrationError, schema.SchemaNewerThanTarget) as exc:
-                raise postgres.TemplateUnavailable(
+                raise templates.TemplateUnavailable(
                     f"building template {name} failed: {redact(str(exc), ctx.secrets)}") from None
-            with postgres.connect(ctx.reach, admin_user, admin_password, build) as db:
-                postgres.apply(db, postgres.plan_template_schema(open_=False))
-                foreign = postgres.objects_not_owned_by(db, postgres.TEMPLATE_ROLE)
+            with sessions.connect(ctx.reach, admin_user, admin_password, build) as db:
+                statements.apply(db, templates.plan_template_schema(open_=False))
+                foreign = templates.objects_not_owned_by(db, templates.TEMPLATE_ROLE)
             if foreign:
-                raise postgres.TemplateUnavailable(
-                    f"the template build {build} holds objects not owned by {postgres.TEMPLATE_ROLE} "
+                raise templates.TemplateUnavailable(
+                    f"the template build {build} holds objects not owned by {templates.TEMPLATE_ROLE} "
                     f"({', '.join(foreign[:5])}), which the hand-over would leave behind")
-            for summary in postgres.apply(conn, postgres.plan_template_publish(head)):
+            for summary in statements.apply(conn, templates.plan_template_publish(head)):
                 log.info("%s/%s (template): %s", ctx.spec.namespace, ctx.spec.name, summary)
             ctx.did("TemplateBuilt", f"built template database {name} on {spec.postgres.host}:{spec.postgres.port}: "
                                      f"MLflow's migrations from empty to {result.after} in "
                                      f"{time.monotonic() - started:.1f}s, once per server and MLflow version; new "
                                      "backend databases are cloned from it")
-            return postgres.inspect_template(conn, head)
+            return templates.inspect_template(conn, head)
         finally:
-            postgres.advisory_unlock(conn, postgres.TEMPLATE_LOCK_KEY)
+            locks.advisory_unlock(conn, templates.TEMPLATE_LOCK_KEY)
 
     def _create_from_template(self, ctx: _Context, conn, template: str) -> bool:
         """CREATE DATABASE ... TEMPLATE; False if the database was created meanwhile."""
         for attempt in range(1, CLONE_ATTEMPTS + 1):
             try:
-                for summary in postgres.apply(conn, [postgres.plan_clone(ctx.spec, template)]):
+                for summary in statements.apply(conn, [templates.plan_clone(ctx.spec, template)]):
                     ctx.did("DatabaseReconciled", summary)
                 return True
-            except postgres.StatementFailed as error:
+            except errors.StatementFailed as error:
                 if error.sqlstate == "42P04":  # duplicate_database
                     return False
                 # 55006: a session is connected to the template (PostgreSQL itself waited 5 s).
                 if error.sqlstate == "55006" and attempt < CLONE_ATTEMPTS:
                     time.sleep(0.5)
                     continue
-                raise postgres.TemplateUnavailable(f"cloning {template} failed: {error.message}") from None
+                raise templates.TemplateUnavailable(f"cloning {template} failed: {error.message}") from None
         raise AssertionError("unreachable")
 
-    def _handover(self, ctx: _Context, conn, privileges: postgres.AdminPrivileges) -> None:
+    def _handover(self, ctx: _Context, conn, privileges: catalog.AdminPrivileges) -> None:
         """REASSIGN OWNED BY the template role TO the backend's role, inside its database."""
         spec = ctx.spec
-        role = postgres.inspect_template(conn, schema.head_revision()).role
+        role = templates.inspect_template(conn, schema.head_revision()).role
         if role is None:
-            raise postgres.TemplateUnavailable(f"role {postgres.TEMPLATE_ROLE} does not exist")
-        postgres.check_template_role(role)
-        for summary in postgres.apply(conn, postgres.plan_template_role(role, privileges)):
+            raise templates.TemplateUnavailable(f"role {templates.TEMPLATE_ROLE} does not exist")
+        templates.check_template_role(role)
+        for summary in statements.apply(conn, templates.plan_template_role(role, privileges)):
             log.info("%s/%s (template): %s", ctx.spec.namespace, ctx.spec.name, summary)
         admin_user, admin_password = ctx.admin_login
-        with postgres.connect(ctx.reach, admin_user, admin_password, spec.database) as db:
-            for summary in postgres.apply(db, [postgres.plan_handover(spec)]):
+        with sessions.connect(ctx.reach, admin_user, admin_password, spec.database) as db:
+            for summary in statements.apply(db, [templates.plan_handover(spec)]):
                 ctx.did("DatabaseReconciled", summary)
 
-    def _tuning(self, ctx: _Context, conn, privileges: postgres.AdminPrivileges
+    def _tuning(self, ctx: _Context, conn, privileges: catalog.AdminPrivileges
                 ) -> tuple[list[Condition], dict[str, int]]:
         """Settings (when spec.postgres.tuning is given) and the connection budget (always)."""
         spec = ctx.spec
         wanted = spec.effective_tuning
-        state = postgres.inspect_tuning(conn, spec, privileges.superuser)
+        state = server_settings.inspect_tuning(conn, spec, privileges.superuser)
         found: list[Condition] = []
         if spec.tuning is not None:
             desired = tuning.settings_for_scope(wanted)
             # Values in the units pg_settings compares in (kB, or a plain count for max_connections).
             kb_values = tuning.auto_tune(wanted)
             try:
-                postgres.check_settings(conn, desired, kb_values)
-            except postgres.InvalidSetting as error:
+                server_settings.check_settings(conn, desired, kb_values)
+            except errors.InvalidSetting as error:
                 raise StepFailed(cond.TUNING_APPLIED, error.reason, error.message, 300) from None
             managed_server = spec.managed is not None and wanted.scope == tuning.SCOPE_SERVER
             if managed_server:
@@ -685,17 +697,17 @@ class Reconciler:
                     raise StepFailed(cond.TUNING_APPLIED, "AdminNotSuperuser",
                                      "tuning scope Server uses ALTER SYSTEM, which needs a superuser admin: "
                                      "use scope Database on a shared server, or a superuser admin Secret", 300)
-                plan = postgres.plan_system_tuning(desired, state)
+                plan = server_settings.plan_system_tuning(desired, state)
             else:
-                plan = postgres.plan_database_tuning(spec, desired, tuning.connection_limit(wanted), state)
-            applied = postgres.apply(conn, plan)
+                plan = server_settings.plan_database_tuning(spec, desired, tuning.connection_limit(wanted), state)
+            applied = statements.apply(conn, plan)
             for summary in applied:
                 ctx.did("TuningApplied", summary)
             if applied:
-                state = postgres.inspect_tuning(conn, spec, privileges.superuser)
+                state = server_settings.inspect_tuning(conn, spec, privileges.superuser)
             shown = ", ".join(f"{k}={v}" for k, v in desired.items()) or "no settings"
             if managed_server:
-                in_effect = postgres.settings_in_effect(conn, list(desired))
+                in_effect = server_settings.settings_in_effect(conn, list(desired))
                 waiting = sorted(name for name in desired if in_effect.get(name) != kb_values.get(name))
             else:
                 waiting = sorted(set(desired) & set(state.pending_restart))
@@ -798,9 +810,9 @@ class Reconciler:
                                  15) from None
             checked = False  # workload identity: only the server's service account can reach it
         # Direct clients give new experiments a local location unless the database says otherwise.
-        with postgres.connect(ctx.reach, spec.role, password, spec.database) as conn:
-            plan = postgres.plan_artifact_trigger(store.uri, postgres.inspect_artifact_trigger(conn))
-            for summary in postgres.apply(conn, plan):
+        with sessions.connect(ctx.reach, spec.role, password, spec.database) as conn:
+            plan = artifact_trigger.plan_artifact_trigger(store.uri, artifact_trigger.inspect_artifact_trigger(conn))
+            for summary in statements.apply(conn, plan):
                 ctx.did("ArtifactLocationReconciled", summary)
         if not checked:
             return Condition(cond.ARTIFACTS_READY, "Unknown", "NoCredentialsToCheck",
@@ -853,14 +865,14 @@ class Reconciler:
         ctx = _Context(spec, owner, {})
         try:
             admin_user, admin_password = self._admin_credentials(ctx)
-            with postgres.connect(spec.postgres, admin_user, admin_password) as conn:
-                role = postgres.inspect_role(conn, spec.role)
-                database = postgres.inspect_database(conn, spec.database)
-                summaries = postgres.apply(conn, postgres.plan_drop(spec, role, database))
-        except postgres.PostgresError as error:
+            with sessions.connect(spec.postgres, admin_user, admin_password) as conn:
+                role = catalog.inspect_role(conn, spec.role)
+                database = catalog.inspect_database(conn, spec.database)
+                summaries = statements.apply(conn, plans.plan_drop(spec, role, database))
+        except errors.PostgresError as error:
             raise StepFailed(cond.READY, error.reason, redact(error.message, ctx.secrets), 15) from None
         except psycopg.OperationalError as exc:
-            error = postgres.connection_lost(exc, spec.postgres)
+            error = sessions.connection_lost(exc, spec.postgres)
             raise StepFailed(cond.READY, error.reason, redact(error.message, ctx.secrets), 15) from None
         return [("Normal", "Deleted", s) for s in summaries]
 

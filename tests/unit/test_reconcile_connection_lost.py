@@ -7,8 +7,8 @@ from __future__ import annotations
 import psycopg
 import pytest
 
-from trackop import postgres
 from trackop.api.parsing import parse
+from trackop.postgres import sessions
 from trackop.reconcile import Reconciler, StepFailed
 
 SPEC = {"postgres": {"external": {"host": "db.example", "port": 5432, "adminSecretRef": {"name": "pg-admin"}}}}
@@ -57,7 +57,7 @@ class BrokenSession:
 
 @pytest.fixture
 def broken(monkeypatch):
-    monkeypatch.setattr(postgres, "connect", lambda *args, **kwargs: BrokenSession())
+    monkeypatch.setattr(sessions, "connect", lambda *args, **kwargs: BrokenSession())
 
 
 def test_a_lost_session_is_a_server_unreachable_condition(broken):
