@@ -1,16 +1,16 @@
-"""The pure parts of trackop.postgres: plans, ownership, admin checks, error mapping (no database)."""
+"""The backend's role and database plans (trackop.postgres.plans): create, restore, drop,
+ownership, quoting (no database)."""
 
 from __future__ import annotations
 
 import copy
 import dataclasses
 
-import psycopg
 import pytest
 
 from trackop.api.parsing import parse
 from trackop.api.v1alpha1 import BackendSpec
-from trackop.postgres import catalog, errors, plans, sessions, statements
+from trackop.postgres import errors, plans, statements
 from trackop.postgres.catalog import AdminPrivileges, DatabaseState, RoleState
 
 VERIFIER = "SCRAM-SHA-256$4096:c2FsdA==$c3RvcmVk:c2VydmVy"
@@ -313,130 +313,3 @@ def test_drop_takes_an_unmarked_database_owned_by_our_role():
     steps = plans.plan_drop(SPEC, role_state(), db_state(comment=None))
     assert render(steps) == ['DROP DATABASE IF EXISTS "mlflow_team_a" WITH (FORCE)',
                              'DROP ROLE IF EXISTS "mlflow_team_a"']
-
-
-# ---- check_admin -------------------------------------------------------------------------
-
-@pytest.mark.parametrize("privileges", [
-    SUPERUSER, AdminPrivileges(True, False, False), CREATOR,
-])
-def test_check_admin_ok(privileges):
-    assert catalog.check_admin(privileges, "admin") is None
-
-
-@pytest.mark.parametrize("createdb, createrole, named, not_named", [
-    (False, True, ["CREATEDB"], ["CREATEROLE"]),
-    (True, False, ["CREATEROLE"], ["CREATEDB"]),
-    (False, False, ["CREATEDB", "CREATEROLE"], []),
-])
-def test_check_admin_names_what_is_missing(createdb, createrole, named, not_named):
-    with pytest.raises(errors.AdminLacksPrivileges) as info:
-        catalog.check_admin(AdminPrivileges(False, createdb, createrole), "pgadmin")
-    message = info.value.message
-    assert "'pgadmin'" in message
-    for word in named:
-        assert word in message
-    for word in not_named:
-        assert word not in message
-    assert info.value.reason == "AdminLacksPrivileges"
-
-
-# ---- classify_connect_error --------------------------------------------------------------
-
-SERVER = SPEC.postgres
-
-
-def test_password_failure_is_an_auth_error():
-    exc = psycopg.OperationalError('connection failed: connection to server at "10.0.0.1", port 5432 failed: '
-                                   'FATAL:  password authentication failed for user "admin"')
-    err = sessions.classify_connect_error(exc, SERVER, "admin", "postgres")
-    assert isinstance(err, errors.PasswordRejected)
-    assert "pg.db.svc:5432" in err.message and "'admin'" in err.message
-
-
-def _with_sqlstate(exc: psycopg.Error, sqlstate: str) -> psycopg.Error:
-    exc.sqlstate = sqlstate
-    return exc
-
-
-def test_missing_database_is_named():
-    exc = _with_sqlstate(psycopg.OperationalError('connection failed: FATAL:  database "mlflow_team_a" does not '
-                                                  'exist'), "3D000")
-    err = sessions.classify_connect_error(exc, SERVER, "mlflow_team_a", "mlflow_team_a")
-    assert type(err) is errors.ServerUnreachable
-    assert "'mlflow_team_a' does not exist" in err.message
-    assert "pg.db.svc:5432" in err.message
-    # The same from psycopg's own error class for the SQLSTATE.
-    err = sessions.classify_connect_error(psycopg.errors.InvalidCatalogName("whatever the text"), SERVER,
-                                          "mlflow_team_a", "mlflow_team_a")
-    assert "database 'mlflow_team_a' does not exist" in err.message
-
-
-def test_missing_database_without_sqlstate_is_recognised_by_the_servers_words():
-    # psycopg gives no SQLSTATE for a failed connection: the server's exact sentence counts.
-    exc = psycopg.OperationalError('connection failed: connection to server at "10.0.0.1", port 5432 failed: '
-                                   'FATAL:  database "mlflow_team_a" does not exist')
-    err = sessions.classify_connect_error(exc, SERVER, "mlflow_team_a", "mlflow_team_a")
-    assert type(err) is errors.ServerUnreachable
-    assert err.message == "database 'mlflow_team_a' does not exist on pg.db.svc:5432"
-
-
-def test_another_database_missing_is_not_taken_for_ours():
-    exc = psycopg.OperationalError('connection failed: connection to server at "10.0.0.1", port 5432 failed: '
-                                   'FATAL:  database "other" does not exist')
-    err = sessions.classify_connect_error(exc, SERVER, "mlflow_team_a", "mlflow_team_a")
-    assert err.message.startswith("cannot connect to PostgreSQL at pg.db.svc:5432 as 'mlflow_team_a' ")
-
-
-@pytest.mark.parametrize("sqlstate", ["28P01", "28000"])
-def test_auth_sqlstates_are_auth_errors(sqlstate):
-    exc = _with_sqlstate(psycopg.OperationalError("connection failed: FATAL:  nope"), sqlstate)
-    assert isinstance(sessions.classify_connect_error(exc, SERVER, "admin", "postgres"), errors.PasswordRejected)
-
-
-def test_unreachable_server_keeps_a_detail():
-    exc = psycopg.OperationalError('connection failed: connection to server at "10.0.0.1", port 5432 failed: '
-                                   'Connection refused\n\tIs the server running on that host and accepting '
-                                   'TCP/IP connections?')
-    err = sessions.classify_connect_error(exc, SERVER, "admin", "postgres")
-    assert type(err) is errors.ServerUnreachable
-    assert "pg.db.svc:5432" in err.message
-    assert "\n" not in err.message
-    # The cause is libpq's first line after its last "failed: "; the hint lines are dropped.
-    assert "(Connection refused)" in err.message
-    assert "Is the server running" not in err.message
-
-
-def test_cause_comes_from_the_first_line_not_the_last():
-    exc = psycopg.OperationalError(
-        'connection failed: connection to server at "10.0.0.1", port 5432 failed: FATAL:  no pg_hba.conf entry '
-        'for host "10.0.0.9", user "admin", database "postgres", SSL encryption\n'
-        'connection to server at "10.0.0.1", port 5432 failed: FATAL:  no pg_hba.conf entry for host '
-        '"10.0.0.9", user "admin", database "postgres", no encryption')
-    err = sessions.classify_connect_error(exc, SERVER, "admin", "postgres")
-    assert type(err) is errors.ServerUnreachable
-    assert "SSL encryption)" in err.message
-    assert "no encryption" not in err.message
-    assert "connection to server" not in err.message
-
-
-def test_cause_without_failed_keeps_the_whole_first_line():
-    err = sessions.classify_connect_error(psycopg.OperationalError("timeout expired\nsecond line"), SERVER,
-                                          "admin", "postgres")
-    assert "(timeout expired)" in err.message
-    assert "second line" not in err.message
-
-
-def test_empty_error_text():
-    err = sessions.classify_connect_error(psycopg.OperationalError(""), SERVER, "admin", "postgres")
-    assert type(err) is errors.ServerUnreachable
-    assert "no detail" in err.message
-
-
-def test_missing_role_on_a_host_named_database_is_not_a_missing_database():
-    server = dataclasses.replace(SERVER, host="database.internal")
-    exc = psycopg.OperationalError('connection failed: connection to server at "database.internal" (10.0.0.1), '
-                                   'port 5432 failed: FATAL:  role "admin" does not exist')
-    err = sessions.classify_connect_error(exc, server, "admin", "postgres")
-    assert "'postgres' does not exist" not in err.message
-    assert '(FATAL:  role "admin" does not exist)' in err.message
