@@ -274,7 +274,7 @@ def _interrupted_build(server: Server, superuser: psycopg.Connection, marked: bo
     MLflow's first tables in it and no alembic_version (the Alembic run never committed), and
     a session still connected to it; no final template."""
     build = templates.template_build_name(head())
-    with sessions.connect(server.spec("x").server, server.admin, server.admin_password) as conn:
+    with sessions.connect(server.spec("x").postgres, server.admin, server.admin_password) as conn:
         state = templates.inspect_template(conn, head())
         steps = templates.plan_template_role(state.role, pg_catalog.admin_privileges(conn))
         steps += templates.plan_template_build(state)
