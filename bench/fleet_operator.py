@@ -8,7 +8,7 @@ prometheus_client default registry):
 - ``trackop.schema._ALEMBIC_LOCK``, the process-wide lock every inline migration holds while
   Alembic runs (Alembic's ``context``/``op`` proxies are process globals): seconds waited for
   it, seconds held, and the holding thread's CPU seconds while it held it;
-- ``trackop.postgres.connect``: connections opened by the reconciler and seconds to open them.
+- ``trackop.postgres.sessions.connect``: connections opened by the reconciler and seconds to open them.
 
 Nothing else changes: the same ``trackop.cli.main``, the same handlers and settings.
 """
@@ -21,15 +21,17 @@ import time
 
 from prometheus_client import Counter
 
-from trackop import cli, postgres, schema
+from trackop import cli, schema
+from trackop.postgres import sessions
 
 LOCK_WAIT = Counter("bench_alembic_lock_wait_seconds", "Seconds waited for trackop.schema._ALEMBIC_LOCK.")
 LOCK_HELD = Counter("bench_alembic_lock_held_seconds", "Seconds trackop.schema._ALEMBIC_LOCK was held.")
 LOCK_HELD_CPU = Counter("bench_alembic_lock_held_cpu_seconds",
                         "CPU seconds of the holding thread while it held trackop.schema._ALEMBIC_LOCK.")
 LOCK_TAKEN = Counter("bench_alembic_lock_acquisitions", "Acquisitions of trackop.schema._ALEMBIC_LOCK.")
-PG_CONNECTS = Counter("bench_pg_connects", "trackop.postgres.connect calls (the reconciler's admin and login checks).")
-PG_CONNECT_SECONDS = Counter("bench_pg_connect_seconds", "Seconds spent in trackop.postgres.connect.")
+PG_CONNECTS = Counter("bench_pg_connects",
+                      "trackop.postgres.sessions.connect calls (the reconciler's admin and login checks).")
+PG_CONNECT_SECONDS = Counter("bench_pg_connect_seconds", "Seconds spent in trackop.postgres.sessions.connect.")
 
 
 class TimedLock:
@@ -60,7 +62,7 @@ class TimedLock:
 
 
 schema._ALEMBIC_LOCK = TimedLock(schema._ALEMBIC_LOCK)
-_connect = postgres.connect
+_connect = sessions.connect
 
 
 def timed_connect(*args, **kwargs):
@@ -72,7 +74,7 @@ def timed_connect(*args, **kwargs):
         PG_CONNECT_SECONDS.inc(time.perf_counter() - started)
 
 
-postgres.connect = timed_connect
+sessions.connect = timed_connect
 
 if __name__ == "__main__":
     sys.exit(cli.main(sys.argv[1:]))

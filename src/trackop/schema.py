@@ -307,7 +307,7 @@ def _engine(url: str, role: str | None = None) -> Engine:
     # server after the call (and the advisory lock dies with its connection).
     engine = sqlalchemy.create_engine(url, poolclass=NullPool)
     if role is not None:
-        from .postgres import set_role
+        from .postgres.templates import set_role
 
         statement = set_role(role)
 
@@ -356,7 +356,7 @@ def _acquire_advisory_lock(engine: Engine, timeout_s: float):
     """A connection holding the session advisory lock; polls until ``timeout_s``."""
     from sqlalchemy import text
 
-    from .postgres import poll_until
+    from .postgres.locks import poll_until
 
     connection = engine.connect().execution_options(isolation_level="AUTOCOMMIT")
     try:

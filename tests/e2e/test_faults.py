@@ -30,8 +30,9 @@ from kit import GROUP, PLURAL, VERSION, Admin, Backends, OperatorProcess, assert
 from kubernetes import client
 from psycopg import sql
 
-from trackop import postgres, schema
+from trackop import schema
 from trackop.api.names import default_database_name
+from trackop.postgres import templates
 
 pytestmark = pytest.mark.bed
 
@@ -92,14 +93,15 @@ def template_oid(bed_info: dict) -> int | None:
     """The OID of the server's complete template for this MLflow's head (None: none)."""
     with superuser(bed_info) as conn:
         row = conn.execute("SELECT oid FROM pg_database WHERE datname = %s",
-                           (postgres.template_name(schema.head_revision()),)).fetchone()
+                           (templates.template_name(schema.head_revision()),)).fetchone()
     return row[0] if row else None
 
 
 def drop_template(bed_info: dict) -> None:
     """As docs/backend.md says to remove it; the next new backend makes it again."""
     with superuser(bed_info) as conn:
-        for name in (postgres.template_name(schema.head_revision()), postgres.template_build_name(schema.head_revision())):
+        for name in (templates.template_name(schema.head_revision()),
+                     templates.template_build_name(schema.head_revision())):
             if conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone():
                 conn.execute(sql.SQL("ALTER DATABASE {} WITH IS_TEMPLATE false").format(sql.Identifier(name)))
                 conn.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(name)))
@@ -108,11 +110,11 @@ def drop_template(bed_info: dict) -> None:
 def template_alembic_writes(bed_info: dict) -> tuple[int, int] | None:
     """alembic_writes of the template. It is closed to connections: opened for this read only,
     once every backend is Ready (so no clone runs meanwhile)."""
-    name = sql.Identifier(postgres.template_name(schema.head_revision()))
+    name = sql.Identifier(templates.template_name(schema.head_revision()))
     with superuser(bed_info) as conn:
         conn.execute(sql.SQL("ALTER DATABASE {} WITH ALLOW_CONNECTIONS true").format(name))
         try:
-            return alembic_writes(bed_info, postgres.template_name(schema.head_revision()))
+            return alembic_writes(bed_info, templates.template_name(schema.head_revision()))
         finally:
             conn.execute(sql.SQL("ALTER DATABASE {} WITH ALLOW_CONNECTIONS false").format(name))
 
@@ -127,9 +129,9 @@ def assert_one_template(backends: Backends, bed_info: dict, builders: list[str],
     with superuser(bed_info) as conn:
         found = conn.execute(
             """SELECT datname, shobj_description(oid, 'pg_database'), datistemplate, datallowconn FROM pg_database
-               WHERE datname = ANY(%s)""", ([postgres.template_name(head), postgres.template_build_name(head)],)
+               WHERE datname = ANY(%s)""", ([templates.template_name(head), templates.template_build_name(head)],)
         ).fetchall()
-    assert found == [(postgres.template_name(head), postgres.template_marker(head), True, False)], found
+    assert found == [(templates.template_name(head), templates.template_marker(head), True, False)], found
     built = [e.message for name in builders for e in backends.events(name) if e.reason == "TemplateBuilt"]
     if oid_before is not None:
         assert template_oid(bed_info) == oid_before, "the template was rebuilt"
@@ -404,7 +406,7 @@ def _interrupt_a_migration(where: str, backends: Backends, admin: Admin, operato
                 if names:  # the last attempt's backend is cloned from the template it built: let it finish
                     backends.wait_ready(names[-1])
                 drop_template(bed_info)
-                database = postgres.template_build_name(schema.head_revision())
+                database = templates.template_build_name(schema.head_revision())
             else:
                 database = default_database_name(backends.namespace, name)
             names.append(name)

@@ -1,4 +1,4 @@
-"""Admin sessions kept between reconciles (postgres.AdminSessions), on the bed's real
+"""Admin sessions kept between reconciles (postgres.sessions.AdminSessions), on the bed's real
 PostgreSQL: reused while young and healthy, replaced without an error when the server ended
 them, never reused after a failure or with other credentials."""
 
@@ -12,8 +12,8 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from trackop import postgres
 from trackop.api.v1alpha1 import PostgresEndpoint
+from trackop.postgres import catalog, errors, sessions
 
 pytestmark = pytest.mark.bed
 
@@ -40,46 +40,46 @@ def pid(conn: psycopg.Connection) -> int:
 
 def test_a_session_is_reused_and_closed_after_its_age(admin):
     server, user, password = admin
-    sessions = postgres.AdminSessions(max_age=1.0)
-    with sessions.session(server, user, password) as conn:
+    pool = sessions.AdminSessions(max_age=1.0)
+    with pool.session(server, user, password) as conn:
         first = pid(conn)
-    with sessions.session(server, user, password) as conn:
+    with pool.session(server, user, password) as conn:
         assert pid(conn) == first
     time.sleep(1.1)
-    with sessions.session(server, user, password) as conn:
+    with pool.session(server, user, password) as conn:
         assert pid(conn) != first
-    sessions.close_all()
+    pool.close_all()
 
 
 def test_a_session_the_server_ended_is_replaced_without_an_error(admin, bed_info):
     server, user, password = admin
-    sessions = postgres.AdminSessions()
-    with sessions.session(server, user, password) as conn:
+    pool = sessions.AdminSessions()
+    with pool.session(server, user, password) as conn:
         first = pid(conn)
     pg = bed_info["postgres"]
     with psycopg.connect(host=pg["host"], port=pg["port"], user=pg["user"], password=pg["password"],
                          dbname="postgres", autocommit=True) as superuser:
         superuser.execute("SELECT pg_terminate_backend(%s)", (first,))
-    with sessions.session(server, user, password) as conn:  # as after a server restart
+    with pool.session(server, user, password) as conn:  # as after a server restart
         assert pid(conn) != first
-        assert postgres.admin_privileges(conn).createdb
-    sessions.close_all()
+        assert catalog.admin_privileges(conn).createdb
+    pool.close_all()
 
 
 def test_a_session_is_not_reused_after_a_failure_or_with_other_credentials(admin):
     server, user, password = admin
-    sessions = postgres.AdminSessions()
+    pool = sessions.AdminSessions()
     with pytest.raises(RuntimeError):
-        with sessions.session(server, user, password) as conn:
+        with pool.session(server, user, password) as conn:
             first = pid(conn)
             raise RuntimeError("a step failed")
     assert conn.closed
-    with sessions.session(server, user, password) as conn:
+    with pool.session(server, user, password) as conn:
         second = pid(conn)
     assert second != first
-    with pytest.raises(postgres.PasswordRejected):
-        with sessions.session(server, user, "wrong-" + password):
+    with pytest.raises(errors.PasswordRejected):
+        with pool.session(server, user, "wrong-" + password):
             pass
-    with sessions.session(server, user, password) as conn:
+    with pool.session(server, user, password) as conn:
         assert pid(conn) == second
-    sessions.close_all()
+    pool.close_all()

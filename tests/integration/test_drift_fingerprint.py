@@ -15,12 +15,12 @@ import pytest
 from kubernetes import client
 from psycopg import sql
 
-from trackop import postgres
 from trackop.api import conditions as cond
 from trackop.api.parsing import parse
 from trackop.controller import drift
 from trackop.controller.reconciler import Reconciler
 from trackop.kube.client import Kube
+from trackop.postgres import catalog, plans, sessions, statements
 from trackop.webhook.injection import COPY_LABEL
 
 pytestmark = pytest.mark.bed
@@ -64,11 +64,11 @@ class Fixture:
                                                        "status": self.status})
 
     def drop(self) -> None:
-        with postgres.connect(self.spec.postgres, self.admin, self.admin_password) as conn:
-            role = postgres.inspect_role(conn, self.spec.role)
-            database = postgres.inspect_database(conn, self.spec.database)
-            postgres.apply(conn, postgres.plan_drop(self.spec, role, database))
-        postgres.ADMIN_SESSIONS.close_all()
+        with sessions.connect(self.spec.postgres, self.admin, self.admin_password) as conn:
+            role = catalog.inspect_role(conn, self.spec.role)
+            database = catalog.inspect_database(conn, self.spec.database)
+            statements.apply(conn, plans.plan_drop(self.spec, role, database))
+        sessions.ADMIN_SESSIONS.close_all()
         self.superuser.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = %s",
                                (self.admin,))
         # The template database this admin may have built stays, the bed's superuser's now.
@@ -122,7 +122,7 @@ def test_role_and_database_drift_is_found_by_name(backend: Fixture):
 
 
 def test_a_dropped_role_or_database_is_a_change(backend: Fixture):
-    with postgres.connect(backend.spec.postgres, backend.admin, backend.admin_password) as conn:
+    with sessions.connect(backend.spec.postgres, backend.admin, backend.admin_password) as conn:
         conn.execute(sql.SQL("DROP DATABASE {}").format(sql.Identifier(backend.spec.database)))
     assert backend.check() == "changed: database"
     backend.reconcile()
@@ -175,7 +175,7 @@ def test_without_a_fingerprint_every_check_is_full(backend: Fixture):
 
 def test_a_server_that_cannot_be_reached_sends_the_backend_to_the_full_reconcile(backend: Fixture):
     backend.superuser.execute(sql.SQL("ALTER ROLE {} NOLOGIN").format(sql.Identifier(backend.admin)))
-    postgres.ADMIN_SESSIONS.close_all()
+    sessions.ADMIN_SESSIONS.close_all()
     try:
         assert backend.check().startswith("the snapshot failed")
     finally:

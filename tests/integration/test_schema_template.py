@@ -18,12 +18,14 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from trackop import postgres, schema
+from trackop import schema
 from trackop.api.parsing import parse
 from trackop.api.v1alpha1 import BackendSpec, PostgresEndpoint
 from trackop.controller.outcome import Context
 from trackop.controller.steps import database, template
 from trackop.controller.steps import schema as schema_step
+from trackop.postgres import artifact_trigger, plans, sessions, statements, templates
+from trackop.postgres import catalog as pg_catalog
 
 pytestmark = pytest.mark.bed
 
@@ -64,8 +66,8 @@ class Server:
         ctx = Context(spec, {"metadata": {"uid": "u"}}, {})
         ctx.admin_login = (self.admin, self.admin_password)
         ctx.secrets.update({password, self.admin_password})
-        with postgres.connect(spec.postgres, self.admin, self.admin_password) as conn:
-            privileges = postgres.admin_privileges(conn)
+        with sessions.connect(spec.postgres, self.admin, self.admin_password) as conn:
+            privileges = pg_catalog.admin_privileges(conn)
             login = database.ensure(ctx, conn, privileges, password, clones=template.clones(spec, schema_templates))
         revision, _ = schema_step.ensure(ctx, None, password, login.revision)
         assert revision == head()
@@ -76,17 +78,17 @@ class Server:
                                password=password or self.pg["password"], dbname=database, autocommit=True)
 
     def drop_all(self) -> None:
-        with postgres.connect(PostgresEndpoint(self.pg["host"], self.pg["port"], "disable", "x", 5),
+        with sessions.connect(PostgresEndpoint(self.pg["host"], self.pg["port"], "disable", "x", 5),
                               self.admin, self.admin_password) as conn:
             for spec in self.made:
-                role = postgres.inspect_role(conn, spec.role)
-                database = postgres.inspect_database(conn, spec.database)
-                postgres.apply(conn, postgres.plan_drop(spec, role, database))
+                role = pg_catalog.inspect_role(conn, spec.role)
+                database = pg_catalog.inspect_database(conn, spec.database)
+                statements.apply(conn, plans.plan_drop(spec, role, database))
 
 
 def drop_template(superuser: psycopg.Connection) -> None:
     """As an operator of the server would remove it (docs/backend.md), build leftovers too."""
-    for name in (postgres.template_name(head()), postgres.template_build_name(head())):
+    for name in (templates.template_name(head()), templates.template_build_name(head())):
         if superuser.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone():
             superuser.execute(sql.SQL("ALTER DATABASE {} WITH IS_TEMPLATE false").format(sql.Identifier(name)))
             superuser.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(name)))
@@ -143,7 +145,7 @@ def template_objects_anywhere(superuser: psycopg.Connection) -> list[str]:
     return [row[0] for row in superuser.execute(
         """SELECT DISTINCT coalesce(d.datname, '<shared>') FROM pg_shdepend s LEFT JOIN pg_database d ON d.oid = s.dbid
            WHERE s.refclassid = 'pg_authid'::regclass AND s.deptype = 'o'
-             AND s.refobjid = (SELECT oid FROM pg_roles WHERE rolname = %s)""", (postgres.TEMPLATE_ROLE,)).fetchall()]
+             AND s.refobjid = (SELECT oid FROM pg_roles WHERE rolname = %s)""", (templates.TEMPLATE_ROLE,)).fetchall()]
 
 
 # ---- the tests --------------------------------------------------------------------------------
@@ -156,10 +158,10 @@ def test_a_cloned_database_equals_a_migrated_one_and_mlflow_works_in_it(server: 
 
     # One build (this backend's reconcile made the template), then a clone, no migration here.
     assert reasons(ctx).count("TemplateBuilt") == 1
-    assert ctx.cloned is not None and ctx.cloned[0] == postgres.template_name(head())
+    assert ctx.cloned is not None and ctx.cloned[0] == templates.template_name(head())
     assert ctx.not_cloned is None
     created = messages(ctx, "DatabaseReconciled")
-    assert any("cloned from template " + postgres.template_name(head()) in m for m in created), created
+    assert any("cloned from template " + templates.template_name(head()) in m for m in created), created
     assert any("REASSIGN OWNED BY trackop_template" in m for m in created), created
     (migrated_event,) = messages(ctx, "SchemaMigrated")
     assert migrated_event.startswith(f"cloned the MLflow schema at revision {head()} from template")
@@ -189,11 +191,11 @@ def test_a_cloned_database_equals_a_migrated_one_and_mlflow_works_in_it(server: 
     row = superuser.execute(
         """SELECT pg_get_userbyid(datdba), datistemplate, datallowconn, has_database_privilege('public', oid, 'CONNECT'),
                   shobj_description(oid, 'pg_database')
-           FROM pg_database WHERE datname = %s""", (postgres.template_name(head()),)).fetchone()
-    assert row == (server.admin, True, False, False, postgres.template_marker(head()))
+           FROM pg_database WHERE datname = %s""", (templates.template_name(head()),)).fetchone()
+    assert row == (server.admin, True, False, False, templates.template_marker(head()))
     assert superuser.execute("SELECT rolcanlogin FROM pg_roles WHERE rolname = %s",
-                             (postgres.TEMPLATE_ROLE,)).fetchone() == (False,)
-    assert template_objects_anywhere(superuser) == [postgres.template_name(head())]
+                             (templates.TEMPLATE_ROLE,)).fetchone() == (False,)
+    assert template_objects_anywhere(superuser) == [templates.template_name(head())]
 
     # As the role: MLflow's future migrations can alter its tables, and the Direct-mode
     # artifact trigger installs (both need ownership).
@@ -201,8 +203,9 @@ def test_a_cloned_database_equals_a_migrated_one_and_mlflow_works_in_it(server: 
         with conn.transaction():
             conn.execute("ALTER TABLE experiments ADD COLUMN trackop_probe integer")
             conn.execute("ALTER TABLE experiments DROP COLUMN trackop_probe")
-        plan = postgres.plan_artifact_trigger("s3://bucket/team", postgres.inspect_artifact_trigger(conn))
-        assert len(postgres.apply(conn, plan)) == 2
+        plan = artifact_trigger.plan_artifact_trigger("s3://bucket/team",
+                                                      artifact_trigger.inspect_artifact_trigger(conn))
+        assert len(statements.apply(conn, plan)) == 2
 
     # The real MLflow client logs a run in the clone.
     from mlflow.tracking import MlflowClient
@@ -255,7 +258,7 @@ def test_concurrent_first_backends_build_once_and_all_clone(server: Server, supe
         with server.connect(spec.database) as conn:
             assert conn.execute("SELECT version_num FROM alembic_version").fetchall() == [(head(),)]
             assert owners(conn) == {spec.role}
-    assert template_objects_anywhere(superuser) == [postgres.template_name(head())]
+    assert template_objects_anywhere(superuser) == [templates.template_name(head())]
 
 
 def test_concurrent_clones_of_an_existing_template(server: Server, superuser):
@@ -270,27 +273,27 @@ def _interrupted_build(server: Server, superuser: psycopg.Connection, marked: bo
     """What a crash mid-build leaves: the build database, made and owned by the admin, with
     MLflow's first tables in it and no alembic_version (the Alembic run never committed), and
     a session still connected to it; no final template."""
-    build = postgres.template_build_name(head())
-    with postgres.connect(server.spec("x").server, server.admin, server.admin_password) as conn:
-        state = postgres.inspect_template(conn, head())
-        steps = postgres.plan_template_role(state.role, postgres.admin_privileges(conn))
-        steps += postgres.plan_template_build(state)
+    build = templates.template_build_name(head())
+    with sessions.connect(server.spec("x").postgres, server.admin, server.admin_password) as conn:
+        state = templates.inspect_template(conn, head())
+        steps = templates.plan_template_role(state.role, pg_catalog.admin_privileges(conn))
+        steps += templates.plan_template_build(state)
         if not marked:  # the crash came between CREATE DATABASE and its COMMENT
             steps = [s for s in steps if not s.summary.startswith(("marked database", "revoked CONNECT"))]
-        postgres.apply(conn, steps)
+        statements.apply(conn, steps)
     with server.connect(build, server.admin, server.admin_password) as db:
-        postgres.apply(db, postgres.plan_template_schema(open_=True))
-        db.execute(postgres.set_role(postgres.TEMPLATE_ROLE))
+        statements.apply(db, templates.plan_template_schema(open_=True))
+        db.execute(templates.set_role(templates.TEMPLATE_ROLE))
         db.execute("CREATE TABLE experiments (experiment_id serial PRIMARY KEY, name varchar(256))")
     assert superuser.execute("SELECT count(*) FROM pg_database WHERE datname = %s",
-                             (postgres.template_name(head()),)).fetchone() == (0,)
+                             (templates.template_name(head()),)).fetchone() == (0,)
 
 
 @pytest.mark.parametrize("marked", [True, False], ids=["marked", "crash-before-comment"])
 def test_a_crashed_template_build_is_rebuilt(server: Server, superuser, marked: bool):
     drop_template(superuser)
     _interrupted_build(server, superuser, marked)
-    build = postgres.template_build_name(head())
+    build = templates.template_build_name(head())
     lingering = server.connect(build, server.admin, server.admin_password)  # a killed operator's session
     before = superuser.execute("SELECT oid FROM pg_database WHERE datname = %s", (build,)).fetchone()[0]
     try:
@@ -301,7 +304,7 @@ def test_a_crashed_template_build_is_rebuilt(server: Server, superuser, marked: 
     assert "TemplateBuilt" in reasons(ctx) and ctx.cloned is not None, ctx.not_cloned
     assert superuser.execute("SELECT count(*) FROM pg_database WHERE datname = %s", (build,)).fetchone() == (0,)
     template_oid = superuser.execute("SELECT oid FROM pg_database WHERE datname = %s",
-                                     (postgres.template_name(head()),)).fetchone()[0]
+                                     (templates.template_name(head()),)).fetchone()[0]
     assert template_oid != before  # rebuilt, not the interrupted build renamed
     with server.connect(spec.database) as conn:
         assert conn.execute("SELECT version_num FROM alembic_version").fetchall() == [(head(),)]
@@ -314,19 +317,19 @@ def test_an_interrupted_handover_is_finished_by_the_next_reconcile(server: Serve
     password = secrets.token_urlsafe(24)
     # The crash came right after CREATE DATABASE ... TEMPLATE: the role exists, the database
     # is the role's, its objects are still trackop_template's.
-    with postgres.connect(spec.postgres, server.admin, server.admin_password) as conn:
-        postgres.apply(conn, postgres.plan_role(spec, None, postgres.scram_verifier(conn, spec.role, password),
-                                                postgres.admin_privileges(conn)))
-        postgres.apply(conn, [postgres.plan_clone(spec, postgres.template_name(head()))])
+    with sessions.connect(spec.postgres, server.admin, server.admin_password) as conn:
+        statements.apply(conn, plans.plan_role(spec, None, plans.scram_verifier(conn, spec.role, password),
+                                               pg_catalog.admin_privileges(conn)))
+        statements.apply(conn, [templates.plan_clone(spec, templates.template_name(head()))])
     server.made.append(spec)
     with server.connect(spec.database) as conn:
-        assert owners(conn) == {postgres.TEMPLATE_ROLE}
-    assert postgres.login_as_role(spec.postgres, spec.role, password, spec.database).handover_pending
+        assert owners(conn) == {templates.TEMPLATE_ROLE}
+    assert sessions.login_as_role(spec.postgres, spec.role, password, spec.database).handover_pending
 
     ctx = Context(spec, {"metadata": {"uid": "u"}}, {})
     ctx.admin_login = (server.admin, server.admin_password)
-    with postgres.connect(spec.postgres, server.admin, server.admin_password) as conn:
-        login = database.ensure(ctx, conn, postgres.admin_privileges(conn), password,
+    with sessions.connect(spec.postgres, server.admin, server.admin_password) as conn:
+        login = database.ensure(ctx, conn, pg_catalog.admin_privileges(conn), password,
                                 clones=template.clones(spec, schema_templates=True))
     assert login.revision == head() and not login.handover_pending
     assert any("REASSIGN OWNED" in m for m in messages(ctx, "DatabaseReconciled"))
@@ -350,12 +353,12 @@ def test_another_admin_clones_the_template_and_delete_leaves_it(server: Server, 
         == (0,)
     assert superuser.execute("SELECT count(*) FROM pg_roles WHERE rolname = %s", (spec.role,)).fetchone() == (0,)
     assert superuser.execute("SELECT datistemplate FROM pg_database WHERE datname = %s",
-                             (postgres.template_name(head()),)).fetchone() == (True,)
+                             (templates.template_name(head()),)).fetchone() == (True,)
 
 
 def test_a_strangers_database_under_the_template_name_is_never_taken_over(server: Server, superuser):
     drop_template(superuser)
-    name = postgres.template_name(head())
+    name = templates.template_name(head())
     superuser.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
     try:
         spec = server.spec("beside-stranger")

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import time
 
-from trackop import postgres
 from trackop.api.parsing import parse
 from trackop.controller import fingerprint, listing
+from trackop.postgres import snapshot as server_snapshot
 from trackop.webhook.injection import COPY_LABEL
 
 SPEC = parse("team", "tb", {"postgres": {"external": {"host": "db", "adminSecretRef": {"name": "pg-admin"}}}})
@@ -18,10 +18,10 @@ WITH_SERVER = parse("team", "tb", {
 
 
 def snapshot(role_limit: int = -1, sessions: dict[str, int] | None = None, max_connections: int = 100,
-             settings: tuple = ()) -> postgres.ServerSnapshot:
+             settings: tuple = ()) -> server_snapshot.ServerSnapshot:
     role = (False, True, False, False, True, False, role_limit, None, False, None, SPEC.owner_marker, True)
     database = (SPEC.role, True, False, -1, "{}", False, None, SPEC.owner_marker)
-    return postgres.ServerSnapshot(
+    return server_snapshot.ServerSnapshot(
         roles={SPEC.role: role, "admin": (False,) * 6 + (-1,) + (None, False, None, None, True)},
         databases={SPEC.database: database}, settings=(max_connections, 3, (), settings),
         sessions=sessions or {}, max_connections=max_connections, reserved_slots=3)
@@ -59,7 +59,7 @@ def test_sessions_alone_do_not_change_a_fingerprint():
 
 def test_a_dropped_role_or_database_is_a_difference():
     gone = snapshot()
-    gone = postgres.ServerSnapshot({}, {}, gone.settings, {}, 100, 3)
+    gone = server_snapshot.ServerSnapshot({}, {}, gone.settings, {}, 100, 3)
     assert sorted(fingerprint.differences(fp(), fp(server=gone))) == ["admin role", "database", "role"]
     assert fingerprint.budget_verdict(SPEC, gone) is None
 

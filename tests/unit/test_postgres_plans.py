@@ -1,17 +1,17 @@
-"""The pure parts of trackop.postgres: plans, ownership, admin checks, error mapping (no database)."""
+"""The backend's role and database plans (trackop.postgres.plans): create, restore, drop,
+ownership, quoting (no database)."""
 
 from __future__ import annotations
 
 import copy
 import dataclasses
 
-import psycopg
 import pytest
 
-from trackop import postgres
 from trackop.api.parsing import parse
 from trackop.api.v1alpha1 import BackendSpec
-from trackop.postgres import AdminPrivileges, DatabaseState, RoleState
+from trackop.postgres import errors, plans, statements
+from trackop.postgres.catalog import AdminPrivileges, DatabaseState, RoleState
 
 VERIFIER = "SCRAM-SHA-256$4096:c2FsdA==$c3RvcmVk:c2VydmVy"
 SUPERUSER = AdminPrivileges(superuser=True, createdb=True, createrole=True)
@@ -29,7 +29,7 @@ def make_spec(overrides: dict | None = None, namespace: str = "ml-platform", nam
 SPEC = make_spec()
 
 
-def render(steps: list[postgres.Statement]) -> list[str]:
+def render(steps: list[statements.Statement]) -> list[str]:
     return [step.query.as_string(None) for step in steps]
 
 
@@ -51,7 +51,7 @@ def quote_literal(text: str) -> str:
 # ---- plan_role ---------------------------------------------------------------------------
 
 def test_new_role_is_created_with_login_only_and_marked():
-    sqls = render(postgres.plan_role(SPEC, None, VERIFIER, SUPERUSER))
+    sqls = render(plans.plan_role(SPEC, None, VERIFIER, SUPERUSER))
     assert len(sqls) == 2
     create, comment = sqls
     assert create.startswith('CREATE ROLE "mlflow_team_a" WITH ')
@@ -63,17 +63,17 @@ def test_new_role_is_created_with_login_only_and_marked():
 
 
 def test_new_role_steps_are_transactional():
-    assert not any(step.autocommit for step in postgres.plan_role(SPEC, None, VERIFIER, CREATOR))
+    assert not any(step.autocommit for step in plans.plan_role(SPEC, None, VERIFIER, CREATOR))
 
 
 def test_new_role_needs_a_verifier():
     with pytest.raises(AssertionError):
-        postgres.plan_role(SPEC, None, None, SUPERUSER)
+        plans.plan_role(SPEC, None, None, SUPERUSER)
 
 
 def test_summaries_never_contain_the_verifier():
-    for steps in (postgres.plan_role(SPEC, None, VERIFIER, CREATOR),
-                  postgres.plan_role(SPEC, role_state(), VERIFIER, CREATOR)):
+    for steps in (plans.plan_role(SPEC, None, VERIFIER, CREATOR),
+                  plans.plan_role(SPEC, role_state(), VERIFIER, CREATOR)):
         for step in steps:
             assert VERIFIER not in step.summary
             assert "SCRAM" not in step.summary
@@ -82,21 +82,21 @@ def test_summaries_never_contain_the_verifier():
 @pytest.mark.parametrize("comment", [None, "", "managed by someone else",
                                      "managed by trackop for TrackingBackend other/team-a"])
 def test_existing_role_with_another_comment_is_taken(comment):
-    with pytest.raises(postgres.RoleTaken) as info:
-        postgres.plan_role(SPEC, role_state(comment=comment), None, SUPERUSER)
+    with pytest.raises(errors.RoleTaken) as info:
+        plans.plan_role(SPEC, role_state(comment=comment), None, SUPERUSER)
     assert "mlflow_team_a" in info.value.message
     assert info.value.reason == "RoleNotManagedByTrackop"
 
 
 def test_role_of_another_backend_in_another_namespace_is_taken():
     other = make_spec(namespace="other-ns")
-    with pytest.raises(postgres.RoleTaken):
-        postgres.plan_role(other, role_state(), None, SUPERUSER)
+    with pytest.raises(errors.RoleTaken):
+        plans.plan_role(other, role_state(), None, SUPERUSER)
 
 
 def test_converged_role_gives_an_empty_plan():
-    assert postgres.plan_role(SPEC, role_state(), None, SUPERUSER) == []
-    assert postgres.plan_role(SPEC, role_state(admin_is_member=True), None, CREATOR) == []
+    assert plans.plan_role(SPEC, role_state(), None, SUPERUSER) == []
+    assert plans.plan_role(SPEC, role_state(admin_is_member=True), None, CREATOR) == []
 
 
 @pytest.mark.parametrize("field, value, keyword", [
@@ -108,25 +108,25 @@ def test_converged_role_gives_an_empty_plan():
     ("bypass_rls", True, "NOBYPASSRLS"),
 ])
 def test_single_drifted_attribute_is_the_only_one_named(field, value, keyword):
-    sqls = render(postgres.plan_role(SPEC, role_state(**{field: value}), None, SUPERUSER))
+    sqls = render(plans.plan_role(SPEC, role_state(**{field: value}), None, SUPERUSER))
     assert sqls == [f'ALTER ROLE "mlflow_team_a" WITH {keyword}']
 
 
 def test_several_drifted_attributes_in_one_statement():
-    sqls = render(postgres.plan_role(SPEC, role_state(createdb=True, bypass_rls=True, can_login=False),
-                                     None, SUPERUSER))
+    sqls = render(plans.plan_role(SPEC, role_state(createdb=True, bypass_rls=True, can_login=False),
+                                  None, SUPERUSER))
     assert len(sqls) == 1
     words = sqls[0].removeprefix('ALTER ROLE "mlflow_team_a" WITH ').split()
     assert sorted(words) == ["LOGIN", "NOBYPASSRLS", "NOCREATEDB"]
 
 
 def test_verifier_on_an_existing_role_sets_the_password():
-    sqls = render(postgres.plan_role(SPEC, role_state(), VERIFIER, SUPERUSER))
+    sqls = render(plans.plan_role(SPEC, role_state(), VERIFIER, SUPERUSER))
     assert sqls == [f'ALTER ROLE "mlflow_team_a" WITH PASSWORD {quote_literal(VERIFIER)}']
 
 
 def test_drift_and_password_together():
-    sqls = render(postgres.plan_role(SPEC, role_state(createdb=True), VERIFIER, SUPERUSER))
+    sqls = render(plans.plan_role(SPEC, role_state(createdb=True), VERIFIER, SUPERUSER))
     assert sqls == ['ALTER ROLE "mlflow_team_a" WITH NOCREATEDB',
                     f'ALTER ROLE "mlflow_team_a" WITH PASSWORD {quote_literal(VERIFIER)}']
 
@@ -142,7 +142,7 @@ GRANT = 'GRANT "mlflow_team_a" TO CURRENT_USER'
     (CREATOR, role_state(admin_is_member=True), False),
 ])
 def test_grant_to_current_user_only_when_needed(admin, state, expect_grant):
-    sqls = render(postgres.plan_role(SPEC, state, VERIFIER if state is None else None, admin))
+    sqls = render(plans.plan_role(SPEC, state, VERIFIER if state is None else None, admin))
     assert (GRANT in sqls) is expect_grant
     if expect_grant:
         assert sqls[-1] == GRANT  # after the role exists
@@ -150,7 +150,7 @@ def test_grant_to_current_user_only_when_needed(admin, state, expect_grant):
 
 def test_verifier_with_quotes_is_a_single_literal():
     nasty = "SCRAM-SHA-256$4096:a'b$c'; DROP ROLE x; --"
-    create = render(postgres.plan_role(SPEC, None, nasty, SUPERUSER))[0]
+    create = render(plans.plan_role(SPEC, None, nasty, SUPERUSER))[0]
     assert create.endswith(f"PASSWORD {quote_literal(nasty)}")
 
 
@@ -160,32 +160,32 @@ HOSTILE = dataclasses.replace(SPEC, role='a"b', database='d"; DROP DATABASE x; -
 
 
 def test_hostile_role_name_is_quoted_in_every_role_statement():
-    sqls = render(postgres.plan_role(HOSTILE, None, VERIFIER, CREATOR))
+    sqls = render(plans.plan_role(HOSTILE, None, VERIFIER, CREATOR))
     assert sqls[0].startswith('CREATE ROLE "a""b" WITH ')
     assert sqls[1].startswith('COMMENT ON ROLE "a""b" IS ')
     assert sqls[2] == 'GRANT "a""b" TO CURRENT_USER'
     state = role_state(comment=HOSTILE.owner_marker, createdb=True)
-    assert render(postgres.plan_role(HOSTILE, state, None, SUPERUSER)) == ['ALTER ROLE "a""b" WITH NOCREATEDB']
+    assert render(plans.plan_role(HOSTILE, state, None, SUPERUSER)) == ['ALTER ROLE "a""b" WITH NOCREATEDB']
 
 
 def test_hostile_database_name_is_quoted():
-    sqls = render(postgres.plan_database(HOSTILE, None, None))
+    sqls = render(plans.plan_database(HOSTILE, None, None))
     assert sqls[0].startswith('CREATE DATABASE "d""; DROP DATABASE x; --" WITH OWNER "a""b" ')
     assert sqls[1].startswith('COMMENT ON DATABASE "d""; DROP DATABASE x; --" IS ')
     assert sqls[2] == 'REVOKE ALL ON DATABASE "d""; DROP DATABASE x; --" FROM PUBLIC'
-    drop = render(postgres.plan_drop(HOSTILE, role_state(comment=HOSTILE.owner_marker),
-                                     db_state(comment=HOSTILE.owner_marker)))
+    drop = render(plans.plan_drop(HOSTILE, role_state(comment=HOSTILE.owner_marker),
+                                  db_state(comment=HOSTILE.owner_marker)))
     assert drop == ['DROP DATABASE IF EXISTS "d""; DROP DATABASE x; --" WITH (FORCE)', 'DROP ROLE IF EXISTS "a""b"']
 
 
 def test_uppercase_identifier_is_quoted_to_keep_its_case():
     spec = dataclasses.replace(SPEC, role="MixedCase", database="Db")
-    assert render(postgres.plan_database(spec, None, None))[0].startswith('CREATE DATABASE "Db" WITH OWNER "MixedCase" ')
+    assert render(plans.plan_database(spec, None, None))[0].startswith('CREATE DATABASE "Db" WITH OWNER "MixedCase" ')
 
 
 def test_owner_marker_with_a_quote_is_one_literal():
     spec = dataclasses.replace(SPEC, name="it's")
-    comment = render(postgres.plan_role(spec, None, VERIFIER, SUPERUSER))[1]
+    comment = render(plans.plan_role(spec, None, VERIFIER, SUPERUSER))[1]
     assert comment.endswith(f"IS {quote_literal(spec.owner_marker)}")
     assert "it''s" in comment
 
@@ -193,7 +193,7 @@ def test_owner_marker_with_a_quote_is_one_literal():
 # ---- plan_database -----------------------------------------------------------------------
 
 def test_new_database_is_created_owned_from_template0_then_marked_and_closed():
-    steps = postgres.plan_database(SPEC, None, role_state())
+    steps = plans.plan_database(SPEC, None, role_state())
     sqls = render(steps)
     assert len(steps) == 3
     assert sqls[0].startswith('CREATE DATABASE "mlflow_team_a" WITH OWNER "mlflow_team_a" TEMPLATE template0')
@@ -205,8 +205,8 @@ def test_new_database_is_created_owned_from_template0_then_marked_and_closed():
 
 @pytest.mark.parametrize("role", [None, role_state()])
 def test_database_owned_by_someone_else_is_taken(role):
-    with pytest.raises(postgres.DatabaseTaken) as info:
-        postgres.plan_database(SPEC, DatabaseState(owner="alice", comment=None, public_can_connect=True), role)
+    with pytest.raises(errors.DatabaseTaken) as info:
+        plans.plan_database(SPEC, DatabaseState(owner="alice", comment=None, public_can_connect=True), role)
     assert "'alice'" in info.value.message
     assert "mlflow_team_a" in info.value.message
     assert info.value.reason == "DatabaseOwnedByOtherRole"
@@ -214,28 +214,28 @@ def test_database_owned_by_someone_else_is_taken(role):
 
 def test_database_of_another_backend_is_taken():
     other_marker = make_spec(namespace="other-ns").owner_marker
-    with pytest.raises(postgres.DatabaseTaken):
-        postgres.plan_database(SPEC, DatabaseState(owner="bob", comment=other_marker, public_can_connect=False),
-                               role_state())
+    with pytest.raises(errors.DatabaseTaken):
+        plans.plan_database(SPEC, DatabaseState(owner="bob", comment=other_marker, public_can_connect=False),
+                            role_state())
 
 
 def test_converged_database_gives_an_empty_plan():
-    assert postgres.plan_database(SPEC, db_state(), role_state()) == []
+    assert plans.plan_database(SPEC, db_state(), role_state()) == []
 
 
 def test_ours_with_a_drifted_owner_is_given_back():
-    sqls = render(postgres.plan_database(SPEC, db_state(owner="mallory"), role_state()))
+    sqls = render(plans.plan_database(SPEC, db_state(owner="mallory"), role_state()))
     assert sqls == ['ALTER DATABASE "mlflow_team_a" OWNER TO "mlflow_team_a"']
 
 
 def test_public_connect_drift_is_revoked():
-    sqls = render(postgres.plan_database(SPEC, db_state(public_can_connect=True), role_state()))
+    sqls = render(plans.plan_database(SPEC, db_state(public_can_connect=True), role_state()))
     assert sqls == ['REVOKE ALL ON DATABASE "mlflow_team_a" FROM PUBLIC']
 
 
 def test_crash_before_comment_is_recovered_by_owner():
     # CREATE DATABASE committed, COMMENT not: the owner is our (marked) role, so it is ours; mark and close it.
-    steps = postgres.plan_database(SPEC, db_state(comment=None, public_can_connect=True), role_state())
+    steps = plans.plan_database(SPEC, db_state(comment=None, public_can_connect=True), role_state())
     assert render(steps) == [f'COMMENT ON DATABASE "mlflow_team_a" IS {quote_literal(SPEC.owner_marker)}',
                              'REVOKE ALL ON DATABASE "mlflow_team_a" FROM PUBLIC']
     assert not any(step.autocommit for step in steps)
@@ -244,199 +244,72 @@ def test_crash_before_comment_is_recovered_by_owner():
 @pytest.mark.parametrize("role", [None, role_state(comment=None), role_state(comment="created by the DBA"),
                                   role_state(comment=make_spec(namespace="other-ns").owner_marker)])
 def test_database_owned_by_a_foreign_role_of_the_same_name_is_taken(role):
-    with pytest.raises(postgres.DatabaseTaken) as info:
-        postgres.plan_database(SPEC, db_state(comment=None), role)
+    with pytest.raises(errors.DatabaseTaken) as info:
+        plans.plan_database(SPEC, db_state(comment=None), role)
     assert "mlflow_team_a" in info.value.message
 
 
 def test_is_ours():
     ours = role_state()
-    assert postgres.is_ours(SPEC, db_state(), ours)
-    assert postgres.is_ours(SPEC, db_state(owner="someone"), ours)
-    assert postgres.is_ours(SPEC, db_state(comment=None), ours)
-    assert not postgres.is_ours(SPEC, db_state(owner="someone", comment=None), ours)
-    assert not postgres.is_ours(SPEC, db_state(owner="someone", comment="managed by trackop for TrackingBackend x/y"),
-                                ours)
+    assert plans.is_ours(SPEC, db_state(), ours)
+    assert plans.is_ours(SPEC, db_state(owner="someone"), ours)
+    assert plans.is_ours(SPEC, db_state(comment=None), ours)
+    assert not plans.is_ours(SPEC, db_state(owner="someone", comment=None), ours)
+    assert not plans.is_ours(SPEC, db_state(owner="someone", comment="managed by trackop for TrackingBackend x/y"),
+                             ours)
     # Our marker on the database is enough, whatever the role.
-    assert postgres.is_ours(SPEC, db_state(), None)
-    assert postgres.is_ours(SPEC, db_state(), role_state(comment="created by the DBA"))
+    assert plans.is_ours(SPEC, db_state(), None)
+    assert plans.is_ours(SPEC, db_state(), role_state(comment="created by the DBA"))
     # The owner fallback needs our marker on the role: a same-named stranger's role proves nothing.
-    assert not postgres.is_ours(SPEC, db_state(comment=None), None)
-    assert not postgres.is_ours(SPEC, db_state(comment=None), role_state(comment=None))
-    assert not postgres.is_ours(SPEC, db_state(comment=None), role_state(comment="created by the DBA"))
-    assert not postgres.is_ours(SPEC, db_state(comment=None), role_state(comment=make_spec(namespace="x").owner_marker))
+    assert not plans.is_ours(SPEC, db_state(comment=None), None)
+    assert not plans.is_ours(SPEC, db_state(comment=None), role_state(comment=None))
+    assert not plans.is_ours(SPEC, db_state(comment=None), role_state(comment="created by the DBA"))
+    assert not plans.is_ours(SPEC, db_state(comment=None), role_state(comment=make_spec(namespace="x").owner_marker))
 
 
 def test_role_is_ours():
-    assert postgres.role_is_ours(SPEC, role_state())
-    assert not postgres.role_is_ours(SPEC, None)
-    assert not postgres.role_is_ours(SPEC, role_state(comment=None))
-    assert not postgres.role_is_ours(SPEC, role_state(comment=make_spec(namespace="other-ns").owner_marker))
+    assert plans.role_is_ours(SPEC, role_state())
+    assert not plans.role_is_ours(SPEC, None)
+    assert not plans.role_is_ours(SPEC, role_state(comment=None))
+    assert not plans.role_is_ours(SPEC, role_state(comment=make_spec(namespace="other-ns").owner_marker))
 
 
 # ---- plan_drop ---------------------------------------------------------------------------
 
 def test_drop_everything_ours():
-    steps = postgres.plan_drop(SPEC, role_state(), db_state())
+    steps = plans.plan_drop(SPEC, role_state(), db_state())
     assert render(steps) == ['DROP DATABASE IF EXISTS "mlflow_team_a" WITH (FORCE)',
                              'DROP ROLE IF EXISTS "mlflow_team_a"']
     assert [step.autocommit for step in steps] == [True, False]
 
 
 def test_drop_nothing_when_nothing_exists():
-    assert postgres.plan_drop(SPEC, None, None) == []
+    assert plans.plan_drop(SPEC, None, None) == []
 
 
 def test_drop_leaves_what_is_not_ours():
     foreign_role = role_state(comment="created by the DBA")
     foreign_db = DatabaseState(owner="alice", comment=None, public_can_connect=True)
-    assert postgres.plan_drop(SPEC, foreign_role, foreign_db) == []
-    assert render(postgres.plan_drop(SPEC, foreign_role, db_state())) == [
+    assert plans.plan_drop(SPEC, foreign_role, foreign_db) == []
+    assert render(plans.plan_drop(SPEC, foreign_role, db_state())) == [
         'DROP DATABASE IF EXISTS "mlflow_team_a" WITH (FORCE)']
-    assert render(postgres.plan_drop(SPEC, role_state(), foreign_db)) == ['DROP ROLE IF EXISTS "mlflow_team_a"']
+    assert render(plans.plan_drop(SPEC, role_state(), foreign_db)) == ['DROP ROLE IF EXISTS "mlflow_team_a"']
 
 
 def test_drop_leaves_another_backends_objects():
     other = make_spec(namespace="other-ns")
-    assert postgres.plan_drop(other, role_state(), DatabaseState("alice", SPEC.owner_marker, False)) == []
+    assert plans.plan_drop(other, role_state(), DatabaseState("alice", SPEC.owner_marker, False)) == []
 
 
 def test_drop_spares_a_database_owned_by_a_foreign_role_of_the_same_name():
     foreign_role = role_state(comment="created by the DBA")
     foreign_db = DatabaseState(owner=SPEC.role, comment=None, public_can_connect=True)
-    assert postgres.plan_drop(SPEC, foreign_role, foreign_db) == []
-    assert postgres.plan_drop(SPEC, None, foreign_db) == []
+    assert plans.plan_drop(SPEC, foreign_role, foreign_db) == []
+    assert plans.plan_drop(SPEC, None, foreign_db) == []
 
 
 def test_drop_takes_an_unmarked_database_owned_by_our_role():
     # The crash between CREATE DATABASE and its COMMENT: our marked role owns it, so it is ours to drop.
-    steps = postgres.plan_drop(SPEC, role_state(), db_state(comment=None))
+    steps = plans.plan_drop(SPEC, role_state(), db_state(comment=None))
     assert render(steps) == ['DROP DATABASE IF EXISTS "mlflow_team_a" WITH (FORCE)',
                              'DROP ROLE IF EXISTS "mlflow_team_a"']
-
-
-# ---- check_admin -------------------------------------------------------------------------
-
-@pytest.mark.parametrize("privileges", [
-    SUPERUSER, AdminPrivileges(True, False, False), CREATOR,
-])
-def test_check_admin_ok(privileges):
-    assert postgres.check_admin(privileges, "admin") is None
-
-
-@pytest.mark.parametrize("createdb, createrole, named, not_named", [
-    (False, True, ["CREATEDB"], ["CREATEROLE"]),
-    (True, False, ["CREATEROLE"], ["CREATEDB"]),
-    (False, False, ["CREATEDB", "CREATEROLE"], []),
-])
-def test_check_admin_names_what_is_missing(createdb, createrole, named, not_named):
-    with pytest.raises(postgres.AdminLacksPrivileges) as info:
-        postgres.check_admin(AdminPrivileges(False, createdb, createrole), "pgadmin")
-    message = info.value.message
-    assert "'pgadmin'" in message
-    for word in named:
-        assert word in message
-    for word in not_named:
-        assert word not in message
-    assert info.value.reason == "AdminLacksPrivileges"
-
-
-# ---- classify_connect_error --------------------------------------------------------------
-
-SERVER = SPEC.postgres
-
-
-def test_password_failure_is_an_auth_error():
-    exc = psycopg.OperationalError('connection failed: connection to server at "10.0.0.1", port 5432 failed: '
-                                   'FATAL:  password authentication failed for user "admin"')
-    err = postgres.classify_connect_error(exc, SERVER, "admin", "postgres")
-    assert isinstance(err, postgres.PasswordRejected)
-    assert "pg.db.svc:5432" in err.message and "'admin'" in err.message
-
-
-def _with_sqlstate(exc: psycopg.Error, sqlstate: str) -> psycopg.Error:
-    exc.sqlstate = sqlstate
-    return exc
-
-
-def test_missing_database_is_named():
-    exc = _with_sqlstate(psycopg.OperationalError('connection failed: FATAL:  database "mlflow_team_a" does not '
-                                                  'exist'), "3D000")
-    err = postgres.classify_connect_error(exc, SERVER, "mlflow_team_a", "mlflow_team_a")
-    assert type(err) is postgres.ServerUnreachable
-    assert "'mlflow_team_a' does not exist" in err.message
-    assert "pg.db.svc:5432" in err.message
-    # The same from psycopg's own error class for the SQLSTATE.
-    err = postgres.classify_connect_error(psycopg.errors.InvalidCatalogName("whatever the text"), SERVER,
-                                          "mlflow_team_a", "mlflow_team_a")
-    assert "database 'mlflow_team_a' does not exist" in err.message
-
-
-def test_missing_database_without_sqlstate_is_recognised_by_the_servers_words():
-    # psycopg gives no SQLSTATE for a failed connection: the server's exact sentence counts.
-    exc = psycopg.OperationalError('connection failed: connection to server at "10.0.0.1", port 5432 failed: '
-                                   'FATAL:  database "mlflow_team_a" does not exist')
-    err = postgres.classify_connect_error(exc, SERVER, "mlflow_team_a", "mlflow_team_a")
-    assert type(err) is postgres.ServerUnreachable
-    assert err.message == "database 'mlflow_team_a' does not exist on pg.db.svc:5432"
-
-
-def test_another_database_missing_is_not_taken_for_ours():
-    exc = psycopg.OperationalError('connection failed: connection to server at "10.0.0.1", port 5432 failed: '
-                                   'FATAL:  database "other" does not exist')
-    err = postgres.classify_connect_error(exc, SERVER, "mlflow_team_a", "mlflow_team_a")
-    assert err.message.startswith("cannot connect to PostgreSQL at pg.db.svc:5432 as 'mlflow_team_a' ")
-
-
-@pytest.mark.parametrize("sqlstate", ["28P01", "28000"])
-def test_auth_sqlstates_are_auth_errors(sqlstate):
-    exc = _with_sqlstate(psycopg.OperationalError("connection failed: FATAL:  nope"), sqlstate)
-    assert isinstance(postgres.classify_connect_error(exc, SERVER, "admin", "postgres"), postgres.PasswordRejected)
-
-
-def test_unreachable_server_keeps_a_detail():
-    exc = psycopg.OperationalError('connection failed: connection to server at "10.0.0.1", port 5432 failed: '
-                                   'Connection refused\n\tIs the server running on that host and accepting '
-                                   'TCP/IP connections?')
-    err = postgres.classify_connect_error(exc, SERVER, "admin", "postgres")
-    assert type(err) is postgres.ServerUnreachable
-    assert "pg.db.svc:5432" in err.message
-    assert "\n" not in err.message
-    # The cause is libpq's first line after its last "failed: "; the hint lines are dropped.
-    assert "(Connection refused)" in err.message
-    assert "Is the server running" not in err.message
-
-
-def test_cause_comes_from_the_first_line_not_the_last():
-    exc = psycopg.OperationalError(
-        'connection failed: connection to server at "10.0.0.1", port 5432 failed: FATAL:  no pg_hba.conf entry '
-        'for host "10.0.0.9", user "admin", database "postgres", SSL encryption\n'
-        'connection to server at "10.0.0.1", port 5432 failed: FATAL:  no pg_hba.conf entry for host '
-        '"10.0.0.9", user "admin", database "postgres", no encryption')
-    err = postgres.classify_connect_error(exc, SERVER, "admin", "postgres")
-    assert type(err) is postgres.ServerUnreachable
-    assert "SSL encryption)" in err.message
-    assert "no encryption" not in err.message
-    assert "connection to server" not in err.message
-
-
-def test_cause_without_failed_keeps_the_whole_first_line():
-    err = postgres.classify_connect_error(psycopg.OperationalError("timeout expired\nsecond line"), SERVER,
-                                          "admin", "postgres")
-    assert "(timeout expired)" in err.message
-    assert "second line" not in err.message
-
-
-def test_empty_error_text():
-    err = postgres.classify_connect_error(psycopg.OperationalError(""), SERVER, "admin", "postgres")
-    assert type(err) is postgres.ServerUnreachable
-    assert "no detail" in err.message
-
-
-def test_missing_role_on_a_host_named_database_is_not_a_missing_database():
-    server = dataclasses.replace(SERVER, host="database.internal")
-    exc = psycopg.OperationalError('connection failed: connection to server at "database.internal" (10.0.0.1), '
-                                   'port 5432 failed: FATAL:  role "admin" does not exist')
-    err = postgres.classify_connect_error(exc, server, "admin", "postgres")
-    assert "'postgres' does not exist" not in err.message
-    assert '(FATAL:  role "admin" does not exist)' in err.message

@@ -7,10 +7,10 @@ from __future__ import annotations
 import psycopg
 import pytest
 
-from trackop import postgres
 from trackop.api.parsing import parse
 from trackop.controller.outcome import StepFailed
 from trackop.controller.reconciler import Reconciler
+from trackop.postgres import sessions
 
 SPEC = {"postgres": {"external": {"host": "db.example", "port": 5432, "adminSecretRef": {"name": "pg-admin"}}}}
 OWNER = {"metadata": {"uid": "u-1", "name": "team", "namespace": "ns"}, "apiVersion": "trackop.dev/v1alpha1",
@@ -58,7 +58,7 @@ class BrokenSession:
 
 @pytest.fixture
 def broken(monkeypatch):
-    monkeypatch.setattr(postgres, "connect", lambda *args, **kwargs: BrokenSession())
+    monkeypatch.setattr(sessions, "connect", lambda *args, **kwargs: BrokenSession())
 
 
 def test_a_lost_session_is_a_server_unreachable_condition(broken):

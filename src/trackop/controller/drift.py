@@ -27,8 +27,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from .. import postgres
 from ..api.v1alpha1 import MANAGED_BY, MANAGED_BY_LABEL, BackendSpec, PostgresEndpoint
+from ..postgres import catalog, sessions, snapshot
 from ..webhook.injection import COPY_LABEL, copy_label_value
 from .fingerprint import (
     budget_verdict,
@@ -84,7 +84,7 @@ class DriftChecker:
 
     # -- after a full reconcile --
     def record(self, spec: BackendSpec, generation: int, reach: PostgresEndpoint, admin: tuple[str, str],
-               server: postgres.ServerSnapshot) -> None:
+               server: snapshot.ServerSnapshot) -> None:
         """Fingerprint a backend that a full reconcile has just made Ready, from narrow reads
         of its own objects (``server`` holds its rows, read on the reconcile's session)."""
         ns = spec.namespace
@@ -132,18 +132,18 @@ class DriftChecker:
             return "the connection budget's verdict moved"
         return UNCHANGED
 
-    def _server(self, baseline: Baseline) -> postgres.ServerSnapshot:
+    def _server(self, baseline: Baseline) -> snapshot.ServerSnapshot:
         reach, (user, password) = baseline.reach, baseline.admin
         key = ("server", reach.host, reach.port, reach.ssl_mode, user, hashlib.sha256(password.encode()).hexdigest())
 
-        def fetch() -> postgres.ServerSnapshot:
-            with postgres.admin_session(reach, user, password) as conn:
-                superuser = postgres.admin_privileges(conn).superuser
-                return postgres.observe_server(conn, superuser)
+        def fetch() -> snapshot.ServerSnapshot:
+            with sessions.admin_session(reach, user, password) as conn:
+                superuser = catalog.admin_privileges(conn).superuser
+                return snapshot.observe_server(conn, superuser)
 
         return self._cached(key, fetch).get(baseline.taken_at)
 
-    def _fingerprint_now(self, baseline: Baseline) -> tuple[dict[str, Any], postgres.ServerSnapshot]:
+    def _fingerprint_now(self, baseline: Baseline) -> tuple[dict[str, Any], snapshot.ServerSnapshot]:
         """The backend's fingerprint from the shared snapshots, and the server's snapshot."""
         spec, ns = baseline.spec, baseline.spec.namespace
         since = baseline.taken_at

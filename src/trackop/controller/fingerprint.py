@@ -8,10 +8,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from .. import postgres
 from ..api import conditions as cond
 from ..api import connections
 from ..api.v1alpha1 import BackendSpec
+from ..postgres import snapshot
 from ..webhook.injection import COPY_LABEL
 
 Versions = Mapping[tuple[str, str], str]  # (namespace, name) -> resourceVersion
@@ -40,7 +40,7 @@ def owned_objects(spec: BackendSpec) -> tuple[tuple[str, str], ...]:
     return (("services", spec.tracking_server_name), ("deployments", spec.tracking_server_name))
 
 
-def fingerprint_of(spec: BackendSpec, admin_user: str, server: postgres.ServerSnapshot, secret_versions: Versions,
+def fingerprint_of(spec: BackendSpec, admin_user: str, server: snapshot.ServerSnapshot, secret_versions: Versions,
                 copies: Versions, objects: Mapping[tuple[str, str, str], str | None],
                 namespaces_changes: int) -> dict[str, Any]:
     """What the full reconcile rests on, component by component (a name says what moved).
@@ -65,7 +65,7 @@ def differences(before: Mapping[str, Any], now: Mapping[str, Any]) -> list[str]:
     return [key for key in before.keys() | now.keys() if before.get(key) != now.get(key)]
 
 
-def budget_verdict(spec: BackendSpec, server: postgres.ServerSnapshot) -> tuple[str, str, str] | None:
+def budget_verdict(spec: BackendSpec, server: snapshot.ServerSnapshot) -> tuple[str, str, str] | None:
     """The ConnectionBudget condition the full reconcile would write now (None: the role
     or database is gone, which the fingerprint reports anyway)."""
     database_limit = server.database_limit(spec.database)

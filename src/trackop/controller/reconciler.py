@@ -14,11 +14,11 @@ from typing import Any
 
 import psycopg
 
-from .. import postgres
 from ..api import conditions as cond
 from ..api.conditions import Condition
 from ..api.v1alpha1 import BackendSpec
 from ..kube.client import Kube
+from ..postgres import catalog, errors, sessions, snapshot
 from ..redaction import redact
 from ..settings import MANAGED_ADDRESS_SERVICE, Settings
 from ..webhook import injection
@@ -85,9 +85,9 @@ class Reconciler:
             bucket_keys, bucket_problem = credentials.bucket_keys(ctx, self.kube)
             password, secret_data = connection_secret.password(ctx, self.kube, bucket_keys)
             self.copies.sync(spec, secret_data, ctx.did)
-            with postgres.admin_session(ctx.reach, admin_user, admin_password) as admin:
-                privileges = postgres.admin_privileges(admin)
-                postgres.check_admin(privileges, admin_user)
+            with sessions.admin_session(ctx.reach, admin_user, admin_password) as admin:
+                privileges = catalog.admin_privileges(admin)
+                catalog.check_admin(privileges, admin_user)
                 login = database.ensure(ctx, admin, privileges, password,
                                         clones=template.clones(spec, self.schema_templates))
                 done.append(Condition(cond.DATABASE_READY, "True", "Provisioned",
@@ -97,7 +97,7 @@ class Reconciler:
                 tuning_conditions, budget = tuning_step.ensure(ctx, admin, privileges)
                 done.extend(tuning_conditions)
                 # The catalog rows the drift timer's fingerprint starts from (drift.py).
-                observed = postgres.observe_server(admin, privileges.superuser, [spec.role, admin_user],
+                observed = snapshot.observe_server(admin, privileges.superuser, [spec.role, admin_user],
                                                    [spec.database]) \
                     if self.drift.enabled and fingerprint.eligible(spec) else None
             step_type = cond.SCHEMA_READY
@@ -119,12 +119,12 @@ class Reconciler:
             return Outcome(done, status, ctx.events, None)
         except StepFailed as failure:
             return failed(ctx, done, failure)
-        except postgres.PostgresError as error:
+        except errors.PostgresError as error:
             return failed(ctx, done, StepFailed(step_type, error.reason, error.message, 15))
         except psycopg.OperationalError as exc:
             # A session lost mid-step (a PostgreSQL restart): a condition and our backoff,
             # not an unexpected exception that kopf retries only after a minute.
-            error = postgres.connection_lost(exc, ctx.reach)
+            error = sessions.connection_lost(exc, ctx.reach)
             return failed(ctx, done, StepFailed(step_type, error.reason, error.message, 15))
 
     def delete(self, spec: BackendSpec, owner: Mapping[str, Any]) -> list[tuple[str, str, str]]:

@@ -3,9 +3,10 @@ at it by a trigger in the backend's database. Condition: ArtifactsReady."""
 
 from __future__ import annotations
 
-from ... import artifacts, postgres
+from ... import artifacts
 from ...api import conditions as cond
 from ...api.conditions import Condition
+from ...postgres import artifact_trigger, sessions, statements
 from ...redaction import redact
 from ..outcome import Context, StepFailed
 
@@ -24,9 +25,9 @@ def ensure(ctx: Context, password: str, keys: tuple[str, ...] | None) -> Conditi
                              15) from None
         checked = False  # workload identity: only the server's service account can reach it
     # Direct clients give new experiments a local location unless the database says otherwise.
-    with postgres.connect(ctx.reach, spec.role, password, spec.database) as conn:
-        plan = postgres.plan_artifact_trigger(store.uri, postgres.inspect_artifact_trigger(conn))
-        for summary in postgres.apply(conn, plan):
+    with sessions.connect(ctx.reach, spec.role, password, spec.database) as conn:
+        plan = artifact_trigger.plan_artifact_trigger(store.uri, artifact_trigger.inspect_artifact_trigger(conn))
+        for summary in statements.apply(conn, plan):
             ctx.did("ArtifactLocationReconciled", summary)
     if not checked:
         return Condition(cond.ARTIFACTS_READY, "Unknown", "NoCredentialsToCheck",

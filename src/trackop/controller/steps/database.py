@@ -4,34 +4,34 @@ from __future__ import annotations
 
 import psycopg
 
-from ... import postgres
 from ...api import conditions as cond
+from ...postgres import catalog, plans, sessions, statements, templates
 from ..outcome import Context, StepFailed
 from . import template
 
 
-def ensure(ctx: Context, conn: psycopg.Connection, privileges: postgres.AdminPrivileges, password: str,
-           clones: bool) -> postgres.RoleLogin:
+def ensure(ctx: Context, conn: psycopg.Connection, privileges: catalog.AdminPrivileges, password: str,
+           clones: bool) -> sessions.RoleLogin:
     """Role and database as the spec says (a new database cloned from the template when
     ``clones``), the role able to log in with ``password``; its login, with the revision read."""
     spec = ctx.spec
-    role = postgres.inspect_role(conn, spec.role)
-    verifier = postgres.scram_verifier(conn, spec.role, password) if role is None else None
-    for summary in postgres.apply(conn, postgres.plan_role(spec, role, verifier, privileges)):
+    role = catalog.inspect_role(conn, spec.role)
+    verifier = plans.scram_verifier(conn, spec.role, password) if role is None else None
+    for summary in statements.apply(conn, plans.plan_role(spec, role, verifier, privileges)):
         ctx.did("RoleReconciled", summary)
-    database = postgres.inspect_database(conn, spec.database)
-    role = postgres.inspect_role(conn, spec.role)
+    database = catalog.inspect_database(conn, spec.database)
+    role = catalog.inspect_role(conn, spec.role)
     if database is None and clones:
         database = template.clone(ctx, conn, privileges)
-    for summary in postgres.apply(conn, postgres.plan_database(spec, database, role)):
+    for summary in statements.apply(conn, plans.plan_database(spec, database, role)):
         ctx.did("DatabaseReconciled", summary)
-    login = postgres.login_as_role(ctx.reach, spec.role, password, spec.database)
+    login = sessions.login_as_role(ctx.reach, spec.role, password, spec.database)
     if not login.ok:
         # The password drifted (reset by hand, or the user's Secret rotated).
-        verifier = postgres.scram_verifier(conn, spec.role, password)
-        for summary in postgres.apply(conn, postgres.plan_role(spec, role, verifier, privileges)):
+        verifier = plans.scram_verifier(conn, spec.role, password)
+        for summary in statements.apply(conn, plans.plan_role(spec, role, verifier, privileges)):
             ctx.did("RoleReconciled", summary)
-        login = postgres.login_as_role(ctx.reach, spec.role, password, spec.database)
+        login = sessions.login_as_role(ctx.reach, spec.role, password, spec.database)
         if not login.ok:
             raise StepFailed(cond.DATABASE_READY, "RoleLoginFailed",
                              f"role {spec.role} cannot log in to {spec.database} even after its password "
@@ -40,10 +40,10 @@ def ensure(ctx: Context, conn: psycopg.Connection, privileges: postgres.AdminPri
         # A clone whose hand-over was interrupted (a crash right after CREATE DATABASE).
         try:
             template.handover(ctx, conn, privileges)
-        except postgres.TemplateUnavailable as why:
+        except templates.TemplateUnavailable as why:
             raise StepFailed(cond.DATABASE_READY, "HandOverFailed",
-                             f"database {spec.database} holds objects of role {postgres.TEMPLATE_ROLE} (a clone "
+                             f"database {spec.database} holds objects of role {templates.TEMPLATE_ROLE} (a clone "
                              f"whose hand-over was interrupted) that cannot be given to role {spec.role}: "
                              f"{why.message}", 60) from None
-        login = postgres.login_as_role(ctx.reach, spec.role, password, spec.database)
+        login = sessions.login_as_role(ctx.reach, spec.role, password, spec.database)
     return login

@@ -8,10 +8,10 @@ from typing import Any
 import psycopg
 from kubernetes.client import ApiException
 
-from ... import postgres
 from ...api import conditions as cond
 from ...api.v1alpha1 import ENGINE_CNPG, BackendSpec
 from ...kube.client import Kube
+from ...postgres import catalog, errors, plans, sessions, statements
 from ...redaction import redact
 from ...specs import managed_server
 from ..outcome import Context, StepFailed
@@ -34,14 +34,14 @@ def delete(spec: BackendSpec, owner: Mapping[str, Any], kube: Kube) -> Events:
     ctx = Context(spec, owner, {})
     try:
         admin_user, admin_password = admin_credentials(ctx, kube)
-        with postgres.connect(spec.postgres, admin_user, admin_password) as conn:
-            role = postgres.inspect_role(conn, spec.role)
-            database = postgres.inspect_database(conn, spec.database)
-            summaries = postgres.apply(conn, postgres.plan_drop(spec, role, database))
-    except postgres.PostgresError as error:
+        with sessions.connect(spec.postgres, admin_user, admin_password) as conn:
+            role = catalog.inspect_role(conn, spec.role)
+            database = catalog.inspect_database(conn, spec.database)
+            summaries = statements.apply(conn, plans.plan_drop(spec, role, database))
+    except errors.PostgresError as error:
         raise StepFailed(cond.READY, error.reason, redact(error.message, ctx.secrets), 15) from None
     except psycopg.OperationalError as exc:
-        error = postgres.connection_lost(exc, spec.postgres)
+        error = sessions.connection_lost(exc, spec.postgres)
         raise StepFailed(cond.READY, error.reason, redact(error.message, ctx.secrets), 15) from None
     return [("Normal", "Deleted", s) for s in summaries]
 

@@ -5,27 +5,27 @@ from __future__ import annotations
 
 import psycopg
 
-from ... import postgres
 from ...api import conditions as cond
 from ...api import connections, tuning
 from ...api.conditions import Condition
+from ...postgres import catalog, errors, server_settings, statements
 from ..outcome import Context, StepFailed
 
 
-def ensure(ctx: Context, conn: psycopg.Connection, privileges: postgres.AdminPrivileges
+def ensure(ctx: Context, conn: psycopg.Connection, privileges: catalog.AdminPrivileges
            ) -> tuple[list[Condition], dict[str, int]]:
     """Settings (when spec.postgres.tuning is given) and the connection budget (always)."""
     spec = ctx.spec
     wanted = spec.effective_tuning
-    state = postgres.inspect_tuning(conn, spec, privileges.superuser)
+    state = server_settings.inspect_tuning(conn, spec, privileges.superuser)
     found: list[Condition] = []
     if spec.tuning is not None:
         desired = tuning.settings_for_scope(wanted)
         # Values in the units pg_settings compares in (kB, or a plain count for max_connections).
         kb_values = tuning.auto_tune(wanted)
         try:
-            postgres.check_settings(conn, desired, kb_values)
-        except postgres.InvalidSetting as error:
+            server_settings.check_settings(conn, desired, kb_values)
+        except errors.InvalidSetting as error:
             raise StepFailed(cond.TUNING_APPLIED, error.reason, error.message, 300) from None
         startup_parameters = spec.managed is not None and wanted.scope == tuning.SCOPE_SERVER
         if startup_parameters:
@@ -37,17 +37,17 @@ def ensure(ctx: Context, conn: psycopg.Connection, privileges: postgres.AdminPri
                 raise StepFailed(cond.TUNING_APPLIED, "AdminNotSuperuser",
                                  "tuning scope Server uses ALTER SYSTEM, which needs a superuser admin: "
                                  "use scope Database on a shared server, or a superuser admin Secret", 300)
-            plan = postgres.plan_system_tuning(desired, state)
+            plan = server_settings.plan_system_tuning(desired, state)
         else:
-            plan = postgres.plan_database_tuning(spec, desired, tuning.connection_limit(wanted), state)
-        applied = postgres.apply(conn, plan)
+            plan = server_settings.plan_database_tuning(spec, desired, tuning.connection_limit(wanted), state)
+        applied = statements.apply(conn, plan)
         for summary in applied:
             ctx.did("TuningApplied", summary)
         if applied:
-            state = postgres.inspect_tuning(conn, spec, privileges.superuser)
+            state = server_settings.inspect_tuning(conn, spec, privileges.superuser)
         shown = ", ".join(f"{k}={v}" for k, v in desired.items()) or "no settings"
         if startup_parameters:
-            in_effect = postgres.settings_in_effect(conn, list(desired))
+            in_effect = server_settings.settings_in_effect(conn, list(desired))
             waiting = sorted(name for name in desired if in_effect.get(name) != kb_values.get(name))
         else:
             waiting = sorted(set(desired) & set(state.pending_restart))
