@@ -17,11 +17,11 @@ from psycopg import sql
 
 from trackop.api import conditions as cond
 from trackop.api.parsing import parse
+from trackop.api.v1alpha1 import COPY_LABEL
 from trackop.controller import drift
 from trackop.controller.reconciler import Reconciler
 from trackop.kube.client import Kube
 from trackop.postgres import catalog, plans, sessions, statements
-from trackop.webhook.injection import COPY_LABEL
 
 pytestmark = pytest.mark.bed
 

@@ -6,9 +6,9 @@ from __future__ import annotations
 import time
 
 from trackop.api.parsing import parse
+from trackop.api.v1alpha1 import COPY_LABEL
 from trackop.controller import fingerprint, listing
 from trackop.postgres import snapshot as server_snapshot
-from trackop.webhook.injection import COPY_LABEL
 
 SPEC = parse("team", "tb", {"postgres": {"external": {"host": "db", "adminSecretRef": {"name": "pg-admin"}}}})
 WITH_SERVER = parse("team", "tb", {

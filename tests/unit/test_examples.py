@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from trackop.api import connections, tuning
+from trackop.api import connections, tuning, v1alpha1
 from trackop.api.parsing import parse
 from trackop.api.v1alpha1 import GROUP, SUPERUSER_RESERVED_CONNECTIONS, VERSION, BackendSpec
 from trackop.webhook import injection
@@ -119,12 +119,12 @@ def test_opted_in_pods_name_a_backend_that_admits_them():
     opted_in = 0
     for path, doc, template in _pod_templates():
         meta = template.get("metadata") or {}
-        if (meta.get("labels") or {}).get(injection.INJECT_LABEL) != "true":
+        if (meta.get("labels") or {}).get(v1alpha1.INJECT_LABEL) != "true":
             continue
         opted_in += 1
         pod_namespace = doc["metadata"]["namespace"]
         reference = injection.parse_backend_reference(
-            (meta.get("annotations") or {}).get(injection.BACKEND_ANNOTATION), pod_namespace)
+            (meta.get("annotations") or {}).get(v1alpha1.BACKEND_ANNOTATION), pod_namespace)
         assert reference in specs, f"{path.name}: {doc['metadata']['name']} names no backend of the examples"
         spec = specs[reference]
         assert injection.admits_namespace(spec.namespace, spec.namespace_selector, pod_namespace,

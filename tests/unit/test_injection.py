@@ -9,16 +9,10 @@ import jsonpatch  # a dependency of kopf: a real RFC 6902 applier, stricter than
 import pytest
 
 from trackop.api.parsing import parse
+from trackop.api.v1alpha1 import BACKEND_ANNOTATION, INIT_ANNOTATION, INJECT_LABEL, INJECTED_ANNOTATION
 from trackop.specs import connection_secret
 from trackop.webhook import injection
-from trackop.webhook.injection import (
-    BACKEND_ANNOTATION,
-    INIT_ANNOTATION,
-    INJECT_LABEL,
-    INJECTED_ANNOTATION,
-    BackendView,
-    Decision,
-)
+from trackop.webhook.injection import BackendView, Decision
 
 OPERATOR_NS = "trackop-system"
 BACKEND_NS = "ml-platform"

@@ -29,6 +29,18 @@ BACKEND_LABEL = "trackop.dev/backend"
 
 MANAGED_BY = "trackop"
 
+# Injection (DESIGN.md): a pod opts in with the label and names its backend with the
+# annotation; the webhook marks what it injected.
+INJECT_LABEL = "trackop.dev/inject"
+BACKEND_ANNOTATION = "trackop.dev/backend"
+INJECTED_ANNOTATION = "trackop.dev/injected"
+INIT_ANNOTATION = "trackop.dev/inject-init-containers"
+# The label on every copy of a connection Secret: which backend's Secret it copies.
+COPY_LABEL = "trackop.dev/copy-of"
+# Never injected, whatever a backend's selector says; the operator's own namespace is
+# added at run time (it is a setting, not a constant).
+NEVER_NAMESPACES = frozenset({"kube-system"})
+
 SSL_MODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
 
 DRIVERS = {"psycopg": "postgresql+psycopg", "psycopg2": "postgresql+psycopg2"}

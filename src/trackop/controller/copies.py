@@ -5,11 +5,12 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 
-from ..api.v1alpha1 import BackendSpec
+from ..api import v1alpha1
+from ..api.v1alpha1 import COPY_LABEL, BackendSpec
 from ..kube.client import Kube
 from ..specs import common
 from ..webhook import injection
-from ..webhook.injection import COPY_LABEL, copy_label_value
+from ..webhook.injection import copy_label_value
 from .listing import SharedListing
 
 
@@ -64,7 +65,7 @@ class SecretCopies:
         for pod in self.opted_in_pods.get():
             meta = pod.metadata
             reference = injection.parse_backend_reference(
-                (meta.annotations or {}).get(injection.BACKEND_ANNOTATION), meta.namespace)
+                (meta.annotations or {}).get(v1alpha1.BACKEND_ANNOTATION), meta.namespace)
             if reference != (spec.namespace, spec.name) or meta.uid in self._reported_pods:
                 continue
             if injection.missed_injection({"metadata": {"labels": meta.labels, "annotations": meta.annotations}}):

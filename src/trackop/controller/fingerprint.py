@@ -10,9 +10,8 @@ from typing import Any
 
 from ..api import conditions as cond
 from ..api import connections
-from ..api.v1alpha1 import BackendSpec
+from ..api.v1alpha1 import COPY_LABEL, BackendSpec
 from ..postgres import snapshot
-from ..webhook.injection import COPY_LABEL
 
 Versions = Mapping[tuple[str, str], str]  # (namespace, name) -> resourceVersion
 

@@ -12,16 +12,14 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-import psycopg
-
 from ..api import conditions as cond
+from ..api import v1alpha1
 from ..api.conditions import Condition
 from ..api.v1alpha1 import BackendSpec
 from ..kube.client import Kube
 from ..postgres import catalog, errors, sessions, snapshot
 from ..redaction import redact
 from ..settings import MANAGED_ADDRESS_SERVICE, Settings
-from ..webhook import injection
 from . import fingerprint
 from .copies import SecretCopies
 from .drift import DriftChecker
@@ -51,7 +49,7 @@ class Reconciler:
         # per backend per drift check. The operator invalidates the namespaces on every
         # namespace event, so a new, relabelled or terminating namespace is seen at once.
         self.namespaces = SharedListing(lambda: self.kube.namespace_labels(), shared_list_ttl)
-        opted_in_pods = SharedListing(lambda: self.kube.pods_by_label(f"{injection.INJECT_LABEL}=true"),
+        opted_in_pods = SharedListing(lambda: self.kube.pods_by_label(f"{v1alpha1.INJECT_LABEL}=true"),
                                       shared_list_ttl)
         self.copies = SecretCopies(kube, self.namespaces, opted_in_pods, operator_namespace)
         # How the operator reaches the servers it deploys: their Service's DNS name (in the
@@ -121,7 +119,7 @@ class Reconciler:
             return failed(ctx, done, failure)
         except errors.PostgresError as error:
             return failed(ctx, done, StepFailed(step_type, error.reason, error.message, 15))
-        except psycopg.OperationalError as exc:
+        except sessions.SessionBroken as exc:
             # A session lost mid-step (a PostgreSQL restart): a condition and our backoff,
             # not an unexpected exception that kopf retries only after a minute.
             error = sessions.connection_lost(exc, ctx.reach)

@@ -7,6 +7,9 @@ from typing import Any
 
 from kubernetes import client
 
+# What the API server's refusals are raised as, for the callers of Kube outside this package.
+ApiException = client.ApiException
+
 
 def _status(exc: client.ApiException) -> dict[str, Any]:
     """The Status object the API server sent with a refusal ({} when the body is not one)."""

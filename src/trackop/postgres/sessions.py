@@ -17,6 +17,11 @@ from ..api.v1alpha1 import PostgresEndpoint
 from .errors import PasswordRejected, PostgresError, ServerUnreachable
 from .templates import TEMPLATE_ROLE
 
+# How the rest of trackop names a session and a session that broke (could not connect, or was
+# lost after it connected: a server restart), so that psycopg itself stays inside this package.
+Session = psycopg.Connection
+SessionBroken = psycopg.OperationalError
+
 APPLICATION_NAME = "trackop"
 
 

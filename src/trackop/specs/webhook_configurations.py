@@ -6,8 +6,8 @@ from __future__ import annotations
 import base64
 from typing import Any
 
+from ..api import v1alpha1
 from ..api.v1alpha1 import GROUP, MANAGED_BY, MANAGED_BY_LABEL, PLURAL, VERSION
-from ..webhook import injection
 
 MUTATING_NAME = "trackop-injection"
 VALIDATING_NAME = "trackop-validation"
@@ -39,7 +39,7 @@ def webhook_configurations(url: str, ca_bundle: bytes, *, failure_policy: str, o
                                 "path": path}, "caBundle": bundle}
         return {"url": url + path, "caBundle": bundle}
 
-    never = sorted({*injection.NEVER_NAMESPACES, *([operator_namespace] if operator_namespace else [])})
+    never = sorted({*v1alpha1.NEVER_NAMESPACES, *([operator_namespace] if operator_namespace else [])})
     mutating = {
         "apiVersion": "admissionregistration.k8s.io/v1",
         "kind": "MutatingWebhookConfiguration",
@@ -50,7 +50,7 @@ def webhook_configurations(url: str, ca_bundle: bytes, *, failure_policy: str, o
             "rules": [{"operations": ["CREATE"], "apiGroups": [""], "apiVersions": ["v1"],
                        "resources": ["pods"], "scope": "Namespaced"}],
             # Only pods that opted in reach the operator; kube-system and its own namespace never.
-            "objectSelector": {"matchLabels": {injection.INJECT_LABEL: "true"}},
+            "objectSelector": {"matchLabels": {v1alpha1.INJECT_LABEL: "true"}},
             "namespaceSelector": {"matchExpressions": [
                 {"key": "kubernetes.io/metadata.name", "operator": "NotIn", "values": never}]},
             "failurePolicy": failure_policy,

@@ -8,10 +8,9 @@ import threading
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from kubernetes import client
-
 from .. import metrics
 from ..kube.client import Kube
+from ..kube.errors import ApiException
 from .index import Index
 from .injection import BackendView
 
@@ -47,7 +46,7 @@ class IndexWatch:
     def _relist(self, kind: str) -> None:
         try:
             items, version = self.kube.listing(kind)
-        except client.ApiException as exc:
+        except ApiException as exc:
             if kind != "backends" or exc.status != 404:
                 raise
             items, version = [], ""  # no CRD yet: watched again after the retry pause

@@ -35,17 +35,17 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..api.tuning import MAX_OVERFLOW_ENV, POOL_SIZE_ENV
-from ..api.v1alpha1 import INJECTION_MODES, BackendSpec, SpecError
+from ..api.v1alpha1 import (
+    BACKEND_ANNOTATION,
+    INIT_ANNOTATION,
+    INJECT_LABEL,
+    INJECTED_ANNOTATION,
+    INJECTION_MODES,
+    NEVER_NAMESPACES,
+    BackendSpec,
+    SpecError,
+)
 from ..api.validation import check_backend_name
-
-INJECT_LABEL = "trackop.dev/inject"
-BACKEND_ANNOTATION = "trackop.dev/backend"
-INJECTED_ANNOTATION = "trackop.dev/injected"
-INIT_ANNOTATION = "trackop.dev/inject-init-containers"
-
-# Never injected, whatever a backend's selector says; the operator's own namespace is
-# added at run time (it is a setting, not a constant).
-NEVER_NAMESPACES = frozenset({"kube-system"})
 
 _COPY_PREFIX = "trackop-"
 _MAX_SECRET_NAME = 253
@@ -73,9 +73,6 @@ def copy_secret_name(backend_namespace: str, backend_name: str) -> str:
     digest = hashlib.sha256(f"{backend_namespace}/{backend_name}".encode()).hexdigest()[:32]
     return f"{_COPY_PREFIX}{digest}"
 
-
-# The label on every copy: which backend's connection Secret it copies.
-COPY_LABEL = "trackop.dev/copy-of"
 
 
 def copy_label_value(namespace: str, name: str) -> str:

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import metrics
+from ..api import v1alpha1
 from ..specs.webhook_configurations import MUTATE_PATH, VALIDATE_PATH
 from . import injection
 from .index import Index
@@ -56,7 +57,7 @@ class Handlers:
         pod = request.get("object") or {}
         namespace = request.get("namespace") or (pod.get("metadata") or {}).get("namespace") or ""
         annotations = (pod.get("metadata") or {}).get("annotations") or {}
-        reference = injection.parse_backend_reference(annotations.get(injection.BACKEND_ANNOTATION), namespace)
+        reference = injection.parse_backend_reference(annotations.get(v1alpha1.BACKEND_ANNOTATION), namespace)
         backend = self.index.backend(*reference) if reference else None
         decision = injection.mutate(pod, namespace, backend, self.index.namespace_labels(namespace),
                                     operator_namespace=self.operator_namespace, fail_closed=self.fail_closed)

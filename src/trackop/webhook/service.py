@@ -16,11 +16,10 @@ import threading
 from typing import Any
 from urllib.parse import urlsplit
 
-from kubernetes import client
-
 from .. import metrics
 from ..api.v1alpha1 import GROUP, KIND, MANAGED_BY, MANAGED_BY_LABEL, VERSION
 from ..kube.client import Kube
+from ..kube.errors import ApiException
 from ..specs.webhook_configurations import webhook_configurations
 from . import certificates
 from .index import Index
@@ -90,7 +89,7 @@ class InjectionService:
             try:
                 self.kube.create_secret(self._body(certs))
                 return certs
-            except client.ApiException as exc:
+            except ApiException as exc:
                 if exc.status != 409:
                     raise
         raise RuntimeError(f"Secret {self.operator_namespace}/{CERT_SECRET} could not be read or created")
@@ -171,7 +170,7 @@ class InjectionService:
                 self.kube.replace_secret(self._body(rotated, version))
             else:
                 self.kube.create_secret(self._body(rotated))
-        except client.ApiException as exc:
+        except ApiException as exc:
             if exc.status != 409:
                 raise
             return None  # another replica renewed; the next check adopts its certificates
@@ -243,6 +242,6 @@ class InjectionService:
                 event_ns = namespace
             try:
                 self.kube.post_event(event_ns, involved, "Warning", "InjectionSkipped", message)
-            except client.ApiException as exc:
+            except ApiException as exc:
                 log.warning("could not post an Event about a skipped injection in %s: %s %s",
                             namespace, exc.status, exc.reason)

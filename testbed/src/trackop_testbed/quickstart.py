@@ -27,7 +27,7 @@ import yaml
 from kubernetes import client, config
 from psycopg import sql
 
-from trackop.webhook.injection import BACKEND_ANNOTATION, INJECT_LABEL
+from trackop.api.v1alpha1 import BACKEND_ANNOTATION, INJECT_LABEL
 
 from .bed import Testbed
 from .crd import install_crd

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import psycopg
-
 from ...api import conditions as cond
 from ...postgres import catalog, plans, sessions, statements, templates
 from ..outcome import Context, StepFailed
 from . import template
 
 
-def ensure(ctx: Context, conn: psycopg.Connection, privileges: catalog.AdminPrivileges, password: str,
+def ensure(ctx: Context, conn: sessions.Session, privileges: catalog.AdminPrivileges, password: str,
            clones: bool) -> sessions.RoleLogin:
     """Role and database as the spec says (a new database cloned from the template when
     ``clones``), the role able to log in with ``password``; its login, with the revision read."""

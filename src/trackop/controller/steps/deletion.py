@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-import psycopg
 from kubernetes.client import ApiException
 
 from ...api import conditions as cond
@@ -40,7 +39,7 @@ def delete(spec: BackendSpec, owner: Mapping[str, Any], kube: Kube) -> Events:
             summaries = statements.apply(conn, plans.plan_drop(spec, role, database))
     except errors.PostgresError as error:
         raise StepFailed(cond.READY, error.reason, redact(error.message, ctx.secrets), 15) from None
-    except psycopg.OperationalError as exc:
+    except sessions.SessionBroken as exc:
         error = sessions.connection_lost(exc, spec.postgres)
         raise StepFailed(cond.READY, error.reason, redact(error.message, ctx.secrets), 15) from None
     return [("Normal", "Deleted", s) for s in summaries]

@@ -7,8 +7,6 @@ from __future__ import annotations
 import logging
 import time
 
-import psycopg
-
 from ... import schema
 from ...api.v1alpha1 import BackendSpec
 from ...postgres import catalog, errors, locks, sessions, statements, templates
@@ -31,7 +29,7 @@ def clones(spec: BackendSpec, schema_templates: bool) -> bool:
             and spec.mlflow_version == schema.BUNDLED_MLFLOW_VERSION)
 
 
-def clone(ctx: Context, conn: psycopg.Connection,
+def clone(ctx: Context, conn: sessions.Session,
           privileges: catalog.AdminPrivileges) -> catalog.DatabaseState | None:
     """Create the backend's (new) database as a clone of the template and hand its
     objects to the role. None when no clone was made: the reason is logged and the
@@ -59,7 +57,7 @@ def clone(ctx: Context, conn: psycopg.Connection,
     return catalog.inspect_database(conn, spec.database)
 
 
-def _template(ctx: Context, conn: psycopg.Connection, privileges: catalog.AdminPrivileges) -> str:
+def _template(ctx: Context, conn: sessions.Session, privileges: catalog.AdminPrivileges) -> str:
     """The complete template for the bundled MLflow's head on this server (built now if
     there is none), and the admin's membership in the template role."""
     head = schema.head_revision()
@@ -74,7 +72,7 @@ def _template(ctx: Context, conn: psycopg.Connection, privileges: catalog.AdminP
     return templates.template_name(head)
 
 
-def _build(ctx: Context, conn: psycopg.Connection, privileges: catalog.AdminPrivileges,
+def _build(ctx: Context, conn: sessions.Session, privileges: catalog.AdminPrivileges,
            head: str) -> templates.TemplateState:
     """Under the server-wide template lock: build the template under a temporary name by
     MLflow's own migrations, acting as the template role, then publish it."""
@@ -121,7 +119,7 @@ def _build(ctx: Context, conn: psycopg.Connection, privileges: catalog.AdminPriv
         locks.advisory_unlock(conn, templates.TEMPLATE_LOCK_KEY)
 
 
-def _create_from_template(ctx: Context, conn: psycopg.Connection, name: str) -> bool:
+def _create_from_template(ctx: Context, conn: sessions.Session, name: str) -> bool:
     """CREATE DATABASE ... TEMPLATE; False if the database was created meanwhile."""
     for attempt in range(1, CLONE_ATTEMPTS + 1):
         try:
@@ -139,7 +137,7 @@ def _create_from_template(ctx: Context, conn: psycopg.Connection, name: str) -> 
     raise AssertionError("unreachable")
 
 
-def handover(ctx: Context, conn: psycopg.Connection, privileges: catalog.AdminPrivileges) -> None:
+def handover(ctx: Context, conn: sessions.Session, privileges: catalog.AdminPrivileges) -> None:
     """REASSIGN OWNED BY the template role TO the backend's role, inside its database."""
     spec = ctx.spec
     role = templates.inspect_template(conn, schema.head_revision()).role

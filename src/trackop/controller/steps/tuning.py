@@ -3,16 +3,14 @@ Conditions: TuningApplied, PendingRestart, ConnectionBudget."""
 
 from __future__ import annotations
 
-import psycopg
-
 from ...api import conditions as cond
 from ...api import connections, tuning
 from ...api.conditions import Condition
-from ...postgres import catalog, errors, server_settings, statements
+from ...postgres import catalog, errors, server_settings, sessions, statements
 from ..outcome import Context, StepFailed
 
 
-def ensure(ctx: Context, conn: psycopg.Connection, privileges: catalog.AdminPrivileges
+def ensure(ctx: Context, conn: sessions.Session, privileges: catalog.AdminPrivileges
            ) -> tuple[list[Condition], dict[str, int]]:
     """Settings (when spec.postgres.tuning is given) and the connection budget (always)."""
     spec = ctx.spec
