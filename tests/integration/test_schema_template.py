@@ -271,7 +271,7 @@ def _interrupted_build(server: Server, superuser: psycopg.Connection, marked: bo
     MLflow's first tables in it and no alembic_version (the Alembic run never committed), and
     a session still connected to it; no final template."""
     build = postgres.template_build_name(head())
-    with postgres.connect(server.spec("x").server, server.admin, server.admin_password) as conn:
+    with postgres.connect(server.spec("x").postgres, server.admin, server.admin_password) as conn:
         state = postgres.inspect_template(conn, head())
         steps = postgres.plan_template_role(state.role, postgres.admin_privileges(conn))
         steps += postgres.plan_template_build(state)
