@@ -20,13 +20,14 @@ import kopf
 import urllib3
 from kubernetes import client, config
 
-from . import drift, kopf_settings, manifests, metrics, schema, webhook
+from . import drift, kopf_settings, manifests, metrics, webhook
 from .api import conditions as cond
 from .api.parsing import parse
 from .api.v1alpha1 import GROUP, PLURAL, VERSION, BackendSpec, SpecError
 from .injection_service import InjectionService
 from .kube import Kube
 from .reconcile import MANAGED_ADDRESS_SERVICE, Outcome, Reconciler, StepFailed, injection_view
+from .schema import migration, revisions
 
 DRIFT_INTERVAL = float(os.environ.get("TRACKOP_DRIFT_INTERVAL", "60"))
 # Between two full reconciles of a converged backend, the drift timer only compares its
@@ -81,8 +82,9 @@ def configure(settings: kopf.OperatorSettings, logger: logging.Logger, **_: Any)
         # Every backend migrates in-process then: import MLflow once, not in the first reconcile.
         # With templates a child process builds each template and in-place migrations (managed
         # servers, clone fallbacks) import MLflow on first use: most operators never do.
-        schema.preload()
-    schema.head_revision()  # the migration scripts' ids, read once now (no MLflow import), not by the first handlers
+        migration.preload()
+    # The migration scripts' ids, read once now (no MLflow import), not by the first handlers.
+    revisions.head_revision()
     if METRICS_ADDRESS:
         metrics.serve(METRICS_ADDRESS)
         logger.info("metrics served on http://%s/metrics", METRICS_ADDRESS)
@@ -95,7 +97,8 @@ def configure(settings: kopf.OperatorSettings, logger: logging.Logger, **_: Any)
                                       service=WEBHOOK_SERVICE, owner_cluster_role=WEBHOOK_OWNER_CLUSTERROLE)
         _injection.start()
         logger.info("admission webhooks served on %s (failurePolicy %s)", WEBHOOK_ADDRESS, WEBHOOK_FAILURE_POLICY)
-    logger.info("trackop ready: MLflow %s bundled, drift interval %.0fs", schema.BUNDLED_MLFLOW_VERSION, DRIFT_INTERVAL)
+    logger.info("trackop ready: MLflow %s bundled, drift interval %.0fs", revisions.BUNDLED_MLFLOW_VERSION,
+                DRIFT_INTERVAL)
 
 
 def _lock_for(body: Mapping[str, Any]) -> threading.Lock:

@@ -21,7 +21,7 @@ from typing import Any
 import psycopg
 from kubernetes.client import ApiException
 
-from . import artifacts, drift, injection, managed, manifests, postgres, schema
+from . import artifacts, drift, injection, managed, manifests, postgres
 from .api import conditions as cond
 from .api import connections, tuning
 from .api.conditions import Condition
@@ -30,6 +30,8 @@ from .drift import SharedListing
 from .injection import COPY_LABEL, copy_label_value
 from .kube import Kube
 from .redaction import redact
+from .schema import child, migration, revisions
+from .schema.errors import SchemaMigrationError, SchemaNewerThanTarget
 
 log = logging.getLogger(__name__)
 
@@ -541,7 +543,7 @@ class Reconciler:
         managed server holds this backend's database alone: a template there would be built
         for one clone, so its database is migrated in place."""
         return (SCHEMA_TEMPLATES and spec.migration == "Inline" and spec.managed is None
-                and spec.mlflow_version == schema.BUNDLED_MLFLOW_VERSION)
+                and spec.mlflow_version == revisions.BUNDLED_MLFLOW_VERSION)
 
     def _clone(self, ctx: _Context, conn, privileges: postgres.AdminPrivileges) -> postgres.DatabaseState | None:
         """Create the backend's (new) database as a clone of the template and hand its
@@ -572,7 +574,7 @@ class Reconciler:
     def _template(self, ctx: _Context, conn, privileges: postgres.AdminPrivileges) -> str:
         """The complete template for the bundled MLflow's head on this server (built now if
         there is none), and the admin's membership in the template role."""
-        head = schema.head_revision()
+        head = revisions.head_revision()
         state = postgres.inspect_template(conn, head)
         try:
             if not postgres.template_ready(state):
@@ -607,9 +609,9 @@ class Reconciler:
             try:
                 # In a child process: once per server and MLflow version, not worth keeping
                 # MLflow's modules in the operator for the rest of its life.
-                result = schema.migrate_in_subprocess(
+                result = child.migrate_in_subprocess(
                     manifests.operator_uri(ctx.reach, admin_user, admin_password, build), role=postgres.TEMPLATE_ROLE)
-            except (schema.SchemaMigrationError, schema.SchemaNewerThanTarget) as exc:
+            except (SchemaMigrationError, SchemaNewerThanTarget) as exc:
                 raise postgres.TemplateUnavailable(
                     f"building template {name} failed: {redact(str(exc), ctx.secrets)}") from None
             with postgres.connect(ctx.reach, admin_user, admin_password, build) as db:
@@ -649,7 +651,7 @@ class Reconciler:
     def _handover(self, ctx: _Context, conn, privileges: postgres.AdminPrivileges) -> None:
         """REASSIGN OWNED BY the template role TO the backend's role, inside its database."""
         spec = ctx.spec
-        role = postgres.inspect_template(conn, schema.head_revision()).role
+        role = postgres.inspect_template(conn, revisions.head_revision()).role
         if role is None:
             raise postgres.TemplateUnavailable(f"role {postgres.TEMPLATE_ROLE} does not exist")
         postgres.check_template_role(role)
@@ -724,12 +726,12 @@ class Reconciler:
         url = manifests.database_uri(spec, password, ctx.reach)
         if spec.migration == "Job":
             return self._schema_by_job(ctx, current)
-        if spec.mlflow_version != schema.BUNDLED_MLFLOW_VERSION:
+        if spec.mlflow_version != revisions.BUNDLED_MLFLOW_VERSION:
             raise StepFailed(cond.SCHEMA_READY, "VersionNotBundled",
-                             f"Inline migration runs the MLflow {schema.BUNDLED_MLFLOW_VERSION} bundled in the "
+                             f"Inline migration runs the MLflow {revisions.BUNDLED_MLFLOW_VERSION} bundled in the "
                              f"operator, not {spec.mlflow_version}: set spec.schema.mlflowVersion to "
-                             f"{schema.BUNDLED_MLFLOW_VERSION} or spec.schema.migration to Job", 300)
-        head = schema.head_revision()
+                             f"{revisions.BUNDLED_MLFLOW_VERSION} or spec.schema.migration to Job", 300)
+        head = revisions.head_revision()
         if current == head:
             if ctx.cloned is not None:
                 template, seconds = ctx.cloned
@@ -738,12 +740,12 @@ class Reconciler:
                                           "ran in this database")
             return head, f"MLflow {spec.mlflow_version} schema at revision {head}"
         try:
-            result = schema.migrate(url)
-        except schema.SchemaNewerThanTarget as exc:
+            result = migration.migrate(url)
+        except SchemaNewerThanTarget as exc:
             raise StepFailed(cond.SCHEMA_READY, "SchemaNewerThanTarget",
                              f"{redact(str(exc), ctx.secrets)}: trackop never downgrades; set "
                              "spec.schema.mlflowVersion to the MLflow version that wrote it", 300) from None
-        except schema.SchemaMigrationError as exc:
+        except SchemaMigrationError as exc:
             raise StepFailed(cond.SCHEMA_READY, "MigrationFailed", redact(str(exc), ctx.secrets), 30) from None
         # Under the advisory lock the revision is read again: another reconcile of the same
         # backend (the drift timer runs beside the handler) may have migrated it meanwhile,

@@ -18,15 +18,16 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from trackop import postgres, reconcile, schema
+from trackop import postgres, reconcile
 from trackop.api.parsing import parse
 from trackop.api.v1alpha1 import BackendSpec, PostgresEndpoint
 from trackop.reconcile import Reconciler, _Context
+from trackop.schema import revisions
 
 pytestmark = pytest.mark.bed
 
 def head() -> str:
-    return schema.head_revision()
+    return revisions.head_revision()
 
 
 @pytest.fixture
