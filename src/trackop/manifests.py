@@ -6,9 +6,12 @@ from collections.abc import Mapping
 from typing import Any
 from urllib.parse import quote
 
-from . import artifacts
 from .api import tuning
 from .api.v1alpha1 import BACKEND_LABEL, MANAGED_BY, MANAGED_BY_LABEL, BackendSpec, PostgresEndpoint
+from .artifacts.azure import AZURE_KEY_ENV, azure_client_env, azure_connection_string
+from .artifacts.check import location_for
+from .artifacts.gcs import gcs_client_env
+from .artifacts.s3 import s3_client_env
 
 MIGRATION_JOB_BACKOFF_LIMIT = 2
 MIGRATION_JOB_TTL_SECONDS = 3600
@@ -80,19 +83,19 @@ def bucket_env(spec: BackendSpec, secret_values: tuple[str, ...] | None) -> dict
     store = spec.artifacts
     if store is None:
         return {}
-    location = artifacts.location_for(store)
+    location = location_for(store)
     if store.kind == "s3":
-        env = artifacts.s3_client_env(location)
+        env = s3_client_env(location)
         if secret_values:
             env["AWS_ACCESS_KEY_ID"], env["AWS_SECRET_ACCESS_KEY"] = secret_values
         return env
     if store.kind == "gcs":
-        return artifacts.gcs_client_env(location)
+        return gcs_client_env(location)
     env = {}
     if secret_values:
-        env[artifacts.AZURE_KEY_ENV] = secret_values[0]
+        env[AZURE_KEY_ENV] = secret_values[0]
         if location.endpoint:
-            env["AZURE_STORAGE_CONNECTION_STRING"] = artifacts.azure_connection_string(location, secret_values[0])
+            env["AZURE_STORAGE_CONNECTION_STRING"] = azure_connection_string(location, secret_values[0])
     return env
 
 
@@ -100,7 +103,7 @@ def _server_bucket_env(spec: BackendSpec) -> tuple[list[dict[str, Any]], list[di
     """The tracking server's env for the store, with credentials by secretKeyRef (never
     literal), plus the volumes and mounts a GCS key file needs: (env, volumes, mounts)."""
     store = spec.artifacts
-    location = artifacts.location_for(store)
+    location = location_for(store)
     ref = store.credentials_secret
 
     def from_secret(name: str, key: str) -> dict[str, Any]:
@@ -110,17 +113,17 @@ def _server_bucket_env(spec: BackendSpec) -> tuple[list[dict[str, Any]], list[di
     if store.kind == "s3":
         secret = [from_secret("AWS_ACCESS_KEY_ID", store.credential_keys[0]),
                   from_secret("AWS_SECRET_ACCESS_KEY", store.credential_keys[1])] if ref else []
-        return literal(artifacts.s3_client_env(location)) + secret, [], []
+        return literal(s3_client_env(location)) + secret, [], []
     if store.kind == "gcs":
         if not ref:
-            return literal(artifacts.gcs_client_env(location)), [], []
+            return literal(gcs_client_env(location)), [], []
         volume = {"name": "gcs-key", "secret": {"secretName": ref, "items": [
             {"key": store.credential_keys[0], "path": "key.json"}]}}
         mount = {"name": "gcs-key", "mountPath": GCS_KEY_DIR, "readOnly": True}
-        return literal(artifacts.gcs_client_env(location, credentials_file=GCS_KEY_FILE)), [volume], [mount]
+        return literal(gcs_client_env(location, credentials_file=GCS_KEY_FILE)), [volume], [mount]
     # Azure: the key first, so the connection string can refer to it as $(AZURE_STORAGE_ACCESS_KEY).
-    secret = [from_secret(artifacts.AZURE_KEY_ENV, store.credential_keys[0])] if ref else []
-    return secret + literal(artifacts.azure_client_env(location)), [], []
+    secret = [from_secret(AZURE_KEY_ENV, store.credential_keys[0])] if ref else []
+    return secret + literal(azure_client_env(location)), [], []
 
 
 def connection_secret_data(spec: BackendSpec, password: str,

@@ -21,11 +21,13 @@ from typing import Any
 import psycopg
 from kubernetes.client import ApiException
 
-from . import artifacts, drift, injection, managed, manifests, postgres
+from . import drift, injection, managed, manifests, postgres
 from .api import conditions as cond
 from .api import connections, tuning
 from .api.conditions import Condition
 from .api.v1alpha1 import BACKEND_LABEL, ENGINE_CNPG, MANAGED_BY, MANAGED_BY_LABEL, BackendSpec, PostgresEndpoint
+from .artifacts.check import check_store
+from .artifacts.common import ArtifactsError
 from .drift import SharedListing
 from .injection import COPY_LABEL, copy_label_value
 from .kube import Kube
@@ -792,9 +794,9 @@ class Reconciler:
         checked = True
         try:
             ref = f"{spec.namespace}/{store.credentials_secret}" if store.credentials_secret else None
-            for summary in artifacts.check_store(store, keys, ref):
+            for summary in check_store(store, keys, ref):
                 ctx.did("BucketCreated", summary)
-        except artifacts.ArtifactsError as error:
+        except ArtifactsError as error:
             if error.reason != "NoCredentials" or store.credentials_secret is not None:
                 raise StepFailed(cond.ARTIFACTS_READY, error.reason, redact(error.message, ctx.secrets),
                                  15) from None

@@ -1,4 +1,4 @@
-"""trackop.artifacts.check_s3 against the bed's real MinIO (no mocks)."""
+"""trackop.artifacts.s3.check_s3 against the bed's real MinIO (no mocks)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,8 @@ import uuid
 
 import pytest
 
-from trackop.artifacts import ArtifactsError, S3Location, check_s3
+from trackop.artifacts.common import ArtifactsError
+from trackop.artifacts.s3 import S3Location, check_s3
 from trackop.testbed.procs import free_ports
 
 pytestmark = pytest.mark.bed

@@ -19,16 +19,9 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from google.auth.credentials import AnonymousCredentials
 from google.cloud import storage
 
-from trackop.artifacts import (
-    AzureLocation,
-    ArtifactsError,
-    GCSLocation,
-    azure_client_env,
-    azure_connection_string,
-    check_azure,
-    check_gcs,
-    gcs_client_env,
-)
+from trackop.artifacts.azure import AzureLocation, azure_client_env, azure_connection_string, check_azure
+from trackop.artifacts.common import ArtifactsError
+from trackop.artifacts.gcs import GCSLocation, check_gcs, gcs_client_env
 from trackop.testbed.kubelet import expand
 from trackop.testbed.procs import free_ports
 
