@@ -853,9 +853,9 @@ def main() -> None:
 
 
 PY_SPY_BUCKETS = (  # first match wins, on the whole stack of one sample
-    ("migration: in psycopg/libpq (statements, connects)", lambda st: "trackop/schema.py" in st and "psycopg" in st),
-    ("migration: SQLAlchemy compile/reflect", lambda st: "trackop/schema.py" in st and "sqlalchemy/" in st),
-    ("migration: Alembic/MLflow scripts", lambda st: "trackop/schema.py" in st),
+    ("migration: in psycopg/libpq (statements, connects)", lambda st: "trackop/schema/" in st and "psycopg" in st),
+    ("migration: SQLAlchemy compile/reflect", lambda st: "trackop/schema/" in st and "sqlalchemy/" in st),
+    ("migration: Alembic/MLflow scripts", lambda st: "trackop/schema/" in st),
     ("reconciler: PostgreSQL connect + checks", lambda st: "trackop/" in st and "psycopg" in st),
     ("reconciler: Kubernetes client", lambda st: "trackop/" in st and "kubernetes/" in st),
     ("reconciler: other", lambda st: "trackop/" in st),
@@ -1033,7 +1033,7 @@ def report(args: argparse.Namespace, r: dict) -> None:
         f"the hand-over to the role), {len(mig['migrated'])} migrated in place"
         + (f" (median {median(mig['migrated']):.1f} s, lock wait included)" if mig["migrated"] else "")
         + f"; the template itself was built {template_builds} time(s) during the fleet (the serial baseline's first "
-        f"backend builds it on a fresh bed). The in-process Alembic lock (trackop.schema._ALEMBIC_LOCK, one "
+        f"backend builds it on a fresh bed). The in-process Alembic lock (trackop.schema.migration._ALEMBIC_LOCK, one "
         f"migration at a time per process) was taken {taken:.0f} times and held {held:.1f} s = "
         f"**{held / wall:.0%} of the wall time**"
         + (f", {held / taken:.2f} s per migration, of which {held_cpu / taken:.2f} s CPU of the migrating thread; "

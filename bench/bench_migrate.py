@@ -1,4 +1,4 @@
-"""Schema migration: in-process ``trackop.schema.migrate`` vs the ``mlflow db upgrade`` CLI.
+"""Schema migration: in-process ``trackop.schema.migration.migrate`` vs the ``mlflow db upgrade`` CLI.
 
 On the bed's PostgreSQL, N fresh empty databases each (owned by a fresh role, as trackop
 provisions them):
@@ -98,10 +98,10 @@ def main() -> None:
 
         # (b) in-process: pay imports and script parsing once, then migrate each database.
         started = time.perf_counter()
-        from trackop import schema
+        from trackop.schema import migration, revisions
 
         import_s = time.perf_counter() - started
-        schema.preload()
+        migration.preload()
         preload_s = time.perf_counter() - started
         rss_after_preload = rss_mb()
         heavy = sorted(m for m in ("pandas", "numpy", "pyarrow", "scipy") if m in sys.modules)
@@ -109,12 +109,12 @@ def main() -> None:
         inproc: list[float] = []
         for i in range(args.n):
             name, url = bed.fresh_database()
-            result = schema.migrate(url)
-            assert result.before is None and result.after == schema.head_revision() == bed.revision(name)
+            result = migration.migrate(url)
+            assert result.before is None and result.after == revisions.head_revision() == bed.revision(name)
             inproc.append(result.seconds)
             print(f"(b) migrate #{i + 1}: {result.seconds:.2f} s -> {result.after}", flush=True)
         rss_peak = rss_mb()
-        assert head_cli == schema.head_revision()
+        assert head_cli == revisions.head_revision()
         pg_version = bed.server_version()
     finally:
         bed.drop_all()
@@ -136,7 +136,7 @@ def main() -> None:
         f"| {med_rss_cli:.0f} MB per process (max {max(r for _, r in cli):.0f}) |",
         f"| (b) `migrate(url)` in-process, after `preload()` | {med_in:.2f} s | {fmt(inproc)} "
         f"| {rss_peak:.0f} MB for the whole process (bench baseline {rss_start:.0f} MB) |",
-        f"| one-time `import trackop.schema` + `preload()` | {preload_s:.2f} s | import {import_s:.2f} s "
+        f"| one-time `import trackop.schema.migration` + `preload()` | {preload_s:.2f} s | import {import_s:.2f} s "
         f"| {rss_after_preload:.0f} MB after preload |",
     ])
     summary = (
@@ -162,8 +162,8 @@ def main() -> None:
 Fresh empty database per run (a new role owns it, as trackop provisions them), N={args.n}
 each, on the test bed's PostgreSQL {pg_version}; every run ends at Alembic head
 `{head_cli}`. (a) runs `.venv/bin/mlflow db upgrade <url>` as a subprocess, wall time and
-peak RSS from `os.wait4`; (b) runs `trackop.schema.migrate(url)` in the bench process
-after a one-time `import trackop.schema` + `preload()` (imports MLflow's store and Alembic,
+peak RSS from `os.wait4`; (b) runs `trackop.schema.migration.migrate(url)` in the bench process
+after a one-time `import trackop.schema.migration` + `preload()` (imports MLflow's store and Alembic,
 parses the migration scripts); its time per call includes taking the advisory lock.
 
 {table}

@@ -5,7 +5,7 @@ The hooks stay outside src/: they wrap, at import time, two module attributes th
 looks up on every call, and export what they measure on trackop's own /metrics (the
 prometheus_client default registry):
 
-- ``trackop.schema._ALEMBIC_LOCK``, the process-wide lock every inline migration holds while
+- ``trackop.schema.migration._ALEMBIC_LOCK``, the process-wide lock every inline migration holds while
   Alembic runs (Alembic's ``context``/``op`` proxies are process globals): seconds waited for
   it, seconds held, and the holding thread's CPU seconds while it held it;
 - ``trackop.postgres.sessions.connect``: connections opened by the reconciler and seconds to open them.
@@ -21,14 +21,15 @@ import time
 
 from prometheus_client import Counter
 
-from trackop import cli, schema
+from trackop import cli
 from trackop.postgres import sessions
+from trackop.schema import migration
 
-LOCK_WAIT = Counter("bench_alembic_lock_wait_seconds", "Seconds waited for trackop.schema._ALEMBIC_LOCK.")
-LOCK_HELD = Counter("bench_alembic_lock_held_seconds", "Seconds trackop.schema._ALEMBIC_LOCK was held.")
+LOCK_WAIT = Counter("bench_alembic_lock_wait_seconds", "Seconds waited for trackop.schema.migration._ALEMBIC_LOCK.")
+LOCK_HELD = Counter("bench_alembic_lock_held_seconds", "Seconds trackop.schema.migration._ALEMBIC_LOCK was held.")
 LOCK_HELD_CPU = Counter("bench_alembic_lock_held_cpu_seconds",
-                        "CPU seconds of the holding thread while it held trackop.schema._ALEMBIC_LOCK.")
-LOCK_TAKEN = Counter("bench_alembic_lock_acquisitions", "Acquisitions of trackop.schema._ALEMBIC_LOCK.")
+                        "CPU seconds of the holding thread while it held trackop.schema.migration._ALEMBIC_LOCK.")
+LOCK_TAKEN = Counter("bench_alembic_lock_acquisitions", "Acquisitions of trackop.schema.migration._ALEMBIC_LOCK.")
 PG_CONNECTS = Counter("bench_pg_connects",
                       "trackop.postgres.sessions.connect calls (the reconciler's admin and login checks).")
 PG_CONNECT_SECONDS = Counter("bench_pg_connect_seconds", "Seconds spent in trackop.postgres.sessions.connect.")
@@ -61,7 +62,7 @@ class TimedLock:
         self.release()
 
 
-schema._ALEMBIC_LOCK = TimedLock(schema._ALEMBIC_LOCK)
+migration._ALEMBIC_LOCK = TimedLock(migration._ALEMBIC_LOCK)
 _connect = sessions.connect
 
 

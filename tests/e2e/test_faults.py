@@ -26,13 +26,21 @@ import uuid
 import psycopg
 import pytest
 from helpers import eventually
-from kit import GROUP, PLURAL, VERSION, Admin, Backends, OperatorProcess, assert_no_secret_leaks
+from kit import (
+    GROUP,
+    PLURAL,
+    VERSION,
+    Admin,
+    Backends,
+    OperatorProcess,
+    assert_no_secret_leaks,
+)
 from kubernetes import client
 from psycopg import sql
 
-from trackop import schema
 from trackop.api.names import default_database_name
 from trackop.postgres import templates
+from trackop.schema import revisions
 
 pytestmark = pytest.mark.bed
 
@@ -86,22 +94,22 @@ def alembic_writes(bed_info: dict, database: str) -> tuple[int, int] | None:
 
 
 def migrations() -> int:
-    return len(schema.known_revisions())
+    return len(revisions.known_revisions())
 
 
 def template_oid(bed_info: dict) -> int | None:
     """The OID of the server's complete template for this MLflow's head (None: none)."""
     with superuser(bed_info) as conn:
         row = conn.execute("SELECT oid FROM pg_database WHERE datname = %s",
-                           (templates.template_name(schema.head_revision()),)).fetchone()
+                           (templates.template_name(revisions.head_revision()),)).fetchone()
     return row[0] if row else None
 
 
 def drop_template(bed_info: dict) -> None:
     """As docs/backend.md says to remove it; the next new backend makes it again."""
     with superuser(bed_info) as conn:
-        for name in (templates.template_name(schema.head_revision()),
-                     templates.template_build_name(schema.head_revision())):
+        for name in (templates.template_name(revisions.head_revision()),
+                     templates.template_build_name(revisions.head_revision())):
             if conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone():
                 conn.execute(sql.SQL("ALTER DATABASE {} WITH IS_TEMPLATE false").format(sql.Identifier(name)))
                 conn.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(name)))
@@ -110,11 +118,11 @@ def drop_template(bed_info: dict) -> None:
 def template_alembic_writes(bed_info: dict) -> tuple[int, int] | None:
     """alembic_writes of the template. It is closed to connections: opened for this read only,
     once every backend is Ready (so no clone runs meanwhile)."""
-    name = sql.Identifier(templates.template_name(schema.head_revision()))
+    name = sql.Identifier(templates.template_name(revisions.head_revision()))
     with superuser(bed_info) as conn:
         conn.execute(sql.SQL("ALTER DATABASE {} WITH ALLOW_CONNECTIONS true").format(name))
         try:
-            return alembic_writes(bed_info, templates.template_name(schema.head_revision()))
+            return alembic_writes(bed_info, templates.template_name(revisions.head_revision()))
         finally:
             conn.execute(sql.SQL("ALTER DATABASE {} WITH ALLOW_CONNECTIONS false").format(name))
 
@@ -125,7 +133,7 @@ def assert_one_template(backends: Backends, bed_info: dict, builders: list[str],
     a template that existed before the test is the same one (no rebuild); one made during the
     test was announced at most once (an Event is lost when the operator is killed right after
     the build) and written by exactly one Alembic run (``stats``)."""
-    head = schema.head_revision()
+    head = revisions.head_revision()
     with superuser(bed_info) as conn:
         found = conn.execute(
             """SELECT datname, shobj_description(oid, 'pg_database'), datistemplate, datallowconn FROM pg_database
@@ -158,7 +166,7 @@ def assert_converged(backends: Backends, bed_info: dict, names: list[str], befor
                interval=0.5)
     print(f"all {len(names)} Ready {time.monotonic() - started:.1f}s after the fault")
     ns = backends.namespace
-    head = schema.head_revision()
+    head = revisions.head_revision()
     now = passwords(backends)
     assert set(now) == set(names)
     changed = [n for n, p in before.items() if now[n] != p]
@@ -406,7 +414,7 @@ def _interrupt_a_migration(where: str, backends: Backends, admin: Admin, operato
                 if names:  # the last attempt's backend is cloned from the template it built: let it finish
                     backends.wait_ready(names[-1])
                 drop_template(bed_info)
-                database = templates.template_build_name(schema.head_revision())
+                database = templates.template_build_name(revisions.head_revision())
             else:
                 database = default_database_name(backends.namespace, name)
             names.append(name)

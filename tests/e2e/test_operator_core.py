@@ -15,8 +15,8 @@ from helpers import eventually
 from kit import Admin, Backends, assert_no_secret_leaks, make_admin
 from psycopg import sql
 
-from trackop import schema
 from trackop.api.names import default_database_name
+from trackop.schema import revisions
 
 pytestmark = pytest.mark.bed
 
@@ -60,7 +60,7 @@ def test_backend_becomes_ready_and_mlflow_logs_a_run(backends: Backends, admin: 
     assert status["phase"] == "Ready"
     assert status["observedGeneration"] == obj["metadata"]["generation"]
     assert status["database"] == {"host": "127.0.0.1", "port": backends.pg["port"], "name": database, "role": database}
-    assert status["schema"] == {"mlflowVersion": "3.17.2", "revision": schema.head_revision()}
+    assert status["schema"] == {"mlflowVersion": "3.17.2", "revision": revisions.head_revision()}
     assert status["connectionSecret"] == "team-a-mlflow"
     assert {c["type"] for c in status["conditions"]} == {"Ready", "DatabaseReady", "SchemaReady", "ConnectionBudget"}
     assert status["connectionBudget"]["required"] > 0 and status["connectionBudget"]["limit"] > 0
@@ -81,7 +81,7 @@ def test_backend_becomes_ready_and_mlflow_logs_a_run(backends: Backends, admin: 
                            "MLFLOW_SQLALCHEMYSTORE_MAX_OVERFLOW"}
     assert len(secret["PGPASSWORD"]) >= 32
     with connect_as(secret) as conn:
-        assert conn.execute("SELECT version_num FROM alembic_version").fetchone() == (schema.head_revision(),)
+        assert conn.execute("SELECT version_num FROM alembic_version").fetchone() == (revisions.head_revision(),)
 
     # The real MLflow client, given only the Secret's URI, logs a run and reads it back.
     logged = run_mlflow_client({"MLFLOW_BACKEND_STORE_URI": secret["MLFLOW_BACKEND_STORE_URI"]})
@@ -260,7 +260,7 @@ def test_schema_newer_than_target_is_never_downgraded(backends: Backends, admin:
     assert backends.get("newer")["status"]["phase"] == "Degraded"
     with connect_as(secret) as conn:
         assert conn.execute("SELECT version_num FROM alembic_version").fetchone() == ("ffffffffffff",)
-        conn.execute("UPDATE alembic_version SET version_num = %s", (schema.head_revision(),))
+        conn.execute("UPDATE alembic_version SET version_num = %s", (revisions.head_revision(),))
     backends.wait_ready("newer", timeout=30)
 
 
@@ -290,7 +290,7 @@ def test_job_migration_runs_mlflow_db_upgrade(backends: Backends, admin: Admin, 
     finished = kubelet.run_job(backends.namespace, jobs[0].metadata.name)
     assert finished.status.succeeded == 1
     obj = backends.wait_ready("by-job", timeout=60)
-    assert obj["status"]["schema"]["revision"] == schema.head_revision()
+    assert obj["status"]["schema"]["revision"] == revisions.head_revision()
 
 
 @pytest.mark.parametrize("policy", ["Retain", "Delete"])

@@ -216,11 +216,11 @@ def test_a_new_mlflow_version_migrates_before_the_server_rolls(backends: Backend
 
     # Repaired and retried (the message says: delete the Job), the migration runs first and
     # only then does the server roll to the new version.
-    from trackop import schema
+    from trackop.schema import revisions
 
     with psycopg.connect(host=secret["PGHOST"], port=secret["PGPORT"], user=secret["PGUSER"],
                          password=secret["PGPASSWORD"], dbname=secret["PGDATABASE"], autocommit=True) as conn:
-        conn.execute("UPDATE alembic_version SET version_num = %s", (schema.head_revision(),))
+        conn.execute("UPDATE alembic_version SET version_num = %s", (revisions.head_revision(),))
     batch = client.BatchV1Api(kube_api)
     batch.delete_namespaced_job(jobs[0].metadata.name, backends.namespace, propagation_policy="Background")
     retried = eventually(lambda: [j for j in batch.list_namespaced_job(backends.namespace).items

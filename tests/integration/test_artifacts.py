@@ -1,4 +1,4 @@
-"""trackop.artifacts.check_s3 against the bed's real MinIO (no mocks)."""
+"""trackop.artifacts.s3.check_s3 against the bed's real MinIO (no mocks)."""
 
 from __future__ import annotations
 
@@ -6,9 +6,10 @@ import time
 import uuid
 
 import pytest
-
-from trackop.artifacts import ArtifactsError, S3Location, check_s3
 from trackop_testbed.procs import free_ports
+
+from trackop.artifacts.common import ArtifactsError
+from trackop.artifacts.s3 import S3Location, check_s3
 
 pytestmark = pytest.mark.bed
 

@@ -18,19 +18,17 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from google.auth.credentials import AnonymousCredentials
 from google.cloud import storage
+from trackop_testbed.pod_env import expand
+from trackop_testbed.procs import free_ports
 
-from trackop.artifacts import (
+from trackop.artifacts.azure import (
     AzureLocation,
-    ArtifactsError,
-    GCSLocation,
     azure_client_env,
     azure_connection_string,
     check_azure,
-    check_gcs,
-    gcs_client_env,
 )
-from trackop_testbed.pod_env import expand
-from trackop_testbed.procs import free_ports
+from trackop.artifacts.common import ArtifactsError
+from trackop.artifacts.gcs import GCSLocation, check_gcs, gcs_client_env
 
 pytestmark = pytest.mark.bed
 

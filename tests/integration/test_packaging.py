@@ -158,9 +158,9 @@ import importlib, pkgutil, trackop
 import trackop.controller.handlers  # the operator's handlers, as `trackop run` loads them
 for module in pkgutil.walk_packages(trackop.__path__, "trackop."):
     importlib.import_module(module.name)
-from trackop import schema
-schema.preload()  # MLflow's migrations, as the operator loads them at startup
-print(schema.BUNDLED_MLFLOW_VERSION)
+from trackop.schema import migration, revisions
+migration.preload()  # MLflow's migrations, as the operator loads them at startup
+print(revisions.BUNDLED_MLFLOW_VERSION)
 """
 
 

@@ -15,7 +15,10 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from trackop import schema
+from trackop.schema.child import child_command, migrate_in_subprocess
+from trackop.schema.errors import SchemaMigrationError, SchemaNewerThanTarget
+from trackop.schema.migration import MIGRATION_LOCK_KEY, MigrationResult, current_revision, migrate, preload
+from trackop.schema.revisions import head_revision, known_revisions
 
 pytestmark = pytest.mark.bed
 
@@ -78,15 +81,15 @@ def admin_query(admin_conninfo: dict, db: Database, query: sql.Composable | str,
 
 
 def test_empty_database_is_migrated_to_head_with_tables_owned_by_the_role(fresh_db, admin_conninfo):
-    assert schema.current_revision(fresh_db.url) is None
+    assert current_revision(fresh_db.url) is None
 
-    result = schema.migrate(fresh_db.url)
+    result = migrate(fresh_db.url)
 
     assert result.before is None
-    assert result.after == schema.head_revision()
+    assert result.after == head_revision()
     assert result.seconds > 0
     assert admin_query(admin_conninfo, fresh_db, "SELECT version_num FROM alembic_version") == [(result.after,)]
-    assert schema.current_revision(fresh_db.url) == schema.head_revision()
+    assert current_revision(fresh_db.url) == head_revision()
     owners = dict(admin_query(
         admin_conninfo, fresh_db,
         "SELECT tablename, tableowner FROM pg_tables WHERE schemaname = 'public' AND tablename = ANY(%s)",
@@ -97,12 +100,12 @@ def test_empty_database_is_migrated_to_head_with_tables_owned_by_the_role(fresh_
 
 
 def test_migrating_again_is_a_no_op(fresh_db, admin_conninfo):
-    first = schema.migrate(fresh_db.url)
+    first = migrate(fresh_db.url)
     tables_before = admin_query(admin_conninfo, fresh_db, "SELECT count(*) FROM pg_tables WHERE schemaname = 'public'")
 
-    second = schema.migrate(fresh_db.url)
+    second = migrate(fresh_db.url)
 
-    assert second.before == second.after == first.after == schema.head_revision()
+    assert second.before == second.after == first.after == head_revision()
     assert admin_query(admin_conninfo, fresh_db, "SELECT count(*) FROM pg_tables WHERE schemaname = 'public'") == tables_before
     assert admin_query(admin_conninfo, fresh_db, "SELECT count(*) FROM alembic_version") == [(1,)]
 
@@ -111,7 +114,7 @@ def test_the_real_mlflow_client_works_on_the_migrated_database(fresh_db, admin_c
     from mlflow.tracking import MlflowClient
 
     monkeypatch.chdir(tmp_path)  # a Default experiment's ./mlruns would land here, not in the repo
-    schema.migrate(fresh_db.url)
+    migrate(fresh_db.url)
 
     client = MlflowClient(tracking_uri=fresh_db.url)
     experiment_id = client.create_experiment("trackop-schema", artifact_location=(tmp_path / "artifacts").as_uri())
@@ -132,7 +135,7 @@ def test_the_real_mlflow_client_works_on_the_migrated_database(fresh_db, admin_c
         admin_conninfo, fresh_db, "SELECT key, value FROM params WHERE run_uuid = %s", (run.info.run_id,)
     ) == [("alpha", "0.5")]
     # The client still agrees with the schema trackop reports.
-    assert schema.current_revision(fresh_db.url) == schema.head_revision()
+    assert current_revision(fresh_db.url) == head_revision()
 
 
 def test_an_older_mlflow_schema_is_upgraded_to_head(fresh_db, admin_conninfo):
@@ -145,7 +148,7 @@ def test_an_older_mlflow_schema_is_upgraded_to_head(fresh_db, admin_conninfo):
     config = _get_alembic_config(db_url="")
     revisions = list(ScriptDirectory.from_config(config).walk_revisions())  # head first
     older = revisions[5].revision
-    assert older != schema.head_revision() and older in schema.known_revisions()
+    assert older != head_revision() and older in known_revisions()
 
     # What an older MLflow left behind: its initial tables, then its migrations up to `older`.
     engine = sqlalchemy.create_engine(fresh_db.url, poolclass=sqlalchemy.pool.NullPool)
@@ -156,37 +159,37 @@ def test_an_older_mlflow_schema_is_upgraded_to_head(fresh_db, admin_conninfo):
             command.upgrade(config, older)
     finally:
         engine.dispose()
-    assert schema.current_revision(fresh_db.url) == older
+    assert current_revision(fresh_db.url) == older
 
-    result = schema.migrate(fresh_db.url)
+    result = migrate(fresh_db.url)
 
-    assert (result.before, result.after) == (older, schema.head_revision())
-    assert admin_query(admin_conninfo, fresh_db, "SELECT version_num FROM alembic_version") == [(schema.head_revision(),)]
+    assert (result.before, result.after) == (older, head_revision())
+    assert admin_query(admin_conninfo, fresh_db, "SELECT version_num FROM alembic_version") == [(head_revision(),)]
 
 
 def test_a_newer_unknown_revision_is_refused_and_left_untouched(fresh_db, admin_conninfo):
-    schema.migrate(fresh_db.url)
+    migrate(fresh_db.url)
     admin_query(admin_conninfo, fresh_db, "UPDATE alembic_version SET version_num = %s RETURNING 1", ("ffffffffffff",))
 
-    with pytest.raises(schema.SchemaNewerThanTarget) as caught:
-        schema.migrate(fresh_db.url)
+    with pytest.raises(SchemaNewerThanTarget) as caught:
+        migrate(fresh_db.url)
 
     message = str(caught.value)
-    assert "ffffffffffff" in message and schema.head_revision() in message
+    assert "ffffffffffff" in message and head_revision() in message
     assert fresh_db.password not in message
     assert admin_query(admin_conninfo, fresh_db, "SELECT version_num FROM alembic_version") == [("ffffffffffff",)]
 
 
 def test_two_concurrent_migrations_run_mlflows_migration_once(fresh_db, admin_conninfo):
-    schema.preload()  # as the operator does at start; the race is then on the database
+    preload()  # as the operator does at start; the race is then on the database
     barrier = threading.Barrier(2)
-    results: list[schema.MigrationResult] = []
+    results: list[MigrationResult] = []
     errors: list[BaseException] = []
 
     def worker() -> None:
         barrier.wait()
         try:
-            results.append(schema.migrate(fresh_db.url))
+            results.append(migrate(fresh_db.url))
         except BaseException as exc:  # surfaced by the assertions below
             errors.append(exc)
 
@@ -198,29 +201,29 @@ def test_two_concurrent_migrations_run_mlflows_migration_once(fresh_db, admin_co
 
     assert errors == []
     assert len(results) == 2
-    assert {r.after for r in results} == {schema.head_revision()}
+    assert {r.after for r in results} == {head_revision()}
     # One migrated the empty database; the other waited for the lock and found the head.
-    assert sorted((r.before or "") for r in results) == ["", schema.head_revision()]
+    assert sorted((r.before or "") for r in results) == ["", head_revision()]
     assert admin_query(admin_conninfo, fresh_db, "SELECT count(*) FROM alembic_version") == [(1,)]
 
 
 def test_a_held_lock_times_out_without_touching_the_database(fresh_db, admin_conninfo):
     # Advisory locks are per database: hold trackop's key in the same database.
     with psycopg.connect(**admin_conninfo, dbname=fresh_db.name, autocommit=True) as holder:
-        holder.execute("SELECT pg_advisory_lock(%s)", (schema.MIGRATION_LOCK_KEY,))
-        with pytest.raises(schema.SchemaMigrationError, match="advisory lock"):
-            schema.migrate(fresh_db.url, lock_timeout_s=0.5)
-    assert schema.current_revision(fresh_db.url) is None
+        holder.execute("SELECT pg_advisory_lock(%s)", (MIGRATION_LOCK_KEY,))
+        with pytest.raises(SchemaMigrationError, match="advisory lock"):
+            migrate(fresh_db.url, lock_timeout_s=0.5)
+    assert current_revision(fresh_db.url) is None
     # Released with the holder's session: migrate goes through now.
-    assert schema.migrate(fresh_db.url, lock_timeout_s=5).after == schema.head_revision()
+    assert migrate(fresh_db.url, lock_timeout_s=5).after == head_revision()
 
 
 def test_a_wrong_password_fails_without_leaking_it(fresh_db):
     wrong = "wr@ng:/p%ss#?" + uuid.uuid4().hex[:6]
     url = url_for(fresh_db, wrong)
 
-    for call in (lambda: schema.migrate(url, lock_timeout_s=1), lambda: schema.current_revision(url)):
-        with pytest.raises(schema.SchemaMigrationError) as caught:
+    for call in (lambda: migrate(url, lock_timeout_s=1), lambda: current_revision(url)):
+        with pytest.raises(SchemaMigrationError) as caught:
             call()
         message = str(caught.value)
         assert "password authentication failed" in message  # says what failed
@@ -233,24 +236,24 @@ def test_a_wrong_password_fails_without_leaking_it(fresh_db):
 
 
 def test_a_child_process_migrates_an_empty_database_to_head(fresh_db, admin_conninfo):
-    result = schema.migrate_in_subprocess(fresh_db.url)
+    result = migrate_in_subprocess(fresh_db.url)
 
-    assert (result.before, result.after) == (None, schema.head_revision())
+    assert (result.before, result.after) == (None, head_revision())
     assert result.child_peak_rss_kib and result.child_peak_rss_kib > 10_000  # a Python with MLflow in it
     assert admin_query(admin_conninfo, fresh_db, "SELECT version_num FROM alembic_version") == [(result.after,)]
     owners = {owner for _, owner in admin_query(
         admin_conninfo, fresh_db, "SELECT tablename, tableowner FROM pg_tables WHERE schemaname = 'public'")}
     assert owners == {fresh_db.role}
-    again = schema.migrate_in_subprocess(fresh_db.url)
-    assert again.before == again.after == schema.head_revision()
+    again = migrate_in_subprocess(fresh_db.url)
+    assert again.before == again.after == head_revision()
 
 
 def test_a_child_process_reports_a_wrong_password_without_leaking_it(fresh_db):
     wrong = "wr@ng:/p%ss#?" + uuid.uuid4().hex[:6]
     url = url_for(fresh_db, wrong)
 
-    with pytest.raises(schema.SchemaMigrationError) as caught:
-        schema.migrate_in_subprocess(url, lock_timeout_s=1)
+    with pytest.raises(SchemaMigrationError) as caught:
+        migrate_in_subprocess(url, lock_timeout_s=1)
 
     message = str(caught.value)
     assert "password authentication failed" in message and f"database {fresh_db.name!r}" in message
@@ -260,11 +263,11 @@ def test_a_child_process_reports_a_wrong_password_without_leaking_it(fresh_db):
 
 
 def test_a_child_process_refuses_a_newer_revision_as_schema_newer_than_target(fresh_db, admin_conninfo):
-    schema.migrate(fresh_db.url)
+    migrate(fresh_db.url)
     admin_query(admin_conninfo, fresh_db, "UPDATE alembic_version SET version_num = %s RETURNING 1", ("ffffffffffff",))
 
-    with pytest.raises(schema.SchemaNewerThanTarget) as caught:
-        schema.migrate_in_subprocess(fresh_db.url)
+    with pytest.raises(SchemaNewerThanTarget) as caught:
+        migrate_in_subprocess(fresh_db.url)
 
     assert "ffffffffffff" in str(caught.value) and fresh_db.password not in str(caught.value)
     assert admin_query(admin_conninfo, fresh_db, "SELECT version_num FROM alembic_version") == [("ffffffffffff",)]
@@ -297,36 +300,36 @@ def test_the_password_reaches_the_child_through_stdin_only(fresh_db, admin_conni
     monkeypatch.setattr(subprocess, "Popen", recording_popen)
     outcome: list[object] = []
     with psycopg.connect(**admin_conninfo, dbname=fresh_db.name, autocommit=True) as holder:
-        holder.execute("SELECT pg_advisory_lock(%s)", (schema.MIGRATION_LOCK_KEY,))  # the child waits on it
-        worker = threading.Thread(target=lambda: outcome.append(schema.migrate_in_subprocess(fresh_db.url)))
+        holder.execute("SELECT pg_advisory_lock(%s)", (MIGRATION_LOCK_KEY,))  # the child waits on it
+        worker = threading.Thread(target=lambda: outcome.append(migrate_in_subprocess(fresh_db.url)))
         worker.start()
         try:
             _wait_for(lambda: _sessions(admin_conninfo, fresh_db, holder.info.backend_pid), "the child's session")
             (child,) = children
-            assert child.args == schema.child_command()
+            assert child.args == child_command()
             cmdline = Path(f"/proc/{child.pid}/cmdline").read_bytes().decode()
             environ = Path(f"/proc/{child.pid}/environ").read_bytes().decode(errors="replace")
         finally:
-            holder.execute("SELECT pg_advisory_unlock(%s)", (schema.MIGRATION_LOCK_KEY,))
+            holder.execute("SELECT pg_advisory_unlock(%s)", (MIGRATION_LOCK_KEY,))
             worker.join(timeout=120)
-    assert "trackop.schema" in cmdline
+    assert "trackop.schema.child" in cmdline
     for secret in (fresh_db.password, quote(fresh_db.password, safe=""), fresh_db.url):
         assert secret not in cmdline and secret not in environ
-    assert [r.after for r in outcome] == [schema.head_revision()]
+    assert [r.after for r in outcome] == [head_revision()]
 
 
 PARENT = """
 import sys
-from trackop import schema
+from trackop.schema.child import migrate_in_subprocess
 print("parent up", flush=True)
-schema.migrate_in_subprocess(sys.stdin.readline().strip(), lock_timeout_s=120)
+migrate_in_subprocess(sys.stdin.readline().strip(), lock_timeout_s=120)
 """
 
 
 def test_the_child_dies_with_its_parent(fresh_db, admin_conninfo):
     """A SIGKILLed operator leaves no migration running: the child reads EOF on stdin and exits."""
     with psycopg.connect(**admin_conninfo, dbname=fresh_db.name, autocommit=True) as holder:
-        holder.execute("SELECT pg_advisory_lock(%s)", (schema.MIGRATION_LOCK_KEY,))
+        holder.execute("SELECT pg_advisory_lock(%s)", (MIGRATION_LOCK_KEY,))
         parent = subprocess.Popen([sys.executable, "-c", PARENT], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                   text=True)
         try:
@@ -343,4 +346,4 @@ def test_the_child_dies_with_its_parent(fresh_db, admin_conninfo):
             parent.wait(timeout=30)
             for stream in (parent.stdin, parent.stdout):
                 stream.close()
-    assert schema.current_revision(fresh_db.url) is None  # it never got the lock
+    assert current_revision(fresh_db.url) is None  # it never got the lock

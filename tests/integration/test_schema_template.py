@@ -18,7 +18,6 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from trackop import schema
 from trackop.api.parsing import parse
 from trackop.api.v1alpha1 import BackendSpec, PostgresEndpoint
 from trackop.controller.outcome import Context
@@ -26,11 +25,12 @@ from trackop.controller.steps import database, template
 from trackop.controller.steps import schema as schema_step
 from trackop.postgres import artifact_trigger, plans, sessions, statements, templates
 from trackop.postgres import catalog as pg_catalog
+from trackop.schema import revisions
 
 pytestmark = pytest.mark.bed
 
 def head() -> str:
-    return schema.head_revision()
+    return revisions.head_revision()
 
 
 @pytest.fixture

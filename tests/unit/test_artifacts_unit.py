@@ -1,4 +1,4 @@
-"""trackop.artifacts without a store: URIs, bucket names, workload env, error mapping.
+"""trackop.artifacts.s3 without a store: URIs, bucket names, workload env, error mapping.
 
 The error mapping runs on a real botocore client whose responses come from botocore's
 Stubber, for the cases the bed's MinIO (root credentials only) cannot produce: AWS's
@@ -12,8 +12,9 @@ import pytest
 from botocore.config import Config
 from botocore.stub import ANY, Stubber
 
-from trackop import artifacts
-from trackop.artifacts import ArtifactsError, S3Location, check_s3, normalise_prefix, s3_client_env
+from trackop.artifacts import s3
+from trackop.artifacts.common import ArtifactsError, normalise_prefix
+from trackop.artifacts.s3 import S3Location, check_s3, s3_client_env
 
 ACCESS_KEY = "AKIAUNITTESTKEY00001"
 SECRET_KEY = "unit/test+secret/key/value/0123456789ab"
@@ -42,34 +43,6 @@ def test_location_normalises_and_builds_the_uri():
     assert S3Location("ml-artifacts").uri == "s3://ml-artifacts"
 
 
-@pytest.mark.parametrize("name", [
-    "abc", "ml-artifacts", "my.bucket.name", "a" * 63, "0bucket9", "team-a.v2",
-])
-def test_valid_bucket_names(name):
-    artifacts.validate_bucket_name(name)
-
-
-@pytest.mark.parametrize("name, why", [
-    ("ab", "3 to 63"),
-    ("a" * 64, "3 to 63"),
-    ("ML-Artifacts", "lowercase"),
-    ("ml_artifacts", "lowercase"),
-    ("-bucket", "start and end"),
-    ("bucket-", "start and end"),
-    (".bucket", "start and end"),
-    ("my..bucket", "adjacent periods"),
-    ("192.168.5.4", "IP address"),
-    ("xn--bucket", "reserved"),
-    ("bucket-s3alias", "reserved"),
-    ("has space", "lowercase"),
-])
-def test_invalid_bucket_names_name_the_field(name, why):
-    with pytest.raises(ValueError) as excinfo:
-        artifacts.validate_bucket_name(name)
-    assert "spec.artifacts.s3.bucket" in str(excinfo.value)
-    assert why in str(excinfo.value)
-
-
 def test_location_rejects_an_invalid_bucket():
     with pytest.raises(ValueError, match="spec.artifacts.s3.bucket"):
         S3Location("Bad_Bucket")
@@ -96,7 +69,7 @@ def stub(monkeypatch):
         aws_access_key_id=ACCESS_KEY, aws_secret_access_key=SECRET_KEY,
         config=Config(s3={"addressing_style": "path"}),
     )
-    monkeypatch.setattr(artifacts, "_client", lambda *args, **kwargs: client)
+    monkeypatch.setattr(s3, "_client", lambda *args, **kwargs: client)
     with Stubber(client) as stubber:
         yield stubber
         stubber.assert_no_pending_responses()
@@ -218,5 +191,5 @@ def test_no_credentials_anywhere_explains_workload_identity(monkeypatch, tmp_pat
 
 
 def test_endpoint_userinfo_never_shows():
-    assert artifacts._shown_endpoint("http://user:pw@minio:9000/") == "http://minio:9000/"
-    assert artifacts._shown_endpoint(None, "eu-west-1") == "https://s3.eu-west-1.amazonaws.com"
+    assert s3._shown_endpoint("http://user:pw@minio:9000/") == "http://minio:9000/"
+    assert s3._shown_endpoint(None, "eu-west-1") == "https://s3.eu-west-1.amazonaws.com"

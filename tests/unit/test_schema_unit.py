@@ -1,4 +1,4 @@
-"""trackop.schema without a database: revisions, redaction, cheap import."""
+"""trackop.schema without a database: revisions, redaction, cheap import, the child process."""
 
 from __future__ import annotations
 
@@ -12,26 +12,28 @@ from urllib.parse import quote
 
 import pytest
 
-from trackop import schema
+from trackop.schema import child, migration, revisions
+from trackop.schema.errors import SchemaMigrationError, SchemaNewerThanTarget, migration_error
 
 
 def test_head_is_one_of_the_known_revisions():
-    assert schema.head_revision() in schema.known_revisions()
-    assert len(schema.known_revisions()) > 50  # MLflow 3.x ships dozens of migrations
+    assert revisions.head_revision() in revisions.known_revisions()
+    assert len(revisions.known_revisions()) > 50  # MLflow 3.x ships dozens of migrations
 
 
 def test_bundled_version_is_the_installed_mlflow_skinny():
-    assert schema.BUNDLED_MLFLOW_VERSION == importlib.metadata.version("mlflow-skinny")
+    assert revisions.BUNDLED_MLFLOW_VERSION == importlib.metadata.version("mlflow-skinny")
 
 
 def test_lock_key_is_a_stable_signed_64_bit_value():
     digest = hashlib.sha256(b"trackop.dev/mlflow-migrate").digest()[:8]
-    assert schema.MIGRATION_LOCK_KEY == int.from_bytes(digest, "big", signed=True)
-    assert -(2**63) <= schema.MIGRATION_LOCK_KEY < 2**63
+    assert migration.MIGRATION_LOCK_KEY == int.from_bytes(digest, "big", signed=True)
+    assert -(2**63) <= migration.MIGRATION_LOCK_KEY < 2**63
 
 
-def test_importing_the_module_does_not_import_mlflow_or_alembic():
-    code = "import sys, trackop.schema; print(sorted(m for m in ('mlflow', 'alembic') if m in sys.modules))"
+def test_importing_the_modules_does_not_import_mlflow_or_alembic():
+    code = ("import sys, trackop.schema.revisions, trackop.schema.migration, trackop.schema.child, "
+            "trackop.schema.errors; print(sorted(m for m in ('mlflow', 'alembic') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True).stdout
     assert out.strip() == "[]"
 
@@ -44,7 +46,7 @@ def test_error_messages_never_carry_the_url_or_password():
     raw = RuntimeError(
         f"boom at {URL} with {PASSWORD} and {quote(PASSWORD, safe='')}\n[SQL: SELECT 1]\n[parameters: {{'x': 1}}]"
     )
-    message = str(schema._error("connecting", URL, raw))
+    message = str(migration_error("connecting", URL, raw))
     for secret in (URL, PASSWORD, quote(PASSWORD, safe=""), "[SQL:"):
         assert secret not in message
     assert message.startswith("connecting failed for database 'mlflow_a' on pg.db.svc:5432 as role 'mlflow_a'")
@@ -53,8 +55,8 @@ def test_error_messages_never_carry_the_url_or_password():
 
 def test_an_unparsable_url_is_reported_without_echoing_it():
     bad = f"nonsense://u:{PASSWORD}@@host:notaport/db"
-    with pytest.raises(schema.SchemaMigrationError) as caught:
-        schema.migrate(bad)
+    with pytest.raises(SchemaMigrationError) as caught:
+        migration.migrate(bad)
     assert bad not in str(caught.value) and PASSWORD not in str(caught.value)
 
 
@@ -62,7 +64,7 @@ def test_an_unparsable_url_is_reported_without_echoing_it():
 
 
 def test_reading_the_revisions_imports_neither_mlflow_nor_alembic():
-    code = ("import sys, trackop.schema as s; s.head_revision(); s.known_revisions(); "
+    code = ("import sys, trackop.schema.revisions as s; s.head_revision(); s.known_revisions(); "
             "print(sorted(m for m in ('mlflow', 'alembic', 'sqlalchemy') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True).stdout
     assert out.strip() == "[]"
@@ -73,10 +75,10 @@ def test_the_revisions_read_from_source_are_alembics():
     from mlflow.store.db.utils import _get_alembic_config
 
     scripts = ScriptDirectory.from_config(_get_alembic_config(db_url=""))
-    assert scripts.get_heads() == [schema.head_revision()]
-    assert {s.revision for s in scripts.walk_revisions()} == schema.known_revisions()
+    assert scripts.get_heads() == [revisions.head_revision()]
+    assert {s.revision for s in scripts.walk_revisions()} == revisions.known_revisions()
     assert {s.revision: tuple(s._versioned_down_revisions) for s in scripts.walk_revisions()} \
-        == schema._revision_graph()
+        == revisions._revision_graph()
 
 
 def _script(directory, name: str, body: str) -> None:
@@ -91,12 +93,12 @@ def test_revision_graph_of_branches_and_a_merge(tmp_path):
     _script(tmp_path, "__init__.py", 'revision = "not-a-script"')
     (tmp_path / "notes.txt").write_text('revision = "nor-this"')
 
-    graph = schema.read_revision_graph(tmp_path)
+    graph = revisions.read_revision_graph(tmp_path)
 
     assert graph == {"a": (), "b": ("a",), "c": ("a",), "m": ("b", "c")}
-    assert schema.heads_of(graph) == ["m"]
+    assert revisions.heads_of(graph) == ["m"]
     del graph["m"]
-    assert schema.heads_of(graph) == ["b", "c"]
+    assert revisions.heads_of(graph) == ["b", "c"]
 
 
 @pytest.mark.parametrize("body, says", [
@@ -107,8 +109,8 @@ def test_revision_graph_of_branches_and_a_merge(tmp_path):
 ])
 def test_a_script_without_literal_ids_is_an_error_not_a_guess(tmp_path, body: str, says: str):
     _script(tmp_path, "x.py", body)
-    with pytest.raises(schema.SchemaMigrationError, match=re.escape(says)):
-        schema.read_revision_graph(tmp_path)
+    with pytest.raises(SchemaMigrationError, match=re.escape(says)):
+        revisions.read_revision_graph(tmp_path)
 
 
 # ---- the child process, without a database ------------------------------------------------
@@ -117,9 +119,9 @@ def test_a_script_without_literal_ids_is_an_error_not_a_guess(tmp_path, body: st
 def test_a_child_that_fails_is_reported_redacted(monkeypatch):
     # A child that echoes its request (URL and all) to stderr and exits without a reply.
     echo = "import sys; sys.stderr.write(sys.stdin.readline()); sys.exit(2)"
-    monkeypatch.setattr(schema, "child_command", lambda: [sys.executable, "-c", echo])
-    with pytest.raises(schema.SchemaMigrationError) as caught:
-        schema.migrate_in_subprocess(URL, timeout_s=60)
+    monkeypatch.setattr(child, "child_command", lambda: [sys.executable, "-c", echo])
+    with pytest.raises(SchemaMigrationError) as caught:
+        child.migrate_in_subprocess(URL, timeout_s=60)
     message = str(caught.value)
     assert "in a child process failed (exit code 2)" in message and "***" in message
     for secret in (URL, PASSWORD, quote(PASSWORD, safe="")):
@@ -127,23 +129,23 @@ def test_a_child_that_fails_is_reported_redacted(monkeypatch):
 
 
 def test_a_child_that_hangs_is_killed(monkeypatch):
-    monkeypatch.setattr(schema, "child_command", lambda: [sys.executable, "-c", "import time; time.sleep(120)"])
+    monkeypatch.setattr(child, "child_command", lambda: [sys.executable, "-c", "import time; time.sleep(120)"])
     started = time.monotonic()
-    with pytest.raises(schema.SchemaMigrationError, match=r"took over 1 s; killed it"):
-        schema.migrate_in_subprocess(URL, timeout_s=1)
+    with pytest.raises(SchemaMigrationError, match=r"took over 1 s; killed it"):
+        child.migrate_in_subprocess(URL, timeout_s=1)
     assert time.monotonic() - started < 30
 
 
 def test_a_childs_error_reply_comes_back_as_the_same_type(monkeypatch):
     reply = '{"error": "SchemaNewerThanTarget", "message": "at revision ffff"}'
     code = f"import sys; sys.stdin.readline(); print({reply!r})"
-    monkeypatch.setattr(schema, "child_command", lambda: [sys.executable, "-c", code])
-    with pytest.raises(schema.SchemaNewerThanTarget, match="at revision ffff"):
-        schema.migrate_in_subprocess(URL)
+    monkeypatch.setattr(child, "child_command", lambda: [sys.executable, "-c", code])
+    with pytest.raises(SchemaNewerThanTarget, match="at revision ffff"):
+        child.migrate_in_subprocess(URL)
 
 
 def test_the_childs_argv_is_the_interpreter_and_module_only():
-    assert schema.child_command() == [sys.executable, "-m", "trackop.schema"]
+    assert child.child_command() == [sys.executable, "-m", "trackop.schema.child"]
 
 
 def test_the_revision_ids_are_read_once_however_many_threads_ask_at_once():
@@ -154,16 +156,16 @@ def test_the_revision_ids_are_read_once_however_many_threads_ask_at_once():
     import sys
     import threading
 
-    schema._read_mlflow_revision_graph.cache_clear()
-    schema.head_revision.cache_clear()
-    schema.known_revisions.cache_clear()
+    revisions._read_mlflow_revision_graph.cache_clear()
+    revisions.head_revision.cache_clear()
+    revisions.known_revisions.cache_clear()
     start, errors, heads = threading.Barrier(16), [], []
 
     def ask() -> None:
         start.wait()
         try:
-            heads.append(schema.head_revision())
-            schema.known_revisions()
+            heads.append(revisions.head_revision())
+            revisions.known_revisions()
         except Exception as exc:  # noqa: BLE001 - the test reports whatever broke
             errors.append(exc)
 

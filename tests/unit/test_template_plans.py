@@ -7,14 +7,19 @@ import dataclasses
 
 import pytest
 
-from trackop import schema
 from trackop.api.parsing import parse
 from trackop.controller.outcome import Context
 from trackop.controller.steps import schema as schema_step
 from trackop.controller.steps import template as template_step
 from trackop.postgres import statements, templates
 from trackop.postgres.catalog import AdminPrivileges
-from trackop.postgres.templates import TemplateDatabase, TemplateRole, TemplateState, TemplateUnavailable
+from trackop.postgres.templates import (
+    TemplateDatabase,
+    TemplateRole,
+    TemplateState,
+    TemplateUnavailable,
+)
+from trackop.schema import migration, revisions
 
 REV = "1b5f0d9ad7c1"
 SUPERUSER = AdminPrivileges(superuser=True, createdb=True, createrole=True)
@@ -212,7 +217,7 @@ def test_identifiers_with_quotes_stay_identifiers():
 
 def test_the_lock_key_is_a_signed_64_bit_integer_apart_from_the_migration_lock():
     assert -(2 ** 63) <= templates.TEMPLATE_LOCK_KEY < 2 ** 63
-    assert templates.TEMPLATE_LOCK_KEY != schema.MIGRATION_LOCK_KEY
+    assert templates.TEMPLATE_LOCK_KEY != migration.MIGRATION_LOCK_KEY
 
 
 # ---- who clones, and the Events -------------------------------------------------------------------
@@ -246,26 +251,27 @@ def test_a_clone_announces_its_schema_as_cloned_and_runs_no_migration(monkeypatc
     def no_migration(*_, **__):
         raise AssertionError("a clone at head must not be migrated")
 
-    monkeypatch.setattr(schema, "migrate", no_migration)
+    monkeypatch.setattr(migration, "migrate", no_migration)
     ctx = _ctx()
-    ctx.cloned = (templates.template_name(schema.head_revision()), 0.12)
-    revision, _ = schema_step.ensure(ctx, None, "pw", current=schema.head_revision())
-    assert revision == schema.head_revision()
+    ctx.cloned = (templates.template_name(revisions.head_revision()), 0.12)
+    revision, _ = schema_step.ensure(ctx, None, "pw", current=revisions.head_revision())
+    assert revision == revisions.head_revision()
     ((_, reason, message),) = ctx.events
     assert reason == "SchemaMigrated"
-    assert message.startswith(f"cloned the MLflow schema at revision {schema.head_revision()} from template "
-                              f"{templates.template_name(schema.head_revision())} in 0.12s")
+    assert message.startswith(f"cloned the MLflow schema at revision {revisions.head_revision()} from template "
+                              f"{templates.template_name(revisions.head_revision())} in 0.12s")
     assert "none ran in this database" in message
 
 
 def test_a_converged_database_gets_no_event():
     ctx = _ctx()
-    schema_step.ensure(ctx, None, "pw", current=schema.head_revision())
+    schema_step.ensure(ctx, None, "pw", current=revisions.head_revision())
     assert ctx.events == []
 
 
 def test_an_in_place_migration_of_a_new_database_says_why_it_was_not_cloned(monkeypatch):
-    monkeypatch.setattr(schema, "migrate", lambda url, **_: schema.MigrationResult(None, schema.head_revision(), 0.9))
+    monkeypatch.setattr(migration, "migrate",
+                        lambda url, **_: migration.MigrationResult(None, revisions.head_revision(), 0.9))
     ctx = _ctx()
     ctx.not_cloned = "database trackop_mlflow_x exists and was not made by trackop"
     schema_step.ensure(ctx, None, "pw", current=None)

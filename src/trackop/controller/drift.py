@@ -27,7 +27,13 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from ..api.v1alpha1 import COPY_LABEL, MANAGED_BY, MANAGED_BY_LABEL, BackendSpec, PostgresEndpoint
+from ..api.v1alpha1 import (
+    COPY_LABEL,
+    MANAGED_BY,
+    MANAGED_BY_LABEL,
+    BackendSpec,
+    PostgresEndpoint,
+)
 from ..postgres import catalog, sessions, snapshot
 from ..webhook.injection import copy_label_value
 from .fingerprint import (

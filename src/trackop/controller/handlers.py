@@ -16,10 +16,11 @@ from typing import Any
 
 import kopf
 
-from .. import metrics, schema
+from .. import metrics
 from ..api import conditions as cond
 from ..api.parsing import parse
 from ..api.v1alpha1 import GROUP, PLURAL, VERSION, BackendSpec, SpecError
+from ..schema import migration, revisions
 from ..settings import Settings
 from ..specs.connection_secret import secret_keys
 from ..webhook.injection import BackendView, backend_view
@@ -60,8 +61,8 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: logging.
         # Every backend migrates in-process then: import MLflow once, not in the first reconcile.
         # With templates a child process builds each template and in-place migrations (managed
         # servers, clone fallbacks) import MLflow on first use: most operators never do.
-        schema.preload()
-    schema.head_revision()  # the migration scripts' ids, read once now (no MLflow import), not by the first handlers
+        migration.preload()
+    revisions.head_revision()  # the migration scripts' ids, read once now (no MLflow import), not by the first handlers
     if options.metrics_address:
         metrics.serve(options.metrics_address)
         logger.info("metrics served on http://%s/metrics", options.metrics_address)
@@ -74,7 +75,7 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: logging.
             rotation_check_seconds=hooks.rotation_check_seconds, renew_before=hooks.renew_before)
         runtime.injection.start()
         logger.info("admission webhooks served on %s (failurePolicy %s)", hooks.address, hooks.failure_policy)
-    logger.info("trackop ready: MLflow %s bundled, drift interval %.0fs", schema.BUNDLED_MLFLOW_VERSION,
+    logger.info("trackop ready: MLflow %s bundled, drift interval %.0fs", revisions.BUNDLED_MLFLOW_VERSION,
                 options.drift_interval)
 
 

@@ -8,9 +8,9 @@ from collections.abc import Mapping
 from typing import Any
 from urllib.parse import quote
 
-from .. import artifacts
 from ..api import tuning
 from ..api.v1alpha1 import BackendSpec, PostgresEndpoint
+from ..artifacts import azure, check, gcs, s3
 from .common import labels, owner_reference
 
 
@@ -56,19 +56,19 @@ def bucket_env(spec: BackendSpec, secret_values: tuple[str, ...] | None) -> dict
     store = spec.artifacts
     if store is None:
         return {}
-    location = artifacts.location_for(store)
+    location = check.location_for(store)
     if store.kind == "s3":
-        env = artifacts.s3_client_env(location)
+        env = s3.s3_client_env(location)
         if secret_values:
             env["AWS_ACCESS_KEY_ID"], env["AWS_SECRET_ACCESS_KEY"] = secret_values
         return env
     if store.kind == "gcs":
-        return artifacts.gcs_client_env(location)
+        return gcs.gcs_client_env(location)
     env = {}
     if secret_values:
-        env[artifacts.AZURE_KEY_ENV] = secret_values[0]
+        env[azure.AZURE_KEY_ENV] = secret_values[0]
         if location.endpoint:
-            env["AZURE_STORAGE_CONNECTION_STRING"] = artifacts.azure_connection_string(location, secret_values[0])
+            env["AZURE_STORAGE_CONNECTION_STRING"] = azure.azure_connection_string(location, secret_values[0])
     return env
 
 

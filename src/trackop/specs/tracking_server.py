@@ -5,9 +5,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from .. import artifacts
 from ..api import tuning
 from ..api.v1alpha1 import BackendSpec
+from ..artifacts import azure, check, gcs, s3
 from .common import labels, owner_reference
 
 GCS_KEY_DIR = "/var/run/secrets/trackop/gcs"
@@ -18,7 +18,7 @@ def _server_bucket_env(spec: BackendSpec) -> tuple[list[dict[str, Any]], list[di
     """The tracking server's env for the store, with credentials by secretKeyRef (never
     literal), plus the volumes and mounts a GCS key file needs: (env, volumes, mounts)."""
     store = spec.artifacts
-    location = artifacts.location_for(store)
+    location = check.location_for(store)
     ref = store.credentials_secret
 
     def from_secret(name: str, key: str) -> dict[str, Any]:
@@ -28,17 +28,17 @@ def _server_bucket_env(spec: BackendSpec) -> tuple[list[dict[str, Any]], list[di
     if store.kind == "s3":
         secret = [from_secret("AWS_ACCESS_KEY_ID", store.credential_keys[0]),
                   from_secret("AWS_SECRET_ACCESS_KEY", store.credential_keys[1])] if ref else []
-        return literal(artifacts.s3_client_env(location)) + secret, [], []
+        return literal(s3.s3_client_env(location)) + secret, [], []
     if store.kind == "gcs":
         if not ref:
-            return literal(artifacts.gcs_client_env(location)), [], []
+            return literal(gcs.gcs_client_env(location)), [], []
         volume = {"name": "gcs-key", "secret": {"secretName": ref, "items": [
             {"key": store.credential_keys[0], "path": "key.json"}]}}
         mount = {"name": "gcs-key", "mountPath": GCS_KEY_DIR, "readOnly": True}
-        return literal(artifacts.gcs_client_env(location, credentials_file=GCS_KEY_FILE)), [volume], [mount]
+        return literal(gcs.gcs_client_env(location, credentials_file=GCS_KEY_FILE)), [volume], [mount]
     # Azure: the key first, so the connection string can refer to it as $(AZURE_STORAGE_ACCESS_KEY).
-    secret = [from_secret(artifacts.AZURE_KEY_ENV, store.credential_keys[0])] if ref else []
-    return secret + literal(artifacts.azure_client_env(location)), [], []
+    secret = [from_secret(azure.AZURE_KEY_ENV, store.credential_keys[0])] if ref else []
+    return secret + literal(azure.azure_client_env(location)), [], []
 
 
 # MLflow rejects Host headers it does not know (DNS rebinding protection); setting the list

@@ -3,9 +3,10 @@ at it by a trigger in the backend's database. Condition: ArtifactsReady."""
 
 from __future__ import annotations
 
-from ... import artifacts
 from ...api import conditions as cond
 from ...api.conditions import Condition
+from ...artifacts.check import check_store
+from ...artifacts.common import ArtifactsError
 from ...postgres import artifact_trigger, sessions, statements
 from ...redaction import redact
 from ..outcome import Context, StepFailed
@@ -17,9 +18,9 @@ def ensure(ctx: Context, password: str, keys: tuple[str, ...] | None) -> Conditi
     checked = True
     try:
         ref = f"{spec.namespace}/{store.credentials_secret}" if store.credentials_secret else None
-        for summary in artifacts.check_store(store, keys, ref):
+        for summary in check_store(store, keys, ref):
             ctx.did("BucketCreated", summary)
-    except artifacts.ArtifactsError as error:
+    except ArtifactsError as error:
         if error.reason != "NoCredentials" or store.credentials_secret is not None:
             raise StepFailed(cond.ARTIFACTS_READY, error.reason, redact(error.message, ctx.secrets),
                              15) from None

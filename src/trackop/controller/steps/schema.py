@@ -5,11 +5,12 @@ from __future__ import annotations
 
 from kubernetes.client import ApiException
 
-from ... import schema
 from ...api import conditions as cond
 from ...kube.client import Kube
 from ...kube.errors import refusal_message
 from ...redaction import redact
+from ...schema import migration, revisions
+from ...schema.errors import SchemaMigrationError, SchemaNewerThanTarget
 from ...specs.connection_secret import database_uri
 from ...specs.migration_job import migration_job
 from ..outcome import Context, StepFailed
@@ -21,12 +22,12 @@ def ensure(ctx: Context, kube: Kube, password: str, current: str | None) -> tupl
     url = database_uri(spec, password, ctx.reach)
     if spec.migration == "Job":
         return _by_job(ctx, kube, current)
-    if spec.mlflow_version != schema.BUNDLED_MLFLOW_VERSION:
+    if spec.mlflow_version != revisions.BUNDLED_MLFLOW_VERSION:
         raise StepFailed(cond.SCHEMA_READY, "VersionNotBundled",
-                         f"Inline migration runs the MLflow {schema.BUNDLED_MLFLOW_VERSION} bundled in the "
+                         f"Inline migration runs the MLflow {revisions.BUNDLED_MLFLOW_VERSION} bundled in the "
                          f"operator, not {spec.mlflow_version}: set spec.schema.mlflowVersion to "
-                         f"{schema.BUNDLED_MLFLOW_VERSION} or spec.schema.migration to Job", 300)
-    head = schema.head_revision()
+                         f"{revisions.BUNDLED_MLFLOW_VERSION} or spec.schema.migration to Job", 300)
+    head = revisions.head_revision()
     if current == head:
         if ctx.cloned is not None:
             template, seconds = ctx.cloned
@@ -35,12 +36,12 @@ def ensure(ctx: Context, kube: Kube, password: str, current: str | None) -> tupl
                                       "ran in this database")
         return head, f"MLflow {spec.mlflow_version} schema at revision {head}"
     try:
-        result = schema.migrate(url)
-    except schema.SchemaNewerThanTarget as exc:
+        result = migration.migrate(url)
+    except SchemaNewerThanTarget as exc:
         raise StepFailed(cond.SCHEMA_READY, "SchemaNewerThanTarget",
                          f"{redact(str(exc), ctx.secrets)}: trackop never downgrades; set "
                          "spec.schema.mlflowVersion to the MLflow version that wrote it", 300) from None
-    except schema.SchemaMigrationError as exc:
+    except SchemaMigrationError as exc:
         raise StepFailed(cond.SCHEMA_READY, "MigrationFailed", redact(str(exc), ctx.secrets), 30) from None
     # Under the advisory lock the revision is read again: another reconcile of the same
     # backend (the drift timer runs beside the handler) may have migrated it meanwhile,

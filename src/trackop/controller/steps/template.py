@@ -7,10 +7,11 @@ from __future__ import annotations
 import logging
 import time
 
-from ... import schema
 from ...api.v1alpha1 import BackendSpec
 from ...postgres import catalog, errors, locks, sessions, statements, templates
 from ...redaction import redact
+from ...schema import child, revisions
+from ...schema.errors import SchemaMigrationError, SchemaNewerThanTarget
 from ...specs.connection_secret import operator_uri
 from ..outcome import Context
 
@@ -26,7 +27,7 @@ def clones(spec: BackendSpec, schema_templates: bool) -> bool:
     managed server holds this backend's database alone: a template there would be built
     for one clone, so its database is migrated in place."""
     return (schema_templates and spec.migration == "Inline" and spec.managed is None
-            and spec.mlflow_version == schema.BUNDLED_MLFLOW_VERSION)
+            and spec.mlflow_version == revisions.BUNDLED_MLFLOW_VERSION)
 
 
 def clone(ctx: Context, conn: sessions.Session,
@@ -60,7 +61,7 @@ def clone(ctx: Context, conn: sessions.Session,
 def _template(ctx: Context, conn: sessions.Session, privileges: catalog.AdminPrivileges) -> str:
     """The complete template for the bundled MLflow's head on this server (built now if
     there is none), and the admin's membership in the template role."""
-    head = schema.head_revision()
+    head = revisions.head_revision()
     state = templates.inspect_template(conn, head)
     try:
         if not templates.template_ready(state):
@@ -96,9 +97,9 @@ def _build(ctx: Context, conn: sessions.Session, privileges: catalog.AdminPrivil
         try:
             # In a child process: once per server and MLflow version, not worth keeping
             # MLflow's modules in the operator for the rest of its life.
-            result = schema.migrate_in_subprocess(
+            result = child.migrate_in_subprocess(
                 operator_uri(ctx.reach, admin_user, admin_password, build), role=templates.TEMPLATE_ROLE)
-        except (schema.SchemaMigrationError, schema.SchemaNewerThanTarget) as exc:
+        except (SchemaMigrationError, SchemaNewerThanTarget) as exc:
             raise templates.TemplateUnavailable(
                 f"building template {name} failed: {redact(str(exc), ctx.secrets)}") from None
         with sessions.connect(ctx.reach, admin_user, admin_password, build) as db:
@@ -140,7 +141,7 @@ def _create_from_template(ctx: Context, conn: sessions.Session, name: str) -> bo
 def handover(ctx: Context, conn: sessions.Session, privileges: catalog.AdminPrivileges) -> None:
     """REASSIGN OWNED BY the template role TO the backend's role, inside its database."""
     spec = ctx.spec
-    role = templates.inspect_template(conn, schema.head_revision()).role
+    role = templates.inspect_template(conn, revisions.head_revision()).role
     if role is None:
         raise templates.TemplateUnavailable(f"role {templates.TEMPLATE_ROLE} does not exist")
     templates.check_template_role(role)
