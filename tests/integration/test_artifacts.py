@@ -9,7 +9,8 @@ import pytest
 from trackop_testbed.procs import free_ports
 
 from trackop.artifacts.common import ArtifactsError
-from trackop.artifacts.s3 import S3Location, check_s3
+from trackop.artifacts.locations import S3Location
+from trackop.artifacts.s3 import check_s3
 
 pytestmark = pytest.mark.bed
 

@@ -21,14 +21,16 @@ from google.cloud import storage
 from trackop_testbed.pod_env import expand
 from trackop_testbed.procs import free_ports
 
-from trackop.artifacts.azure import (
+from trackop.artifacts.azure import check_azure
+from trackop.artifacts.common import ArtifactsError
+from trackop.artifacts.gcs import check_gcs
+from trackop.artifacts.locations import (
     AzureLocation,
+    GCSLocation,
     azure_client_env,
     azure_connection_string,
-    check_azure,
+    gcs_client_env,
 )
-from trackop.artifacts.common import ArtifactsError
-from trackop.artifacts.gcs import GCSLocation, check_gcs, gcs_client_env
 
 pytestmark = pytest.mark.bed
 

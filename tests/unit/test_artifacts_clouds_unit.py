@@ -13,14 +13,16 @@ from trackop_testbed.pod_env import expand
 from trackop.api.validation import (
     validate_azure_account_name,
 )
-from trackop.artifacts.azure import (
+from trackop.artifacts.azure import check_azure
+from trackop.artifacts.common import ArtifactsError
+from trackop.artifacts.gcs import check_gcs
+from trackop.artifacts.locations import (
     AzureLocation,
+    GCSLocation,
     azure_client_env,
     azure_connection_string,
-    check_azure,
+    gcs_client_env,
 )
-from trackop.artifacts.common import ArtifactsError
-from trackop.artifacts.gcs import GCSLocation, check_gcs, gcs_client_env
 
 KEY = "dW5pdC10ZXN0LWtleS1ub3QtYS1yZWFsLWF6dXJlLWtleS0wMTIzNDU2Nzg5YWJjZGVm"
 

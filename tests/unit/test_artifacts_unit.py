@@ -14,7 +14,8 @@ from botocore.stub import ANY, Stubber
 
 from trackop.artifacts import s3
 from trackop.artifacts.common import ArtifactsError, normalise_prefix
-from trackop.artifacts.s3 import S3Location, check_s3, s3_client_env
+from trackop.artifacts.locations import S3Location, s3_client_env
+from trackop.artifacts.s3 import check_s3
 
 ACCESS_KEY = "AKIAUNITTESTKEY00001"
 SECRET_KEY = "unit/test+secret/key/value/0123456789ab"

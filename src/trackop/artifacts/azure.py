@@ -8,17 +8,10 @@ when a check runs.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from urllib.parse import urlsplit
+from ..api.validation import AZURE_ACCOUNT_FIELD
+from .common import ArtifactsError, StoreFailures, probe_name, secret_named, shown_endpoint
+from .locations import AZURE_CONNECTION_STRING_KEY, AZURE_KEY_KEY, AzureLocation
 
-from ..api.validation import AZURE_ACCOUNT_FIELD, validate_azure_account_name, validate_azure_container_name
-from .common import ArtifactsError, StoreFailures, normalise_prefix, probe_name, secret_named, shown_endpoint
-
-# The Secret keys, as messages name them: an account key, or a whole connection string.
-AZURE_KEY_KEY = "accountKey"
-AZURE_CONNECTION_STRING_KEY = "connectionString"
-# The env var MLflow reads the account key from; azure_client_env's template refers to it.
-AZURE_KEY_ENV = "AZURE_STORAGE_ACCESS_KEY"
 # A shared key can do anything in its account: a 403 with these codes means the key is
 # wrong (Azure says AuthenticationFailed; Azurite says AuthorizationFailure).
 _CREDENTIAL_CODES = frozenset({"AuthenticationFailed", "InvalidAuthenticationInfo"})
@@ -27,73 +20,6 @@ _DENIED_CODES = frozenset({
     "AuthorizationProtocolMismatch", "AuthorizationResourceTypeMismatch",
     "AuthorizationServiceMismatch", "InsufficientAccountPermissions",
 })
-
-
-@dataclass(frozen=True)
-class AzureLocation:
-    """An Azure Blob container and prefix in a storage account, and how to reach it.
-
-    ``endpoint`` is the account's blob service URL, only for emulators (Azurite:
-    ``http://host:10000/<account>``) and private endpoints; ``None`` means
-    ``https://<account>.blob.core.windows.net``.
-    """
-
-    container: str
-    prefix: str
-    account: str
-    create_container: bool = False
-    endpoint: str | None = None
-
-    def __post_init__(self) -> None:
-        validate_azure_container_name(self.container)
-        validate_azure_account_name(self.account)
-        object.__setattr__(self, "prefix", normalise_prefix(self.prefix))
-        object.__setattr__(self, "endpoint", self.endpoint.rstrip("/") if self.endpoint else None)
-
-    @property
-    def uri(self) -> str:
-        """``wasbs://container@account.blob.core.windows.net/prefix``: the form MLflow's
-        Azure repository parses. With an endpoint, the host part only names the account:
-        MLflow then connects through ``AZURE_STORAGE_CONNECTION_STRING``."""
-        base = f"wasbs://{self.container}@{self.account}.blob.core.windows.net"
-        return f"{base}/{self.prefix}" if self.prefix else base
-
-    @property
-    def account_url(self) -> str:
-        return self.endpoint or f"https://{self.account}.blob.core.windows.net"
-
-
-def azure_connection_string(location: AzureLocation, account_key: str) -> str:
-    """The connection string for ``location`` with ``account_key``: a secret, for a Secret."""
-    scheme = urlsplit(location.account_url).scheme or "https"
-    return (f"DefaultEndpointsProtocol={scheme};AccountName={location.account};"
-            f"AccountKey={account_key};BlobEndpoint={location.account_url};")
-
-
-def azure_client_env(location: AzureLocation) -> dict[str, str]:
-    """The non-secret env with which MLflow's ``wasbs://`` repository reaches ``location``.
-
-    MLflow reads, in this order: ``AZURE_STORAGE_CONNECTION_STRING``, else
-    ``AZURE_STORAGE_ACCESS_KEY`` (then it connects to ``https://<account>.blob.core.windows.net``,
-    the account taken from the URI), else ``DefaultAzureCredential`` (needs azure-identity,
-    which neither trackop nor ``mlflow-skinny`` installs).
-
-    The caller must add ``AZURE_STORAGE_ACCESS_KEY`` from the credentials Secret's
-    ``accountKey`` (a ``secretKeyRef``) **before** these entries:
-
-    - without an endpoint this returns ``{}``: the key is all MLflow needs;
-    - with an endpoint (Azurite, a private endpoint) MLflow can only be pointed there by a
-      connection string, so this returns ``AZURE_STORAGE_CONNECTION_STRING`` with
-      ``$(AZURE_STORAGE_ACCESS_KEY)`` in place of the key. Kubernetes expands that from the
-      earlier variable, so the key never appears in the pod spec. Outside Kubernetes,
-      use ``azure_connection_string`` instead.
-
-    If the Secret holds a whole ``connectionString`` instead of a key, set
-    ``AZURE_STORAGE_CONNECTION_STRING`` from it and drop this function's entry.
-    """
-    if not location.endpoint:
-        return {}
-    return {"AZURE_STORAGE_CONNECTION_STRING": azure_connection_string(location, f"$({AZURE_KEY_ENV})")}
 
 
 _FAILURES = StoreFailures(

@@ -4,23 +4,13 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from .azure import AzureLocation, check_azure
+from .azure import check_azure
 from .gcs import GCSLocation, check_gcs
+from .locations import location_for
 from .s3 import S3Location, check_s3
 
 if TYPE_CHECKING:
     from ..api.v1alpha1 import ArtifactStore
-
-Location = S3Location | GCSLocation | AzureLocation
-
-
-def location_for(store: "ArtifactStore") -> Location:
-    """The checkable location of ``spec.artifacts`` (whichever store it names)."""
-    if store.kind == "s3":
-        return S3Location(store.bucket, store.prefix, store.endpoint, store.region, store.create)
-    if store.kind == "gcs":
-        return GCSLocation(store.bucket, store.prefix, store.create, store.endpoint, store.project)
-    return AzureLocation(store.bucket, store.prefix, store.account, store.create, store.endpoint)
 
 
 def check_store(store: "ArtifactStore", secret_values: tuple[str, ...] | None,

@@ -8,70 +8,11 @@ imported only when a check runs.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 
-from ..api.validation import validate_gcs_bucket_name
-from .common import ArtifactsError, StoreFailures, normalise_prefix, probe_name, secret_named, shown_endpoint
+from .common import ArtifactsError, StoreFailures, probe_name, secret_named, shown_endpoint
+from .locations import GCS_CREDENTIALS_KEY, GCSLocation
 
-# The Secret key that holds a service-account key file (JSON), as messages name it.
-GCS_CREDENTIALS_KEY = "serviceAccountKey"
 _SCOPES = ("https://www.googleapis.com/auth/devstorage.read_write",)
-
-
-@dataclass(frozen=True)
-class GCSLocation:
-    """A Cloud Storage bucket and prefix, and how to reach it.
-
-    ``endpoint`` is only for emulators (fake-gcs-server) and private endpoints; ``None``
-    means https://storage.googleapis.com. Without credentials, an endpoint is taken for
-    an emulator and reached anonymously; with a service-account key, for a private
-    endpoint and reached authenticated. ``project`` is only needed to create the bucket
-    (a service-account key names its own project).
-    """
-
-    bucket: str
-    prefix: str = ""
-    create_bucket: bool = False
-    endpoint: str | None = None  # e.g. http://fake-gcs.test.svc:4443; None = Google
-    project: str | None = None
-
-    def __post_init__(self) -> None:
-        validate_gcs_bucket_name(self.bucket)
-        object.__setattr__(self, "prefix", normalise_prefix(self.prefix))
-        object.__setattr__(self, "endpoint", self.endpoint.rstrip("/") if self.endpoint else None)
-        object.__setattr__(self, "project", self.project or None)
-
-    @property
-    def uri(self) -> str:
-        """``gs://bucket/prefix``, or ``gs://bucket`` without a prefix (what MLflow's GCS repository parses)."""
-        return f"gs://{self.bucket}/{self.prefix}" if self.prefix else f"gs://{self.bucket}"
-
-
-def gcs_client_env(location: GCSLocation, *, credentials_file: str | None = None) -> dict[str, str]:
-    """The non-secret env with which MLflow's ``gs://`` repository reaches ``location``.
-
-    MLflow builds ``google.cloud.storage.Client()`` with no arguments, so everything goes
-    through what that client reads from the environment:
-
-    - ``GOOGLE_APPLICATION_CREDENTIALS``: the *path* of a service-account key file. The key
-      is secret: the caller mounts the credentials Secret's ``serviceAccountKey`` as a file
-      and passes its path as ``credentials_file``; the env then holds only the path.
-      Without it the client uses the pod's own identity (GKE workload identity) and, if
-      there is none, falls back to anonymous access (MLflow's own fallback).
-    - ``STORAGE_EMULATOR_HOST`` (endpoint without credentials): an emulator, reached with
-      anonymous credentials, exactly as ``check_gcs`` reaches it.
-    - ``API_ENDPOINT_OVERRIDE`` (endpoint with credentials): a private endpoint, reached
-      with the credentials (google-cloud-storage calls this variable experimental).
-    - ``GOOGLE_CLOUD_PROJECT``: the project, if the location names one (MLflow needs none).
-    """
-    env: dict[str, str] = {}
-    if location.endpoint:
-        env["API_ENDPOINT_OVERRIDE" if credentials_file else "STORAGE_EMULATOR_HOST"] = location.endpoint
-    if credentials_file:
-        env["GOOGLE_APPLICATION_CREDENTIALS"] = credentials_file
-    if location.project:
-        env["GOOGLE_CLOUD_PROJECT"] = location.project
-    return env
 
 
 _FAILURES = StoreFailures(endpoint_fields="spec.artifacts.gcs.endpoint",

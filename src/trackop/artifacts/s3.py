@@ -6,16 +6,12 @@ talks to S3. Its messages are built from the S3 error code only.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import boto3
 import botocore.exceptions
 from botocore.config import Config
 
-from ..api.validation import validate_bucket_name
-from .common import ArtifactsError, StoreFailures, normalise_prefix, probe_name, secret_named, shown_endpoint
-
-DEFAULT_REGION = "us-east-1"
+from .common import ArtifactsError, StoreFailures, probe_name, secret_named, shown_endpoint
+from .locations import DEFAULT_REGION, S3Location
 
 # Error codes that mean "these credentials are wrong", as opposed to "not allowed".
 _CREDENTIAL_CODES = frozenset({
@@ -30,41 +26,6 @@ _UNREACHABLE = (
     botocore.exceptions.ReadTimeoutError,
     botocore.exceptions.ConnectionClosedError,
 )
-
-
-@dataclass(frozen=True)
-class S3Location:
-    """A bucket and prefix, and how to reach the store.
-
-    Construction normalises (prefix slashes, endpoint's trailing slash, empty region) and
-    validates the bucket name, so every ``S3Location`` names one canonical place.
-    """
-
-    bucket: str
-    prefix: str = ""
-    endpoint: str | None = None  # e.g. http://minio.minio.svc:9000; None = AWS
-    region: str = DEFAULT_REGION
-    create_bucket: bool = False
-
-    def __post_init__(self) -> None:
-        validate_bucket_name(self.bucket)
-        # Frozen: the normalised values go in through object.__setattr__.
-        object.__setattr__(self, "prefix", normalise_prefix(self.prefix))
-        object.__setattr__(self, "endpoint", self.endpoint.rstrip("/") if self.endpoint else None)
-        object.__setattr__(self, "region", self.region or DEFAULT_REGION)
-
-    @property
-    def uri(self) -> str:
-        """``s3://bucket/prefix``, or ``s3://bucket`` without a prefix (MLFLOW_ARTIFACT_ROOT)."""
-        return f"s3://{self.bucket}/{self.prefix}" if self.prefix else f"s3://{self.bucket}"
-
-
-def s3_client_env(location: S3Location) -> dict[str, str]:
-    """The non-secret env a workload's S3 client needs; the keys travel separately, via a Secret."""
-    env = {"AWS_DEFAULT_REGION": location.region}
-    if location.endpoint:
-        env["MLFLOW_S3_ENDPOINT_URL"] = location.endpoint
-    return env
 
 
 def _shown_endpoint(endpoint: str | None, region: str = DEFAULT_REGION) -> str:

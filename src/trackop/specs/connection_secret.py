@@ -10,7 +10,7 @@ from urllib.parse import quote
 
 from ..api import tuning
 from ..api.v1alpha1 import BackendSpec, PostgresEndpoint
-from ..artifacts import azure, check, gcs, s3
+from ..artifacts import locations
 from .common import labels, owner_reference
 
 
@@ -56,19 +56,19 @@ def bucket_env(spec: BackendSpec, secret_values: tuple[str, ...] | None) -> dict
     store = spec.artifacts
     if store is None:
         return {}
-    location = check.location_for(store)
+    location = locations.location_for(store)
     if store.kind == "s3":
-        env = s3.s3_client_env(location)
+        env = locations.s3_client_env(location)
         if secret_values:
             env["AWS_ACCESS_KEY_ID"], env["AWS_SECRET_ACCESS_KEY"] = secret_values
         return env
     if store.kind == "gcs":
-        return gcs.gcs_client_env(location)
+        return locations.gcs_client_env(location)
     env = {}
     if secret_values:
-        env[azure.AZURE_KEY_ENV] = secret_values[0]
+        env[locations.AZURE_KEY_ENV] = secret_values[0]
         if location.endpoint:
-            env["AZURE_STORAGE_CONNECTION_STRING"] = azure.azure_connection_string(location, secret_values[0])
+            env["AZURE_STORAGE_CONNECTION_STRING"] = locations.azure_connection_string(location, secret_values[0])
     return env
 
 

@@ -7,7 +7,7 @@ from typing import Any
 
 from ..api import tuning
 from ..api.v1alpha1 import BackendSpec
-from ..artifacts import azure, check, gcs, s3
+from ..artifacts import locations
 from .common import labels, owner_reference
 
 GCS_KEY_DIR = "/var/run/secrets/trackop/gcs"
@@ -18,7 +18,7 @@ def _server_bucket_env(spec: BackendSpec) -> tuple[list[dict[str, Any]], list[di
     """The tracking server's env for the store, with credentials by secretKeyRef (never
     literal), plus the volumes and mounts a GCS key file needs: (env, volumes, mounts)."""
     store = spec.artifacts
-    location = check.location_for(store)
+    location = locations.location_for(store)
     ref = store.credentials_secret
 
     def from_secret(name: str, key: str) -> dict[str, Any]:
@@ -28,17 +28,17 @@ def _server_bucket_env(spec: BackendSpec) -> tuple[list[dict[str, Any]], list[di
     if store.kind == "s3":
         secret = [from_secret("AWS_ACCESS_KEY_ID", store.credential_keys[0]),
                   from_secret("AWS_SECRET_ACCESS_KEY", store.credential_keys[1])] if ref else []
-        return literal(s3.s3_client_env(location)) + secret, [], []
+        return literal(locations.s3_client_env(location)) + secret, [], []
     if store.kind == "gcs":
         if not ref:
-            return literal(gcs.gcs_client_env(location)), [], []
+            return literal(locations.gcs_client_env(location)), [], []
         volume = {"name": "gcs-key", "secret": {"secretName": ref, "items": [
             {"key": store.credential_keys[0], "path": "key.json"}]}}
         mount = {"name": "gcs-key", "mountPath": GCS_KEY_DIR, "readOnly": True}
-        return literal(gcs.gcs_client_env(location, credentials_file=GCS_KEY_FILE)), [volume], [mount]
+        return literal(locations.gcs_client_env(location, credentials_file=GCS_KEY_FILE)), [volume], [mount]
     # Azure: the key first, so the connection string can refer to it as $(AZURE_STORAGE_ACCESS_KEY).
-    secret = [from_secret(azure.AZURE_KEY_ENV, store.credential_keys[0])] if ref else []
-    return secret + literal(azure.azure_client_env(location)), [], []
+    secret = [from_secret(locations.AZURE_KEY_ENV, store.credential_keys[0])] if ref else []
+    return secret + literal(locations.azure_client_env(location)), [], []
 
 
 # MLflow rejects Host headers it does not know (DNS rebinding protection); setting the list
