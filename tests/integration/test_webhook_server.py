@@ -330,6 +330,7 @@ def test_stop_releases_the_port_at_once_and_a_failed_start_binds_nothing(serve):
     with pytest.raises(OSError):
         second.start()  # the port is taken
     second.stop()  # nothing to release; safe anyway
+    WebhookServer("127.0.0.1", port, server.handlers).stop()  # and so is stopping one never started
     idle = http.client.HTTPSConnection("127.0.0.1", port, context=context, timeout=10)
     _, response, _ = _admit(idle)
     assert response.status == 200  # the first server still serves
