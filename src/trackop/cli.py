@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import random
 import sys
@@ -11,7 +12,8 @@ from importlib.metadata import entry_points
 from pathlib import Path
 
 from . import __version__
-from .settings import DEFAULT_OPERATOR_NAMESPACE, FAILURE_POLICIES, LOG_FORMATS, MANAGED_ADDRESSES, Settings
+from .settings import (DEFAULT_OPERATOR_NAMESPACE, FAILURE_POLICIES, LOG_FORMATS, MANAGED_ADDRESSES, MIB,
+                       ServerLimits, Settings)
 
 # Subcommands other installed packages add: each entry point is a callable
 # ``register(subparsers)`` (the test bed's package adds ``testbed`` and ``dev``).
@@ -30,7 +32,13 @@ def settings_from(args: argparse.Namespace, environ: Mapping[str, str]) -> Setti
     changes = {key: value for key, value in flags.items() if value not in (None, "")}
     if args.verbose:
         changes["verbose"] = True
-    return Settings.from_environ(environ).replace(**changes)
+    settings = Settings.from_environ(environ)
+    limits = {"read_timeout": args.webhook_read_timeout, "keepalive_timeout": args.webhook_keepalive_timeout,
+              "max_connections": args.webhook_max_connections, "max_body_bytes": args.webhook_max_body_bytes}
+    given_limits = {key: value for key, value in limits.items() if value is not None}
+    if given_limits:
+        changes["webhook_limits"] = dataclasses.replace(settings.webhook.limits, **given_limits)
+    return settings.replace(**changes)
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -106,6 +114,20 @@ def build_parser() -> argparse.ArgumentParser:
                      help="serve the certificate of this TLS Secret in the operator's namespace (tls.crt, tls.key, "
                           "ca.crt; for example one cert-manager renews) instead of trackop's own CA; reloaded when "
                           "it changes")
+    run.add_argument("--webhook-read-timeout", type=float, metavar="SECONDS",
+                     help="the webhook server closes a connection whose TLS handshake, request headers or body "
+                          f"take longer than this, each (default $TRACKOP_WEBHOOK_READ_TIMEOUT, else "
+                          f"{ServerLimits.read_timeout:g})")
+    run.add_argument("--webhook-keepalive-timeout", type=float, metavar="SECONDS",
+                     help="close a kept-alive webhook connection idle this long (default "
+                          f"$TRACKOP_WEBHOOK_KEEPALIVE_TIMEOUT, else {ServerLimits.keepalive_timeout:g}: longer "
+                          "than the API server's 90, so that it closes them)")
+    run.add_argument("--webhook-max-connections", type=int, metavar="N",
+                     help="open webhook connections at most; more wait to be accepted (default "
+                          f"$TRACKOP_WEBHOOK_MAX_CONNECTIONS, else {ServerLimits.max_connections})")
+    run.add_argument("--webhook-max-body-bytes", type=int, metavar="BYTES",
+                     help="larger admission requests get 413, unread (default $TRACKOP_WEBHOOK_MAX_BODY_BYTES, "
+                          f"else {ServerLimits.max_body_bytes // MIB} MiB, what the API server itself reads of a request)")
     run.add_argument("--managed-postgres-address", choices=MANAGED_ADDRESSES,
                      help="how the operator reaches the PostgreSQL servers it deploys (spec.postgres.managed): "
                           "service (default), their Service's cluster DNS name; pod, the ready pod's IP, for an "

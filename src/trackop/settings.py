@@ -18,6 +18,35 @@ MANAGED_ADDRESSES = (MANAGED_ADDRESS_SERVICE, MANAGED_ADDRESS_POD)
 FAILURE_POLICIES = ("Ignore", "Fail")
 LOG_FORMATS = ("plain", "full", "json")
 DEFAULT_OPERATOR_NAMESPACE = "trackop-system"
+MIB = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class ServerLimits:
+    """What one client may hold of the webhook server (``--webhook-*``; docs/injection.md, "Limits").
+
+    The API server gives a webhook call ``timeoutSeconds`` (3) in all, so ``read_timeout``
+    for each step is generous. ``max_body_bytes``: an AdmissionReview carries one Pod (CREATE
+    only) or a small TrackingBackend; etcd stores at most 1.5 MiB an object and the API server
+    reads at most 3 MiB of a request's body (twice that, for JSON that shrinks to protobuf), so
+    any Pod that can be created fits in 3 MiB as JSON. Idle keep-alive connections are closed
+    after ``keepalive_timeout``, longer than the API server's own idle timeout (Go's 90 s) so
+    that it, not we, closes them: a connection closed just as it sends a request fails that
+    admission."""
+
+    read_timeout: float = 10.0  # each of: the TLS handshake, the request headers, the body
+    keepalive_timeout: float = 120.0
+    max_connections: int = 256
+    max_body_bytes: int = 3 * MIB
+    # Then the response says "Connection: close": a long-lived connection moves to another
+    # replica now and then (a Service balances connections, not requests).
+    keepalive_requests: int = 1000
+
+    def check(self) -> None:
+        for name in ("read_timeout", "keepalive_timeout", "max_connections", "max_body_bytes", "keepalive_requests"):
+            value = getattr(self, name)
+            if value <= 0:
+                raise ValueError(f"the webhook's {name.replace('_', ' ')} must be positive, not {value:g}")
 
 
 @dataclass(frozen=True)
@@ -33,6 +62,7 @@ class WebhookSettings:
     # How often the serving certificate is checked, and how long before expiry it is renewed.
     rotation_check_seconds: float = 3600.0
     renew_before: dt.timedelta = dt.timedelta(days=30)
+    limits: ServerLimits = field(default_factory=ServerLimits)
 
 
 @dataclass(frozen=True)
@@ -72,6 +102,12 @@ class Settings:
             owner_cluster_role=environ.get("TRACKOP_WEBHOOK_OWNER_CLUSTERROLE", ""),
             rotation_check_seconds=number("TRACKOP_WEBHOOK_ROTATION_CHECK", 3600.0),
             renew_before=dt.timedelta(days=number("TRACKOP_WEBHOOK_RENEW_BEFORE_DAYS", 30.0)),
+            limits=ServerLimits(
+                read_timeout=number("TRACKOP_WEBHOOK_READ_TIMEOUT", ServerLimits.read_timeout),
+                keepalive_timeout=number("TRACKOP_WEBHOOK_KEEPALIVE_TIMEOUT", ServerLimits.keepalive_timeout),
+                max_connections=int(number("TRACKOP_WEBHOOK_MAX_CONNECTIONS", ServerLimits.max_connections)),
+                max_body_bytes=int(number("TRACKOP_WEBHOOK_MAX_BODY_BYTES", ServerLimits.max_body_bytes)),
+            ),
         )
         settings = cls(
             operator_namespace=environ.get("TRACKOP_NAMESPACE") or DEFAULT_OPERATOR_NAMESPACE,
@@ -112,3 +148,4 @@ class Settings:
             raise ValueError(f"the log format must be one of {', '.join(LOG_FORMATS)}, not {self.log_format!r}")
         if self.webhook.rotation_check_seconds <= 0:
             raise ValueError("the webhook certificate's rotation check interval must be positive")
+        self.webhook.limits.check()

@@ -10,7 +10,7 @@ import sys
 import pytest
 
 from trackop import __version__, cli
-from trackop.settings import Settings
+from trackop.settings import ServerLimits, Settings
 
 
 def run_args(*extra: str):
@@ -46,6 +46,10 @@ def test_the_environment_as_the_chart_and_the_tests_set_it():
     ({"TRACKOP_WEBHOOK_FAILURE_POLICY": "Maybe"}, "failure policy must be Ignore or Fail"),
     ({"TRACKOP_MANAGED_POSTGRES_ADDRESS": "node"}, "managed PostgreSQL address must be one of service, pod"),
     ({"TRACKOP_LOG_FORMAT": "xml"}, "log format must be one of plain, full, json"),
+    ({"TRACKOP_WEBHOOK_READ_TIMEOUT": "0"}, "webhook's read timeout must be positive, not 0"),
+    ({"TRACKOP_WEBHOOK_KEEPALIVE_TIMEOUT": "-1"}, "webhook's keepalive timeout must be positive"),
+    ({"TRACKOP_WEBHOOK_MAX_CONNECTIONS": "0"}, "webhook's max connections must be positive"),
+    ({"TRACKOP_WEBHOOK_MAX_BODY_BYTES": "lots"}, "TRACKOP_WEBHOOK_MAX_BODY_BYTES='lots' is not a number"),
 ])
 def test_a_bad_setting_is_refused_naming_it(environ, says):
     with pytest.raises(ValueError, match=says):
@@ -84,3 +88,23 @@ def test_a_bad_setting_stops_trackop_run_with_a_clear_error(tmp_path):
     assert done.returncode == 1
     assert "trackop: error: invalid setting: TRACKOP_DRIFT_INTERVAL='never' is not a number" in done.stderr
     assert not json.dumps(done.stderr).count("Traceback")
+
+
+def test_the_webhook_server_limits_from_the_environment_then_the_flags():
+    assert Settings().webhook.limits == ServerLimits()
+    assert ServerLimits().max_body_bytes == 3 * 1024 * 1024 and ServerLimits().keepalive_timeout > 90
+    environ = {"TRACKOP_WEBHOOK_READ_TIMEOUT": "4", "TRACKOP_WEBHOOK_KEEPALIVE_TIMEOUT": "200",
+               "TRACKOP_WEBHOOK_MAX_CONNECTIONS": "64", "TRACKOP_WEBHOOK_MAX_BODY_BYTES": "1048576"}
+    assert Settings.from_environ(environ).webhook.limits == ServerLimits(
+        read_timeout=4, keepalive_timeout=200, max_connections=64, max_body_bytes=1048576)
+    flagged = cli.settings_from(run_args("--webhook-read-timeout", "2.5", "--webhook-max-connections", "8"), environ)
+    assert flagged.webhook.limits == ServerLimits(read_timeout=2.5, keepalive_timeout=200, max_connections=8,
+                                                  max_body_bytes=1048576)  # the rest from the environment
+    assert cli.settings_from(run_args(), {}).webhook.limits == ServerLimits()
+
+
+def test_a_bad_webhook_limit_flag_is_refused_naming_it():
+    with pytest.raises(ValueError, match="webhook's read timeout must be positive, not 0"):
+        cli.settings_from(run_args("--webhook-read-timeout", "0"), {})
+    with pytest.raises(ValueError, match="webhook's max body bytes must be positive, not -5"):
+        cli.settings_from(run_args("--webhook-max-body-bytes", "-5"), {})

@@ -20,6 +20,7 @@ from .. import metrics
 from ..api.v1alpha1 import GROUP, KIND, MANAGED_BY, MANAGED_BY_LABEL, VERSION
 from ..kube.client import Kube
 from ..kube.errors import ApiException
+from ..settings import ServerLimits
 from ..specs.webhook_configurations import webhook_configurations
 from . import certificates
 from .index import Index
@@ -42,7 +43,8 @@ class InjectionService:
     def __init__(self, kube: Kube, index: Index, view_of: ViewOf, *, address: str, url: str,
                  failure_policy: str, operator_namespace: str, cert_secret: str = "", service: str = "",
                  owner_cluster_role: str = "", rotation_check_seconds: float = 3600.0,
-                 renew_before: dt.timedelta = certificates.DEFAULT_RENEW_BEFORE) -> None:
+                 renew_before: dt.timedelta = certificates.DEFAULT_RENEW_BEFORE,
+                 limits: ServerLimits | None = None) -> None:
         host, _, port = address.rpartition(":")
         # How often the serving certificate is checked, and how long before expiry it is renewed.
         self.rotation_check_seconds = rotation_check_seconds
@@ -68,7 +70,8 @@ class InjectionService:
         self.index_watch = IndexWatch(kube, index, view_of)
         self._events: queue.Queue = queue.Queue(maxsize=1000)
         handlers = Handlers(index, operator_namespace, fail_closed=failure_policy == "Fail", on_warning=self._warn)
-        self.server = WebhookServer(host, int(port), handlers)
+        # Binds at start, not here: an InjectionService that never started holds no port.
+        self.server = WebhookServer(host, int(port), handlers, limits)
         self._stop = threading.Event()
         self.certs: certificates.WebhookCerts | None = None
         # A TLS Secret someone else renews (cert-manager: tls.crt, tls.key, ca.crt) instead of our own CA.
