@@ -164,5 +164,9 @@ class WebhookServer:
         self._thread.start()
 
     def stop(self) -> None:
-        self._server.shutdown()
+        """Stop serving and close the socket; also for a server never started (a failed
+        startup), whose shutdown() would wait forever for a loop that never ran."""
+        if self._thread is not None:
+            self._server.shutdown()
+            self._thread = None
         self._server.server_close()
