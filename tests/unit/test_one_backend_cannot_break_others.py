@@ -78,6 +78,15 @@ def test_a_watch_event_of_a_broken_backend_drops_only_it_and_a_fix_brings_it_bac
     assert index.backend("a", "broken") is None and not watch.broken
 
 
+def test_a_broken_backend_deleted_while_the_watch_was_down_is_forgotten_by_the_relist():
+    kube = ListingKube([body("a", "broken"), body("b", "good")])
+    watch = IndexWatch(kube, Index(), view_or_raise)
+    watch.prime()
+    kube.backends = [body("b", "good")]
+    watch.prime()
+    assert watch.broken == {}
+
+
 # ---- the reconcile ------------------------------------------------------------------------
 
 def test_a_step_that_raises_the_unexpected_becomes_a_condition_with_backoff(monkeypatch):

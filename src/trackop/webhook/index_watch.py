@@ -55,7 +55,7 @@ class IndexWatch:
         seen = set()
         for body in items:
             seen.add(self._apply(kind, "ADDED", body))
-        stale = ({(v.namespace, v.name) for v in self.index.backends()} if kind == "backends"
+        stale = ({(v.namespace, v.name) for v in self.index.backends()} | set(self.broken) if kind == "backends"
                  else set(self.index.namespaces()))
         for key in stale - seen:
             self._apply_drop(kind, key)
@@ -100,6 +100,7 @@ class IndexWatch:
             self.index.drop_namespace(key)
         else:
             self.index.drop_backend(*key)
+            self.broken.pop(key, None)
 
     def _watch_loop(self, kind: str, stop: threading.Event) -> None:
         while not stop.is_set():
