@@ -83,3 +83,32 @@ def test_a_session_is_not_reused_after_a_failure_or_with_other_credentials(admin
     with pool.session(server, user, password) as conn:
         assert pid(conn) == second
     pool.close_all()
+
+
+def trackop_sessions(bed_info: dict, user: str) -> int:
+    pg = bed_info["postgres"]
+    with psycopg.connect(host=pg["host"], port=pg["port"], user=pg["user"], password=pg["password"],
+                         dbname="postgres", autocommit=True) as conn:
+        return conn.execute("SELECT count(*) FROM pg_stat_activity WHERE usename = %s AND application_name = %s",
+                            (user, sessions.APPLICATION_NAME)).fetchone()[0]
+
+
+def test_the_session_of_a_rotated_admin_password_is_closed_on_the_server(admin, bed_info):
+    server, user, password = admin
+    pool = sessions.AdminSessions()
+    with pool.session(server, user, password) as conn:
+        old = pid(conn)
+    assert trackop_sessions(bed_info, user) == 1, "kept for the next reconcile"
+    rotated = secrets.token_urlsafe(18)
+    pg = bed_info["postgres"]
+    with psycopg.connect(host=pg["host"], port=pg["port"], user=pg["user"], password=pg["password"],
+                         dbname="postgres", autocommit=True) as superuser:
+        # The admin Secret's password rotated: the server's first, then the Secret's.
+        superuser.execute(sql.SQL("ALTER ROLE {} PASSWORD {}").format(sql.Identifier(user), sql.Literal(rotated)))
+    with pool.session(server, user, rotated) as conn:
+        assert pid(conn) != old
+        assert trackop_sessions(bed_info, user) == 1, "the old password's session is closed, not kept until exit"
+    with pool.session(server, user, rotated) as conn:
+        assert trackop_sessions(bed_info, user) == 1
+    pool.close_all()
+    assert trackop_sessions(bed_info, user) == 0

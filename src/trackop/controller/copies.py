@@ -3,7 +3,9 @@ pods that opted in but missed injection (the webhook was down with failurePolicy
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Mapping
+from typing import Any
 
 from ..api import v1alpha1
 from ..api.v1alpha1 import COPY_LABEL, BackendSpec
@@ -24,6 +26,7 @@ class SecretCopies:
         self.opted_in_pods = opted_in_pods
         self.operator_namespace = operator_namespace
         self._reported_pods: set[str] = set()  # uids already reported as missing injection
+        self._reported_lock = threading.Lock()
 
     def sync(self, spec: BackendSpec, data: Mapping[str, str],
              did: Callable[[str, str], None] = lambda reason, message: None) -> None:
@@ -61,16 +64,19 @@ class SecretCopies:
     def missed_injections(self, spec: BackendSpec) -> list[tuple[str, str, str]]:
         """Warnings for pods that opted in to this backend but were created without
         injection (the webhook was down with failurePolicy Ignore); each pod once."""
-        events = []
-        for pod in self.opted_in_pods.get():
-            meta = pod.metadata
-            reference = injection.parse_backend_reference(
-                (meta.annotations or {}).get(v1alpha1.BACKEND_ANNOTATION), meta.namespace)
-            if reference != (spec.namespace, spec.name) or meta.uid in self._reported_pods:
-                continue
-            if injection.missed_injection({"metadata": {"labels": meta.labels, "annotations": meta.annotations}}):
-                self._reported_pods.add(meta.uid)
-                events.append(("Warning", "InjectionMissed",
-                               f"pod {meta.namespace}/{meta.name} opted in but was created without "
-                               "MLFLOW_TRACKING_URI (the webhook was unavailable): delete it to recreate it"))
-        return events
+        pods = self.opted_in_pods.get()
+        with self._reported_lock:  # the drift checks of several backends run at once
+            # Pods gone (or no longer opted in) are forgotten: the set holds listed pods only.
+            self._reported_pods &= {pod.metadata.uid for pod in pods}
+            missed = [pod.metadata for pod in pods if self._newly_missed(spec, pod.metadata)]
+            self._reported_pods |= {meta.uid for meta in missed}
+        return [("Warning", "InjectionMissed",
+                 f"pod {meta.namespace}/{meta.name} opted in but was created without "
+                 "MLFLOW_TRACKING_URI (the webhook was unavailable): delete it to recreate it") for meta in missed]
+
+    def _newly_missed(self, spec: BackendSpec, meta: Any) -> bool:
+        """A pod of this backend that missed injection and was not reported yet."""
+        reference = injection.parse_backend_reference(
+            (meta.annotations or {}).get(v1alpha1.BACKEND_ANNOTATION), meta.namespace)
+        return (reference == (spec.namespace, spec.name) and meta.uid not in self._reported_pods
+                and injection.missed_injection({"metadata": {"labels": meta.labels, "annotations": meta.annotations}}))

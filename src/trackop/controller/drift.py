@@ -23,7 +23,7 @@ import hashlib
 import logging
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -61,6 +61,22 @@ class Baseline:
     admin: tuple[str, str]                # (user, password): the snapshot's session
     fingerprint: dict[str, Any]
     taken_at: float                       # monotonic, right after the full reconcile
+
+
+def server_key(reach: PostgresEndpoint, admin: tuple[str, str]) -> tuple:
+    """The cache key of a server's snapshot: server and admin (a hash of the password)."""
+    user, password = admin
+    return ("server", reach.host, reach.port, reach.ssl_mode, user, hashlib.sha256(password.encode()).hexdigest())
+
+
+def needed_snapshots(baselines: Iterable[Baseline]) -> set[tuple]:
+    """The cache keys of the snapshots the fingerprints ``baselines`` are compared with: the
+    rest (of backends, namespaces, servers or admin passwords that are gone) can go."""
+    needed: set[tuple] = set()
+    for baseline in baselines:
+        needed |= {server_key(baseline.reach, baseline.admin), ("secrets", baseline.spec.namespace), ("copies",)}
+        needed |= {(kind,) for kind, _ in owned_objects(baseline.spec)}
+    return needed
 
 
 class DriftChecker:
@@ -112,8 +128,13 @@ class DriftChecker:
             self._baselines[(ns, spec.name)] = baseline
 
     def forget(self, namespace: str, name: str) -> None:
+        """Drop the backend's fingerprint (a reconcile records it again, a deleted backend
+        never) and every snapshot no remaining fingerprint is compared with."""
         with self._lock:
             self._baselines.pop((namespace, name), None)
+            needed = needed_snapshots(self._baselines.values())
+            for key in [key for key in self._cache if key not in needed]:
+                del self._cache[key]
 
     # -- the drift timer --
     def check(self, spec: BackendSpec, body: Mapping[str, Any]) -> str:
@@ -140,7 +161,7 @@ class DriftChecker:
 
     def _server(self, baseline: Baseline) -> snapshot.ServerSnapshot:
         reach, (user, password) = baseline.reach, baseline.admin
-        key = ("server", reach.host, reach.port, reach.ssl_mode, user, hashlib.sha256(password.encode()).hexdigest())
+        key = server_key(reach, baseline.admin)
 
         def fetch() -> snapshot.ServerSnapshot:
             with sessions.admin_session(reach, user, password) as conn:

@@ -20,6 +20,7 @@ from .. import metrics
 from ..api import conditions as cond
 from ..api.parsing import parse
 from ..api.v1alpha1 import GROUP, PLURAL, VERSION, BackendSpec, SpecError
+from ..kube.errors import ApiException, refusal_message
 from ..schema import migration, revisions
 from ..settings import Settings
 from ..specs.connection_secret import secret_keys
@@ -27,11 +28,13 @@ from ..webhook.injection import BackendView, backend_view
 from ..webhook.service import InjectionService
 from . import kopf_settings
 from .drift import UNCHANGED
-from .outcome import Outcome, StepFailed
+from .outcome import Outcome, StepFailed, unexpected_failure
 from .retry import api_trouble, retry_delay, retrying_api_trouble
 from .runtime import Runtime
 
 log = logging.getLogger(__name__)
+
+WEBHOOK_START_RETRY_SECONDS = 10.0
 
 
 def registry(settings: Settings) -> kopf.OperatorRegistry:
@@ -63,21 +66,41 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: logging.
         # servers, clone fallbacks) import MLflow on first use: most operators never do.
         migration.preload()
     revisions.head_revision()  # the migration scripts' ids, read once now (no MLflow import), not by the first handlers
-    if options.metrics_address:
+    if options.metrics_address and not runtime.metrics_served:
+        # Once: a startup retried after a later failure must not bind the port again.
         metrics.serve(options.metrics_address)
+        runtime.metrics_served = True
         logger.info("metrics served on http://%s/metrics", options.metrics_address)
+    if options.webhook.address:
+        _start_webhooks(runtime, logger)
+    logger.info("trackop ready: MLflow %s bundled, drift interval %.0fs", revisions.BUNDLED_MLFLOW_VERSION,
+                options.drift_interval)
+
+
+def _start_webhooks(runtime: Runtime, logger: logging.Logger) -> None:
+    """Serve the admission webhooks. A start that fails has released what it bound (the
+    port, the index watch's threads): kopf retries the startup soon and the retry binds
+    again, instead of failing with "Address already in use" every minute."""
+    options = runtime.settings
     hooks = options.webhook
-    if hooks.address:
-        runtime.injection = InjectionService(
+    if runtime.injection is not None:
+        runtime.injection.stop()  # left by an earlier attempt (a start that raised released itself)
+        runtime.injection = None
+    try:
+        service = InjectionService(
             runtime.kube, runtime.index, index_view, address=hooks.address, url=hooks.url,
             failure_policy=hooks.failure_policy, operator_namespace=options.operator_namespace,
             cert_secret=hooks.cert_secret, service=hooks.service, owner_cluster_role=hooks.owner_cluster_role,
             rotation_check_seconds=hooks.rotation_check_seconds, renew_before=hooks.renew_before,
             limits=hooks.limits)
-        runtime.injection.start()
-        logger.info("admission webhooks served on %s (failurePolicy %s)", hooks.address, hooks.failure_policy)
-    logger.info("trackop ready: MLflow %s bundled, drift interval %.0fs", revisions.BUNDLED_MLFLOW_VERSION,
-                options.drift_interval)
+        service.start()
+    except Exception as exc:
+        detail = refusal_message(exc) if isinstance(exc, ApiException) else str(exc)
+        raise kopf.TemporaryError(
+            f"the admission webhooks could not start ({type(exc).__name__}: {detail[:300]}); "
+            f"retrying in {WEBHOOK_START_RETRY_SECONDS:.0f}s", delay=WEBHOOK_START_RETRY_SECONDS) from None
+    runtime.injection = service
+    logger.info("admission webhooks served on %s (failurePolicy %s)", hooks.address, hooks.failure_policy)
 
 
 def stop_webhooks(memo: kopf.Memo, **_: Any) -> None:
@@ -86,8 +109,15 @@ def stop_webhooks(memo: kopf.Memo, **_: Any) -> None:
 
 
 def _parse(body: Mapping[str, Any]) -> BackendSpec:
+    """The parsed spec; SpecError for anything ``parse`` cannot read, a crash of the parse
+    itself included: one backend's object never raises anything else into a handler."""
     meta = body["metadata"]
-    return parse(meta["namespace"], meta["name"], body.get("spec") or {})
+    try:
+        return parse(meta["namespace"], meta["name"], body.get("spec") or {})
+    except SpecError:
+        raise
+    except Exception as exc:
+        raise SpecError("spec", f"could not be read ({type(exc).__name__}: {str(exc)[:300]})") from None
 
 
 def _write(outcome: Outcome, body: Mapping[str, Any], status: Mapping[str, Any], patch: kopf.Patch) -> None:
@@ -211,6 +241,8 @@ def track_backend(event: kopf.RawEvent, body: kopf.Body, memo: kopf.Memo, **_: A
         runtime.specs.pop(key, None)
         if event["type"] == "DELETED":
             runtime.forget_lock(key)
+            # What the drift timer kept for it: its fingerprint and the snapshots only it used.
+            runtime.reconciler.drift.forget(*key)
     else:
         runtime.specs[key] = spec
 
@@ -231,11 +263,27 @@ def track_namespace(event: kopf.RawEvent, body: kopf.Body, memo: kopf.Memo, **_:
         return  # the initial listing: every backend's own reconcile places its copies
     # A new namespace, or new labels: copies for backends that select namespaces by label.
     for spec in list(runtime.specs.values()):
-        if spec.namespace_selector is None:
-            continue
+        if spec.namespace_selector is not None:
+            _sync_copies(runtime, spec)
+
+
+def _sync_copies(runtime: Runtime, spec: BackendSpec) -> None:
+    """One backend's copies after a namespace change, under its lock like every reconcile.
+    A backend being reconciled right now is skipped: that reconcile, or its drift timer's
+    next check (which sees the namespaces change), places the copies. A failure stays
+    with this backend and the other backends' copies are still placed."""
+    lock = runtime.lock_of((spec.namespace, spec.name))
+    if not lock.acquire(blocking=False):
+        return
+    try:
         data = runtime.kube.read_secret(spec.namespace, spec.connection_secret)
         if data:
             runtime.reconciler.copies.sync(spec, data)
+    except Exception as exc:
+        log.warning("%s/%s: placing the Secret copies after a namespace change failed (%s); the "
+                    "backend's next reconcile places them", spec.namespace, spec.name, type(exc).__name__)
+    finally:
+        lock.release()
 
 
 def delete_backend(body: kopf.Body, patch: kopf.Patch, retry: int, memo: kopf.Memo, **_: Any) -> None:
@@ -249,6 +297,14 @@ def delete_backend(body: kopf.Body, patch: kopf.Patch, retry: int, memo: kopf.Me
         with runtime.lock_for(body), retrying_api_trouble():
             events = runtime.reconciler.delete(spec, body)
     except StepFailed as failure:
+        kopf.event(body, type="Warning", reason=failure.reason, message=failure.message)
+        raise kopf.TemporaryError(failure.message, delay=retry_delay(failure.retry_after, retry)) from None
+    except kopf.TemporaryError:
+        raise
+    except Exception as exc:
+        # What no deletion step expects: a Warning naming it and our backoff, not kopf's traceback.
+        failure = unexpected_failure("Deletion", exc)
+        log.warning("%s/%s: deletion failed: %s", spec.namespace, spec.name, failure.message)
         kopf.event(body, type="Warning", reason=failure.reason, message=failure.message)
         raise kopf.TemporaryError(failure.message, delay=retry_delay(failure.retry_after, retry)) from None
     for event_type, reason, message in events:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import traceback
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import PurePath
 from typing import Any
 
 from ..api import conditions as cond
@@ -23,6 +25,22 @@ class StepFailed(Exception):
         self.retry_after = retry_after
         # Progress (a Job running, a rollout) is polled at a steady pace, not backed off.
         self.backoff = backoff
+
+
+UNEXPECTED_RETRY_SECONDS = 30.0
+
+
+def unexpected_failure(condition_type: str, exc: BaseException) -> StepFailed:
+    """A step that raised what no step expects (a bug, or a spec value a builder refuses
+    although ``parse`` let it through) as a failed step: a condition naming the error and
+    where it happened, retried with backoff. Only this backend stops; the handler does not
+    raise, so kopf neither logs a traceback per retry nor retries on its own schedule."""
+    frames = traceback.extract_tb(exc.__traceback__) if exc.__traceback__ else []
+    where = f" in {PurePath(frames[-1].filename).name}:{frames[-1].lineno}" if frames else ""
+    return StepFailed(condition_type, "ReconcileError",
+                      f"{type(exc).__name__}{where}: {str(exc)[:500]}. Only this backend is affected: fix "
+                      "the field the message names, or report it as a trackop bug with this message; "
+                      "trackop retries with backoff", UNEXPECTED_RETRY_SECONDS)
 
 
 @dataclass

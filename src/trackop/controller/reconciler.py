@@ -9,6 +9,7 @@ reported Waiting.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from typing import Any
 
@@ -24,7 +25,8 @@ from . import fingerprint
 from .copies import SecretCopies
 from .drift import DriftChecker
 from .listing import SharedListing
-from .outcome import Context, Outcome, StepFailed
+from .outcome import Context, Outcome, StepFailed, unexpected_failure
+from .retry import api_trouble
 from .steps import (
     artifacts,
     connection_secret,
@@ -37,6 +39,8 @@ from .steps import (
 )
 from .steps import schema as schema_step
 from .steps import tuning as tuning_step
+
+log = logging.getLogger(__name__)
 
 
 class Reconciler:
@@ -124,6 +128,12 @@ class Reconciler:
             # not an unexpected exception that kopf retries only after a minute.
             error = sessions.connection_lost(exc, ctx.reach)
             return failed(ctx, done, StepFailed(step_type, error.reason, error.message, 15))
+        except Exception as exc:
+            if api_trouble(exc) is not None:
+                raise  # the API server is the trouble: no status can be written; the handler retries soon
+            failure = unexpected_failure(step_type, exc)
+            log.warning("%s/%s: %s", spec.namespace, spec.name, redact(failure.message, ctx.secrets))
+            return failed(ctx, done, failure)
 
     def delete(self, spec: BackendSpec, owner: Mapping[str, Any]) -> list[tuple[str, str, str]]:
         """Apply the deletion policy; raises StepFailed if it must be retried."""

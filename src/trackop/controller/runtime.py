@@ -36,6 +36,7 @@ class Runtime:
         self.kube = reconciler.kube
         self.index = Index()
         self.injection: InjectionService | None = None
+        self.metrics_served = False  # /metrics is served once, whatever startup retries
         # The parsed specs the drift timer and namespace events act on, and the namespaces'
         # labels as last seen (the webhook's index is fed by its own watch).
         self.specs: dict[tuple[str, str], BackendSpec] = {}
@@ -51,7 +52,10 @@ class Runtime:
         """One reconcile per backend at a time: kopf runs the drift timer next to the change
         handlers of the same object, and two reconciles would race to create the same Secret
         or migrate the same database (each is safe, but noisy and slower)."""
-        key = (body["metadata"]["namespace"], body["metadata"]["name"])
+        return self.lock_of((body["metadata"]["namespace"], body["metadata"]["name"]))
+
+    def lock_of(self, key: tuple[str, str]) -> threading.Lock:
+        """The lock of the backend (namespace, name): see :meth:`lock_for`."""
         with self._locks_guard:
             return self._locks.setdefault(key, threading.Lock())
 

@@ -10,6 +10,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Any
 
 import psycopg
 
@@ -47,7 +48,10 @@ class AdminSessions:
     changed on the server, pg_hba.conf or a dropped admin is noticed within that time, as by a
     fresh login), only after a ``SELECT 1`` shows it alive (a restarted server is not reported
     as a failure), and only if it was given back idle after a reconcile that raised nothing.
-    Keyed by server, user and a hash of the password: new credentials get new sessions."""
+    Keyed by server, user and a hash of the password: new credentials get new sessions. The
+    kept sessions stay bounded: each call closes those past ``max_age`` under any key, and a
+    new login of an admin closes the sessions kept under its other passwords (a rotated
+    Secret), so they do not stay open on the server until the operator exits."""
 
     def __init__(self, max_idle: int = 4, max_age: float = 60.0) -> None:
         self.max_idle = max_idle
@@ -90,8 +94,13 @@ class AdminSessions:
     @contextmanager
     def session(self, server: PostgresEndpoint, user: str, password: str) -> Iterator[psycopg.Connection]:
         key = self._key(server, user, password)
+        self._close_stale(key, rotated=False)
         found = self._take(key)
         born, conn = found if found else (time.monotonic(), connect(server, user, password))
+        if found is None:
+            # A login with these credentials worked: sessions kept under other passwords of
+            # the same admin are of a rotated Secret, and are closed now, not at exit.
+            self._close_stale(key, rotated=True)
         try:
             yield conn
         except BaseException:
@@ -99,12 +108,40 @@ class AdminSessions:
             raise
         self._give(key, born, conn)
 
+    def _close_stale(self, key: tuple, rotated: bool) -> None:
+        """Close the idle sessions past ``max_age`` (under any key: credentials no reconcile
+        uses any more are never taken again), and with ``rotated`` those of ``key``'s
+        server and user under another password."""
+        now = time.monotonic()
+        closing: list[tuple[float, psycopg.Connection]] = []
+        with self._lock:
+            for kept_key in list(self._idle):
+                old = stale_sessions(kept_key, self._idle[kept_key], key, now, self.max_age, rotated)
+                if not old:
+                    continue
+                closing += old
+                self._idle[kept_key] = [entry for entry in self._idle[kept_key] if entry not in old]
+                if not self._idle[kept_key]:
+                    del self._idle[kept_key]
+        for _, conn in closing:
+            conn.close()
+
     def close_all(self) -> None:
         with self._lock:
             idle, self._idle = self._idle, {}
         for sessions in idle.values():
             for _, conn in sessions:
                 conn.close()
+
+
+def stale_sessions(key: tuple, idle: list[tuple[float, Any]], current: tuple, now: float, max_age: float,
+                   rotated: bool) -> list[tuple[float, Any]]:
+    """Of the idle sessions ``idle`` kept under ``key``: those to close, because they are
+    past ``max_age``, or (``rotated``) because ``current`` is the same server and user with
+    another password (keys are (host, port, sslmode, user, password hash))."""
+    if rotated and key != current and key[:4] == current[:4]:
+        return list(idle)
+    return [entry for entry in idle if now - entry[0] >= max_age]
 
 
 ADMIN_SESSIONS = AdminSessions()

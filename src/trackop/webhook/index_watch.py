@@ -33,6 +33,8 @@ class IndexWatch:
         self.index = index
         self.view_of = view_of
         self._versions: dict[str, str] = {}
+        # Backends whose view could not be made, with why (logged once per new why).
+        self.broken: dict[tuple[str, str], str] = {}
 
     def prime(self) -> None:
         for kind in self.KINDS:
@@ -53,7 +55,7 @@ class IndexWatch:
         seen = set()
         for body in items:
             seen.add(self._apply(kind, "ADDED", body))
-        stale = ({(v.namespace, v.name) for v in self.index.backends()} if kind == "backends"
+        stale = ({(v.namespace, v.name) for v in self.index.backends()} | set(self.broken) if kind == "backends"
                  else set(self.index.namespaces()))
         for key in stale - seen:
             self._apply_drop(kind, key)
@@ -69,18 +71,36 @@ class IndexWatch:
                 self.index.set_namespace(meta["name"], meta.get("labels") or {})
             return meta["name"]
         key = (meta["namespace"], meta["name"])
-        found = None if event_type == "DELETED" else self.view_of(body)
+        found = None if event_type == "DELETED" else self._view(key, body)
+        if event_type == "DELETED":
+            self.broken.pop(key, None)
         if found is None:
             self.index.drop_backend(*key)
         else:
             self.index.set_backend(*found)
         return key
 
+    def _view(self, key: tuple[str, str], body: Mapping[str, Any]) -> Any:
+        """What the index keeps of one backend; None, with a log line naming it, when its
+        object makes the view raise: one backend is left out, the listing and the watch go on."""
+        try:
+            found = self.view_of(body)
+        except Exception as exc:
+            why = f"{type(exc).__name__}: {str(exc)[:300]}"
+            if self.broken.get(key) != why:
+                log.warning("TrackingBackend %s/%s is left out of the webhook index (%s): its pods are not "
+                            "injected until its spec is fixed; every other backend's are", *key, why)
+            self.broken[key] = why
+            return None
+        self.broken.pop(key, None)
+        return found
+
     def _apply_drop(self, kind: str, key: Any) -> None:
         if kind == "namespaces":
             self.index.drop_namespace(key)
         else:
             self.index.drop_backend(*key)
+            self.broken.pop(key, None)
 
     def _watch_loop(self, kind: str, stop: threading.Event) -> None:
         while not stop.is_set():

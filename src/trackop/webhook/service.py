@@ -192,6 +192,15 @@ class InjectionService:
 
     # ---- lifecycle ---------------------------------------------------------------------
     def start(self) -> None:
+        """Serve; a start that fails releases what it took (the port, the index watch) before
+        it raises, so that the next attempt can bind again."""
+        try:
+            self._start()
+        except BaseException:
+            self.stop()
+            raise
+
+    def _start(self) -> None:
         # Listed before serving: the first pods after a restart meet a full index.
         self.index_watch.prime()
         self.index_watch.start(self._stop)
@@ -210,7 +219,7 @@ class InjectionService:
         threading.Thread(target=self._event_loop, name="trackop-admission-events", daemon=True).start()
 
     def stop(self) -> None:
-        self._stop.set()
+        self._stop.set()  # the index watch and the rotation loop end
         self._events.put(None)
         self.server.stop()
 
