@@ -1,6 +1,6 @@
 """The admission webhooks served over HTTPS: AdmissionReview requests in, responses out.
 
-The decisions are pure (``injection.mutate``, ``validation.validate_backend``) and read
+The decisions are pure (``injection.mutate``, ``validation.validate_request``) and read
 only the in-memory index (``index``); this module turns reviews into responses
 (:class:`Handlers`) and holds a small threaded HTTPS server whose certificate can be
 swapped while it serves (rotation).
@@ -26,7 +26,7 @@ from ..api import v1alpha1
 from ..specs.webhook_configurations import MUTATE_PATH, VALIDATE_PATH
 from . import injection
 from .index import Index
-from .validation import validate_backend
+from .validation import validate_request
 
 log = logging.getLogger(__name__)
 
@@ -67,9 +67,7 @@ class Handlers:
                                warnings=decision.warnings)
 
     def validate(self, request: Mapping[str, Any]) -> dict[str, Any]:
-        if request.get("operation") == "DELETE":
-            return review_response(request["uid"], True)
-        allowed, message = validate_backend(request.get("object") or {}, self.index)
+        allowed, message = validate_request(request, self.index)
         return review_response(request["uid"], allowed, message=message)
 
 
