@@ -32,6 +32,7 @@ from trackop.api.v1alpha1 import BackendSpec, SpecError
 from trackop.artifacts import locations
 from trackop.artifacts.common import shown_endpoint
 from trackop.controller import fingerprint
+from trackop.controller.handlers import index_view
 from trackop.postgres import plans, templates
 from trackop.specs import connection_secret, managed_server, managed_server_status, migration_job, tracking_server
 from trackop.specs.webhook_configurations import webhook_configurations
@@ -213,10 +214,12 @@ def test_a_spec_that_parses_builds_every_object_and_a_refused_one_names_a_near_m
     except SpecError as error:
         assert near, f"a spec of valid values only was refused: {error}"
         assert names_the_near_miss(error.field, near), (error.field, near, str(error))
+        assert index_view(obj) is None  # the index (and the operator's startup) leaves it out
         event("refused")
         return
     event(f"parsed{' with a near miss' if near else ''}")
     build_everything(spec, obj)
+    assert index_view(obj) is not None
 
 
 def test_the_issue_s_buckets_are_refused_by_parse_naming_the_field():
