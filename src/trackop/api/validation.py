@@ -104,8 +104,8 @@ MAX_IMAGE = 512
 
 
 def check_image(field: str, value: object) -> str:
-    """A container image reference: anything else a kubelet refuses to pull (InvalidImageName),
-    and an empty one the API server refuses in the Deployment or Job."""
+    """A container image reference by the registries' grammar: a kubelet refuses anything else
+    (InvalidImageName), and the API server an empty one in a Deployment or Job."""
     if not isinstance(value, str) or len(value) > MAX_IMAGE or not re.fullmatch(IMAGE_PATTERN, value):
         raise SpecError(field, "must be a container image reference such as registry.example.com/team/mlflow:3.17.2 "
                                "(lowercase repository path; optional registry, :tag and @sha256:digest)")
