@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 from hypothesis import HealthCheck, Phase, example, given, settings
 from hypothesis import strategies as st
 from kubernetes import client
@@ -30,12 +31,16 @@ from helpers import eventually
 from kit import GROUP, PLURAL, VERSION, Admin, Backends, OperatorProcess
 from spec_mutations import Mutation, conflicts, extras_sets, full_spec, immutable_changes, mutations, unknown_fields
 
+from trackop.specs.webhook_configurations import VALIDATING_NAME
+from trackop_testbed.crd import crd_path, install_crd
+
 pytestmark = pytest.mark.bed
 
 TROUBLESHOOTING = Path(__file__).resolve().parents[2] / "docs" / "troubleshooting.md"
 SETTLE_TIMEOUT = 60       # seconds from acceptance to a Ready condition for the new generation
 LOOP_WINDOW = 3.0         # seconds over which a failing backend's reconciles are counted
 MAX_RECONCILES_IN_WINDOW = 4  # retries back off from 1-15 s; the drift timer runs every 3 s
+FINALIZER = "trackop.dev/finalizer"  # the operator's (controller/kopf_settings.py)
 
 _counter = itertools.count(1)
 
@@ -302,3 +307,57 @@ def test_generated_bad_specs_are_refused_naming_the_field_or_settle(bench: Bench
             print(f"{what} -> {getattr(bench, 'last', '?')} in {bench.timings[-1]}s")
             bench.last = "?"
             bench.check_operator(what)
+
+
+# ---- a backend stored before an upgrade tightened the rules ---------------------------------
+
+def _crd_without_the_bucket_rules() -> dict:
+    """Today's CRD less the rules that refuse ``a..b`` as an S3 bucket: the CRD an older
+    release installed."""
+    manifest = yaml.safe_load(crd_path().read_text())
+    spec_schema = manifest["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
+    bucket = spec_schema["properties"]["artifacts"]["properties"]["s3"]["properties"]["bucket"]
+    bucket.pop("x-kubernetes-validations")
+    assert re.fullmatch(bucket["pattern"], "a..b"), "the older CRD's pattern takes a..b"
+    return manifest
+
+
+def test_a_backend_stored_before_the_rules_were_tightened_is_reported_and_deleted_under_fail(
+        backends: Backends, admin: Admin, operator: OperatorProcess, kube_api):
+    """Stored while the CRD had no rule against ``a..b`` and the validating webhook was not
+    registered, with the finalizer the operator of the time put on it. After the upgrade
+    (today's CRD, the webhook back with failurePolicy Fail) the backend reports InvalidSpec
+    naming the field, and is deleted: kopf's annotations and the finalizer's removal are
+    updates that leave the spec as it was, which the webhook admits."""
+    backends.admin_secret(admin)
+    admission = client.AdmissionregistrationV1Api(kube_api)
+    name = "stored-bad-bucket"
+    spec = {**backends.spec(), "artifacts": {"s3": {"bucket": "a..b"}}, "injection": {"mode": "Direct"}}
+    operator.stop()
+    try:
+        try:
+            admission.delete_validating_webhook_configuration(VALIDATING_NAME)
+        except client.ApiException as exc:
+            if exc.status != 404:
+                raise
+        install_crd(kube_api, manifest=_crd_without_the_bucket_rules())
+        backends.custom.create_namespaced_custom_object(GROUP, VERSION, backends.namespace, PLURAL, {
+            "apiVersion": f"{GROUP}/{VERSION}", "kind": "TrackingBackend",
+            "metadata": {"name": name, "finalizers": [FINALIZER]}, "spec": spec})
+    finally:
+        install_crd(kube_api)
+        operator.restart(extra_args=["--webhook-failure-policy", "Fail"])
+    try:
+        (webhook,) = admission.read_validating_webhook_configuration(VALIDATING_NAME).webhooks
+        assert webhook.failure_policy == "Fail"
+        ready = backends.wait_condition(name, "Ready", "False", "InvalidSpec", timeout=60)
+        assert ready["message"].startswith("spec.artifacts.s3.bucket: "), ready
+        with pytest.raises(client.ApiException) as refused:
+            backends.apply("new-bad-bucket", spec)  # today's rules refuse the same spec anew
+        assert "spec.artifacts.s3.bucket" in _rejection_text(refused.value)
+        backends.delete(name)
+        eventually(lambda: backends.get(name) is None, f"{name} deleted (its finalizer removed)", timeout=60,
+                   interval=0.3)
+        assert operator.process.poll() is None
+    finally:
+        operator.restart()  # back to Ignore for the rest of the session

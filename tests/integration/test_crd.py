@@ -348,3 +348,120 @@ def test_cloudnativepg_storage_can_grow(custom, namespace):
     changed = custom.patch_namespaced_custom_object(
         GROUP, VERSION, namespace, PLURAL, "team-a", {"spec": {"postgres": {"managed": {"storage": {"size": "20Gi"}}}}})
     assert changed["spec"]["postgres"]["managed"]["storage"]["size"] == "20Gi"
+
+
+# ---- the store names and the values builders take: the API server refuses what parse refuses ----
+
+def with_store(kind: str, **fields) -> dict:
+    names = {"s3": {"bucket": "ok-bucket"}, "gcs": {"bucket": "ok-bucket"},
+             "azure": {"container": "ok-container", "storageAccount": "acct1"}}
+    return with_value(backend(), f"spec.artifacts.{kind}", {**names[kind], **fields})
+
+
+@pytest.mark.parametrize(("bucket", "fragment"), [
+    ("a..b", "bucket must not contain two adjacent periods"),
+    ("xn--abc", "S3 reserves those names"),
+    ("192.168.1.1", "bucket must not be formatted as an IP address"),
+])
+def test_the_issue_s_s3_buckets_are_refused_naming_the_field(custom, namespace, bucket, fragment):
+    with pytest.raises(client.ApiException) as excinfo:
+        create(custom, namespace, with_store("s3", bucket=bucket))
+    message = rejection(excinfo)
+    assert "spec.artifacts.s3.bucket:" in message and fragment in message, message
+
+
+NEW_RULES = [
+    # (id, object, field named, fragment of the message)
+    ("gcs-google", with_store("gcs", bucket="my-google-bucket"), "spec.artifacts.gcs.bucket", "reserves"),
+    ("gcs-ip", with_store("gcs", bucket="10.0.0.1"), "spec.artifacts.gcs.bucket", "IP address"),
+    ("gcs-long-part", with_store("gcs", bucket="a." + "b" * 64), "spec.artifacts.gcs.bucket", "parts are 1 to 63"),
+    ("azure-double-hyphen", with_store("azure", container="a--b"), "spec.artifacts.azure.container", "should match"),
+    ("endpoint-userinfo", with_store("s3", endpoint="http://user:pw@minio:9000"), "spec.artifacts.s3.endpoint",
+     "should match"),
+    ("endpoint-port", with_store("gcs", endpoint="http://fake-gcs:65536"), "spec.artifacts.gcs.endpoint",
+     "should match"),
+    ("prefix-dot-dot", with_store("azure", prefix="team-a/../team-b"), "spec.artifacts.azure.prefix",
+     "'.' or '..' segments"),
+    ("region-digits", with_store("s3", region="123"), "spec.artifacts.s3.region", "digits alone"),
+    ("region-hyphen", with_store("s3", region="-"), "spec.artifacts.s3.region", "should match"),
+    ("project", with_store("gcs", project="My_Project"), "spec.artifacts.gcs.project", "should match"),
+    ("credentials-name", with_store("gcs", credentialsSecretRef={"name": "Keys"}),
+     "spec.artifacts.gcs.credentialsSecretRef.name", "should match"),
+    ("credentials-key", with_store("s3", credentialsSecretRef={"name": "keys", "accessKeyIdKey": ".."}),
+     "spec.artifacts.s3.credentialsSecretRef.accessKeyIdKey", "must not be '.'"),
+    ("password-key", with_value(backend(), "spec.postgres.passwordSecretRef", {"name": "pw", "key": "..x"}),
+     "spec.postgres.passwordSecretRef.key", "must not be '.'"),
+    ("server-image", with_value(backend(), "spec.server", {"image": " image with blanks "}), "spec.server.image",
+     "should match"),
+    ("schema-image", with_value(backend(), "spec.schema", {"image": "Team/MLflow:1"}), "spec.schema.image",
+     "should match"),
+    ("service-account", with_value(backend(), "spec.server", {"serviceAccountName": "Not_A_Name"}),
+     "spec.server.serviceAccountName", "should match"),
+    ("allowed-host-comma", with_value(backend(), "spec.server", {"allowedHosts": ["a.example.com,b.example.com"]}),
+     "spec.server.allowedHosts[0]", "should match"),
+    ("selector-in-without-values",
+     with_value(backend(), "spec.injection", {"namespaceSelector": {"matchExpressions": [
+         {"key": "team", "operator": "In"}]}}),
+     "spec.injection.namespaceSelector.matchExpressions[0]", "In and NotIn need at least one value"),
+    ("storage-size-zero", managed_backend(storage={"size": "0Gi"}), "spec.postgres.managed.storage.size",
+     "size must be above zero"),
+    ("storage-class", managed_backend(storage={"storageClassName": "Fast_SSD"}),
+     "spec.postgres.managed.storage.storageClassName", "should match"),
+    ("managed-image", managed_backend(image="postgres:17 "), "spec.postgres.managed.image", "should match"),
+]
+
+
+@pytest.mark.parametrize(("obj", "field", "fragment"), [pytest.param(*case[1:], id=case[0]) for case in NEW_RULES])
+def test_the_values_builders_refuse_are_refused_naming_the_field(custom, namespace, obj, field, fragment):
+    with pytest.raises(client.ApiException) as excinfo:
+        create(custom, namespace, obj)
+    message = rejection(excinfo)
+    assert f"{field}:" in message and fragment in message, message
+
+
+# Values on both sides of each rule the CRD mirrors: the API server (a dry run) and parse agree.
+AGREEMENT = [
+    ("spec.artifacts.s3", "bucket", ["ok-bucket", "a.b-c", "a..b", "xn--abc", "192.168.1.1", "192.168.01.1",
+                                     "999.1.1.1", "x-s3alias", "sthree-x", "b.mrap", "ab", "Ab-c", "a" * 63]),
+    ("spec.artifacts.gcs", "bucket", ["ok_bucket", "a.b.c", "goog-x", "x-google", "g00gle", "1.2.3.4",
+                                      "a" * 63, "a" * 64, "a." + "b" * 63, "a." + "b" * 64, "a" * 100 + "." + "b" * 63]),
+    ("spec.artifacts.azure", "container", ["ok-container", "a-b-c", "a--b", "-ab", "ab-", "abc", "ab"]),
+    ("spec.artifacts.s3", "endpoint", ["http://minio:9000", "https://a.b.c/", "http://[::1]:9000/x",
+                                       "http://a..b", "http://-a", "http://user@a", "http://a:0", "http://a:65535",
+                                       "http://a:65536", "http://a?x", "ftp://a", f"http://{'a' * 63}.b",
+                                       f"http://{'a' * 64}.b"]),
+    ("spec.artifacts.s3", "prefix", ["team-a", "a/b", "/a//b/", "a..b", "..", "a/./b", "./a", "a/.", "a/..b"]),
+    ("spec.artifacts.s3", "region", ["us-east-1", "a", "1a", "12", "-", "a-", "a" * 63]),
+    ("spec.artifacts.gcs", "project", ["trackop-testbed", "example.com:my-proj", "ab", "a" * 30, "a" * 31,
+                                       "project-", "1project"]),
+    ("spec.server", "image", ["mlflow", "ghcr.io/mlflow/mlflow:v3.17.2", "localhost:5000/a__b/c:t",
+                              "x@sha256:" + "a" * 64, "MLflow", "a:b:c", "x:", " x"]),
+    ("spec.server", "serviceAccountName", ["", "mlflow", "a.b", "A", "a_b", "a..b"]),
+    ("spec.postgres.passwordSecretRef", "key", ["password", ".x", "x..", ".", "..", "..x", "a b"]),
+]
+
+
+@pytest.mark.parametrize(("parent", "key", "value"),
+                         [pytest.param(p, k, v, id=f"{p}.{k}={v[:40]}") for p, k, values in AGREEMENT for v in values])
+def test_the_api_server_and_parse_agree(custom, namespace, parent, key, value):
+    from trackop.api.parsing import parse
+    from trackop.api.v1alpha1 import SpecError
+
+    names = {"spec.artifacts.s3": {"bucket": "ok-bucket"}, "spec.artifacts.gcs": {"bucket": "ok-bucket"},
+             "spec.artifacts.azure": {"container": "ok-container", "storageAccount": "acct1"},
+             "spec.postgres.passwordSecretRef": {"name": "pw"}, "spec.server": {}}
+    obj = with_value(backend(), parent, {**names[parent], key: value})
+    try:
+        parse(namespace, "team-a", obj["spec"])
+        parsed = None
+    except SpecError as error:
+        parsed = error.field
+    try:
+        custom.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, obj, dry_run="All")
+        served = None
+    except client.ApiException as exc:
+        assert exc.status == 422, exc.body
+        served = json.loads(exc.body)["message"]
+    assert (parsed is None) == (served is None), f"parse: {parsed}; API server: {served}"
+    if served is not None:
+        assert f"{parent}.{key}:" in served and parsed == f"{parent}.{key}", (parsed, served)

@@ -148,7 +148,7 @@ def test_azure_invalid_container_names_name_the_field(name):
 
 @pytest.mark.parametrize("name", ["ab", "a" * 25, "ML01", "ml-store", "ml_store", ""])
 def test_azure_invalid_account_names_name_the_field(name):
-    with pytest.raises(ValueError, match="spec.artifacts.azure.account"):
+    with pytest.raises(ValueError, match="spec.artifacts.azure.storageAccount"):
         AzureLocation("ml-artifacts", "", name)
     validate_azure_account_name("mlstore01")
 

@@ -56,3 +56,66 @@ def test_the_walk_covers_spec_and_status(root_schema):
         "status": {"description": "d", "properties": {"c": {"description": "d", "items": items}}},
     }}
     assert undocumented(schema) == ["spec.a.b", "status.c[]", "status.c[].e"]
+
+
+# ---- the CRD says what api.validation says, where a pattern or CEL can --------------------------
+
+def field_schema(root: dict, path: str) -> dict:
+    node = root
+    for part in path.split("."):
+        node = node["items"] if part == "[]" else node["properties"][part]
+    return node
+
+
+def _cel_string(pattern: str) -> str:
+    return '"' + pattern.replace("\\", "\\\\") + '"'
+
+
+def _patterns() -> list[tuple[str, str]]:
+    from trackop.api import validation as v
+
+    stores = ("s3", "gcs", "azure")
+    name = v.OBJECT_NAME_PATTERN
+    return [
+        *((f"spec.artifacts.{s}.endpoint", v.ENDPOINT_PATTERN) for s in stores),
+        *((f"spec.artifacts.{s}.prefix", v.PREFIX_PATTERN) for s in stores),
+        *((f"spec.artifacts.{s}.credentialsSecretRef.name", name) for s in stores),
+        ("spec.artifacts.s3.credentialsSecretRef.accessKeyIdKey", v.SECRET_KEY_PATTERN),
+        ("spec.artifacts.s3.credentialsSecretRef.secretAccessKeyKey", v.SECRET_KEY_PATTERN),
+        ("spec.artifacts.gcs.credentialsSecretRef.key", v.SECRET_KEY_PATTERN),
+        ("spec.artifacts.azure.credentialsSecretRef.key", v.SECRET_KEY_PATTERN),
+        ("spec.postgres.passwordSecretRef.key", v.SECRET_KEY_PATTERN),
+        ("spec.postgres.passwordSecretRef.name", name),
+        ("spec.postgres.external.adminSecretRef.name", name),
+        ("spec.postgres.managed.storage.storageClassName", name),
+        ("spec.server.serviceAccountName", f"^({name[1:-1]})?$"),  # empty: no ServiceAccount
+        ("spec.artifacts.s3.region", v.REGION_PATTERN),
+        ("spec.artifacts.gcs.project", v.GCS_PROJECT_PATTERN),
+        ("spec.artifacts.azure.container", v.AZURE_CONTAINER_PATTERN),
+        ("spec.artifacts.azure.storageAccount", "^[a-z0-9]+$"),
+        ("spec.schema.image", v.IMAGE_PATTERN),
+        ("spec.server.image", v.IMAGE_PATTERN),
+        ("spec.postgres.managed.image", v.IMAGE_PATTERN),
+        ("spec.server.allowedHosts.[]", v.ALLOWED_HOST_PATTERN),
+    ]
+
+
+@pytest.mark.parametrize(("path", "pattern"), _patterns())
+def test_the_crd_patterns_are_the_validators(root_schema, path, pattern):
+    assert field_schema(root_schema, path)["pattern"] == pattern
+
+
+def test_the_crd_rules_embed_the_validators_patterns(root_schema):
+    from trackop.api import validation as v
+
+    def rules(path: str) -> str:
+        return " ".join(r["rule"] for r in field_schema(root_schema, path).get("x-kubernetes-validations") or [])
+
+    for path in ("spec.artifacts.s3.bucket", "spec.artifacts.gcs.bucket"):
+        assert _cel_string(v.IPV4_PATTERN) in rules(path)
+    assert _cel_string(v.GCS_BUCKET_PARTS_PATTERN) in rules("spec.artifacts.gcs.bucket")
+    for reserved in (*v.S3_RESERVED_PREFIXES, *v.S3_RESERVED_SUFFIXES):
+        assert f"'{reserved}'" in rules("spec.artifacts.s3.bucket")
+    for store in ("s3", "gcs", "azure"):
+        assert _cel_string(v.DOT_SEGMENT_PATTERN) in rules(f"spec.artifacts.{store}.prefix")
+    assert "'^[0-9]+$'" in rules("spec.artifacts.s3.region")

@@ -36,12 +36,26 @@ from .v1alpha1 import (
     SpecError,
     TrackingServerSpec,
 )
+from .resources import check_positive_quantity, check_resources
 from .validation import (
     _RESERVED_DATABASES,
     _RESERVED_ROLES,
+    check_allowed_hosts,
     check_backend_name,
+    check_endpoint,
+    check_gcs_project,
     check_host,
     check_identifier,
+    check_image,
+    check_label_selector,
+    check_object_name,
+    check_prefix,
+    check_region,
+    check_secret_key,
+    validate_azure_account_name,
+    validate_azure_container_name,
+    validate_bucket_name,
+    validate_gcs_bucket_name,
 )
 
 _VERSION = re.compile(r"[0-9]+\.[0-9]+\.[0-9]+")
@@ -49,6 +63,9 @@ _VERSION = re.compile(r"[0-9]+\.[0-9]+\.[0-9]+")
 _MAJOR_VERSION = re.compile(r"[0-9]{2}")
 
 _QUANTITY = re.compile(r"[0-9]+(\.[0-9]+)?(Ki|Mi|Gi|Ti|Pi|Ei|k|M|G|T|P|E)?")
+
+_STORE_NAME_RULES = {"s3": validate_bucket_name, "gcs": validate_gcs_bucket_name,
+                     "azure": validate_azure_container_name}
 
 
 def _get(mapping: Mapping[str, Any] | None, key: str, default: Any = None) -> Any:
@@ -128,8 +145,9 @@ def parse(namespace: str, name: str, spec: Mapping[str, Any]) -> BackendSpec:
         password_name = _string(password_ref, "name", "spec.postgres.passwordSecretRef.name")
         if not password_name:
             raise SpecError("spec.postgres.passwordSecretRef.name", "is required")
-        password_secret = SecretRef(password_name, _string(password_ref, "key", "spec.postgres.passwordSecretRef.key",
-                                                           "password"))
+        key_field = "spec.postgres.passwordSecretRef.key"
+        password_secret = SecretRef(check_object_name("spec.postgres.passwordSecretRef.name", password_name),
+                                    check_secret_key(key_field, _string(password_ref, "key", key_field, "password")))
     driver = _choice(postgres, "driver", "spec.postgres.driver", "psycopg", tuple(DRIVERS))
 
     schema = _object(spec, "schema", "spec.schema") or {}
@@ -137,7 +155,8 @@ def parse(namespace: str, name: str, spec: Mapping[str, Any]) -> BackendSpec:
     if not isinstance(mlflow_version, str) or not _VERSION.fullmatch(mlflow_version):
         raise SpecError("spec.schema.mlflowVersion", "must look like 3.17.2")
     migration = _choice(schema, "migration", "spec.schema.migration", "Inline", MIGRATION_MODES)
-    migration_image = _string(schema, "image", "spec.schema.image", f"ghcr.io/mlflow/mlflow:v{mlflow_version}")
+    migration_image = check_image("spec.schema.image", _string(schema, "image", "spec.schema.image",
+                                                               f"ghcr.io/mlflow/mlflow:v{mlflow_version}"))
     deletion_policy = _choice(spec, "deletionPolicy", "spec.deletionPolicy", "Retain", DELETION_POLICIES)
 
     try:
@@ -159,6 +178,8 @@ def parse(namespace: str, name: str, spec: Mapping[str, Any]) -> BackendSpec:
     if injection_mode == "Server" and tracking_server is None:
         raise SpecError("spec.injection.mode", "Server needs spec.server (the tracking server) enabled")
     namespace_selector = _object(injection, "namespaceSelector", "spec.injection.namespaceSelector")
+    if namespace_selector is not None:
+        check_label_selector("spec.injection.namespaceSelector", namespace_selector)
 
     return BackendSpec(
         namespace=namespace,
@@ -189,6 +210,7 @@ def _parse_external(external: Mapping[str, Any]) -> PostgresEndpoint:
                            "spec.postgres.external.adminSecretRef.name")
     if not admin_secret:
         raise SpecError("spec.postgres.external.adminSecretRef.name", "is required")
+    check_object_name("spec.postgres.external.adminSecretRef.name", admin_secret)
     connect_timeout = _integer(external, "connectTimeoutSeconds", "spec.postgres.external.connectTimeoutSeconds",
                                5, 1, 60)
     return PostgresEndpoint(host, port, ssl_mode, admin_secret, connect_timeout)
@@ -206,7 +228,7 @@ def _parse_managed(namespace: str, name: str, managed: Mapping[str, Any]) -> Man
         raise SpecError(f"{field}.version", "must be a PostgreSQL major version of 13 or later, like 17")
     default_image = (f"ghcr.io/cloudnative-pg/postgresql:{version}" if engine == ENGINE_CNPG
                      else f"docker.io/library/postgres:{version}")
-    image = _string(managed, "image", f"{field}.image", default_image) or default_image
+    image = check_image(f"{field}.image", _string(managed, "image", f"{field}.image", default_image) or default_image)
     port = _integer(managed, "port", f"{field}.port", 5432, 1024, 65535)
     if engine == ENGINE_CNPG and port != 5432:
         raise SpecError(f"{field}.port", "CloudNativePG always serves on 5432: remove port")
@@ -218,7 +240,10 @@ def _parse_managed(namespace: str, name: str, managed: Mapping[str, Any]) -> Man
     size = _string(storage, "size", f"{field}.storage.size", DEFAULT_STORAGE_SIZE)
     if not _QUANTITY.fullmatch(size):
         raise SpecError(f"{field}.storage.size", "must be a Kubernetes quantity such as 10Gi")
+    check_positive_quantity(f"{field}.storage.size", size)
     storage_class = _string(storage, "storageClassName", f"{field}.storage.storageClassName") or None
+    if storage_class is not None:
+        check_object_name(f"{field}.storage.storageClassName", storage_class)
     return ManagedServer(
         engine=engine,
         name=f"{name}{MANAGED_SUFFIX}",
@@ -228,7 +253,7 @@ def _parse_managed(namespace: str, name: str, managed: Mapping[str, Any]) -> Man
         instances=instances,
         storage_size=size,
         storage_class=storage_class,
-        resources=_object(managed, "resources", f"{field}.resources"),
+        resources=check_resources(f"{field}.resources", _object(managed, "resources", f"{field}.resources")),
     )
 
 
@@ -244,12 +269,6 @@ def managed_connection(namespace: str, managed: ManagedServer) -> PostgresEndpoi
     )
 
 
-_BUCKET = {
-    "s3": re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]"),
-    "gcs": re.compile(r"[a-z0-9][a-z0-9._-]{1,220}[a-z0-9]"),
-    "azure": re.compile(r"[a-z0-9]([a-z0-9-]{1,61})[a-z0-9]"),
-}
-
 _DEFAULT_KEYS = {"s3": ("accessKeyId", "secretAccessKey"), "gcs": ("serviceAccountKey",), "azure": ("accountKey",)}
 
 
@@ -262,29 +281,40 @@ def _parse_artifacts(artifacts: Mapping[str, Any]) -> ArtifactStore | None:
     kind = given[0]
     field = f"spec.artifacts.{kind}"
     store = _object(artifacts, kind, field)
-    bucket_key = "container" if kind == "azure" else "bucket"
-    bucket = _get(store, bucket_key, "")
-    if not isinstance(bucket, str) or not _BUCKET[kind].fullmatch(bucket):
-        raise SpecError(f"{field}.{bucket_key}", "is not a valid name for this store")
-    prefix = "/".join(part for part in _string(store, "prefix", f"{field}.prefix", "").split("/") if part)
+    bucket = _get(store, "container" if kind == "azure" else "bucket", "")
+    _STORE_NAME_RULES[kind](bucket)
+    prefix = check_prefix(f"{field}.prefix", _string(store, "prefix", f"{field}.prefix", ""))
     endpoint = _string(store, "endpoint", f"{field}.endpoint") or None
-    if endpoint is not None and not re.fullmatch(r"https?://\S+", endpoint):
-        raise SpecError(f"{field}.endpoint", "must be an http(s) URL")
+    if endpoint is not None:
+        check_endpoint(f"{field}.endpoint", endpoint)
     credentials = _object(store, "credentialsSecretRef", f"{field}.credentialsSecretRef")
     secret_field = f"{field}.credentialsSecretRef"
     if kind == "s3":
         keys = (_string(credentials, "accessKeyIdKey", f"{secret_field}.accessKeyIdKey", "accessKeyId"),
                 _string(credentials, "secretAccessKeyKey", f"{secret_field}.secretAccessKeyKey", "secretAccessKey"))
+        key_fields = (f"{secret_field}.accessKeyIdKey", f"{secret_field}.secretAccessKeyKey")
     else:
         keys = (_string(credentials, "key", f"{secret_field}.key", _DEFAULT_KEYS[kind][0]),)
-    credentials_secret = _string(credentials, "name", f"{secret_field}.name") if credentials else None
+        key_fields = (f"{secret_field}.key",)
+    credentials_secret = None
+    if credentials:
+        credentials_secret = _string(credentials, "name", f"{secret_field}.name")
+        if not credentials_secret:
+            raise SpecError(f"{secret_field}.name", "is required")
+        check_object_name(f"{secret_field}.name", credentials_secret)
+        for key_field, key in zip(key_fields, keys):
+            check_secret_key(key_field, key)
     create_key = "createContainer" if kind == "azure" else "createBucket"
     create = _boolean(store, create_key, f"{field}.{create_key}", False)
-    region = _string(store, "region", f"{field}.region", "us-east-1")
-    project = _string(store, "project", f"{field}.project")
-    account = _get(store, "storageAccount")
-    if kind == "azure" and not (isinstance(account, str) and re.fullmatch(r"[a-z0-9]{3,24}", account)):
-        raise SpecError(f"{field}.storageAccount", "must be 3 to 24 lowercase letters and digits")
+    # Each store reads only its own settings; another store's would be pruned by the CRD.
+    region = check_region(f"{field}.region", _string(store, "region", f"{field}.region", "us-east-1")) \
+        if kind == "s3" else "us-east-1"
+    project = _string(store, "project", f"{field}.project") if kind == "gcs" else None
+    if project:
+        check_gcs_project(f"{field}.project", project)
+    account = _get(store, "storageAccount") if kind == "azure" else None
+    if kind == "azure":
+        validate_azure_account_name(account)
     return ArtifactStore(
         kind=kind,
         bucket=bucket,
@@ -306,18 +336,20 @@ def _parse_server(server: Mapping[str, Any] | None, mlflow_version: str) -> Trac
     def bounded(key: str, default: int, low: int, high: int) -> int:
         return _integer(server, key, f"spec.server.{key}", default, low, high)
 
-    allowed_hosts = _get(server, "allowedHosts", [])
-    if not isinstance(allowed_hosts, list) or not all(isinstance(host, str) for host in allowed_hosts):
-        raise SpecError("spec.server.allowedHosts", "must be a list of strings")
+    allowed_hosts = check_allowed_hosts("spec.server.allowedHosts", _get(server, "allowedHosts", []))
+    service_account = _string(server, "serviceAccountName", "spec.server.serviceAccountName") or None
+    if service_account is not None:
+        check_object_name("spec.server.serviceAccountName", service_account)
 
     return TrackingServerSpec(
         enabled=True,
         replicas=bounded("replicas", 1, 0, 50),
         workers=bounded("workers", 2, 1, 32),
-        image=_string(server, "image", "spec.server.image", f"ghcr.io/mlflow/mlflow:v{mlflow_version}"),
+        image=check_image("spec.server.image",
+                          _string(server, "image", "spec.server.image", f"ghcr.io/mlflow/mlflow:v{mlflow_version}")),
         port=bounded("port", 5000, 1024, 65535),
         serve_artifacts=_boolean(server, "serveArtifacts", "spec.server.serveArtifacts", True),
-        service_account=_string(server, "serviceAccountName", "spec.server.serviceAccountName") or None,
-        allowed_hosts=tuple(allowed_hosts),
-        resources=_object(server, "resources", "spec.server.resources"),
+        service_account=service_account,
+        allowed_hosts=allowed_hosts,
+        resources=check_resources("spec.server.resources", _object(server, "resources", "spec.server.resources")),
     )

@@ -23,7 +23,7 @@ _DENIED_CODES = frozenset({
 
 
 _FAILURES = StoreFailures(
-    endpoint_fields="spec.artifacts.azure.account and endpoint",
+    endpoint_fields="spec.artifacts.azure.storageAccount and endpoint",
     credentials_fix=f"fix {AZURE_KEY_KEY} (or {AZURE_CONNECTION_STRING_KEY}); "
                     "on Azure, also check the account's firewall rules",
     create_field="spec.artifacts.azure.createContainer",

@@ -1,6 +1,6 @@
 """The admission webhooks served over HTTPS: AdmissionReview requests in, responses out.
 
-The decisions are pure (``injection.mutate``, ``validation.validate_backend``) and read
+The decisions are pure (``injection.mutate``, ``validation.validate_request``) and read
 only the in-memory index (``index``); this module turns reviews into responses
 (:class:`Handlers`) and serves them with aiohttp on an event loop of its own, in its own
 thread (kopf's loop is never blocked by a client), within :class:`ServerLimits`: a read
@@ -31,7 +31,7 @@ from ..settings import ServerLimits
 from ..specs.webhook_configurations import MUTATE_PATH, VALIDATE_PATH
 from . import injection
 from .index import Index
-from .validation import validate_backend
+from .validation import validate_request
 
 log = logging.getLogger(__name__)
 
@@ -75,9 +75,7 @@ class Handlers:
                                warnings=decision.warnings)
 
     def validate(self, request: Mapping[str, Any]) -> dict[str, Any]:
-        if request.get("operation") == "DELETE":
-            return review_response(request["uid"], True)
-        allowed, message = validate_backend(request.get("object") or {}, self.index)
+        allowed, message = validate_request(request, self.index)
         return review_response(request["uid"], allowed, message=message)
 
 

@@ -1,4 +1,4 @@
-"""The validating webhook's decision for a TrackingBackend CREATE or UPDATE (pure; reads
+"""The validating webhook's decision for a TrackingBackend admission request (pure; reads
 only the index)."""
 
 from __future__ import annotations
@@ -8,24 +8,34 @@ from typing import Any
 
 from ..api.parsing import parse
 from ..api.v1alpha1 import SpecError
-from . import injection
 from .index import Index
 
 
+def validate_request(request: Mapping[str, Any], index: Index) -> tuple[bool, str]:
+    """Only a change of ``spec`` is judged. A DELETE, and an UPDATE that leaves the spec as
+    it was (metadata: finalizers, labels, annotations; status), are always admitted: a
+    backend stored before parsing was tightened (or while the webhook was down under
+    Ignore) no longer parses, and must still get its finalizer removed and be deleted."""
+    if request.get("operation") == "DELETE":
+        return True, ""
+    body = request.get("object") or {}
+    if request.get("operation") == "UPDATE":
+        old = request.get("oldObject") or {}
+        if "spec" in old and old.get("spec") == body.get("spec"):
+            return True, ""
+    return validate_backend(body, index)
+
+
 def validate_backend(body: Mapping[str, Any], index: Index) -> tuple[bool, str]:
-    """What the CRD schema cannot check: the operator's full parse, a well-formed
-    namespaceSelector, and no second backend on the same database of the same server."""
+    """What the CRD schema cannot check: the operator's full parse (a well-formed
+    namespaceSelector included), and no second backend on the same database of the same
+    server."""
     meta = body.get("metadata") or {}
     namespace, name = meta.get("namespace", ""), meta.get("name", "")
     try:
         spec = parse(namespace, name, body.get("spec") or {})
     except SpecError as error:
         return False, str(error)
-    if spec.namespace_selector is not None:
-        try:
-            injection.label_selector_matches(spec.namespace_selector, {})
-        except ValueError as error:
-            return False, f"spec.injection.namespaceSelector: {error}"
     owner = index.store_owner((spec.postgres.host, spec.postgres.port, spec.database))
     if owner is not None and owner != (namespace, name):
         return False, (f"spec.postgres.database: {spec.database} on {spec.postgres.host}:{spec.postgres.port} is "
