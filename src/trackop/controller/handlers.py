@@ -72,7 +72,8 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: logging.
             runtime.kube, runtime.index, index_view, address=hooks.address, url=hooks.url,
             failure_policy=hooks.failure_policy, operator_namespace=options.operator_namespace,
             cert_secret=hooks.cert_secret, service=hooks.service, owner_cluster_role=hooks.owner_cluster_role,
-            rotation_check_seconds=hooks.rotation_check_seconds, renew_before=hooks.renew_before)
+            rotation_check_seconds=hooks.rotation_check_seconds, renew_before=hooks.renew_before,
+            policy=options.policy)
         runtime.injection.start()
         logger.info("admission webhooks served on %s (failurePolicy %s)", hooks.address, hooks.failure_policy)
     logger.info("trackop ready: MLflow %s bundled, drift interval %.0fs", revisions.BUNDLED_MLFLOW_VERSION,

@@ -23,6 +23,7 @@ from typing import Any
 
 from .. import metrics
 from ..api import v1alpha1
+from ..api.policy import Policy
 from ..specs.webhook_configurations import MUTATE_PATH, VALIDATE_PATH
 from . import injection
 from .index import Index
@@ -52,6 +53,7 @@ class Handlers:
     operator_namespace: str | None
     fail_closed: bool
     on_warning: Callable[[str, str | None, str], None] = lambda namespace, backend, message: None
+    policy: Policy = Policy()  # what tenants' backends may use: refused at admission too
 
     def mutate_pod(self, request: Mapping[str, Any]) -> dict[str, Any]:
         pod = request.get("object") or {}
@@ -69,7 +71,7 @@ class Handlers:
     def validate(self, request: Mapping[str, Any]) -> dict[str, Any]:
         if request.get("operation") == "DELETE":
             return review_response(request["uid"], True)
-        allowed, message = validate_backend(request.get("object") or {}, self.index)
+        allowed, message = validate_backend(request.get("object") or {}, self.index, self.policy)
         return review_response(request["uid"], allowed, message=message)
 
 

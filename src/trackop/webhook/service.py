@@ -17,6 +17,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from .. import metrics
+from ..api.policy import Policy
 from ..api.v1alpha1 import GROUP, KIND, MANAGED_BY, MANAGED_BY_LABEL, VERSION
 from ..kube.client import Kube
 from ..kube.errors import ApiException
@@ -42,7 +43,8 @@ class InjectionService:
     def __init__(self, kube: Kube, index: Index, view_of: ViewOf, *, address: str, url: str,
                  failure_policy: str, operator_namespace: str, cert_secret: str = "", service: str = "",
                  owner_cluster_role: str = "", rotation_check_seconds: float = 3600.0,
-                 renew_before: dt.timedelta = certificates.DEFAULT_RENEW_BEFORE) -> None:
+                 renew_before: dt.timedelta = certificates.DEFAULT_RENEW_BEFORE,
+                 policy: Policy = Policy()) -> None:
         host, _, port = address.rpartition(":")
         # How often the serving certificate is checked, and how long before expiry it is renewed.
         self.rotation_check_seconds = rotation_check_seconds
@@ -67,7 +69,8 @@ class InjectionService:
                 self.names, self.ips = [served], []
         self.index_watch = IndexWatch(kube, index, view_of)
         self._events: queue.Queue = queue.Queue(maxsize=1000)
-        handlers = Handlers(index, operator_namespace, fail_closed=failure_policy == "Fail", on_warning=self._warn)
+        handlers = Handlers(index, operator_namespace, fail_closed=failure_policy == "Fail", on_warning=self._warn,
+                            policy=policy)
         self.server = WebhookServer(host, int(port), handlers)
         self._stop = threading.Event()
         self.certs: certificates.WebhookCerts | None = None
