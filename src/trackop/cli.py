@@ -32,6 +32,8 @@ def settings_from(args: argparse.Namespace, environ: Mapping[str, str]) -> Setti
         changes["verbose"] = True
     if args.allow_operator_cloud_identity:
         changes["allow_operator_cloud_identity"] = True
+    if args.namespace and not any(set(ns) & set("*?[]!") for ns in args.namespace):
+        changes["watch_namespaces"] = tuple(args.namespace)  # kopf's patterns would need every namespace
     for key in ("allowed_artifact_endpoint", "allowed_image", "allowed_service_account"):
         if getattr(args, key):
             changes[f"{key}s"] = tuple(getattr(args, key))

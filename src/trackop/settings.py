@@ -58,6 +58,13 @@ class Settings:
     allowed_artifact_endpoints: tuple[str, ...] = ()
     allowed_images: tuple[str, ...] = ()
     allowed_service_accounts: tuple[str, ...] = ()
+    # `trackop run --namespace` (plain names, no patterns): the operator then reads and
+    # writes Secrets only there (the chart's namespaced Roles); empty: every namespace.
+    watch_namespaces: tuple[str, ...] = ()
+
+    @property
+    def secret_scope(self) -> frozenset[str] | None:
+        return frozenset(self.watch_namespaces) if self.watch_namespaces else None
 
     @property
     def policy(self) -> Policy:

@@ -84,3 +84,11 @@ def test_a_bad_setting_stops_trackop_run_with_a_clear_error(tmp_path):
     assert done.returncode == 1
     assert "trackop: error: invalid setting: TRACKOP_DRIFT_INTERVAL='never' is not a number" in done.stderr
     assert not json.dumps(done.stderr).count("Traceback")
+
+
+def test_watched_namespaces_scope_the_operators_secrets_unless_they_are_patterns():
+    assert cli.settings_from(run_args(), {}).secret_scope is None
+    parse = cli.build_parser().parse_args
+    scoped = cli.settings_from(parse(["run", "-n", "ml-a", "-n", "ml-b"]), {})
+    assert scoped.secret_scope == frozenset({"ml-a", "ml-b"})
+    assert cli.settings_from(parse(["run", "-n", "ml-*"]), {}).secret_scope is None, "a kopf pattern: every namespace"

@@ -44,7 +44,7 @@ class Reconciler:
     def __init__(self, kube: Kube, operator_namespace: str | None = None,
                  managed_address: str = MANAGED_ADDRESS_SERVICE, shared_list_ttl: float = 0,
                  full_check_interval: float = 0, schema_templates: bool = True,
-                 policy: Policy = Policy()) -> None:
+                 policy: Policy = Policy(), secret_scope: frozenset[str] | None = None) -> None:
         self.kube = kube
         # What tenants' backends may use (images, ServiceAccount, endpoints, the operator's identity).
         self.policy = policy
@@ -55,7 +55,7 @@ class Reconciler:
         self.namespaces = SharedListing(lambda: self.kube.namespace_labels(), shared_list_ttl)
         opted_in_pods = SharedListing(lambda: self.kube.pods_by_label(f"{v1alpha1.INJECT_LABEL}=true"),
                                       shared_list_ttl)
-        self.copies = SecretCopies(kube, self.namespaces, opted_in_pods, operator_namespace)
+        self.copies = SecretCopies(kube, self.namespaces, opted_in_pods, operator_namespace, secret_scope)
         # How the operator reaches the servers it deploys: their Service's DNS name (in the
         # cluster), or their pod's IP (an operator outside the cluster's Service network).
         self.managed_address = managed_address
@@ -63,7 +63,7 @@ class Reconciler:
         # The drift timer's fingerprints (drift.py); a full_check_interval of 0 keeps none,
         # and every drift check is a full reconcile.
         self.drift = DriftChecker(kube, self.namespaces, ttl=shared_list_ttl / 2,
-                                  full_interval=full_check_interval)
+                                  full_interval=full_check_interval, secret_scope=secret_scope)
 
     @classmethod
     def from_settings(cls, kube: Kube, settings: Settings) -> Reconciler:
@@ -71,7 +71,8 @@ class Reconciler:
         # pods per interval.
         return cls(kube, settings.operator_namespace, settings.managed_postgres_address,
                    shared_list_ttl=settings.drift_interval, full_check_interval=settings.full_check_interval,
-                   schema_templates=settings.schema_templates, policy=settings.policy)
+                   schema_templates=settings.schema_templates, policy=settings.policy,
+                   secret_scope=settings.secret_scope)
 
     def reconcile(self, spec: BackendSpec, owner: Mapping[str, Any], previous_status: Mapping[str, Any]) -> Outcome:
         ctx = Context(spec, owner, previous_status or {})

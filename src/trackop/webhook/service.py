@@ -44,7 +44,7 @@ class InjectionService:
                  failure_policy: str, operator_namespace: str, cert_secret: str = "", service: str = "",
                  owner_cluster_role: str = "", rotation_check_seconds: float = 3600.0,
                  renew_before: dt.timedelta = certificates.DEFAULT_RENEW_BEFORE,
-                 policy: Policy = Policy()) -> None:
+                 policy: Policy = Policy(), copy_scope: frozenset[str] | None = None) -> None:
         host, _, port = address.rpartition(":")
         # How often the serving certificate is checked, and how long before expiry it is renewed.
         self.rotation_check_seconds = rotation_check_seconds
@@ -70,7 +70,7 @@ class InjectionService:
         self.index_watch = IndexWatch(kube, index, view_of)
         self._events: queue.Queue = queue.Queue(maxsize=1000)
         handlers = Handlers(index, operator_namespace, fail_closed=failure_policy == "Fail", on_warning=self._warn,
-                            policy=policy)
+                            policy=policy, copy_scope=copy_scope)
         self.server = WebhookServer(host, int(port), handlers)
         self._stop = threading.Event()
         self.certs: certificates.WebhookCerts | None = None
