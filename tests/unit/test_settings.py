@@ -46,6 +46,9 @@ def test_the_environment_as_the_chart_and_the_tests_set_it():
     ({"TRACKOP_WEBHOOK_FAILURE_POLICY": "Maybe"}, "failure policy must be Ignore or Fail"),
     ({"TRACKOP_MANAGED_POSTGRES_ADDRESS": "node"}, "managed PostgreSQL address must be one of service, pod"),
     ({"TRACKOP_LOG_FORMAT": "xml"}, "log format must be one of plain, full, json"),
+    ({"TRACKOP_ALLOW_OPERATOR_CLOUD_IDENTITY": "maybe"}, "is not true or false"),
+    ({"TRACKOP_ALLOWED_ARTIFACT_ENDPOINTS": "https://s3.amazonaws.com"}, "without scheme, port or path"),
+    ({"TRACKOP_ALLOWED_ARTIFACT_ENDPOINTS": "minio:9000"}, "without scheme, port or path"),
 ])
 def test_a_bad_setting_is_refused_naming_it(environ, says):
     with pytest.raises(ValueError, match=says):
