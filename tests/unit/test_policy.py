@@ -3,10 +3,13 @@ operator's Settings carry it, and the validating webhook's refusal."""
 
 from __future__ import annotations
 
-from helpers import make_spec
+import pytest
+from helpers import OWNER, make_spec
 
 from trackop import cli
 from trackop.api.policy import Policy, migration_refusal, refusals, server_refusal
+from trackop.controller.outcome import Context, StepFailed
+from trackop.controller.steps import schema, tracking_server
 from trackop.settings import Settings
 from trackop.webhook.index import Index
 from trackop.webhook.validation import validate_backend
@@ -72,3 +75,24 @@ def test_settings_from_the_environment_and_the_flags():
     policy = cli.settings_from(args, {"TRACKOP_ALLOWED_IMAGES": "x/y:*", "TRACKOP_ALLOWED_SERVICE_ACCOUNTS": "sa"}
                                ).policy
     assert policy == Policy(True, ("s3.local",), ("a/b:*", "c/d:*"), ("sa",)), "flags win, per list"
+
+
+class NothingApplied:
+    """A Kube whose every write fails the test: a refused backend must apply nothing."""
+
+    def __getattr__(self, name):
+        if name.startswith("read_"):
+            return lambda *args, **kwargs: None
+        raise AssertionError(f"Kube.{name} was called")
+
+
+def test_the_operator_applies_no_deployment_or_job_the_policy_refuses():
+    policy = Policy(images=MLFLOW, service_accounts=("mlflow",))
+    spec = make_spec({"server": {"serviceAccountName": "cluster-admin"}})
+    with pytest.raises(StepFailed) as refused:
+        tracking_server.ensure(Context(spec, OWNER, {}), NothingApplied(), policy)
+    assert refused.value.reason == "NotAllowedByPolicy" and "spec.server.serviceAccountName" in refused.value.message
+    spec = make_spec({"schema": {"migration": "Job", "image": "evil.example/x:1"}})
+    with pytest.raises(StepFailed) as refused:
+        schema.ensure(Context(spec, OWNER, {}), NothingApplied(), "pw", None, policy)
+    assert refused.value.reason == "NotAllowedByPolicy" and "spec.schema.image" in refused.value.message
