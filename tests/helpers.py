@@ -47,3 +47,42 @@ def make_spec(overrides: dict | None = None, namespace: str = "ml-platform", nam
     """A parsed backend on an external server, with ``overrides`` merged into its spec."""
     spec = {"postgres": {"external": {"host": "pg.db.svc", "adminSecretRef": {"name": "pg-admin"}}}}
     return parse(namespace, name, deep_merge(spec, copy.deepcopy(overrides or {})))
+
+
+class RecordingListener:
+    """A throwaway HTTP server on 127.0.0.1 that answers 403 to anything and records each
+    request's method, path and headers: proof of what a client sent, or that it sent nothing."""
+
+    def __init__(self) -> None:
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        self.requests: list[tuple[str, str, dict[str, str]]] = []
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def _record(self) -> None:
+                outer.requests.append((self.command, self.path, dict(self.headers)))
+                length = int(self.headers.get("Content-Length") or 0)
+                if length:
+                    self.rfile.read(length)
+                self.send_response(403)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            do_GET = do_HEAD = do_PUT = do_POST = do_DELETE = _record  # noqa: N815 (http.server's naming)
+
+            def log_message(self, *args) -> None:
+                pass
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+
+    def __enter__(self) -> RecordingListener:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._server.shutdown()
+        self._server.server_close()

@@ -12,8 +12,15 @@ from importlib.metadata import entry_points
 from pathlib import Path
 
 from . import __version__
-from .settings import (DEFAULT_OPERATOR_NAMESPACE, FAILURE_POLICIES, LOG_FORMATS, MANAGED_ADDRESSES, MIB,
-                       ServerLimits, Settings)
+from .settings import (
+    DEFAULT_OPERATOR_NAMESPACE,
+    FAILURE_POLICIES,
+    LOG_FORMATS,
+    MANAGED_ADDRESSES,
+    MIB,
+    ServerLimits,
+    Settings,
+)
 
 # Subcommands other installed packages add: each entry point is a callable
 # ``register(subparsers)`` (the test bed's package adds ``testbed`` and ``dev``).
@@ -32,6 +39,13 @@ def settings_from(args: argparse.Namespace, environ: Mapping[str, str]) -> Setti
     changes = {key: value for key, value in flags.items() if value not in (None, "")}
     if args.verbose:
         changes["verbose"] = True
+    if args.allow_operator_cloud_identity:
+        changes["allow_operator_cloud_identity"] = True
+    if args.namespace and not any(set(ns) & set("*?[]!") for ns in args.namespace):
+        changes["watch_namespaces"] = tuple(args.namespace)  # kopf's patterns would need every namespace
+    for key in ("allowed_artifact_endpoint", "allowed_image", "allowed_service_account"):
+        if getattr(args, key):
+            changes[f"{key}s"] = tuple(getattr(args, key))
     settings = Settings.from_environ(environ)
     limits = {"read_timeout": args.webhook_read_timeout, "keepalive_timeout": args.webhook_keepalive_timeout,
               "max_connections": args.webhook_max_connections, "max_body_bytes": args.webhook_max_body_bytes}
@@ -137,6 +151,20 @@ def build_parser() -> argparse.ArgumentParser:
                      help="full (default: time, logger, level, message), plain (the message), or json (one "
                           "object a line, kopf's JSON format, for log collectors)")
     run.add_argument("--verbose", action="store_true")
+    policy = run.add_argument_group("what tenants' TrackingBackends may use (docs/security.md)")
+    policy.add_argument("--allow-operator-cloud-identity", action="store_true",
+                        help="check and create buckets without a credentialsSecretRef with the operator's own "
+                             "cloud identity (default $TRACKOP_ALLOW_OPERATOR_CLOUD_IDENTITY, else off: such "
+                             "buckets are left to the tracking server's ServiceAccount)")
+    policy.add_argument("--allowed-artifact-endpoint", action="append", metavar="HOST_PATTERN",
+                        help="a host pattern spec.artifacts.*.endpoint may name, e.g. *.amazonaws.com "
+                             "(repeatable; default $TRACKOP_ALLOWED_ARTIFACT_ENDPOINTS, comma-separated; none: any)")
+    policy.add_argument("--allowed-image", action="append", metavar="PATTERN",
+                        help="an image pattern spec.server.image and spec.schema.image may name, e.g. "
+                             "ghcr.io/mlflow/mlflow:* (repeatable; default $TRACKOP_ALLOWED_IMAGES; none: any)")
+    policy.add_argument("--allowed-service-account", action="append", metavar="PATTERN",
+                        help="a name pattern spec.server.serviceAccountName may name (repeatable; default "
+                             "$TRACKOP_ALLOWED_SERVICE_ACCOUNTS; none: any)")
     run.set_defaults(func=_run)
 
     for entry in sorted(entry_points(group=COMMANDS_GROUP), key=lambda e: e.name):

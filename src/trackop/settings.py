@@ -12,6 +12,8 @@ import datetime as dt
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from .api.policy import Policy
+
 MANAGED_ADDRESS_SERVICE = "service"
 MANAGED_ADDRESS_POD = "pod"
 MANAGED_ADDRESSES = (MANAGED_ADDRESS_SERVICE, MANAGED_ADDRESS_POD)
@@ -81,6 +83,23 @@ class Settings:
     verbose: bool = False
     log_format: str = "full"
     webhook: WebhookSettings = field(default_factory=WebhookSettings)
+    # What tenants' backends may use (api.policy; docs/security.md); empty lists allow anything.
+    allow_operator_cloud_identity: bool = False
+    allowed_artifact_endpoints: tuple[str, ...] = ()
+    allowed_images: tuple[str, ...] = ()
+    allowed_service_accounts: tuple[str, ...] = ()
+    # `trackop run --namespace` (plain names, no patterns): the operator then reads and
+    # writes Secrets only there (the chart's namespaced Roles); empty: every namespace.
+    watch_namespaces: tuple[str, ...] = ()
+
+    @property
+    def secret_scope(self) -> frozenset[str] | None:
+        return frozenset(self.watch_namespaces) if self.watch_namespaces else None
+
+    @property
+    def policy(self) -> Policy:
+        return Policy(self.allow_operator_cloud_identity, self.allowed_artifact_endpoints,
+                      self.allowed_images, self.allowed_service_accounts)
 
     @classmethod
     def from_environ(cls, environ: Mapping[str, str]) -> Settings:
@@ -120,6 +139,10 @@ class Settings:
             verbose=bool(environ.get("TRACKOP_VERBOSE")),
             log_format=environ.get("TRACKOP_LOG_FORMAT") or "full",
             webhook=webhook,
+            allow_operator_cloud_identity=_switch(environ, "TRACKOP_ALLOW_OPERATOR_CLOUD_IDENTITY"),
+            allowed_artifact_endpoints=_patterns(environ, "TRACKOP_ALLOWED_ARTIFACT_ENDPOINTS"),
+            allowed_images=_patterns(environ, "TRACKOP_ALLOWED_IMAGES"),
+            allowed_service_accounts=_patterns(environ, "TRACKOP_ALLOWED_SERVICE_ACCOUNTS"),
         )
         settings.check()
         return settings
@@ -149,3 +172,33 @@ class Settings:
         if self.webhook.rotation_check_seconds <= 0:
             raise ValueError("the webhook certificate's rotation check interval must be positive")
         self.webhook.limits.check()
+        _check_patterns(self)
+
+
+def _switch(environ: Mapping[str, str], name: str) -> bool:
+    raw = (environ.get(name) or "").strip().lower()
+    if raw in ("", "false", "0", "no", "off"):
+        return False
+    if raw in ("true", "1", "yes", "on"):
+        return True
+    raise ValueError(f"{name}={raw!r} is not true or false")
+
+
+def _patterns(environ: Mapping[str, str], name: str) -> tuple[str, ...]:
+    """A comma-separated list (the chart joins its lists so)."""
+    return tuple(part.strip() for part in (environ.get(name) or "").split(",") if part.strip())
+
+
+def _check_patterns(settings: Settings) -> None:
+    lists = {"allowed artifact endpoint": settings.allowed_artifact_endpoints,
+             "allowed image": settings.allowed_images,
+             "allowed ServiceAccount": settings.allowed_service_accounts}
+    for what, patterns in lists.items():
+        for pattern in patterns:
+            if not pattern.strip() or "," in pattern:
+                raise ValueError(f"an {what} pattern must be non-empty and hold no comma, not {pattern!r}")
+    for pattern in settings.allowed_artifact_endpoints:
+        if "/" in pattern or ":" in pattern:
+            # Host patterns only: a scheme or a port would never match a host name.
+            raise ValueError(f"an allowed artifact endpoint is a host name pattern (e.g. *.amazonaws.com, "
+                             f"minio.minio.svc), without scheme, port or path, not {pattern!r}")

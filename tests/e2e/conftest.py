@@ -44,7 +44,7 @@ def backends(kube_api, namespace: str, bed_info: dict, operator: OperatorProcess
 
 
 # Fixtures whose namespaces are deleted when they are torn down.
-_NAMESPACE_FIXTURES = ("namespace", "other_namespace")
+_NAMESPACE_FIXTURES = ("namespace", "other_namespace", "unlabelled_namespace")
 
 
 @pytest.fixture(autouse=True)

@@ -14,6 +14,7 @@ from kubernetes import client
 
 from helpers import eventually
 from kit import Admin, Backends
+from trackop.api.v1alpha1 import COPY_LABEL, SECRET_COPIES_LABEL
 from trackop.webhook.injection import copy_secret_name
 
 pytestmark = pytest.mark.bed
@@ -39,14 +40,29 @@ def opted_in(name: str, backend: str | None, env: list | None = None, labels: di
     }
 
 
-@pytest.fixture
-def other_namespace(core_v1):
+def _team_namespace(core_v1, labels: dict):
     name = f"team-{uuid.uuid4().hex[:8]}"
-    core_v1.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=name, labels={"team": "a"})))
+    core_v1.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=name, labels=labels)))
     eventually(lambda: core_v1.list_namespaced_service_account(name, field_selector="metadata.name=default").items,
                "the default ServiceAccount")
     yield name
     core_v1.delete_namespace(name)
+
+
+@pytest.fixture
+def other_namespace(core_v1):
+    """Admitted by the backends' selector (team: a), and it accepts copies of secrets."""
+    yield from _team_namespace(core_v1, {"team": "a", SECRET_COPIES_LABEL: "true"})
+
+
+@pytest.fixture
+def unlabelled_namespace(core_v1):
+    """Admitted by the backends' selector (team: a), without the opt-in to secret copies."""
+    yield from _team_namespace(core_v1, {"team": "a"})
+
+
+def copies_in(core_v1, namespace: str) -> list[str]:
+    return [s.metadata.name for s in core_v1.list_namespaced_secret(namespace, label_selector=COPY_LABEL).items]
 
 
 def env_names(pod: client.V1Pod) -> dict[str, client.V1EnvVar]:
@@ -96,6 +112,58 @@ def _secret(core_v1, namespace: str, name: str) -> dict | None:
         if exc.status == 404:
             return None
         raise
+
+
+def test_server_mode_injects_the_uri_with_no_secret_copy(backends: Backends, admin: Admin, core_v1,
+                                                          unlabelled_namespace):
+    backends.admin_secret(admin)
+    ns, selector = backends.namespace, {"matchLabels": {"team": "a"}}
+    # First Direct mode: a copy in its own namespace, which Server mode must remove.
+    backends.apply("srv", {**backends.spec(), "injection": {"mode": "Direct", "namespaceSelector": selector}})
+    eventually(lambda: copies_in(core_v1, ns), "the Direct-mode copy in the backend's namespace")
+    assert copies_in(core_v1, unlabelled_namespace) == [], "no opt-in label: no copy"
+    backends.patch("srv", {"spec": {"server": {}, "injection": {"mode": "Server"}}})
+    eventually(lambda: not copies_in(core_v1, ns), "the stale copy to be removed", timeout=60)
+    # The reconcile posts its Events once it is done, a moment after the deletion.
+    eventually(lambda: any(e.reason == "SecretCopyRemoved" and "injects no secret" in e.message
+                           for e in backends.events("srv")), "the SecretCopyRemoved Event", timeout=30)
+
+    def injected() -> client.V1Pod | None:
+        pod = core_v1.create_namespaced_pod(unlabelled_namespace, opted_in(f"srv-{uuid.uuid4().hex[:6]}", f"{ns}/srv"))
+        return pod if "MLFLOW_TRACKING_URI" in env_names(pod) else None
+
+    pod = eventually(injected, "the webhook to see Server mode", timeout=30, interval=1)
+    uri = env_names(pod)["MLFLOW_TRACKING_URI"]
+    assert uri.value == f"http://srv-mlflow.{ns}.svc:5000" and uri.value_from is None, "a plain value"
+    assert not [e for e in env_names(pod).values() if e.value_from], "nothing from a Secret"
+    assert copies_in(core_v1, unlabelled_namespace) == [] and copies_in(core_v1, ns) == []
+
+
+def test_direct_mode_copies_only_into_a_namespace_that_opts_in(backends: Backends, admin: Admin, core_v1,
+                                                               other_namespace, unlabelled_namespace):
+    backends.admin_secret(admin)
+    ns = backends.namespace
+    backends.apply("dir", {**backends.spec(), "injection": {"mode": "Direct",
+                                                           "namespaceSelector": {"matchLabels": {"team": "a"}}}})
+    backends.wait_ready("dir")
+    copy = copy_secret_name(ns, "dir")
+    eventually(lambda: copies_in(core_v1, other_namespace) == [copy], "the copy in the opted-in namespace")
+    assert set(_secret(core_v1, other_namespace, copy)) == {"MLFLOW_TRACKING_URI"}, "the copy holds only secrets"
+    assert copies_in(core_v1, unlabelled_namespace) == [], "admitted, but not opted in: no copy"
+
+    refused = core_v1.create_namespaced_pod(unlabelled_namespace, opted_in("no-label", f"{ns}/dir"))
+    assert not env_names(refused), "no copy to reference: not injected"
+    eventually(lambda: any(e.reason == "InjectionSkipped" and SECRET_COPIES_LABEL in e.message
+                           for e in backends.events("dir")), "an Event naming the label", timeout=20)
+
+    # The namespace's owner opts in: the copy follows, and pods are injected.
+    core_v1.patch_namespace(unlabelled_namespace, {"metadata": {"labels": {SECRET_COPIES_LABEL: "true"}}})
+    eventually(lambda: copies_in(core_v1, unlabelled_namespace) == [copy], "the copy after the label", timeout=60)
+    pod = eventually(lambda: (lambda p: p if env_names(p) else None)(core_v1.create_namespaced_pod(
+        unlabelled_namespace, opted_in(f"lab-{uuid.uuid4().hex[:6]}", f"{ns}/dir"))), "an injected pod", timeout=30)
+    env = env_names(pod)
+    assert env["MLFLOW_TRACKING_URI"].value_from.secret_key_ref.name == copy
+    assert env["MLFLOW_SQLALCHEMYSTORE_POOL_SIZE"].value, "what is not secret comes as a value"
 
 
 def test_each_case_behaves_as_specified(backends: Backends, admin: Admin, core_v1, other_namespace):

@@ -21,7 +21,7 @@ def test_the_operator_authenticates_as_the_charts_service_account(as_operator: c
 
 
 @pytest.mark.parametrize("action", ["create a namespace", "read a ConfigMap", "delete a CRD",
-                                    "bind a ClusterRole", "patch another peering object"])
+                                    "bind a ClusterRole", "patch another peering object", "update a Secret"])
 def test_what_the_chart_does_not_grant_is_refused(as_operator: client.ApiClient, action: str, namespace: str):
     core = client.CoreV1Api(as_operator)
     calls = {
@@ -37,6 +37,9 @@ def test_what_the_chart_does_not_grant_is_refused(as_operator: client.ApiClient,
                                         subjects=[client.RbacV1Subject(kind="User", name="me")])),
         "patch another peering object": lambda: client.CustomObjectsApi(as_operator).patch_cluster_custom_object(
             "kopf.dev", "v1", "clusterkopfpeerings", "someone-else", {"status": {}}),
+        # Every Secret write is a create or a patch (copies, the certificate's rotation): no update.
+        "update a Secret": lambda: core.replace_namespaced_secret(
+            "anything", namespace, client.V1Secret(metadata=client.V1ObjectMeta(name="anything"))),
     }
     with pytest.raises(client.ApiException) as refused:
         calls[action]()

@@ -15,7 +15,7 @@ import psycopg
 import pytest
 from kubernetes import client
 
-from helpers import eventually
+from helpers import RecordingListener, eventually
 from kit import Admin, Backends, assert_no_secret_leaks
 from trackop_testbed.procs import free_ports
 
@@ -308,3 +308,49 @@ def test_server_mode_with_azure_takes_the_key_from_the_secret(backends: Backends
     stored = _azure_objects(bed_info, name)
     for run in logged.values():
         assert any(k.startswith("team-a/") and k.endswith(f"{run['run_id']}/artifacts/model.txt") for k in stored)
+
+
+# ---- the operator's own cloud identity and the endpoint allow-list --------------------------
+
+AMBIENT_KEY_ID = "AKIAOPERATORAMBIENT01"  # what IRSA or a node role would put in the operator's env
+
+
+def test_a_bucket_without_credentials_gets_no_request_signed_by_the_operator(backends: Backends, admin: Admin,
+                                                                            operator):
+    """The operator holds AWS keys of its own; a tenant's backend names an endpoint (a
+    listener on 127.0.0.1 that records every request) and no credentials Secret. Nothing
+    reaches the endpoint until the platform admin allows the operator's identity."""
+
+    backends.admin_secret(admin)
+    ambient = {"AWS_ACCESS_KEY_ID": AMBIENT_KEY_ID, "AWS_SECRET_ACCESS_KEY": "operators-own-secret",
+               "AWS_EC2_METADATA_DISABLED": "true"}
+    with RecordingListener() as tenants_endpoint, RecordingListener() as elsewhere:
+        operator.restart(extra_env={**ambient, "TRACKOP_ALLOWED_ARTIFACT_ENDPOINTS": "127.0.0.1"})
+        try:
+            store = {"bucket": f"b-{uuid.uuid4().hex[:8]}", "endpoint": tenants_endpoint.url}
+            backends.apply("keyless", {**backends.spec(), "artifacts": {"s3": store}})
+            backends.apply("creating", {**backends.spec(), "artifacts": {"s3": {**store, "createBucket": True}}})
+            cond = backends.wait_condition("keyless", "ArtifactsReady", "Unknown", "ServerIdentity")
+            assert "spec.artifacts.s3.credentialsSecretRef" in cond["message"]
+            assert "serviceAccountName" in cond["message"], "the fix: the tracking server's own identity"
+            backends.wait_ready("keyless")
+            cond = backends.wait_condition("creating", "ArtifactsReady", "False", "CreateNeedsCredentials")
+            assert "spec.artifacts.s3.createBucket" in cond["message"]
+
+            # An endpoint outside the admin's allow-list: refused at admission, no request.
+            backends.secret("s3-creds", {"accessKeyId": "AKIATENANT", "secretAccessKey": "tenant-secret"})
+            with pytest.raises(client.ApiException) as refused:
+                backends.apply("elsewhere", {**backends.spec(), "artifacts": {"s3": {
+                    "bucket": "b-1", "endpoint": elsewhere.url.replace("127.0.0.1", "localhost"),
+                    "credentialsSecretRef": {"name": "s3-creds"}}}})
+            assert "spec.artifacts.s3.endpoint" in json.loads(refused.value.body)["message"]
+            assert tenants_endpoint.requests == [] and elsewhere.requests == [], "nothing was sent"
+
+            # The contrast: allowed, the same backend's check signs with the operator's keys.
+            operator.restart(extra_env={**ambient, "TRACKOP_ALLOW_OPERATOR_CLOUD_IDENTITY": "true"})
+            eventually(lambda: tenants_endpoint.requests, "the check with the operator's identity", timeout=60)
+            assert all(AMBIENT_KEY_ID in headers.get("Authorization", "")
+                       for _, _, headers in tenants_endpoint.requests)
+        finally:
+            operator.restart()
+    assert "operators-own-secret" not in operator.logs()

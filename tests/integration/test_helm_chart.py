@@ -206,12 +206,49 @@ def test_certmanager_render(helm: Path):
     # --namespace: a KopfPeering and a peering Role in each watched namespace, no cluster-wide peering.
     peerings = [o for o in objects if o["kind"] == "KopfPeering"]
     assert sorted(p["metadata"]["namespace"] for p in peerings) == ["ml-team-a", "ml-team-b"]
-    assert sorted(o["metadata"]["namespace"] for o in objects if o["kind"] == "Role") == ["ml-team-a", "ml-team-b"]
+    assert sorted(o["metadata"]["namespace"] for o in objects
+                  if o["kind"] == "Role" and o["metadata"]["name"] == "tk-trackop-peering") == ["ml-team-a", "ml-team-b"]
     assert not [o for o in objects if o["kind"] == "ClusterKopfPeering"]
     assert not [r for r in only(objects, "ClusterRole")["rules"] if r["apiGroups"] == ["kopf.dev"]]
     pod = only(objects, "Deployment")["spec"]["template"]
     assert pod["spec"]["priorityClassName"] == "system-cluster-critical"
     assert pod["metadata"]["labels"]["example.com/tier"] == "operator"
+
+
+def test_secrets_are_namespaced_where_watch_namespaces_is_set(helm: Path):
+    objects = render(helm, CHART / "ci" / "certmanager-values.yaml")
+    cluster_rules = only(objects, "ClusterRole")["rules"]
+    assert not [r for r in cluster_rules if "secrets" in r["resources"]], "no Secret in the ClusterRole"
+    roles = {(o["metadata"]["namespace"], o["metadata"]["name"]): o["rules"] for o in objects if o["kind"] == "Role"}
+    for namespace in ("ml-team-a", "ml-team-b"):
+        assert roles[(namespace, "tk-trackop-secrets")] == [
+            {"apiGroups": [""], "resources": ["secrets"], "verbs": ["get", "list", "create", "patch", "delete"]}]
+    assert roles[("trackop-system", "tk-trackop-webhook-certs")] == [
+        {"apiGroups": [""], "resources": ["secrets"], "verbs": ["create"]},
+        {"apiGroups": [""], "resources": ["secrets"], "resourceNames": ["trackop-webhook-certs", "tk-trackop-webhook-tls"],
+         "verbs": ["get", "patch"]}]
+    bindings = {(o["metadata"]["namespace"], o["metadata"]["name"]): o for o in objects if o["kind"] == "RoleBinding"}
+    for key in [("ml-team-a", "tk-trackop-secrets"), ("ml-team-b", "tk-trackop-secrets"),
+                ("trackop-system", "tk-trackop-webhook-certs")]:
+        assert bindings[key]["roleRef"]["name"] == key[1]
+        assert bindings[key]["subjects"] == [{"kind": "ServiceAccount", "name": "tk-trackop", "namespace": "trackop-system"}]
+
+
+def test_the_policy_values_become_the_operators_settings(helm: Path):
+    env = {e["name"]: e.get("value") for e in container(render(helm))["env"]}
+    assert env["TRACKOP_ALLOW_OPERATOR_CLOUD_IDENTITY"] == "false", "off by default"
+    assert not {"TRACKOP_ALLOWED_ARTIFACT_ENDPOINTS", "TRACKOP_ALLOWED_IMAGES", "TRACKOP_ALLOWED_SERVICE_ACCOUNTS"} & set(env)
+    artifacts = {"allowOperatorCloudIdentity": True, "allowedEndpoints": ["*.amazonaws.com", "minio.minio.svc"]}
+    policy = {"allowedImages": ["ghcr.io/mlflow/mlflow:*"], "allowedServiceAccounts": ["mlflow"]}
+    env = {e["name"]: e.get("value") for e in container(render(
+        helm, None, "--set-json", f"artifacts={json.dumps(artifacts)}", "--set-json", f"policy={json.dumps(policy)}"))["env"]}
+    settings = cli.settings_from(cli.build_parser().parse_args(["run", "-A"]), env)
+    assert settings.policy.operator_cloud_identity is True
+    assert settings.allowed_artifact_endpoints == ("*.amazonaws.com", "minio.minio.svc")
+    assert settings.allowed_images == ("ghcr.io/mlflow/mlflow:*",) and settings.allowed_service_accounts == ("mlflow",)
+    done = run([helm, "template", "tk", CHART, "--set-json", 'artifacts={"allowedEndpoints": ["https://s3.amazonaws.com"]}'],
+               check=False)
+    assert done.returncode != 0 and "/artifacts/allowedEndpoints/0" in done.stderr, done.stderr
 
 
 def test_minimal_render(helm: Path):
@@ -273,7 +310,7 @@ DEFAULT_RULES = [
     (["trackop.dev"], ["trackingbackends/status"], None, ["patch"]),
     (["trackop.dev"], ["trackingbackends/finalizers"], None, ["update"]),
     ([""], ["secrets"], None, ["get", "list"]),
-    ([""], ["secrets"], None, ["create", "update", "patch", "delete"]),
+    ([""], ["secrets"], None, ["create", "patch", "delete"]),
     (["batch"], ["jobs"], None, ["get", "create"]),
     (["apps"], ["deployments"], None, ["get", "list", "create", "patch"]),
     ([""], ["services"], None, ["get", "list", "create", "patch"]),
@@ -454,7 +491,12 @@ def test_the_operator_calls_work_as_its_service_account_and_nothing_more(
                                                                           "labels": {"copy": "yes"}},
                      "stringData": {"a": "2"}})  # replaces
     assert kube.secrets_by_label("copy=yes") == {(work, "copy"): {"a": "2"}}
+    kube.put_secret({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "copy", "namespace": work,
+                                                                          "labels": {"copy": "yes"}},
+                     "stringData": {"b": "3"}})  # set whole: a key no longer wanted goes
+    assert kube.secrets_by_label("copy=yes") == {(work, "copy"): {"b": "3"}}
     kube.delete_secret(work, "copy")
+    _replace_only_over_the_version_read(kube, work)
     assert kube.read_job(work, "migrate") is None
     kube.create_job({"apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": "migrate", "namespace": work},
                      "spec": {"template": {"spec": {"restartPolicy": "Never", "containers": [
@@ -518,8 +560,69 @@ def test_the_operator_calls_work_as_its_service_account_and_nothing_more(
                    dict(verb="patch", group="kopf.dev", resource="clusterkopfpeerings", name="someone-elses"),
                    dict(verb="create", group="rbac.authorization.k8s.io", resource="clusterrolebindings"),
                    dict(verb="delete", group="batch", resource="jobs", namespace=work),
-                   dict(verb="update", group="apps", resource="deployments", namespace=work)):
+                   dict(verb="update", group="apps", resource="deployments", namespace=work),
+                   dict(verb="update", resource="secrets", namespace=work)):
         assert not _can(auth, user, **denied), denied
+
+
+def _replace_only_over_the_version_read(kube: Kube, namespace: str) -> None:
+    """Kube.replace_secret (the webhook certificate's rotation): a patch, conditional on the
+    resourceVersion read, so a second writer of the same version gets a 409."""
+    kube.create_secret({"metadata": {"name": "trackop-webhook-certs", "namespace": namespace},
+                        "stringData": {"tls.crt": "one"}})
+    _, version = kube.read_secret_encoded(namespace, "trackop-webhook-certs")
+    body = {"metadata": {"name": "trackop-webhook-certs", "namespace": namespace, "resourceVersion": version},
+            "data": {"tls.crt": "dHdv"}}
+    kube.replace_secret(body)
+    assert kube.read_secret(namespace, "trackop-webhook-certs") == {"tls.crt": "two"}
+    with pytest.raises(client.ApiException) as conflict:
+        kube.replace_secret(body)  # the version read is stale now
+    assert conflict.value.status == 409
+
+
+def test_with_watch_namespaces_the_operator_reaches_secrets_only_there(
+        helm: Path, kubectl, chart_crds, make_namespace, kube_api: client.ApiClient, bed_info: dict, tmp_path: Path):
+    release = f"n{uuid.uuid4().hex[:8]}"
+    namespace, watched, other = (make_namespace(f"{release}-{part}") for part in ("system", "w", "o"))
+    objects = render(helm, None, "--set-json", f"watchNamespaces={json.dumps([watched])}", release=release,
+                     namespace=namespace)
+    rbac = [o for o in objects if o["kind"] in ("ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Role",
+                                                "RoleBinding")]
+    (tmp_path / "rbac.yaml").write_text(yaml.safe_dump_all(rbac))
+    kubectl("apply", "--server-side", f"--filename={tmp_path / 'rbac.yaml'}")
+    name = only(objects, "ClusterRole")["metadata"]["name"]
+    try:
+        user = f"system:serviceaccount:{namespace}:{only(objects, 'ServiceAccount')['metadata']['name']}"
+        auth = client.AuthorizationV1Api(kube_api)
+        eventually(lambda: _can(auth, user, "get", "secrets", namespace=watched), "the RoleBinding", timeout=30)
+        as_operator = config.new_client_from_config(config_file=bed_info["kubeconfig"])
+        as_operator.set_default_header("Impersonate-User", user)
+        as_operator.set_default_header("Impersonate-Group", "system:serviceaccounts")
+        kube = Kube(as_operator)
+
+        # What the operator does with --namespace (Settings.watch_namespaces), as itself.
+        kube.create_secret({"metadata": {"name": "conn", "namespace": watched}, "stringData": {"PGPASSWORD": "x"}})
+        for value in ("1", "2"):
+            kube.put_secret({"apiVersion": "v1", "kind": "Secret", "stringData": {"a": value},
+                             "metadata": {"name": "copy", "namespace": watched, "labels": {"copy": "yes"}}})
+        assert kube.secrets_by_label("copy=yes", [watched]) == {(watched, "copy"): {"a": "2"}}
+        assert [m["name"] for m in kube.metadata_list("secrets", watched, "copy=yes")] == ["copy"]
+        kube.delete_secret(watched, "copy")
+        _replace_only_over_the_version_read(kube, namespace)  # the webhook's certificate, in the release namespace
+
+        # And nowhere else.
+        refused = [lambda: kube.secrets_by_label("copy=yes"),  # the cluster-wide LIST
+                   lambda: kube.metadata_list("secrets", None, "copy=yes"),
+                   lambda: kube.read_secret(other, "anything"),
+                   lambda: kube.create_secret({"metadata": {"name": "x", "namespace": other}, "stringData": {}}),
+                   lambda: kube.read_secret(namespace, "someone-elses"),  # the release namespace: only its own
+                   lambda: kube.secrets_by_label("copy=yes", [namespace])]
+        for call in refused:
+            with pytest.raises(client.ApiException) as denied:
+                call()
+            assert denied.value.status == 403
+    finally:
+        kubectl("delete", "--ignore-not-found", f"clusterrole/{name}", f"clusterrolebinding/{name}")
 
 
 def test_server_side_apply_create_is_authorized_with_the_objects_name(

@@ -83,7 +83,7 @@ def source_reasons() -> tuple[dict[str, set[str | None]], set[str]]:
                 elif name == "Condition" and len(args) > 2:
                     for reason in _strings(args[2]):
                         add(reason, _condition_type(args[0]))
-                elif name == "ArtifactsError" and args:
+                elif name in ("ArtifactsError", "NotChecked") and args:
                     for reason in _strings(args[0]):
                         add(reason, conditions.ARTIFACTS_READY)
                 elif name == "did" and args:

@@ -9,7 +9,13 @@ import jsonpatch  # a dependency of kopf: a real RFC 6902 applier, stricter than
 import pytest
 
 from trackop.api.parsing import parse
-from trackop.api.v1alpha1 import BACKEND_ANNOTATION, INIT_ANNOTATION, INJECT_LABEL, INJECTED_ANNOTATION
+from trackop.api.v1alpha1 import (
+    BACKEND_ANNOTATION,
+    INIT_ANNOTATION,
+    INJECT_LABEL,
+    INJECTED_ANNOTATION,
+    SECRET_COPIES_LABEL,
+)
 from trackop.specs import connection_secret
 from trackop.webhook import injection
 from trackop.webhook.injection import BackendView, Decision
@@ -23,8 +29,16 @@ SERVER_KEYS = ("MLFLOW_TRACKING_URI", "MLFLOW_BACKEND_STORE_URI", "PGHOST", "PGP
                "PGPASSWORD", "PGSSLMODE", "MLFLOW_ARTIFACT_ROOT")
 
 
+SERVER_URI = "http://team-a-mlflow.ml-platform.svc:5000"
+# A namespace that accepts copies holding secrets (Direct mode's database URI, bucket keys).
+OPTED_IN = {"team": "a", SECRET_COPIES_LABEL: "true"}
+
+
 def backend(selector=None, mode="Server", keys=SERVER_KEYS, namespace=BACKEND_NS, name="team-a") -> BackendView:
-    return BackendView(namespace=namespace, name=name, mode=mode, namespace_selector=selector, secret_keys=tuple(keys))
+    plain = tuple((k, SERVER_URI if k == "MLFLOW_TRACKING_URI" else f"value of {k}")
+                  for k in sorted(keys) if not injection.is_secret(mode, k))
+    return BackendView(namespace=namespace, name=name, mode=mode, namespace_selector=selector,
+                       secret_keys=tuple(keys), plain_values=plain)
 
 
 def pod(*containers, ref="ml-platform/team-a", label="true", annotations=None, init=(), name="train") -> dict:
@@ -61,6 +75,9 @@ def env_of(container: dict) -> dict:
 
 def ref(key: str, secret: str = COPY) -> dict:
     return {"name": key, "valueFrom": {"secretKeyRef": {"name": secret, "key": key}}}
+
+
+URI = {"name": "MLFLOW_TRACKING_URI", "value": SERVER_URI}  # Server mode's: a plain value, no copy
 
 
 # --- opt-in and the reference ------------------------------------------------------------
@@ -193,33 +210,34 @@ def test_container_without_env_gets_the_array_and_the_pod_the_annotation():
     assert decision.allowed and decision.warnings == []
     assert decision.patch == [
         {"op": "add", "path": "/spec/containers/0/env",
-         "value": [ref("MLFLOW_TRACKING_URI")]},
+         "value": [URI]},
         {"op": "add", "path": "/metadata/annotations/trackop.dev~1injected", "value": "ml-platform/team-a"},
     ]
     patched = apply(pod(), decision)
     assert patched["metadata"]["annotations"][INJECTED_ANNOTATION] == "ml-platform/team-a"
-    assert patched["spec"]["containers"][0]["env"] == [ref("MLFLOW_TRACKING_URI")]
+    assert patched["spec"]["containers"][0]["env"] == [URI]
 
 
 def test_env_the_pod_already_sets_wins_and_the_rest_is_appended():
     mine = {"name": "MLFLOW_TRACKING_URI", "value": "http://my-own-server:5000"}
     p = pod({"name": "main", "image": "x", "env": [{"name": "A", "value": "1"}, mine]})
     b = backend({}, mode="Direct", keys=("MLFLOW_TRACKING_URI", "MLFLOW_ARTIFACT_ROOT", "PGPASSWORD"))
-    decision = run(p, b=b)
-    assert {"op": "add", "path": "/spec/containers/0/env/-", "value": ref("MLFLOW_ARTIFACT_ROOT")} in decision.patch
+    decision = run(p, b=b, labels=OPTED_IN)
+    root = {"name": "MLFLOW_ARTIFACT_ROOT", "value": "value of MLFLOW_ARTIFACT_ROOT"}
+    assert {"op": "add", "path": "/spec/containers/0/env/-", "value": root} in decision.patch
     env = apply(p, decision)["spec"]["containers"][0]["env"]
-    assert env == [{"name": "A", "value": "1"}, mine, ref("MLFLOW_ARTIFACT_ROOT")]
+    assert env == [{"name": "A", "value": "1"}, mine, root]
 
 
 def test_empty_env_list_is_appended_to():
     p = pod({"name": "main", "image": "x", "env": []})
-    assert apply(p, run(p))["spec"]["containers"][0]["env"] == [ref("MLFLOW_TRACKING_URI")]
+    assert apply(p, run(p))["spec"]["containers"][0]["env"] == [URI]
 
 
 def test_envfrom_loses_to_injected_env_and_the_pod_is_told():
     p = pod({"name": "main", "image": "x", "envFrom": [{"configMapRef": {"name": "settings"}}]})
     decision = run(p)
-    assert apply(p, decision)["spec"]["containers"][0]["env"] == [ref("MLFLOW_TRACKING_URI")]
+    assert apply(p, decision)["spec"]["containers"][0]["env"] == [URI]
     assert "envFrom" in decision.warnings[0] and "MLFLOW_TRACKING_URI" in decision.warnings[0]
     assert decision.allowed
 
@@ -230,7 +248,7 @@ def test_several_containers_each_get_what_they_lack():
             {"name": "c", "image": "x", "env": [{"name": "OTHER", "value": "1"}]})
     patched = apply(p, run(p))
     a, b, c = patched["spec"]["containers"]
-    assert env_of(a) == {"MLFLOW_TRACKING_URI": ref("MLFLOW_TRACKING_URI")}
+    assert env_of(a) == {"MLFLOW_TRACKING_URI": URI}
     assert env_of(b) == {"MLFLOW_TRACKING_URI": {"name": "MLFLOW_TRACKING_URI", "value": "mine"}}
     assert set(env_of(c)) == {"OTHER", "MLFLOW_TRACKING_URI"}
 
@@ -262,11 +280,11 @@ def test_generate_name_appears_in_messages():
 
 
 def test_reference_without_namespace_means_the_pods_namespace():
-    b = backend(None, namespace="team-a")
-    decision = run(pod(ref="team-a"), b=b, labels={})
+    b = backend(None, mode="Direct", namespace="team-a")
+    decision = run(pod(ref="team-a"), b=b, labels={})  # its own namespace: a copy needs no label
     assert {"op": "add", "path": "/metadata/annotations/trackop.dev~1injected", "value": "team-a/team-a"} \
         in decision.patch
-    assert decision.patch[0]["value"] == [ref("MLFLOW_TRACKING_URI", "trackop-team-a.team-a")]
+    assert decision.patch[0]["value"][0] == ref("MLFLOW_TRACKING_URI", "trackop-team-a.team-a")
 
 
 @pytest.mark.parametrize("b", [
@@ -277,10 +295,10 @@ def test_reference_without_namespace_means_the_pods_namespace():
 def test_idempotent_a_reinvoked_webhook_changes_nothing(b):
     p = pod({"name": "a", "image": "x"}, {"name": "b", "image": "x", "env": [{"name": "X", "value": "1"}]},
             init=[{"name": "i", "image": "x"}], annotations={INIT_ANNOTATION: "true"}, name=None)
-    first = run(p, b=b)
+    first = run(p, b=b, labels=OPTED_IN)
     assert first.patch
     patched = apply(p, first)
-    again = run(patched, b=b)
+    again = run(patched, b=b, labels=OPTED_IN)
     assert again == Decision(allowed=True, patch=[], warnings=[], reason="already injected ml-platform/team-a")
     assert not injection.missed_injection(patched)
 
@@ -358,10 +376,72 @@ def test_backend_view_of_a_spec_holds_its_mode_selector_and_sorted_secret_keys()
     spec = parse(BACKEND_NS, "team-a", {"postgres": {"external": {"host": "pg.db.svc",
                                                                   "adminSecretRef": {"name": "pg-admin"}}},
                                         "injection": {"namespaceSelector": selector}})
-    view = injection.backend_view(spec, {"PGUSER": "u", "MLFLOW_TRACKING_URI": "uri"})
-    assert view == BackendView(BACKEND_NS, "team-a", "Direct", selector, ("MLFLOW_TRACKING_URI", "PGUSER"))
-    # The operator's index passes the keys the spec implies; the copies pass a Secret's data: the same view.
-    assert injection.backend_view(spec, ("PGUSER", "MLFLOW_TRACKING_URI")) == view
+    view = injection.backend_view(spec, {"PGUSER": "u", "MLFLOW_TRACKING_URI": "uri", "MLFLOW_ARTIFACT_ROOT": "s3://b"})
+    assert view == BackendView(BACKEND_NS, "team-a", "Direct", selector,
+                               ("MLFLOW_ARTIFACT_ROOT", "MLFLOW_TRACKING_URI", "PGUSER"),
+                               (("MLFLOW_ARTIFACT_ROOT", "s3://b"),)), "no secret value is kept"
+    # The operator's index passes placeholders for the secrets; the copies pass a Secret's data: the same view.
+    placeholder = connection_secret.placeholder_data(spec)
+    real = connection_secret.connection_secret_data(spec, "real-password")
+    assert injection.backend_view(spec, placeholder) == injection.backend_view(spec, real)
+    assert "real-password" not in repr(injection.backend_view(spec, real))
+
+
+# --- plain values, and copies only for secrets -------------------------------------------------
+
+def _view(overrides: dict) -> BackendView:
+    spec = parse(BACKEND_NS, "team-a", {"postgres": {"external": {"host": "pg.db.svc",
+                                                                  "adminSecretRef": {"name": "pg-admin"}}},
+                                        "injection": {"namespaceSelector": {}}, **overrides})
+    return injection.backend_view(spec, connection_secret.placeholder_data(spec))
+
+
+def test_server_mode_injects_the_uri_as_a_value_and_needs_no_copy_or_label():
+    view = _view({"server": {}, "artifacts": S3})
+    assert injection.injected_secrets(view) == [] and injection.copy_secret_data(view, _secret({"server": {}})) == {}
+    decision = run(pod(), b=view, labels={})  # an admitted namespace without the opt-in label
+    env = apply(pod(), decision)["spec"]["containers"][0]["env"]
+    assert env == [{"name": "MLFLOW_TRACKING_URI", "value": "http://team-a-mlflow.ml-platform.svc:5000"}]
+
+
+def test_direct_mode_needs_a_namespace_that_opts_in_to_secret_copies():
+    view = _view({"artifacts": S3})
+    assert injection.injected_secrets(view) == ["MLFLOW_TRACKING_URI"]
+    warned = run(pod(), b=view, labels={"team": "a"})
+    assert warned.allowed and not warned.patch
+    assert f"label the namespace {SECRET_COPIES_LABEL}=true" in warned.warnings[0]
+    assert "MLFLOW_TRACKING_URI" in warned.warnings[0]
+    assert not run(pod(), b=view, labels={"team": "a"}, fail_closed=True).allowed
+    assert not run(pod(), b=view, labels={SECRET_COPIES_LABEL: "yes"}).patch, "exactly true"
+    env = env_of(apply(pod(), run(pod(), b=view, labels=OPTED_IN))["spec"]["containers"][0])
+    assert env["MLFLOW_TRACKING_URI"] == ref("MLFLOW_TRACKING_URI")
+    assert env["MLFLOW_ARTIFACT_ROOT"] == {"name": "MLFLOW_ARTIFACT_ROOT", "value": "s3://ml-artifacts"}
+    assert env["MLFLOW_S3_ENDPOINT_URL"]["value"] == "http://minio:9000"
+    own = run(pod(), namespace=BACKEND_NS, b=view, labels={})
+    assert own.patch, "the backend's own namespace holds its connection Secret anyway: no label needed"
+
+
+def test_server_mode_bucket_keys_are_secrets_too():
+    view = _view({"server": {"serveArtifacts": False},
+                  "artifacts": {"s3": {**S3["s3"], "credentialsSecretRef": {"name": "s3"}}}})
+    assert injection.injected_secrets(view) == ["AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"]
+    assert not run(pod(), b=view, labels={}).patch
+    env = env_of(apply(pod(), run(pod(), b=view, labels=OPTED_IN))["spec"]["containers"][0])
+    assert env["MLFLOW_TRACKING_URI"]["value"].startswith("http://") and env["AWS_DEFAULT_REGION"]["value"]
+    assert env["AWS_SECRET_ACCESS_KEY"] == ref("AWS_SECRET_ACCESS_KEY")
+    data = _secret({"server": {"serveArtifacts": False}, "artifacts": S3})
+    assert set(injection.copy_secret_data(view, data)) == {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"}
+
+
+def test_a_namespace_outside_the_operators_scope_takes_no_copy():
+    view = _view({})
+    scope = frozenset({BACKEND_NS, "ml-team-b"})
+    refused = injection.mutate(pod(), "team-a", view, OPTED_IN, operator_namespace=OPERATOR_NS,
+                               fail_closed=False, copy_scope=scope)
+    assert not refused.patch and "--namespace" in refused.warnings[0]
+    assert injection.accepts_secret_copies(BACKEND_NS, "ml-team-b", OPTED_IN, scope)
+    assert not injection.accepts_secret_copies(BACKEND_NS, "ml-team-b", {}, scope)
+    assert not injection.accepts_secret_copies(BACKEND_NS, "team-a", OPTED_IN, scope)
 
 
 # --- the copy's name -------------------------------------------------------------------------

@@ -136,7 +136,7 @@ def build_everything(spec: BackendSpec, body: Mapping[str, Any]) -> list[dict[st
     """Every object and plan trackop makes of ``spec``, checked; the Kubernetes objects."""
     store = spec.artifacts
     bucket_secret = ("-",) * len(store.credential_keys) if store and store.credentials_secret else None
-    keys = connection_secret.secret_keys(spec)
+    keys = tuple(sorted(connection_secret.placeholder_data(spec)))
     data = connection_secret.connection_secret_data(spec, PASSWORD, bucket_secret)
     assert tuple(sorted(data)) == keys and all(_ENV_NAME.fullmatch(k) and _key(k) for k in keys)
     objects = [connection_secret.connection_secret(spec, PASSWORD, OWNER, bucket_secret),
@@ -168,12 +168,15 @@ def build_everything(spec: BackendSpec, body: Mapping[str, Any]) -> list[dict[st
     fingerprint.owned_objects(spec)
 
     # Injection: the index entry, the copies, a pod's patch, and the webhook's verdict.
-    view = injection.backend_view(spec, keys)
+    view = injection.backend_view(spec, connection_secret.placeholder_data(spec))
     index = Index()
     index.set_backend(view, (spec.postgres.host, spec.postgres.port, spec.database))
     assert validate_backend(body, index) == (True, "")
     copy = injection.copy_secret_data(view, data)
-    assert set(copy) == set(injection.expected_env_names(view))
+    expected = set(injection.expected_env_names(view))
+    # A copy holds the secrets a pod is injected with; the rest are plain values in the view.
+    assert set(copy) == {key for key in expected if injection.is_secret(spec.injection_mode, key)}
+    assert expected - set(copy) <= {key for key, _ in view.plain_values}
     assert _subdomain(injection.copy_secret_name(spec.namespace, spec.name))
     for namespace, labels in (("other", {"team": "a", "env": "dev"}), ("kube-system", {}), (spec.namespace, {})):
         injection.admits_namespace(spec.namespace, spec.namespace_selector, namespace, labels, "trackop")

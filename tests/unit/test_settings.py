@@ -50,6 +50,9 @@ def test_the_environment_as_the_chart_and_the_tests_set_it():
     ({"TRACKOP_WEBHOOK_KEEPALIVE_TIMEOUT": "-1"}, "webhook's keepalive timeout must be positive"),
     ({"TRACKOP_WEBHOOK_MAX_CONNECTIONS": "0"}, "webhook's max connections must be positive"),
     ({"TRACKOP_WEBHOOK_MAX_BODY_BYTES": "lots"}, "TRACKOP_WEBHOOK_MAX_BODY_BYTES='lots' is not a number"),
+    ({"TRACKOP_ALLOW_OPERATOR_CLOUD_IDENTITY": "maybe"}, "is not true or false"),
+    ({"TRACKOP_ALLOWED_ARTIFACT_ENDPOINTS": "https://s3.amazonaws.com"}, "without scheme, port or path"),
+    ({"TRACKOP_ALLOWED_ARTIFACT_ENDPOINTS": "minio:9000"}, "without scheme, port or path"),
 ])
 def test_a_bad_setting_is_refused_naming_it(environ, says):
     with pytest.raises(ValueError, match=says):
@@ -108,3 +111,11 @@ def test_a_bad_webhook_limit_flag_is_refused_naming_it():
         cli.settings_from(run_args("--webhook-read-timeout", "0"), {})
     with pytest.raises(ValueError, match="webhook's max body bytes must be positive, not -5"):
         cli.settings_from(run_args("--webhook-max-body-bytes", "-5"), {})
+
+
+def test_watched_namespaces_scope_the_operators_secrets_unless_they_are_patterns():
+    assert cli.settings_from(run_args(), {}).secret_scope is None
+    parse = cli.build_parser().parse_args
+    scoped = cli.settings_from(parse(["run", "-n", "ml-a", "-n", "ml-b"]), {})
+    assert scoped.secret_scope == frozenset({"ml-a", "ml-b"})
+    assert cli.settings_from(parse(["run", "-n", "ml-*"]), {}).secret_scope is None, "a kopf pattern: every namespace"

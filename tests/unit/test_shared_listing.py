@@ -134,7 +134,7 @@ def test_many_backends_share_one_list_of_namespaces_and_of_pods_per_interval():
     reconciler = Reconciler(kube, "trackop-system", shared_list_ttl=60)
     for i in range(10):
         backend = spec(f"b{i}")
-        reconciler.copies.sync(backend, {"PGPASSWORD": "pw", "PGHOST": "h"})
+        reconciler.copies.sync(backend, {"MLFLOW_TRACKING_URI": "postgresql://u:pw@h/d", "PGPASSWORD": "pw"})
         assert reconciler.copies.missed_injections(backend) == []
     assert kube.lists == {"namespaces": 1, "pods": 1}
     assert len(kube.puts) == 10  # each backend's copy still placed, in the namespace its selector admits

@@ -37,6 +37,9 @@ INJECTED_ANNOTATION = "trackop.dev/injected"
 INIT_ANNOTATION = "trackop.dev/inject-init-containers"
 # The label on every copy of a connection Secret: which backend's Secret it copies.
 COPY_LABEL = "trackop.dev/copy-of"
+# A namespace's opt-in to copies that hold secrets (Direct mode's database URI, bucket keys):
+# without it, only the backend's own namespace gets them (docs/injection.md).
+SECRET_COPIES_LABEL = "trackop.dev/secret-copies"
 # Never injected, whatever a backend's selector says; the operator's own namespace is
 # added at run time (it is a setting, not a constant).
 NEVER_NAMESPACES = frozenset({"kube-system"})

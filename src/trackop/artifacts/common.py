@@ -27,6 +27,10 @@ class ArtifactsError(Exception):
         self.message = message
 
 
+class NotChecked(ArtifactsError):
+    """The check was not made, on purpose: ``ArtifactsReady`` is Unknown with ``reason``."""
+
+
 def normalise_prefix(prefix: str) -> str:
     """``/a//b/`` -> ``a/b``: no leading, trailing or doubled slashes; ``''`` stays ``''``.
 

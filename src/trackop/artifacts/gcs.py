@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import json
 
+from ..api.policy import endpoint_host, endpoint_refusal
 from .common import ArtifactsError, StoreFailures, probe_name, secret_named, shown_endpoint
 from .locations import GCS_CREDENTIALS_KEY, GCSLocation
 
 _SCOPES = ("https://www.googleapis.com/auth/devstorage.read_write",)
+# Where Google's own key files send their token requests: Google's, like its storage endpoint.
+_GOOGLE_TOKEN_HOST = "oauth2.googleapis.com"
 
 
 _FAILURES = StoreFailures(endpoint_fields="spec.artifacts.gcs.endpoint",
@@ -30,8 +33,19 @@ def _bucket_missing(location: GCSLocation) -> ArtifactsError:
     return _FAILURES.missing(f"bucket {location.bucket!r}")
 
 
+def _refuse_token_uri(info: dict, where: str, allowed_endpoints: tuple[str, ...]) -> None:
+    """The key file names the host its token request goes to: with an allow-list of
+    endpoints, that host must be Google's own or an allowed one."""
+    token_uri = info.get("token_uri")
+    if not allowed_endpoints or not isinstance(token_uri, str) or endpoint_host(token_uri) == _GOOGLE_TOKEN_HOST:
+        return
+    refusal = endpoint_refusal(f"the token_uri of {GCS_CREDENTIALS_KEY} in {where}", token_uri, allowed_endpoints)
+    if refusal:
+        raise ArtifactsError("EndpointNotAllowed", refusal)
+
+
 def _client(location: GCSLocation, credentials_json: str | None, timeout: float,
-            credentials_ref: str | None):
+            credentials_ref: str | None, allowed_endpoints: tuple[str, ...] = ()):
     """A storage client and the project it would create buckets in (``None`` if unknown)."""
     import google.auth
     import google.auth.exceptions
@@ -58,6 +72,7 @@ def _client(location: GCSLocation, credentials_json: str | None, timeout: float,
                 f"{GCS_CREDENTIALS_KEY} in {where} is not a service-account key file "
                 "(JSON with \"type\": \"service_account\", client_email and private_key)",
             ) from None
+        _refuse_token_uri(info, where, allowed_endpoints)
         project = project or credentials.project_id
         # The token request gets the same deadline as the storage calls.
         http = AuthorizedSession(credentials, refresh_timeout=timeout)
@@ -123,19 +138,21 @@ def _call(fn, location: GCSLocation, credentials_ref: str | None):
 
 
 def check_gcs(location: GCSLocation, credentials_json: str | None, *,
-              credentials_ref: str | None = None, timeout: float = 5) -> list[str]:
+              credentials_ref: str | None = None, timeout: float = 5,
+              allowed_endpoints: tuple[str, ...] = ()) -> list[str]:
     """Check the bucket is reachable and writable under the prefix; create it if allowed.
 
     ``credentials_json`` is the service-account key file's content (the Secret's
     ``serviceAccountKey``); ``None`` means the operator's own identity (Application
     Default Credentials) or, with ``location.endpoint`` set, an emulator reached
-    anonymously. ``credentials_ref`` only names the Secret in messages. Returns what
+    anonymously. ``credentials_ref`` only names the Secret in messages; with
+    ``allowed_endpoints``, a key file's own ``token_uri`` must be allowed too. Returns what
     changed (``["created bucket X"]`` or ``[]``); raises ``ArtifactsError`` with the
     reasons of ``check_s3`` otherwise.
     """
     from google.api_core import exceptions as gexc
 
-    client, project = _client(location, credentials_json, timeout, credentials_ref)
+    client, project = _client(location, credentials_json, timeout, credentials_ref, allowed_endpoints)
     changes: list[str] = []
     bucket = client.bucket(location.bucket)
     get_denied = False

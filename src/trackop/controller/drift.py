@@ -87,8 +87,10 @@ class DriftChecker:
     reconcile at most. ``namespaces`` is the reconciler's shared namespace listing: a
     change to it (new, gone or relabelled namespaces: where copies go) means a full check."""
 
-    def __init__(self, kube: Any, namespaces: Any, ttl: float, full_interval: float) -> None:
+    def __init__(self, kube: Any, namespaces: Any, ttl: float, full_interval: float,
+                 secret_scope: frozenset[str] | None = None) -> None:
         self.kube = kube
+        self.secret_scope = secret_scope  # with --namespace: Secrets are listed only there
         self.namespaces = namespaces
         self.ttl = ttl
         self.full_interval = full_interval
@@ -113,7 +115,7 @@ class DriftChecker:
         try:
             secret_versions = {(ns, name): self.kube.version("secrets", ns, name) for name in referenced_secrets(spec)}
             label = copy_label_value(spec.namespace, spec.name)
-            copies = versions_of(self.kube.metadata_list("secrets", None, f"{COPY_LABEL}={label}"))
+            copies = versions_of(self._copies(f"{COPY_LABEL}={label}"))
             objects = {(kind, ns, name): self.kube.version(kind, ns, name) for kind, name in owned_objects(spec)}
         except Exception as exc:  # no fingerprint: the next drift check is a full reconcile
             log.warning("%s/%s: no drift fingerprint (%s); the next drift check reconciles in full",
@@ -126,6 +128,12 @@ class DriftChecker:
                             time.monotonic())
         with self._lock:
             self._baselines[(ns, spec.name)] = baseline
+
+    def _copies(self, selector: str) -> list[dict[str, Any]]:
+        """The metadata of the Secret copies matching ``selector``, where the operator may list them."""
+        if self.secret_scope is None:
+            return self.kube.metadata_list("secrets", None, selector)
+        return [item for ns in sorted(self.secret_scope) for item in self.kube.metadata_list("secrets", ns, selector)]
 
     def forget(self, namespace: str, name: str) -> None:
         """Drop the backend's fingerprint (a reconcile records it again, a deleted backend
@@ -177,8 +185,7 @@ class DriftChecker:
         server = self._server(baseline)
         secret_versions = self._cached(
             ("secrets", ns), lambda: versions_of(self.kube.metadata_list("secrets", ns))).get(since)
-        all_copies = self._cached(("copies",), lambda: copies_by_backend(
-            self.kube.metadata_list("secrets", None, COPY_LABEL))).get(since)
+        all_copies = self._cached(("copies",), lambda: copies_by_backend(self._copies(COPY_LABEL))).get(since)
         objects = {}
         for kind, name in owned_objects(spec):
             listed = self._cached((kind,), lambda kind=kind: versions_of(self.kube.metadata_list(

@@ -23,7 +23,7 @@ from ..api.v1alpha1 import GROUP, PLURAL, VERSION, BackendSpec, SpecError
 from ..kube.errors import ApiException, refusal_message
 from ..schema import migration, revisions
 from ..settings import Settings
-from ..specs.connection_secret import secret_keys
+from ..specs.connection_secret import placeholder_data
 from ..webhook.injection import BackendView, backend_view
 from ..webhook.service import InjectionService
 from . import kopf_settings
@@ -92,7 +92,7 @@ def _start_webhooks(runtime: Runtime, logger: logging.Logger) -> None:
             failure_policy=hooks.failure_policy, operator_namespace=options.operator_namespace,
             cert_secret=hooks.cert_secret, service=hooks.service, owner_cluster_role=hooks.owner_cluster_role,
             rotation_check_seconds=hooks.rotation_check_seconds, renew_before=hooks.renew_before,
-            limits=hooks.limits)
+            limits=hooks.limits, policy=options.policy, copy_scope=options.secret_scope)
         service.start()
     except Exception as exc:
         detail = refusal_message(exc) if isinstance(exc, ApiException) else str(exc)
@@ -225,7 +225,7 @@ def index_view(body: Mapping[str, Any]) -> tuple[BackendView, tuple[str, int, st
         spec = _parse(body)
     except SpecError:
         return None
-    return backend_view(spec, secret_keys(spec)), (spec.postgres.host, spec.postgres.port, spec.database)
+    return backend_view(spec, placeholder_data(spec)), (spec.postgres.host, spec.postgres.port, spec.database)
 
 
 def track_backend(event: kopf.RawEvent, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:

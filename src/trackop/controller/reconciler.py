@@ -16,6 +16,7 @@ from typing import Any
 from ..api import conditions as cond
 from ..api import v1alpha1
 from ..api.conditions import Condition
+from ..api.policy import Policy
 from ..api.v1alpha1 import BackendSpec
 from ..kube.client import Kube
 from ..postgres import catalog, errors, sessions, snapshot
@@ -46,8 +47,11 @@ log = logging.getLogger(__name__)
 class Reconciler:
     def __init__(self, kube: Kube, operator_namespace: str | None = None,
                  managed_address: str = MANAGED_ADDRESS_SERVICE, shared_list_ttl: float = 0,
-                 full_check_interval: float = 0, schema_templates: bool = True) -> None:
+                 full_check_interval: float = 0, schema_templates: bool = True,
+                 policy: Policy = Policy(), secret_scope: frozenset[str] | None = None) -> None:
         self.kube = kube
+        # What tenants' backends may use (images, ServiceAccount, endpoints, the operator's identity).
+        self.policy = policy
         # The namespaces' labels (which namespaces get Secret copies) and the opted-in pods
         # (missed injections): one LIST each per ``shared_list_ttl`` for all backends, not one
         # per backend per drift check. The operator invalidates the namespaces on every
@@ -55,7 +59,7 @@ class Reconciler:
         self.namespaces = SharedListing(lambda: self.kube.namespace_labels(), shared_list_ttl)
         opted_in_pods = SharedListing(lambda: self.kube.pods_by_label(f"{v1alpha1.INJECT_LABEL}=true"),
                                       shared_list_ttl)
-        self.copies = SecretCopies(kube, self.namespaces, opted_in_pods, operator_namespace)
+        self.copies = SecretCopies(kube, self.namespaces, opted_in_pods, operator_namespace, secret_scope)
         # How the operator reaches the servers it deploys: their Service's DNS name (in the
         # cluster), or their pod's IP (an operator outside the cluster's Service network).
         self.managed_address = managed_address
@@ -63,7 +67,7 @@ class Reconciler:
         # The drift timer's fingerprints (drift.py); a full_check_interval of 0 keeps none,
         # and every drift check is a full reconcile.
         self.drift = DriftChecker(kube, self.namespaces, ttl=shared_list_ttl / 2,
-                                  full_interval=full_check_interval)
+                                  full_interval=full_check_interval, secret_scope=secret_scope)
 
     @classmethod
     def from_settings(cls, kube: Kube, settings: Settings) -> Reconciler:
@@ -71,7 +75,8 @@ class Reconciler:
         # pods per interval.
         return cls(kube, settings.operator_namespace, settings.managed_postgres_address,
                    shared_list_ttl=settings.drift_interval, full_check_interval=settings.full_check_interval,
-                   schema_templates=settings.schema_templates)
+                   schema_templates=settings.schema_templates, policy=settings.policy,
+                   secret_scope=settings.secret_scope)
 
     def reconcile(self, spec: BackendSpec, owner: Mapping[str, Any], previous_status: Mapping[str, Any]) -> Outcome:
         ctx = Context(spec, owner, previous_status or {})
@@ -103,16 +108,16 @@ class Reconciler:
                                                    [spec.database]) \
                     if self.drift.enabled and fingerprint.eligible(spec) else None
             step_type = cond.SCHEMA_READY
-            revision, message = schema_step.ensure(ctx, self.kube, password, login.revision)
+            revision, message = schema_step.ensure(ctx, self.kube, password, login.revision, self.policy)
             done.append(Condition(cond.SCHEMA_READY, "True", "AtHead", message))
             if spec.artifacts is not None:
                 step_type = cond.ARTIFACTS_READY
                 if bucket_problem is not None:
                     raise bucket_problem
-                done.append(artifacts.ensure(ctx, password, bucket_keys))
+                done.append(artifacts.ensure(ctx, password, bucket_keys, self.policy))
             if spec.tracking_server is not None:
                 step_type = cond.SERVER_READY
-                done.append(tracking_server.ensure(ctx, self.kube))
+                done.append(tracking_server.ensure(ctx, self.kube, self.policy))
             status = status_fields(spec, revision)
             status["connectionBudget"] = budget
             done.append(Condition(cond.READY, "True", "Ready", "the MLflow backend store is ready to use"))

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import base64
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from kubernetes import client
@@ -55,20 +55,33 @@ class SecretCalls:
             raise
         return True
 
-    def secrets_by_label(self, selector: str) -> dict[tuple[str, str], dict[str, str]]:
-        """Secrets across all namespaces matching ``selector``: (namespace, name) -> data."""
-        found = self.core.list_secret_for_all_namespaces(label_selector=selector).items
+    def secrets_by_label(self, selector: str, namespaces: Sequence[str] | None = None
+                         ) -> dict[tuple[str, str], dict[str, str]]:
+        """Secrets matching ``selector`` across all namespaces, or in each of ``namespaces``
+        (an operator with namespaced permissions): (namespace, name) -> data."""
+        if namespaces is None:
+            found = self.core.list_secret_for_all_namespaces(label_selector=selector).items
+        else:
+            found = [s for ns in namespaces for s in self.core.list_namespaced_secret(ns, label_selector=selector).items]
         return {(s.metadata.namespace, s.metadata.name): _decode(s.data) for s in found}
 
     def put_secret(self, body: Mapping[str, Any]) -> None:
-        """Create, or replace whole (so keys no longer wanted go), a Secret trackop owns."""
+        """Create, or set whole (so keys no longer wanted go), a Secret trackop owns.
+
+        A JSON patch that sets ``data``, labels and annotations whole: the same effect as a
+        replace, with the ``patch`` permission the operator has anyway (no ``update``)."""
         meta = body["metadata"]
         try:
             self.core.create_namespaced_secret(meta["namespace"], body)
         except client.ApiException as exc:
             if exc.status != 409:
                 raise
-            self.core.replace_namespaced_secret(meta["name"], meta["namespace"], body)
+            data = {k: base64.b64encode(v.encode()).decode() for k, v in body.get("stringData", {}).items()}
+            self.core.patch_namespaced_secret(meta["name"], meta["namespace"], [
+                {"op": "add", "path": "/data", "value": {**(body.get("data") or {}), **data}},
+                {"op": "add", "path": "/metadata/labels", "value": meta.get("labels") or {}},
+                {"op": "add", "path": "/metadata/annotations", "value": meta.get("annotations") or {}},
+            ])
 
     def delete_secret(self, namespace: str, name: str) -> None:
         try:
@@ -84,10 +97,12 @@ class SecretCalls:
         return None if secret is None else (dict(secret.data or {}), secret.metadata.resource_version)
 
     def replace_secret(self, body: Mapping[str, Any]) -> None:
-        """Replace a Secret whole; with ``metadata.resourceVersion``, only that version of it
-        (another writer's newer version makes this a 409)."""
+        """Set a Secret's data; with ``metadata.resourceVersion``, only over that version of it
+        (another writer's newer version makes this a 409). A merge patch, not an update: the
+        keys are the same in every version (the webhook's certificates)."""
         meta = body["metadata"]
-        self.core.replace_namespaced_secret(meta["name"], meta["namespace"], body)
+        patch = {"metadata": {k: meta[k] for k in ("labels", "resourceVersion") if k in meta}, "data": body["data"]}
+        self.core.patch_namespaced_secret(meta["name"], meta["namespace"], patch)
 
     def _secret(self, namespace: str, name: str) -> client.V1Secret | None:
         """The Secret as the client reads it, or None if it does not exist."""

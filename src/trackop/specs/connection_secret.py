@@ -98,11 +98,12 @@ def connection_secret_data(spec: BackendSpec, password: str,
     return data
 
 
-def secret_keys(spec: BackendSpec) -> tuple[str, ...]:
-    """The keys the connection Secret has for this spec (values do not matter here)."""
+def placeholder_data(spec: BackendSpec) -> dict[str, str]:
+    """The connection Secret's keys for this spec, with "-" for every secret (password,
+    bucket keys) and the real values of the rest: what the webhook's index keeps."""
     store = spec.artifacts
     placeholder = ("-",) * len(store.credential_keys) if store and store.credentials_secret else None
-    return tuple(sorted(connection_secret_data(spec, "-", placeholder)))
+    return connection_secret_data(spec, "-", placeholder)
 
 
 def connection_secret(spec: BackendSpec, password: str, owner: Mapping[str, Any],

@@ -2,16 +2,20 @@
 
 A pod opts in with the label ``trackop.dev/inject: "true"`` and names its backend with
 the annotation ``trackop.dev/backend: <name>`` or ``<namespace>/<name>``. The webhook adds
-``env`` entries whose values come (``valueFrom.secretKeyRef``) from a *copy* of the
-backend's connection Secret that trackop keeps in the pod's namespace, holding only the
-keys the backend's injection mode needs (:func:`keys_for_mode`).
+``env`` entries for the keys the backend's injection mode needs (:func:`keys_for_mode`):
+what is not secret (Server mode's tracking URI, the artifact root, endpoints, pool sizes)
+as plain values, and only the secrets (Direct mode's database URI, bucket keys) from
+(``valueFrom.secretKeyRef``) a *copy* of the backend's connection Secret that trackop
+keeps in the pod's namespace. A copy goes only to the backend's own namespace and to
+namespaces labelled ``trackop.dev/secret-copies: "true"`` (:func:`accepts_secret_copies`).
 
 Rules, in the order :func:`mutate` applies them:
 
 - No opt-in label: admitted unchanged, silently (the webhook sees every pod).
 - Missing or invalid backend annotation, unknown backend, a namespace the backend does
-  not admit, a backend whose connection Secret has no keys yet: admitted unchanged with
-  a warning, or rejected when the policy is fail-closed (``fail_closed=True``).
+  not admit, a backend whose connection Secret has no keys yet, secrets for a namespace
+  that does not accept their copies: admitted unchanged with a warning, or rejected when
+  the policy is fail-closed (``fail_closed=True``).
 - ``kube-system`` and the operator's own namespace: never injected, and never rejected
   either (a rejected pod there could block the cluster's or trackop's own recovery).
 - Env vars the pod sets explicitly (``env``) win: the webhook never adds a name a
@@ -42,10 +46,14 @@ from ..api.v1alpha1 import (
     INJECTED_ANNOTATION,
     INJECTION_MODES,
     NEVER_NAMESPACES,
+    SECRET_COPIES_LABEL,
     BackendSpec,
     SpecError,
 )
 from ..api.validation import check_backend_name
+
+# Re-exported: the validating webhook and the tests call it as injection.label_selector_matches.
+from .selectors import label_selector_matches  # noqa: F401
 
 _COPY_PREFIX = "trackop-"
 _MAX_SECRET_NAME = 253
@@ -55,6 +63,10 @@ _S3_CLIENT_KEYS = ("MLFLOW_S3_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_AC
 # Fixed orders, so the env a pod gets does not depend on the Secret's key order.
 _SERVER_KEYS = ("MLFLOW_TRACKING_URI", *_S3_CLIENT_KEYS)
 _DIRECT_KEYS = ("MLFLOW_TRACKING_URI", "MLFLOW_ARTIFACT_ROOT", POOL_SIZE_ENV, MAX_OVERFLOW_ENV, *_S3_CLIENT_KEYS)
+# What workloads get as plain env values: settings derived from the spec, never a credential.
+# Everything else is a secret, from a copy (a key not listed here is a secret by default).
+_PLAIN_KEYS = frozenset({"MLFLOW_ARTIFACT_ROOT", POOL_SIZE_ENV, MAX_OVERFLOW_ENV, "MLFLOW_S3_ENDPOINT_URL",
+                         "AWS_DEFAULT_REGION"})
 
 
 def copy_secret_name(backend_namespace: str, backend_name: str) -> str:
@@ -98,51 +110,23 @@ def keys_for_mode(mode: str, secret_keys: Iterable[str]) -> list[str]:
     return [key for key in wanted if key in present]
 
 
-def label_selector_matches(selector: Mapping[str, Any] | None, labels: Mapping[str, str]) -> bool:
-    """Kubernetes LabelSelector semantics: ``matchLabels`` and every ``matchExpressions``
-    requirement must hold; ``{}`` selects everything and ``None`` selects nothing (as
-    ``metav1.LabelSelectorAsSelector`` does). ``NotIn`` and ``DoesNotExist`` hold for a
-    missing label. Raises ValueError for a malformed selector, so the caller can say why
-    instead of silently selecting nothing.
+def is_secret(mode: str, key: str) -> bool:
+    """Whether ``key`` holds a secret in ``mode``: the tracking URI is one only in Direct mode
+    (the database URI with its password); Server mode's is the server's http URI."""
+    if key == "MLFLOW_TRACKING_URI":
+        return mode == "Direct"
+    return key not in _PLAIN_KEYS
 
-    The rule "no namespaceSelector means only the backend's own namespace" lives in
-    :func:`admits_namespace`, not here.
-    """
-    if selector is None:
+
+def accepts_secret_copies(backend_namespace: str, namespace: str, labels: Mapping[str, str],
+                          scope: frozenset[str] | None = None) -> bool:
+    """Whether a copy holding secrets may go to ``namespace`` (already admitted by the
+    backend): its own namespace, or one that opts in with ``trackop.dev/secret-copies:
+    "true"``; with ``scope`` (the namespaces the operator watches and alone may write
+    Secrets in, when it runs with ``--namespace``) only one of those."""
+    if scope is not None and namespace not in scope:
         return False
-    if not isinstance(selector, Mapping):
-        raise ValueError("a label selector must be an object")
-    unknown = set(selector) - {"matchLabels", "matchExpressions"}
-    if unknown:
-        raise ValueError(f"unknown label selector field(s): {', '.join(sorted(unknown))}")
-    for key, value in (selector.get("matchLabels") or {}).items():
-        if labels.get(key) != value:
-            return False
-    for requirement in selector.get("matchExpressions") or []:
-        if not _requirement_matches(requirement, labels):
-            return False
-    return True
-
-
-def _requirement_matches(requirement: Mapping[str, Any], labels: Mapping[str, str]) -> bool:
-    key = requirement.get("key")
-    operator = requirement.get("operator")
-    values = requirement.get("values") or []
-    if not isinstance(key, str) or not key:
-        raise ValueError("a matchExpressions requirement needs a key")
-    if operator in ("In", "NotIn"):
-        # Kubernetes rejects an empty list here; accepting it would make In select nothing
-        # and NotIn everything, silently.
-        if not values:
-            raise ValueError(f"matchExpressions {key} {operator} needs at least one value")
-        if operator == "In":
-            return key in labels and labels[key] in values
-        return key not in labels or labels[key] not in values
-    if operator in ("Exists", "DoesNotExist"):
-        if values:
-            raise ValueError(f"matchExpressions {key} {operator} takes no values")
-        return (key in labels) == (operator == "Exists")
-    raise ValueError(f"matchExpressions {key}: unknown operator {operator!r} (In, NotIn, Exists, DoesNotExist)")
+    return namespace == backend_namespace or labels.get(SECRET_COPIES_LABEL) == "true"
 
 
 def never_injected(pod_namespace: str, operator_namespace: str | None) -> bool:
@@ -194,8 +178,10 @@ def parse_backend_reference(annotation: str | None, pod_namespace: str) -> tuple
 class BackendView:
     """What the webhook needs to know about a TrackingBackend.
 
-    ``secret_keys``: the keys its connection Secret has now (the copy holds the subset
-    :func:`keys_for_mode` picks). ``namespace_selector``: ``spec.injection.namespaceSelector``.
+    ``secret_keys``: the keys its connection Secret has now (pods get the subset
+    :func:`keys_for_mode` picks; the copy only the secrets among them).
+    ``plain_values``: (key, value) of the keys that are not secret, injected as values.
+    ``namespace_selector``: ``spec.injection.namespaceSelector``.
     """
 
     namespace: str
@@ -203,16 +189,19 @@ class BackendView:
     mode: str
     namespace_selector: Mapping[str, Any] | None
     secret_keys: tuple[str, ...]
+    plain_values: tuple[tuple[str, str], ...] = ()
 
     @property
     def reference(self) -> str:
         return f"{self.namespace}/{self.name}"
 
 
-def backend_view(spec: BackendSpec, secret_keys: Iterable[str]) -> BackendView:
-    """What the webhook keeps of a parsed backend whose connection Secret has ``secret_keys``."""
+def backend_view(spec: BackendSpec, data: Mapping[str, str]) -> BackendView:
+    """What the webhook keeps of a parsed backend whose connection Secret holds ``data``
+    (the values of secrets are not kept: the index passes placeholders for them)."""
+    plain = tuple((key, data[key]) for key in sorted(data) if not is_secret(spec.injection_mode, key))
     return BackendView(spec.namespace, spec.name, spec.injection_mode, spec.namespace_selector,
-                       tuple(sorted(secret_keys)))
+                       tuple(sorted(data)), plain)
 
 
 @dataclass(frozen=True)
@@ -230,9 +219,14 @@ def expected_env_names(backend: BackendView) -> list[str]:
     return keys_for_mode(backend.mode, backend.secret_keys)
 
 
+def injected_secrets(backend: BackendView) -> list[str]:
+    """The env names a pod gets from a copy; none (Server mode, mostly): no copy at all."""
+    return [key for key in expected_env_names(backend) if is_secret(backend.mode, key)]
+
+
 def copy_secret_data(backend: BackendView, data: Mapping[str, str]) -> dict[str, str]:
-    """The data of the copy in a pod's namespace: only the keys the mode needs."""
-    return {key: data[key] for key in keys_for_mode(backend.mode, data)}
+    """The data of the copy in a pod's namespace: only the secrets the mode needs."""
+    return {key: data[key] for key in keys_for_mode(backend.mode, data) if is_secret(backend.mode, key)}
 
 
 def missed_injection(pod: Mapping[str, Any]) -> bool:
@@ -265,27 +259,31 @@ def _refuse(message: str, fail_closed: bool) -> Decision:
     return Decision(allowed=True, warnings=[message], reason=message)
 
 
-def _secret_env(secret_name: str, key: str) -> dict[str, Any]:
-    return {"name": key, "valueFrom": {"secretKeyRef": {"name": secret_name, "key": key}}}
+def _env_entries(backend: BackendView, secret_name: str) -> dict[str, dict[str, Any]]:
+    """Each env entry the backend injects: a plain value, or a reference into the copy."""
+    plain = dict(backend.plain_values)
+    return {key: {"name": key, "valueFrom": {"secretKeyRef": {"name": secret_name, "key": key}}}
+            if is_secret(backend.mode, key) else {"name": key, "value": plain[key]}
+            for key in expected_env_names(backend)}
 
 
-def _container_ops(kind: str, containers: Sequence[Mapping[str, Any]], keys: Sequence[str],
-                   secret_name: str) -> tuple[list[dict[str, Any]], list[str]]:
-    """Ops that add the missing ``keys`` to each container, and warnings about ``envFrom``."""
+def _container_ops(kind: str, containers: Sequence[Mapping[str, Any]],
+                   entries: Mapping[str, dict[str, Any]]) -> tuple[list[dict[str, Any]], list[str]]:
+    """Ops that add the missing ``entries`` to each container, and warnings about ``envFrom``."""
     ops: list[dict[str, Any]] = []
     warnings: list[str] = []
     for index, container in enumerate(containers):
         env = container.get("env")
         present = {entry.get("name") for entry in env or [] if isinstance(entry, Mapping)}
-        missing = [key for key in keys if key not in present]
+        missing = [key for key in entries if key not in present]
         if not missing:
             continue
         base = f"/spec/{kind}/{index}/env"
         if env is None:
             # "add" on a missing (or null) member creates it; appending with /- would fail.
-            ops.append({"op": "add", "path": base, "value": [_secret_env(secret_name, k) for k in missing]})
+            ops.append({"op": "add", "path": base, "value": [entries[k] for k in missing]})
         else:
-            ops += [{"op": "add", "path": f"{base}/-", "value": _secret_env(secret_name, k)} for k in missing]
+            ops += [{"op": "add", "path": f"{base}/-", "value": entries[k]} for k in missing]
         if container.get("envFrom"):
             warnings.append(f"trackop: container {container.get('name')!r} has envFrom; the injected "
                             f"{', '.join(missing)} override the same names from it (set them in env to keep yours)")
@@ -293,14 +291,16 @@ def _container_ops(kind: str, containers: Sequence[Mapping[str, Any]], keys: Seq
 
 
 def mutate(pod: Mapping[str, Any], pod_namespace: str, backend: BackendView | None,
-           namespace_labels: Mapping[str, str], *, operator_namespace: str | None, fail_closed: bool) -> Decision:
+           namespace_labels: Mapping[str, str], *, operator_namespace: str | None, fail_closed: bool,
+           copy_scope: frozenset[str] | None = None) -> Decision:
     """The webhook's answer for a Pod CREATE in ``pod_namespace`` (the request's namespace:
     a pod's own ``metadata.namespace`` may be empty on CREATE).
 
     ``backend`` is the TrackingBackend the pod's annotation names (the caller resolves it
     with :func:`parse_backend_reference`), or None when it does not exist.
     ``namespace_labels`` are the labels of ``pod_namespace``. ``fail_closed`` turns every
-    warning about a pod that opted in into a rejection.
+    warning about a pod that opted in into a rejection. ``copy_scope``: the namespaces
+    the operator may keep copies in (None: all), as :func:`accepts_secret_copies` says.
     """
     metadata = pod.get("metadata") or {}
     if not _opted_in(metadata):
@@ -333,12 +333,20 @@ def mutate(pod: Mapping[str, Any], pod_namespace: str, backend: BackendView | No
     if not keys:
         # No connection Secret yet: nothing to reference (a missing key blocks the pod).
         return _refuse(f"trackop: backend {ref_text} has no connection Secret yet", fail_closed)
+    secrets = injected_secrets(backend)
+    if secrets and not accepts_secret_copies(backend.namespace, pod_namespace, namespace_labels, copy_scope):
+        # Without a copy the secretKeyRefs would keep the containers from starting.
+        where = (f"label the namespace {SECRET_COPIES_LABEL}=true to accept them"
+                 if copy_scope is None or pod_namespace in copy_scope
+                 else "the operator keeps copies only in the namespaces it watches (--namespace)")
+        return _refuse(f"trackop: backend {ref_text} injects secrets ({', '.join(secrets)}) and namespace "
+                       f"{pod_namespace} takes no copies of them: {where}", fail_closed)
 
-    secret_name = copy_secret_name(backend.namespace, backend.name)
+    entries = _env_entries(backend, copy_secret_name(backend.namespace, backend.name))
     spec = pod.get("spec") or {}
-    ops, warnings = _container_ops("containers", spec.get("containers") or [], keys, secret_name)
+    ops, warnings = _container_ops("containers", spec.get("containers") or [], entries)
     if annotations.get(INIT_ANNOTATION) == "true":
-        init_ops, init_warnings = _container_ops("initContainers", spec.get("initContainers") or [], keys, secret_name)
+        init_ops, init_warnings = _container_ops("initContainers", spec.get("initContainers") or [], entries)
         ops += init_ops
         warnings += init_warnings
     if annotations.get(INJECTED_ANNOTATION) != ref_text:

@@ -27,6 +27,7 @@ from aiohttp import web
 
 from .. import metrics
 from ..api import v1alpha1
+from ..api.policy import Policy
 from ..settings import ServerLimits
 from ..specs.webhook_configurations import MUTATE_PATH, VALIDATE_PATH
 from . import injection
@@ -60,6 +61,8 @@ class Handlers:
     operator_namespace: str | None
     fail_closed: bool
     on_warning: Callable[[str, str | None, str], None] = lambda namespace, backend, message: None
+    policy: Policy = Policy()  # what tenants' backends may use: refused at admission too
+    copy_scope: frozenset[str] | None = None  # where the operator may keep Secret copies (None: anywhere)
 
     def mutate_pod(self, request: Mapping[str, Any]) -> dict[str, Any]:
         pod = request.get("object") or {}
@@ -68,14 +71,15 @@ class Handlers:
         reference = injection.parse_backend_reference(annotations.get(v1alpha1.BACKEND_ANNOTATION), namespace)
         backend = self.index.backend(*reference) if reference else None
         decision = injection.mutate(pod, namespace, backend, self.index.namespace_labels(namespace),
-                                    operator_namespace=self.operator_namespace, fail_closed=self.fail_closed)
+                                    operator_namespace=self.operator_namespace, fail_closed=self.fail_closed,
+                                    copy_scope=self.copy_scope)
         if decision.warnings or not decision.allowed:
             self.on_warning(namespace, backend.reference if backend else None, decision.reason)
         return review_response(request["uid"], decision.allowed, message=decision.reason, patch=decision.patch,
                                warnings=decision.warnings)
 
     def validate(self, request: Mapping[str, Any]) -> dict[str, Any]:
-        allowed, message = validate_request(request, self.index)
+        allowed, message = validate_request(request, self.index, self.policy)
         return review_response(request["uid"], allowed, message=message)
 
 

@@ -17,6 +17,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from .. import metrics
+from ..api.policy import Policy
 from ..api.v1alpha1 import GROUP, KIND, MANAGED_BY, MANAGED_BY_LABEL, VERSION
 from ..kube.client import Kube
 from ..kube.errors import ApiException
@@ -44,7 +45,8 @@ class InjectionService:
                  failure_policy: str, operator_namespace: str, cert_secret: str = "", service: str = "",
                  owner_cluster_role: str = "", rotation_check_seconds: float = 3600.0,
                  renew_before: dt.timedelta = certificates.DEFAULT_RENEW_BEFORE,
-                 limits: ServerLimits | None = None) -> None:
+                 limits: ServerLimits | None = None, policy: Policy = Policy(),
+                 copy_scope: frozenset[str] | None = None) -> None:
         host, _, port = address.rpartition(":")
         # How often the serving certificate is checked, and how long before expiry it is renewed.
         self.rotation_check_seconds = rotation_check_seconds
@@ -69,7 +71,8 @@ class InjectionService:
                 self.names, self.ips = [served], []
         self.index_watch = IndexWatch(kube, index, view_of)
         self._events: queue.Queue = queue.Queue(maxsize=1000)
-        handlers = Handlers(index, operator_namespace, fail_closed=failure_policy == "Fail", on_warning=self._warn)
+        handlers = Handlers(index, operator_namespace, fail_closed=failure_policy == "Fail", on_warning=self._warn,
+                            policy=policy, copy_scope=copy_scope)
         # Binds at start, not here: an InjectionService that never started holds no port.
         self.server = WebhookServer(host, int(port), handlers, limits)
         self._stop = threading.Event()

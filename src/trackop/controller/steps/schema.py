@@ -6,6 +6,7 @@ from __future__ import annotations
 from kubernetes.client import ApiException
 
 from ...api import conditions as cond
+from ...api.policy import Policy, migration_refusal
 from ...kube.client import Kube
 from ...kube.errors import refusal_message
 from ...redaction import redact
@@ -16,12 +17,13 @@ from ...specs.migration_job import migration_job
 from ..outcome import Context, StepFailed
 
 
-def ensure(ctx: Context, kube: Kube, password: str, current: str | None) -> tuple[str, str]:
+def ensure(ctx: Context, kube: Kube, password: str, current: str | None,
+           policy: Policy = Policy()) -> tuple[str, str]:
     """(revision, message); ``current`` is the revision read while checking the role's login."""
     spec = ctx.spec
     url = database_uri(spec, password, ctx.reach)
     if spec.migration == "Job":
-        return _by_job(ctx, kube, current)
+        return _by_job(ctx, kube, current, policy)
     if spec.mlflow_version != revisions.BUNDLED_MLFLOW_VERSION:
         raise StepFailed(cond.SCHEMA_READY, "VersionNotBundled",
                          f"Inline migration runs the MLflow {revisions.BUNDLED_MLFLOW_VERSION} bundled in the "
@@ -53,7 +55,7 @@ def ensure(ctx: Context, kube: Kube, password: str, current: str | None) -> tupl
     return result.after, f"MLflow {spec.mlflow_version} schema at revision {result.after}"
 
 
-def _by_job(ctx: Context, kube: Kube, current: str | None) -> tuple[str, str]:
+def _by_job(ctx: Context, kube: Kube, current: str | None, policy: Policy) -> tuple[str, str]:
     spec = ctx.spec
     previous = ctx.previous_status.get("schema") or {}
     if current and previous.get("mlflowVersion") == spec.mlflow_version and previous.get("revision") == current:
@@ -61,6 +63,9 @@ def _by_job(ctx: Context, kube: Kube, current: str | None) -> tuple[str, str]:
     name = spec.migration_job
     job = kube.read_job(spec.namespace, name)
     if job is None:
+        refusal = migration_refusal(spec, policy)
+        if refusal:
+            raise StepFailed(cond.SCHEMA_READY, "NotAllowedByPolicy", refusal, 60)
         try:
             kube.create_job(migration_job(spec, ctx.owner))
         except ApiException as exc:

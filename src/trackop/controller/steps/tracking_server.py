@@ -7,16 +7,21 @@ from kubernetes.client import ApiException
 
 from ...api import conditions as cond
 from ...api.conditions import Condition
+from ...api.policy import Policy, server_refusal
 from ...kube.client import Kube
 from ...kube.errors import refusal_message
 from ...specs import tracking_server
 from ..outcome import Context, StepFailed
 
 
-def ensure(ctx: Context, kube: Kube) -> Condition:
-    """Service and Deployment; only reached once the schema is at the target head."""
+def ensure(ctx: Context, kube: Kube, policy: Policy = Policy()) -> Condition:
+    """Service and Deployment; only reached once the schema is at the target head, and only
+    with an image and ServiceAccount the platform admin's policy allows."""
     spec = ctx.spec
     server = spec.tracking_server
+    refusal = server_refusal(spec, policy)
+    if refusal:
+        raise StepFailed(cond.SERVER_READY, "NotAllowedByPolicy", refusal, 60)
     try:
         changed, _ = kube.apply_if_changed(tracking_server.service(spec, ctx.owner))
         if changed:
