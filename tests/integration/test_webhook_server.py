@@ -149,7 +149,8 @@ def serve():
         certs = certificates.new_certs([], ["127.0.0.1"], dt.datetime.now(dt.timezone.utc))
         index = Index()
         index.set_backend(BackendView("ml-platform", "team-a", "Server", None,
-                                      ("MLFLOW_TRACKING_URI", "PGHOST", "PGPASSWORD")), None)
+                                      ("MLFLOW_TRACKING_URI", "PGHOST", "PGPASSWORD"),
+                                      (("MLFLOW_TRACKING_URI", "http://team-a-mlflow.ml-platform.svc:5000"),)), None)
         server = WebhookServer("127.0.0.1", 0, Handlers(index, "trackop-system", fail_closed=True), limits)
         server.load_certificate(certs.cert_pem, certs.key_pem)
         server.start()
