@@ -16,6 +16,7 @@ from .tuning import TuningError, parse_tuning
 from .v1alpha1 import (
     DEFAULT_MLFLOW_VERSION,
     DEFAULT_POSTGRES_VERSION,
+    DEFAULT_PROGRESS_DEADLINE,
     DEFAULT_STORAGE_SIZE,
     DELETION_POLICIES,
     DRIVERS,
@@ -320,4 +321,5 @@ def _parse_server(server: Mapping[str, Any] | None, mlflow_version: str) -> Trac
         service_account=_string(server, "serviceAccountName", "spec.server.serviceAccountName") or None,
         allowed_hosts=tuple(allowed_hosts),
         resources=_object(server, "resources", "spec.server.resources"),
+        progress_deadline=bounded("progressDeadlineSeconds", DEFAULT_PROGRESS_DEADLINE, 10, 86400),
     )

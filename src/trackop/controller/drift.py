@@ -51,6 +51,10 @@ from .listing import SharedListing
 log = logging.getLogger(__name__)
 
 UNCHANGED = "unchanged"  # the drift check's verdict when nothing moved
+# A backend waiting for progress (a rollout, a server starting) is looked at again at the
+# pace its verdict gave (specs.progress), by the handler's retry: the timer does not add
+# full reconciles of its own in between.
+DEFERRED = "deferred"
 
 
 @dataclass(frozen=True)
@@ -78,6 +82,7 @@ class DriftChecker:
         self.full_interval = full_interval
         self.enabled = full_interval > 0
         self._baselines: dict[tuple[str, str], Baseline] = {}
+        self._deferred: dict[tuple[str, str], float] = {}  # monotonic time of the next full check
         self._lock = threading.Lock()
         self._cache: dict[tuple, SharedListing] = {}
 
@@ -114,13 +119,26 @@ class DriftChecker:
     def forget(self, namespace: str, name: str) -> None:
         with self._lock:
             self._baselines.pop((namespace, name), None)
+            self._deferred.pop((namespace, name), None)
+
+    def defer(self, namespace: str, name: str, seconds: float) -> None:
+        """No full drift reconcile of this backend for ``seconds`` (it waits for progress)."""
+        now = time.monotonic()
+        with self._lock:
+            # Bounded by the backends waiting right now: the ones whose time has passed go.
+            for key in [k for k, due in self._deferred.items() if due <= now]:
+                del self._deferred[key]
+            self._deferred[(namespace, name)] = now + seconds
 
     # -- the drift timer --
     def check(self, spec: BackendSpec, body: Mapping[str, Any]) -> str:
-        """UNCHANGED, or why a full reconcile is needed (a short phrase for the log)."""
+        """UNCHANGED, DEFERRED, or why a full reconcile is needed (a short phrase for the log)."""
         key = (spec.namespace, spec.name)
         with self._lock:
             baseline = self._baselines.get(key)
+            deferred = self._deferred.get(key, 0) > time.monotonic()
+        if deferred:
+            return DEFERRED
         if baseline is None:
             return "no fingerprint since the last full reconcile"
         if baseline.spec != spec or baseline.generation != body["metadata"].get("generation"):

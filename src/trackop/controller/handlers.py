@@ -26,7 +26,7 @@ from ..specs.connection_secret import secret_keys
 from ..webhook.injection import BackendView, backend_view
 from ..webhook.service import InjectionService
 from . import kopf_settings
-from .drift import UNCHANGED
+from .drift import DEFERRED, UNCHANGED
 from .outcome import Outcome, StepFailed
 from .retry import api_trouble, retry_delay, retrying_api_trouble
 from .runtime import Runtime
@@ -180,6 +180,8 @@ def _unchanged(runtime: Runtime, body: Mapping[str, Any]) -> bool:
     except SpecError:
         return False
     verdict = runtime.reconciler.drift.check(spec, body)
+    if verdict == DEFERRED:
+        return True  # waiting for progress: the handler's own retry looks at its pace
     metrics.observe_drift_check(verdict == UNCHANGED, time.perf_counter() - started)
     if verdict == UNCHANGED:
         return True

@@ -116,6 +116,10 @@ class Reconciler:
                 self.drift.record(spec, owner["metadata"].get("generation"), ctx.reach, ctx.admin_login, observed)
             return Outcome(done, status, ctx.events, None)
         except StepFailed as failure:
+            if not failure.backoff:
+                # A wait for progress: the handler's retry looks again at its pace; the drift
+                # timer keeps to it (every full reconcile is a role login and a bucket probe).
+                self.drift.defer(spec.namespace, spec.name, failure.retry_after)
             return failed(ctx, done, failure)
         except errors.PostgresError as error:
             return failed(ctx, done, StepFailed(step_type, error.reason, error.message, 15))
@@ -142,9 +146,9 @@ def failed(ctx: Context, done: list[Condition], failure: StepFailed) -> Outcome:
     ]
     ready = Condition(cond.READY, "False", failure.reason, message)
     events = [(t, r, redact(m, ctx.secrets)) for t, r, m in ctx.events]
-    # One Warning per new cause, not one per retry; progress is not a warning.
+    # One Warning per new cause, not one per retry; progress is not a warning until it is stuck.
     previous_reason = cond.reason_of(ctx.previous_status.get("conditions"), cond.READY)
-    if previous_reason != failure.reason and failure.backoff:
+    if previous_reason != failure.reason and failure.warn:
         events.append(("Warning", failure.reason, message))
     status = status_fields(ctx.spec, (ctx.previous_status.get("schema") or {}).get("revision"))
     return Outcome([*done, failed_condition, *waiting, ready], status, events, failure.retry_after, failure.backoff)
