@@ -74,7 +74,7 @@ def _statefulset(ctx: Context, kube: Kube, settings: Mapping[str, str]) -> Progr
     _superuser_secret(ctx, kube)
     before, _ = _apply_owned(spec, kube, managed_server.service(spec, ctx.owner))
     if before is None:
-        ctx.did("PostgresDeployed", f"created Service {spec.managed_server.service}")
+        ctx.did("PostgresDeployed", f"created Service {spec.managed.service}")
     before, after = _apply_owned(spec, kube, managed_server.statefulset(spec, ctx.owner, settings))
     if before is None:
         ctx.did("PostgresDeployed", f"created StatefulSet {name} running {spec.managed.image}")
@@ -107,7 +107,7 @@ def _superuser_secret(ctx: Context, kube: Kube) -> None:
     """The StatefulSet engine's superuser Secret: generated once, adopted when an earlier
     backend of this name left it behind (deletionPolicy Retain kept its data too)."""
     spec = ctx.spec
-    name = spec.managed_server.superuser_secret
+    name = spec.managed.superuser_secret
     found = kube.read_secret_and_owners(spec.namespace, name)
     if found is None:
         password = generate_password()
