@@ -217,6 +217,21 @@ class Backends:
                 if e.involved_object.name == name and e.involved_object.kind == "TrackingBackend"]
 
 
+def report_waiting(kube_api: client.ApiClient, namespace: str, pod: str, reason: str, message: str) -> None:
+    """Write what a node's kubelet reports for a container it cannot start (ErrImagePull,
+    ImagePullBackOff, CrashLoopBackOff...) into the pod's status: the bed has no kubelet."""
+    core = client.CoreV1Api(kube_api)
+    container = core.read_namespaced_pod(pod, namespace).spec.containers[0]
+    core.patch_namespaced_pod_status(pod, namespace, {"status": {"phase": "Pending", "containerStatuses": [{
+        "name": container.name, "image": container.image, "imageID": "", "ready": False, "restartCount": 0,
+        "started": False, "state": {"waiting": {"reason": reason, "message": message}}}]}})
+
+
+def failures_by_reason(operator: OperatorProcess, reason: str) -> float:
+    """Reconciles (handler and drift) that ended with Ready False for ``reason`` so far."""
+    return operator.metrics().get(f'trackop_reconcile_failures_total{{reason="{reason}"}}', 0.0)
+
+
 def assert_no_secret_leaks(secrets_: list[str], operator: OperatorProcess, backends: Backends, name: str) -> None:
     """No password appears in the operator's log, the backend's Events or its status."""
     haystacks = {

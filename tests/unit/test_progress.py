@@ -307,12 +307,13 @@ def test_the_drift_timer_keeps_to_the_pace_of_a_wait(monkeypatch):
     checker = drift.DriftChecker(kube=None, namespaces=None, ttl=1, full_interval=30)
     body = {"metadata": {"generation": 1}}
     assert checker.check(SERVER_SPEC, body) != drift.DEFERRED
-    checker.defer("ml-platform", "team-a", 60)
+    checker.defer("ml-platform", "team-a", 60, 1)
     assert checker.check(SERVER_SPEC, body) == drift.DEFERRED
     assert checker.check(make_spec(name="team-b"), body) != drift.DEFERRED, "only that backend"
+    assert checker.check(SERVER_SPEC, {"metadata": {"generation": 2}}) != drift.DEFERRED, "a new spec: at once"
     clock[0] += 61
     assert checker.check(SERVER_SPEC, body) != drift.DEFERRED
-    checker.defer("ml-platform", "team-a", 60)
+    checker.defer("ml-platform", "team-a", 60, 1)
     checker.forget("ml-platform", "team-a")  # a reconcile starts: it decides again
     assert checker.check(SERVER_SPEC, body) != drift.DEFERRED
 
@@ -322,7 +323,7 @@ def test_deferrals_whose_time_has_passed_are_dropped(monkeypatch):
     monkeypatch.setattr(drift.time, "monotonic", lambda: clock[0])
     checker = drift.DriftChecker(kube=None, namespaces=None, ttl=1, full_interval=30)
     for i in range(100):
-        checker.defer("ns", f"b{i}", 3)
+        checker.defer("ns", f"b{i}", 3, 1)
     clock[0] += 10
-    checker.defer("ns", "last", 3)
+    checker.defer("ns", "last", 3, 1)
     assert list(checker._deferred) == [("ns", "last")]

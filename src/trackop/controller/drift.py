@@ -53,7 +53,8 @@ log = logging.getLogger(__name__)
 UNCHANGED = "unchanged"  # the drift check's verdict when nothing moved
 # A backend waiting for progress (a rollout, a server starting) is looked at again at the
 # pace its verdict gave (specs.progress), by the handler's retry: the timer does not add
-# full reconciles of its own in between.
+# full reconciles of its own in between, unless the spec changed since (then at once: the
+# handler's retry would wait out its delay).
 DEFERRED = "deferred"
 
 
@@ -82,7 +83,8 @@ class DriftChecker:
         self.full_interval = full_interval
         self.enabled = full_interval > 0
         self._baselines: dict[tuple[str, str], Baseline] = {}
-        self._deferred: dict[tuple[str, str], float] = {}  # monotonic time of the next full check
+        # (monotonic time of the next full check, the generation it was deferred at)
+        self._deferred: dict[tuple[str, str], tuple[float, int | None]] = {}
         self._lock = threading.Lock()
         self._cache: dict[tuple, SharedListing] = {}
 
@@ -121,14 +123,15 @@ class DriftChecker:
             self._baselines.pop((namespace, name), None)
             self._deferred.pop((namespace, name), None)
 
-    def defer(self, namespace: str, name: str, seconds: float) -> None:
-        """No full drift reconcile of this backend for ``seconds`` (it waits for progress)."""
+    def defer(self, namespace: str, name: str, seconds: float, generation: int | None) -> None:
+        """No full drift reconcile of this backend for ``seconds`` (it waits for progress)
+        while its generation stays ``generation``."""
         now = time.monotonic()
         with self._lock:
             # Bounded by the backends waiting right now: the ones whose time has passed go.
-            for key in [k for k, due in self._deferred.items() if due <= now]:
+            for key in [k for k, (due, _) in self._deferred.items() if due <= now]:
                 del self._deferred[key]
-            self._deferred[(namespace, name)] = now + seconds
+            self._deferred[(namespace, name)] = (now + seconds, generation)
 
     # -- the drift timer --
     def check(self, spec: BackendSpec, body: Mapping[str, Any]) -> str:
@@ -136,8 +139,8 @@ class DriftChecker:
         key = (spec.namespace, spec.name)
         with self._lock:
             baseline = self._baselines.get(key)
-            deferred = self._deferred.get(key, 0) > time.monotonic()
-        if deferred:
+            due, generation = self._deferred.get(key, (0.0, None))
+        if due > time.monotonic() and generation == body["metadata"].get("generation"):
             return DEFERRED
         if baseline is None:
             return "no fingerprint since the last full reconcile"
