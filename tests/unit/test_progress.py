@@ -327,3 +327,44 @@ def test_deferrals_whose_time_has_passed_are_dropped(monkeypatch):
     clock[0] += 10
     checker.defer("ns", "last", 3, 1)
     assert list(checker._deferred) == [("ns", "last")]
+
+
+class _RolloutKube:
+    """What the tracking server step asks of Kube, with a Deployment in a given state."""
+
+    def __init__(self, deployment: dict, pods: list[dict]) -> None:
+        self.deployment, self.pods, self.pod_lists = deployment, pods, []
+
+    def apply_if_changed(self, body: dict) -> tuple[bool, dict]:
+        return False, self.deployment if body["kind"] == "Deployment" else body
+
+    def pod_bodies(self, namespace: str, name: str | None = None, selector: str | None = None) -> list[dict]:
+        self.pod_lists.append(selector)
+        return self.pods
+
+
+def _ensure_server(deployment_body: dict, pods: list[dict]) -> tuple[StepFailed, _RolloutKube]:
+    from trackop.controller.steps import tracking_server as step
+
+    kube = _RolloutKube(deployment_body, pods)
+    with pytest.raises(StepFailed) as raised:
+        step.ensure(Context(SERVER_SPEC, OWNER, {}), kube)
+    return raised.value, kube
+
+
+def _real_ago(seconds: float) -> str:
+    return (dt.datetime.now(dt.timezone.utc) - dt.timedelta(seconds=seconds)).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def test_the_step_reads_the_pods_only_of_a_rollout_that_stood_still():
+    fresh, kube = _ensure_server(deployment(updated=1, progressing={
+        "status": "True", "reason": "ReplicaSetUpdated", "lastUpdateTime": _real_ago(5)}), [])
+    assert (fresh.reason, fresh.retry_after, fresh.backoff, fresh.warn) == ("RollingOut", 3, False, False)
+    assert kube.pod_lists == [], "a moving rollout costs no LIST of pods"
+    stuck, kube = _ensure_server(deployment(progressing={
+        "status": "False", "reason": "ProgressDeadlineExceeded", "lastUpdateTime": _real_ago(200)}),
+        [pod(**waiting("ImagePullBackOff"))])
+    assert (stuck.reason, stuck.retry_after, stuck.backoff, stuck.warn) == ("ProgressDeadlineExceeded", 60, False,
+                                                                            True)
+    assert kube.pod_lists == ["app.kubernetes.io/name=mlflow,app.kubernetes.io/instance=team-a"]
+    assert "cannot pull image" in stuck.message
