@@ -170,9 +170,20 @@ def test_a_rollout_is_polled_fast_while_it_moves_and_slower_once_it_stands_still
     assert moving.message == "Deployment team-a-mlflow: 1/2 updated, 0 available"
     assert moving.poll_after == 3 and not moving.looks_stalled
     still = progress.rollout_progress(SERVER_SPEC, deployment(updated=1, progressing={
-        "status": "True", "reason": "ReplicaSetUpdated", "lastUpdateTime": ago(100)}), [], NOW)
+        "status": "True", "reason": "ReplicaSetUpdated", "lastUpdateTime": ago(100)}), [], NOW, ago(300))
     assert still.reason == "RollingOut" and still.stalled_for == 100 and still.poll_after == 10
     assert still.looks_stalled, "worth reading its pods"
+
+
+def test_a_server_that_was_available_has_not_stood_still_since_its_last_rollout():
+    """Its pods went away days after the rollout: the controller's last progress is old, but
+    the wait began when ServerReady went False."""
+    lost = deployment(updated=2, available=0, progressing={
+        "status": "True", "reason": "NewReplicaSetAvailable", "lastUpdateTime": ago(86400)})
+    just_now = progress.rollout_progress(SERVER_SPEC, lost, [], NOW)
+    assert (just_now.reason, just_now.stalled_for, just_now.poll_after) == ("RollingOut", 0, 3)
+    later = progress.rollout_progress(SERVER_SPEC, lost, [], NOW, false_since=ago(40))
+    assert later.stalled_for == 40 and not later.stuck
 
 
 def test_the_deployment_controllers_deadline_is_the_reason_with_what_the_pods_say():
@@ -201,7 +212,7 @@ def test_a_new_template_is_not_judged_by_the_conditions_of_the_last_one():
 def test_a_pod_in_trouble_is_named_in_a_rollout_before_the_deadline():
     verdict = progress.rollout_progress(SERVER_SPEC, deployment(progressing={
         "status": "True", "reason": "ReplicaSetUpdated", "lastUpdateTime": ago(70)}),
-        [pod(**waiting("CrashLoopBackOff"), restartCount=2, lastState={"terminated": {"exitCode": 1}})], NOW)
+        [pod(**waiting("CrashLoopBackOff"), restartCount=2, lastState={"terminated": {"exitCode": 1}})], NOW, ago(80))
     assert verdict.reason == "RollingOut" and not verdict.stuck, "the Deployment's own deadline decides"
     assert "keeps exiting" in verdict.message
 
@@ -216,6 +227,13 @@ def statefulset(created: str | None = None, ready: int = 0) -> dict:
             "spec": {"template": {"spec": {"containers": [{"args": []}]}}},
             "status": {"observedGeneration": 1, "currentRevision": "r1", "updateRevision": "r1",
                        "updatedReplicas": 1, "readyReplicas": ready}}
+
+
+def test_the_startup_deadline_is_the_startup_probes_budget():
+    from trackop.specs import managed_server
+
+    probe = managed_server.statefulset(MANAGED, OWNER, {})["spec"]["template"]["spec"]["containers"][0]["startupProbe"]
+    assert probe["periodSeconds"] * probe["failureThreshold"] == progress.STARTUP_DEADLINE_SECONDS
 
 
 def test_a_managed_server_that_cannot_pull_its_image_is_stuck_at_once():
@@ -316,6 +334,12 @@ def test_the_drift_timer_keeps_to_the_pace_of_a_wait(monkeypatch):
     checker.defer("ml-platform", "team-a", 60, 1)
     checker.forget("ml-platform", "team-a")  # a reconcile starts: it decides again
     assert checker.check(SERVER_SPEC, body) != drift.DEFERRED
+
+
+def test_the_handlers_retry_comes_first_and_the_timers_own_tick_is_not_skipped():
+    assert drift.deferral(60, handler_retries=True) > 60, "the handler's retry at 60 s comes first"
+    assert 0 < drift.deferral(60, handler_retries=False) < 60, "the timer's tick at 60 s is not skipped"
+    assert drift.deferral(3, handler_retries=False) == 0
 
 
 def test_deferrals_whose_time_has_passed_are_dropped(monkeypatch):

@@ -56,6 +56,15 @@ UNCHANGED = "unchanged"  # the drift check's verdict when nothing moved
 # full reconciles of its own in between, unless the spec changed since (then at once: the
 # handler's retry would wait out its delay).
 DEFERRED = "deferred"
+DEFER_MARGIN = 3.0
+
+
+def deferral(pace: float, handler_retries: bool) -> float:
+    """How long the drift timer leaves a backend that waits for progress alone: a little
+    longer than the pace when the handler's retry looks again (it comes first), a little
+    shorter when nothing else does (the timer found the wait: its tick that falls due at
+    the pace is not skipped)."""
+    return pace + DEFER_MARGIN if handler_retries else max(pace - DEFER_MARGIN, 0.0)
 
 
 @dataclass(frozen=True)

@@ -39,10 +39,6 @@ from .steps import schema as schema_step
 from .steps import tuning as tuning_step
 
 
-# A little longer than the handler's own retry of a wait, so that retry comes first.
-DEFER_MARGIN = 3.0
-
-
 class Reconciler:
     def __init__(self, kube: Kube, operator_namespace: str | None = None,
                  managed_address: str = MANAGED_ADDRESS_SERVICE, shared_list_ttl: float = 0,
@@ -120,11 +116,6 @@ class Reconciler:
                 self.drift.record(spec, owner["metadata"].get("generation"), ctx.reach, ctx.admin_login, observed)
             return Outcome(done, status, ctx.events, None)
         except StepFailed as failure:
-            if not failure.backoff:
-                # A wait for progress: the handler's retry looks again at its pace; the drift
-                # timer keeps to it (every full reconcile is a role login and a bucket probe).
-                self.drift.defer(spec.namespace, spec.name, failure.retry_after + DEFER_MARGIN,
-                                 owner["metadata"].get("generation"))
             return failed(ctx, done, failure)
         except errors.PostgresError as error:
             return failed(ctx, done, StepFailed(step_type, error.reason, error.message, 15))

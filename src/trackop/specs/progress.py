@@ -9,7 +9,8 @@ minute, not one every 3 s. Stuck, which posts one Warning, is:
 * for the tracking server's Deployment, what the deployment controller says: Progressing
   False with reason ProgressDeadlineExceeded, after spec.server.progressDeadlineSeconds
   (default 600 s, Kubernetes' own) without progress. The clock is that condition's
-  lastUpdateTime, which the controller moves on every step of progress;
+  lastUpdateTime, which the controller moves on every step of progress, or ServerReady
+  going False if that is later;
 * for a managed server's pod, a container the kubelet cannot start (its image cannot be
   pulled, its configuration is missing) or that keeps exiting, at once; else not ready
   STARTUP_DEADLINE_SECONDS after the latest of: the server object's and its pod's
@@ -32,7 +33,7 @@ from ..api.v1alpha1 import BackendSpec
 FAST_POLL_SECONDS = 3.0
 FAST_POLL_WINDOW = 60.0
 SLOW_POLL_SECONDS = 60.0
-# A managed server's startupProbe allows 120 x 5 s (specs.managed_server): as long again.
+# A managed server's startupProbe allows 120 x 5 s to start (specs.managed_server): the same here.
 STARTUP_DEADLINE_SECONDS = 600.0
 DEADLINE_EXCEEDED = "ProgressDeadlineExceeded"  # the deployment controller's reason, and trackop's
 _DETAIL_CHARACTERS = 300
@@ -153,16 +154,18 @@ def pod_state(pods: Iterable[Mapping[str, Any]]) -> str:
         scheduled = next((c for c in status.get("conditions") or [] if c.get("type") == "PodScheduled"), None)
         if scheduled and scheduled.get("status") == "False":
             return f"pod {name} is not scheduled ({scheduled.get('reason')}: {_short(scheduled.get('message') or '')})"
-        waiting = [f"{c.get('name')} {c['state']['waiting'].get('reason')}" for c in status.get("containerStatuses") or []
-                   if (c.get("state") or {}).get("waiting")]
+        waiting = [f"{c.get('name')} {c['state']['waiting'].get('reason')}"
+                   for c in status.get("containerStatuses") or [] if (c.get("state") or {}).get("waiting")]
         return f"pod {name} is {status.get('phase') or 'Pending'}" + (f" ({', '.join(waiting)})" if waiting else "")
     return ""
 
 
 def rollout_progress(spec: BackendSpec, deployment: Mapping[str, Any], pods: Sequence[Mapping[str, Any]],
-                     now: dt.datetime) -> Progress:
+                     now: dt.datetime, false_since: str | None = None) -> Progress:
     """The tracking server's Deployment: Available, RollingOut, or ProgressDeadlineExceeded
-    as the deployment controller says."""
+    as the deployment controller says. It has stood still since the controller's last
+    progress or since ServerReady went False (``false_since``; None: just now), whichever
+    is later: a server that was available has not stood still since its last rollout."""
     server, name = spec.tracking_server, spec.tracking_server_name
     meta, status = deployment.get("metadata") or {}, deployment.get("status") or {}
     updated, available = status.get("updatedReplicas") or 0, status.get("availableReplicas") or 0
@@ -183,7 +186,7 @@ def rollout_progress(spec: BackendSpec, deployment: Mapping[str, Any], pods: Seq
                         f"deployment {name} and its pods' logs (an image that cannot be pulled, or one without the "
                         "PostgreSQL driver, never gets ready); checked again every minute",
                         stalled_for=seconds_since([progressing.get("lastUpdateTime")], now), stuck=True)
-    stalled = seconds_since([progressing.get("lastUpdateTime")], now) if progressing else 0.0
+    stalled = seconds_since([progressing.get("lastUpdateTime"), false_since or now], now) if progressing else 0.0
     return Progress(cond.SERVER_READY, False, "RollingOut", shown + seen, stalled_for=stalled)
 
 

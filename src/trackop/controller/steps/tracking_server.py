@@ -13,7 +13,7 @@ from ...api.conditions import Condition
 from ...kube.client import Kube
 from ...kube.errors import refusal_message
 from ...specs import tracking_server
-from ...specs.progress import rollout_progress
+from ...specs.progress import false_since, rollout_progress
 from ..outcome import Context, StepFailed, progress_failure
 
 
@@ -39,12 +39,13 @@ def ensure(ctx: Context, kube: Kube) -> Condition:
         raise StepFailed(cond.SERVER_READY, "ScaledToZero", f"Deployment {spec.tracking_server_name} has 0 replicas",
                          60)
     now = dt.datetime.now(dt.timezone.utc)
-    progress = rollout_progress(spec, deployment, [], now)
+    since = false_since(ctx.previous_status.get("conditions"), cond.SERVER_READY)
+    progress = rollout_progress(spec, deployment, [], now, since)
     if progress.looks_stalled:
         # Only a rollout that has stood still for a while costs a LIST of its pods.
         pods = kube.pod_bodies(spec.namespace, selector=",".join(
             f"{k}={v}" for k, v in tracking_server.selector_labels(spec).items()))
-        progress = rollout_progress(spec, deployment, pods, now)
+        progress = rollout_progress(spec, deployment, pods, now, since)
     if not progress.ready:
         raise progress_failure(progress)
     return Condition(cond.SERVER_READY, "True", progress.reason, progress.message)
