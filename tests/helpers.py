@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import copy
+import re
 import time
-from collections.abc import Callable
-from typing import TypeVar
+from collections.abc import Callable, Mapping
+from typing import Any, TypeVar
 
 from trackop.api.parsing import parse
 from trackop.api.v1alpha1 import BackendSpec
@@ -86,3 +87,37 @@ class RecordingListener:
     def __exit__(self, *exc: object) -> None:
         self._server.shutdown()
         self._server.server_close()
+
+
+# Kubernetes' $(VAR) reference in command, args and env values ($$ escapes it).
+_VAR_REF = re.compile(r"\$\$|\$\(([A-Za-z_][A-Za-z0-9_.\-]*)\)")
+
+
+def _references(text: str) -> list[str]:
+    return [m.group(1) for m in _VAR_REF.finditer(text) if m.group(1)]
+
+
+def secret_env_names(container: Mapping[str, Any]) -> set[str]:
+    """The env names of a container (a camelCase body) whose values carry a Secret's data:
+    a ``secretKeyRef``, or a ``value`` that refers to one by ``$(VAR)`` (the kubelet expands
+    it: an Azure connection string built from the key)."""
+    names: set[str] = set()
+    for entry in container.get("env") or []:
+        value_from = entry.get("valueFrom") or {}
+        if "secretKeyRef" in value_from or any(ref in names for ref in _references(entry.get("value") or "")):
+            names.add(entry["name"])
+    return names
+
+
+def argv_secret_references(container: Mapping[str, Any]) -> list[str]:
+    """The ``$(VAR)`` references in a container's command and args that the kubelet would
+    expand into the process's argv from a Secret (readable in /proc/<pid>/cmdline on the
+    node). With an ``envFrom`` of a Secret, any name not set by ``env`` may come from it."""
+    secret = secret_env_names(container)
+    plain = {e["name"] for e in container.get("env") or []} - secret
+    from_secret_wholesale = any("secretRef" in source for source in container.get("envFrom") or [])
+    found = []
+    for part in [*(container.get("command") or []), *(container.get("args") or [])]:
+        found += [ref for ref in _references(part)
+                  if ref in secret or (from_secret_wholesale and ref not in plain)]
+    return found

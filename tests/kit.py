@@ -19,6 +19,7 @@ from kubernetes import client
 from kubernetes.dynamic import DynamicClient
 from psycopg import sql
 
+from argv_sweep import workload_argvs
 from helpers import eventually
 from trackop_testbed.procs import free_ports
 
@@ -34,7 +35,8 @@ FULL_CHECK_INTERVAL = 3 * DRIFT_INTERVAL
 OPERATOR_LOGS: list[Path] = []
 ADMIN_PASSWORDS: list[str] = []
 SWEEP_SECRETS: dict[str, str] = {}        # secret value -> where it was found (never printed)
-SWEEP_HAYSTACKS: list[tuple[str, str]] = []  # (where, text): Events and statuses, as the session went
+SWEEP_HAYSTACKS: list[tuple[str, str]] = []  # (where, text): Events, statuses and argvs, as the session went
+SWEEP_ARGV_REFERENCES: list[str] = []     # $(VAR) references to secret-carrying env in command/args
 
 
 class OperatorProcess:
@@ -215,6 +217,21 @@ class Backends:
                 if e.involved_object.name == name and e.involved_object.kind == "TrackingBackend"]
 
 
+def report_waiting(kube_api: client.ApiClient, namespace: str, pod: str, reason: str, message: str) -> None:
+    """Write what a node's kubelet reports for a container it cannot start (ErrImagePull,
+    ImagePullBackOff, CrashLoopBackOff...) into the pod's status: the bed has no kubelet."""
+    core = client.CoreV1Api(kube_api)
+    container = core.read_namespaced_pod(pod, namespace).spec.containers[0]
+    core.patch_namespaced_pod_status(pod, namespace, {"status": {"phase": "Pending", "containerStatuses": [{
+        "name": container.name, "image": container.image, "imageID": "", "ready": False, "restartCount": 0,
+        "started": False, "state": {"waiting": {"reason": reason, "message": message}}}]}})
+
+
+def failures_by_reason(operator: OperatorProcess, reason: str) -> float:
+    """Reconciles (handler and drift) that ended with Ready False for ``reason`` so far."""
+    return operator.metrics().get(f'trackop_reconcile_failures_total{{reason="{reason}"}}', 0.0)
+
+
 def assert_no_secret_leaks(secrets_: list[str], operator: OperatorProcess, backends: Backends, name: str) -> None:
     """No password appears in the operator's log, the backend's Events or its status."""
     haystacks = {
@@ -276,12 +293,16 @@ def backend_statuses(kube_api: client.ApiClient, namespace: str | None = None) -
 
 
 def snapshot_for_sweep(kube_api: client.ApiClient, namespace: str, test: str) -> None:
-    """Before a test's namespace is deleted: its Events, TrackingBackend statuses and Secrets,
-    and the webhook's certificate Secret (it rotates)."""
+    """Before a test's namespace is deleted: its Events, TrackingBackend statuses, Secrets and
+    the command and args of its Pods, Jobs, Deployments and StatefulSets (argv_sweep.py), and
+    the webhook's certificate Secret (it rotates)."""
     core = client.CoreV1Api(kube_api)
     where = f"after {test}"
     SWEEP_HAYSTACKS.extend((f"{w} ({where})", text) for w, text in events_text(kube_api, namespace))
     SWEEP_HAYSTACKS.extend((f"{w} ({where})", text) for w, text in backend_statuses(kube_api, namespace))
+    argvs, references = workload_argvs(kube_api, namespace)
+    SWEEP_HAYSTACKS.extend((f"{w} ({where})", text) for w, text in argvs)
+    SWEEP_ARGV_REFERENCES.extend(f"{finding} ({where})" for finding in references)
     record_secrets(core.list_namespaced_secret(namespace).items, where)
     record_secrets([s for s in core.list_namespaced_secret(WEBHOOK_NAMESPACE).items
                     if s.metadata.name == WEBHOOK_CERT_SECRET], where)

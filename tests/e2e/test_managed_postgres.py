@@ -16,6 +16,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import psycopg
@@ -24,7 +25,7 @@ import yaml
 from kubernetes import client
 
 from helpers import eventually
-from kit import Backends, assert_no_secret_leaks
+from kit import Backends, assert_no_secret_leaks, failures_by_reason, report_waiting
 from trackop.specs import managed_server
 from trackop_testbed import binaries
 from trackop_testbed.procs import free_ports
@@ -87,9 +88,9 @@ def count_run(secret: dict[str, str], run_id: str) -> int:
         return conn.execute("SELECT count(*) FROM runs WHERE run_uuid = %s", (run_id,)).fetchone()[0]
 
 
-def pod_uid(core: client.CoreV1Api, namespace: str) -> str | None:
+def pod_uid(core: client.CoreV1Api, namespace: str, name: str = "mpg-postgres-0") -> str | None:
     try:
-        return core.read_namespaced_pod("mpg-postgres-0", namespace).metadata.uid
+        return core.read_namespaced_pod(name, namespace).metadata.uid
     except client.ApiException as exc:
         if exc.status == 404:
             return None
@@ -173,6 +174,31 @@ def test_statefulset_server_provisioned_tuned_restarted_retained_and_deleted(bac
         supervisor.stop()
     assert supervisor.history and not any(p.alive() for p in supervisor.history), \
         "a PostgreSQL process outlived the test"
+
+
+def test_a_managed_server_whose_image_cannot_be_pulled_is_reported_stuck_once(backends: Backends, kube_api,
+                                                                              operator):
+    """The pod reports what a node's kubelet would (the bed has none): the condition takes
+    its reason at once, one Warning is posted, and the server is checked about once a minute."""
+    core = client.CoreV1Api(kube_api)
+    image = "registry.invalid/postgres:no-such-tag"
+    spec = managed_spec(free_ports(1)[0], 40)
+    spec["postgres"]["managed"]["image"] = image
+    backends.apply("nopull", spec)
+    backends.wait_condition("nopull", "PostgresReady", "False", "Starting")
+    eventually(lambda: pod_uid(core, backends.namespace, "nopull-postgres-0"), "pod nopull-postgres-0")
+    report_waiting(kube_api, backends.namespace, "nopull-postgres-0", "ErrImagePull",
+                   f'failed to pull and unpack image "{image}": not found')
+    cond = backends.wait_condition("nopull", "PostgresReady", "False", "ImagePullBackOff", timeout=60)
+    for part in ("nopull-postgres-0", image, "ErrImagePull", "not found", "spec.postgres.managed"):
+        assert part in cond["message"], (part, cond["message"])
+    assert backends.condition("nopull", "Ready")["reason"] == "ImagePullBackOff"
+
+    before = failures_by_reason(operator, "ImagePullBackOff")
+    time.sleep(20)
+    assert failures_by_reason(operator, "ImagePullBackOff") - before <= 1, "a stuck server is not polled every 3 s"
+    warnings = [(e.reason, e.count or 1) for e in backends.events("nopull") if e.type == "Warning"]
+    assert warnings == [("ImagePullBackOff", 1)], "one Warning when stuck, none while it was starting"
 
 
 @pytest.fixture

@@ -8,15 +8,18 @@ import os
 import subprocess
 import sys
 import time
+from urllib.parse import quote
 
 import psycopg
 import pytest
+from argv_sweep import workload_argvs
 from helpers import eventually
 from kit import Admin, Backends, assert_no_secret_leaks, make_admin
 from psycopg import sql
 
 from trackop.api.names import default_database_name
 from trackop.schema import revisions
+from trackop.specs import migration_job
 
 pytestmark = pytest.mark.bed
 
@@ -283,8 +286,13 @@ def test_job_migration_runs_mlflow_db_upgrade(backends: Backends, admin: Admin, 
     assert len(jobs) == 1
     container = jobs[0].spec.template.spec.containers[0]
     assert container.image == "ghcr.io/mlflow/mlflow:v3.17.2"
-    assert container.command == ["mlflow", "db", "upgrade", "$(MLFLOW_BACKEND_STORE_URI)"]
+    # MLflow's own command in-process, the URI read from the env: never in the argv.
+    assert container.command == migration_job.UPGRADE_COMMAND and not container.args
     assert container.env[0].value_from.secret_key_ref.name == "by-job-mlflow"
+    argvs, references = workload_argvs(kube_api, backends.namespace)
+    assert references == []
+    password = backends.connection_secret("by-job")["PGPASSWORD"]
+    assert argvs and not any(password in text or quote(password, safe="") in text for _, text in argvs)
     assert jobs[0].spec.backoff_limit is not None and jobs[0].spec.ttl_seconds_after_finished is not None
 
     finished = kubelet.run_job(backends.namespace, jobs[0].metadata.name)

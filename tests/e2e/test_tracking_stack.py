@@ -7,16 +7,16 @@ import json
 import os
 import subprocess
 import sys
+import time
 import urllib.request
 import uuid
 from pathlib import Path
 
 import psycopg
 import pytest
-from kubernetes import client
-
 from helpers import RecordingListener, eventually
-from kit import Admin, Backends, assert_no_secret_leaks
+from kit import Admin, Backends, assert_no_secret_leaks, failures_by_reason, report_waiting
+from kubernetes import client
 from trackop_testbed.procs import free_ports
 
 pytestmark = pytest.mark.bed
@@ -229,6 +229,56 @@ def test_a_new_mlflow_version_migrates_before_the_server_rolls(backends: Backend
     assert image() == "ghcr.io/mlflow/mlflow:v3.17.2", "no rollout before the migration"
     kubelet.run_job(backends.namespace, retried.metadata.name)
     eventually(lambda: image() == "ghcr.io/mlflow/mlflow:v3.17.1", "the rollout after the migration", timeout=60)
+
+
+def test_a_server_image_that_cannot_run_is_reported_stuck_once_and_checked_less_often(
+        backends: Backends, admin: Admin, kube_api, kubelet, operator):
+    """The bed has no kubelet, but kube-controller-manager's deployment controller still
+    judges the rollout: with no pod ever available it reports ProgressDeadlineExceeded after
+    progressDeadlineSeconds. The pod reports what a node would for an image it cannot pull."""
+    core = client.CoreV1Api(kube_api)
+    backends.admin_secret(admin)
+    port, bad = free_ports(1)[0], "registry.invalid/mlflow:no-such-tag"
+    backends.apply("stuck", {**backends.spec(), "server": {"port": port, "image": bad,
+                                                            "progressDeadlineSeconds": 20}})
+    backends.wait_condition("stuck", "ServerReady", "False", "RollingOut")
+    rolling_before = failures_by_reason(operator, "RollingOut")
+    selector = "app.kubernetes.io/name=mlflow,app.kubernetes.io/instance=stuck"
+    pod = eventually(lambda: core.list_namespaced_pod(backends.namespace, label_selector=selector).items,
+                     "the server's pod")[0]
+    report_waiting(kube_api, backends.namespace, pod.metadata.name, "ImagePullBackOff",
+                   f'Back-off pulling image "{bad}"')
+
+    cond = backends.wait_condition("stuck", "ServerReady", "False", "ProgressDeadlineExceeded", timeout=120)
+    assert failures_by_reason(operator, "RollingOut") - rolling_before >= 3, "polled every 3 s while it could move"
+    for part in ("no progress for 20s", "spec.server.progressDeadlineSeconds", "has timed out progressing",
+                 pod.metadata.name, "ImagePullBackOff", bad):
+        assert part in cond["message"], (part, cond["message"])
+    ready = backends.condition("stuck", "Ready")
+    assert (ready["status"], ready["reason"]) == ("False", "ProgressDeadlineExceeded")
+
+    # Stuck: checked about once a minute (handler and drift timer together), not every 3 s.
+    stuck_before = failures_by_reason(operator, "ProgressDeadlineExceeded")
+    time.sleep(70)
+    polls = failures_by_reason(operator, "ProgressDeadlineExceeded") - stuck_before
+    assert 1 <= polls <= 3, f"{polls:.0f} full reconciles of a stuck rollout in 70 s"
+    assert backends.condition("stuck", "ServerReady")["reason"] == "ProgressDeadlineExceeded"
+
+    # A fixed spec is acted on within a minute (the handler's retry, or the drift timer
+    # sooner: a new spec is not deferred), and rolls out.
+    good = "ghcr.io/mlflow/mlflow:v3.17.2"
+    backends.patch("stuck", {"spec": {"server": {"image": good}}})
+    backends.wait_condition("stuck", "ServerReady", "False", "RollingOut", timeout=90)
+    fixed = eventually(lambda: [p for p in core.list_namespaced_pod(backends.namespace, label_selector=selector).items
+                                if p.spec.containers[0].image == good and not p.metadata.deletion_timestamp],
+                       "a pod of the fixed template")[0]
+    server = kubelet.start_pod(fixed)
+    try:
+        backends.wait_ready("stuck", timeout=120)
+    finally:
+        server.stop()
+    warnings = [(e.reason, e.count or 1) for e in backends.events("stuck") if e.type == "Warning"]
+    assert warnings == [("ProgressDeadlineExceeded", 1)], "one Warning when stuck, none for the rollouts"
 
 
 # ---- GCS and Azure (the bed's fake-gcs-server and Azurite) -----------------------------

@@ -5,7 +5,8 @@ links resolve.
 
 Reasons are collected from the source's syntax tree, in the shapes the code writes them:
 ``StepFailed(cond.X, "Reason", ...)``, ``Condition(cond.X, "Status", "Reason", ...)``
-(a conditional ``"A" if c else "B"`` counts both), ``ArtifactsError("Reason", ...)``,
+and ``Progress(cond.X, ready, "Reason", ...)`` (a conditional ``"A" if c else "B"`` counts
+both), ``PodTrouble("Reason", ...)``, ``ArtifactsError("Reason", ...)``,
 ``reason = "Reason"`` on PostgresError's subclasses, and for Events ``did("Reason", ...)``,
 ``("Normal"|"Warning", "Reason", message)`` tuples, ``post_event(..., type, "Reason", ...)``
 and ``reason="Reason"`` keywords.
@@ -76,10 +77,14 @@ def source_reasons() -> tuple[dict[str, set[str | None]], set[str]]:
                 if name == "StepFailed" and len(args) > 1:
                     for reason in _strings(args[1]):
                         add(reason, _condition_type(args[0]))
-                elif name == "Progress" and len(args) > 1:
-                    # managed_server_status.Progress: the managed server's verdict, which becomes PostgresReady.
-                    for reason in _strings(args[1]):
-                        add(reason, conditions.POSTGRES_READY)
+                elif name == "Progress" and len(args) > 2:
+                    # specs.progress.Progress: a wait's verdict, which becomes its condition.
+                    for reason in _strings(args[2]):
+                        add(reason, _condition_type(args[0]))
+                elif name == "PodTrouble" and args:
+                    # specs.progress.PodTrouble: a stuck pod's reason, on the waiting step's condition.
+                    for reason in _strings(args[0]):
+                        add(reason, None)
                 elif name == "Condition" and len(args) > 2:
                     for reason in _strings(args[2]):
                         add(reason, _condition_type(args[0]))
@@ -134,6 +139,8 @@ def test_the_collector_sees_the_known_shapes():
     assert conditions.DATABASE_READY in condition["AdminSecretMissing"]       # StepFailed
     assert conditions.PENDING_RESTART in condition["NoRestartNeeded"]         # Condition, conditional
     assert conditions.ARTIFACTS_READY in condition["BucketNotFound"]          # ArtifactsError
+    assert conditions.SERVER_READY in condition["RollingOut"]                 # Progress
+    assert None in condition["ImagePullBackOff"]                              # PodTrouble
     assert None in condition["ServerUnreachable"]                             # PostgresError subclass
     assert "PostgresError" not in condition                                   # the base class itself
     assert {"RoleReconciled", "InjectionMissed", "InjectionSkipped", "Retained"} <= events

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import json
+import sqlite3
+import subprocess
+import sys
 from urllib.parse import quote
 
-from helpers import OWNER, make_spec
+from helpers import OWNER, argv_secret_references, make_spec
 
 from trackop.api.names import migration_job_name
 from trackop.specs import migration_job
@@ -32,7 +35,11 @@ def test_migration_job_runs_mlflow_db_upgrade_from_the_secret():
     assert job["metadata"]["ownerReferences"][0]["controller"] is True
     container = _container(job)
     assert container["image"] == "ghcr.io/mlflow/mlflow:v3.17.2"
-    assert container["command"] == ["mlflow", "db", "upgrade", "$(MLFLOW_BACKEND_STORE_URI)"]
+    # MLflow's own console script, in-process, its URL from the environment (not argv).
+    assert container["command"] == migration_job.UPGRADE_COMMAND
+    assert container["command"][:2] == ["python", "-c"]
+    assert "from mlflow.cli import cli" in container["command"][2]
+    assert "os.environ['MLFLOW_BACKEND_STORE_URI']" in container["command"][2]
     env = {e["name"]: e for e in container["env"]}
     assert env["MLFLOW_BACKEND_STORE_URI"] == {"name": "MLFLOW_BACKEND_STORE_URI", "valueFrom": {"secretKeyRef": {
         "name": "team-a-mlflow", "key": "MLFLOW_BACKEND_STORE_URI"}}}
@@ -93,3 +100,25 @@ def test_migration_job_pod_labels():
     job = migration_job.migration_job(JOB_SPEC, OWNER)
     assert job["spec"]["template"]["metadata"]["labels"]["app.kubernetes.io/component"] == "migration"
     assert job["spec"]["template"]["metadata"]["labels"]["app.kubernetes.io/managed-by"] == "trackop"
+
+
+def test_migration_job_argv_never_carries_the_uri():
+    container = _container(migration_job.migration_job(JOB_SPEC, OWNER))
+    assert "args" not in container
+    assert not any("$(" in part for part in container["command"]), "the kubelet would expand it into argv"
+    assert argv_secret_references(container) == []
+    # The guard itself: the command this replaced is caught.
+    assert argv_secret_references({**container, "command": ["mlflow", "db", "upgrade", "$(MLFLOW_BACKEND_STORE_URI)"]}) \
+        == ["MLFLOW_BACKEND_STORE_URI"]
+
+
+def test_the_upgrade_program_runs_mlflow_db_upgrade_with_the_url_from_the_environment(tmp_path):
+    """The program, run as the container would: MLflow's ``db upgrade`` gets the URL read
+    from the environment (a failing one fails the Job: tests/e2e/test_tracking_stack.py)."""
+    url = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    result = subprocess.run([sys.executable, "-c", migration_job.UPGRADE_PROGRAM], capture_output=True, text=True,
+                            env={"MLFLOW_BACKEND_STORE_URI": url, "HOME": str(tmp_path), "PATH": "/usr/bin:/bin"},
+                            timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    with sqlite3.connect(tmp_path / "mlflow.db") as conn:
+        assert conn.execute("SELECT count(*) FROM alembic_version").fetchone() == (1,)

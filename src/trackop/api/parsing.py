@@ -12,10 +12,12 @@ from collections.abc import Mapping
 from typing import Any
 
 from .names import default_database_name
+from .resources import check_positive_quantity, check_resources
 from .tuning import TuningError, parse_tuning
 from .v1alpha1 import (
     DEFAULT_MLFLOW_VERSION,
     DEFAULT_POSTGRES_VERSION,
+    DEFAULT_PROGRESS_DEADLINE,
     DEFAULT_STORAGE_SIZE,
     DELETION_POLICIES,
     DRIVERS,
@@ -36,7 +38,6 @@ from .v1alpha1 import (
     SpecError,
     TrackingServerSpec,
 )
-from .resources import check_positive_quantity, check_resources
 from .validation import (
     _RESERVED_DATABASES,
     _RESERVED_ROLES,
@@ -352,4 +353,5 @@ def _parse_server(server: Mapping[str, Any] | None, mlflow_version: str) -> Trac
         service_account=service_account,
         allowed_hosts=allowed_hosts,
         resources=check_resources("spec.server.resources", _object(server, "resources", "spec.server.resources")),
+        progress_deadline=bounded("progressDeadlineSeconds", DEFAULT_PROGRESS_DEADLINE, 10, 86400),
     )

@@ -63,6 +63,8 @@ ENGINES = (ENGINE_STATEFULSET, ENGINE_CNPG)
 DEFAULT_POSTGRES_VERSION = "17"
 
 DEFAULT_STORAGE_SIZE = "10Gi"
+# spec.server.progressDeadlineSeconds: Kubernetes' own default for a Deployment.
+DEFAULT_PROGRESS_DEADLINE = 600
 
 # PostgreSQL's own default, which trackop does not change on the servers it deploys: a
 # max_connections at or below it leaves no slot for anyone but a superuser, and the
@@ -169,6 +171,8 @@ class TrackingServerSpec:
     service_account: str | None
     allowed_hosts: tuple[str, ...]
     resources: Mapping[str, Any] | None
+    # The Deployment's progressDeadlineSeconds: no progress for this long is a stuck rollout.
+    progress_deadline: int = DEFAULT_PROGRESS_DEADLINE
 
 
 @dataclass(frozen=True)

@@ -51,6 +51,20 @@ from .listing import SharedListing
 log = logging.getLogger(__name__)
 
 UNCHANGED = "unchanged"  # the drift check's verdict when nothing moved
+# A backend waiting for progress (a rollout, a server starting) is looked at again at the
+# pace its verdict gave (specs.progress), by the handler's retry: the timer does not add
+# full reconciles of its own in between, unless the spec changed since (then at once: the
+# handler's retry would wait out its delay).
+DEFERRED = "deferred"
+DEFER_MARGIN = 3.0
+
+
+def deferral(pace: float, handler_retries: bool) -> float:
+    """How long the drift timer leaves a backend that waits for progress alone: a little
+    longer than the pace when the handler's retry looks again (it comes first), a little
+    shorter when nothing else does (the timer found the wait: its tick that falls due at
+    the pace is not skipped)."""
+    return pace + DEFER_MARGIN if handler_retries else max(pace - DEFER_MARGIN, 0.0)
 
 
 @dataclass(frozen=True)
@@ -96,6 +110,8 @@ class DriftChecker:
         self.full_interval = full_interval
         self.enabled = full_interval > 0
         self._baselines: dict[tuple[str, str], Baseline] = {}
+        # (monotonic time of the next full check, the generation it was deferred at)
+        self._deferred: dict[tuple[str, str], tuple[float, int | None]] = {}
         self._lock = threading.Lock()
         self._cache: dict[tuple, SharedListing] = {}
 
@@ -143,13 +159,27 @@ class DriftChecker:
             needed = needed_snapshots(self._baselines.values())
             for key in [key for key in self._cache if key not in needed]:
                 del self._cache[key]
+            self._deferred.pop((namespace, name), None)
+
+    def defer(self, namespace: str, name: str, seconds: float, generation: int | None) -> None:
+        """No full drift reconcile of this backend for ``seconds`` (it waits for progress)
+        while its generation stays ``generation``."""
+        now = time.monotonic()
+        with self._lock:
+            # Bounded by the backends waiting right now: the ones whose time has passed go.
+            for key in [k for k, (due, _) in self._deferred.items() if due <= now]:
+                del self._deferred[key]
+            self._deferred[(namespace, name)] = (now + seconds, generation)
 
     # -- the drift timer --
     def check(self, spec: BackendSpec, body: Mapping[str, Any]) -> str:
-        """UNCHANGED, or why a full reconcile is needed (a short phrase for the log)."""
+        """UNCHANGED, DEFERRED, or why a full reconcile is needed (a short phrase for the log)."""
         key = (spec.namespace, spec.name)
         with self._lock:
             baseline = self._baselines.get(key)
+            due, generation = self._deferred.get(key, (0.0, None))
+        if due > time.monotonic() and generation == body["metadata"].get("generation"):
+            return DEFERRED
         if baseline is None:
             return "no fingerprint since the last full reconcile"
         if baseline.spec != spec or baseline.generation != body["metadata"].get("generation"):

@@ -27,7 +27,7 @@ from ..specs.connection_secret import placeholder_data
 from ..webhook.injection import BackendView, backend_view
 from ..webhook.service import InjectionService
 from . import kopf_settings
-from .drift import UNCHANGED
+from .drift import DEFERRED, UNCHANGED, deferral
 from .outcome import Outcome, StepFailed, unexpected_failure
 from .retry import api_trouble, retry_delay, retrying_api_trouble
 from .runtime import Runtime
@@ -162,6 +162,11 @@ def run(runtime: Runtime, handler: str, body: Mapping[str, Any], status: Mapping
             raise retry from None
         raise
     _write(outcome, body, status, patch)
+    if outcome.retry_after is not None and not outcome.backoff:
+        # A wait for progress, looked at again at its pace (every full reconcile is a role
+        # login and a bucket probe): the drift timer keeps to it.
+        runtime.reconciler.drift.defer(spec.namespace, spec.name, deferral(outcome.retry_after, handler == "reconcile"),
+                                       body["metadata"].get("generation"))
     failure = None if outcome.ready else next(
         (c.reason for c in outcome.conditions if c.type == cond.READY and c.status != "True"), None)
     metrics.observe_reconcile(handler, "ready" if outcome.ready else "not_ready", time.perf_counter() - started,
@@ -211,6 +216,8 @@ def _unchanged(runtime: Runtime, body: Mapping[str, Any]) -> bool:
     except SpecError:
         return False
     verdict = runtime.reconciler.drift.check(spec, body)
+    if verdict == DEFERRED:
+        return True  # waiting for progress: the handler's own retry looks at its pace
     metrics.observe_drift_check(verdict == UNCHANGED, time.perf_counter() - started)
     if verdict == UNCHANGED:
         return True

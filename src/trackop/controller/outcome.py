@@ -11,20 +11,30 @@ from typing import Any
 from ..api import conditions as cond
 from ..api.conditions import Condition
 from ..api.v1alpha1 import BackendSpec, PostgresEndpoint
+from ..specs.progress import Progress
 
 
 class StepFailed(Exception):
     """A step could not complete; carries the condition that says why."""
 
     def __init__(self, condition_type: str, reason: str, message: str, retry_after: float = 10,
-                 backoff: bool = True) -> None:
+                 backoff: bool = True, warn: bool | None = None) -> None:
         super().__init__(message)
         self.condition_type = condition_type
         self.reason = reason
         self.message = message
         self.retry_after = retry_after
-        # Progress (a Job running, a rollout) is polled at a steady pace, not backed off.
+        # Progress (a rollout, a server starting) is polled at the pace its verdict gives
+        # (specs.progress), not backed off; the drift timer keeps to that pace too.
         self.backoff = backoff
+        # A new cause posts one Warning; progress only once it is stuck.
+        self.warn = backoff if warn is None else warn
+
+
+def progress_failure(progress: Progress) -> StepFailed:
+    """A wait that is not done yet: polled at its own pace, a Warning once it is stuck."""
+    return StepFailed(progress.condition_type, progress.reason, progress.message, progress.poll_after,
+                      backoff=False, warn=progress.stuck)
 
 
 UNEXPECTED_RETRY_SECONDS = 30.0

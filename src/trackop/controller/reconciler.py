@@ -157,9 +157,9 @@ def failed(ctx: Context, done: list[Condition], failure: StepFailed) -> Outcome:
     ]
     ready = Condition(cond.READY, "False", failure.reason, message)
     events = [(t, r, redact(m, ctx.secrets)) for t, r, m in ctx.events]
-    # One Warning per new cause, not one per retry; progress is not a warning.
+    # One Warning per new cause, not one per retry; progress is not a warning until it is stuck.
     previous_reason = cond.reason_of(ctx.previous_status.get("conditions"), cond.READY)
-    if previous_reason != failure.reason and failure.backoff:
+    if previous_reason != failure.reason and failure.warn:
         events.append(("Warning", failure.reason, message))
     status = status_fields(ctx.spec, (ctx.previous_status.get("schema") or {}).get("revision"))
     return Outcome([*done, failed_condition, *waiting, ready], status, events, failure.retry_after, failure.backoff)

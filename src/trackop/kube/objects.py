@@ -124,5 +124,17 @@ class ObjectCalls:
                 return pod.status.pod_ip
         return None
 
+    def pod_bodies(self, namespace: str, name: str | None = None, selector: str | None = None) -> list[dict[str, Any]]:
+        """The pod named (none if it does not exist), or those matching ``selector``, as plain
+        dicts: what their containers wait for (specs.progress)."""
+        if name is None:
+            return [self._plain(p) for p in self.core.list_namespaced_pod(namespace, label_selector=selector).items]
+        try:
+            return [self._plain(self.core.read_namespaced_pod(name, namespace))]
+        except client.ApiException as exc:
+            if exc.status == 404:
+                return []
+            raise
+
     def pods_by_label(self, selector: str) -> list[client.V1Pod]:
         return self.core.list_pod_for_all_namespaces(label_selector=selector).items

@@ -12,12 +12,23 @@ BACKOFF_LIMIT = 2
 TTL_SECONDS = 3600
 DEADLINE_SECONDS = 900
 
+# ``mlflow db upgrade`` is MLflow's own console script (``mlflow.cli:cli``), run in-process
+# with its URL argument read from the environment: ``mlflow db upgrade $(URI)`` would have
+# the kubelet expand the password into the container's argv (/proc/<pid>/cmdline is
+# readable on the node), and ``sh -c 'mlflow db upgrade "$URI"'`` into mlflow's own. Click
+# parses ``args`` as it would argv (and exits with the command's status); the process's argv
+# stays ``python -c <this program>``.
+URI_ENV = "MLFLOW_BACKEND_STORE_URI"
+UPGRADE_PROGRAM = ("import os; from mlflow.cli import cli; "
+                   f"cli.main(args=['db', 'upgrade', os.environ['{URI_ENV}']], prog_name='mlflow')")
+UPGRADE_COMMAND = ["python", "-c", UPGRADE_PROGRAM]
+
 
 def migration_job(spec: BackendSpec, owner: Mapping[str, Any]) -> dict[str, Any]:
     """A Job that runs ``mlflow db upgrade`` with the image of the wanted MLflow version.
 
-    The URI comes from the connection Secret through env and ``$(VAR)`` expansion, so the
-    password is never in the Job's spec.
+    The URI comes from the connection Secret through env, read by the process itself: the
+    password is neither in the Job's spec nor in any process's argv.
     """
     return {
         "apiVersion": "batch/v1",
@@ -45,9 +56,9 @@ def migration_job(spec: BackendSpec, owner: Mapping[str, Any]) -> dict[str, Any]
                     "containers": [{
                         "name": "migrate",
                         "image": spec.migration_image,
-                        "command": ["mlflow", "db", "upgrade", "$(MLFLOW_BACKEND_STORE_URI)"],
+                        "command": list(UPGRADE_COMMAND),
                         "env": [
-                            {"name": "MLFLOW_BACKEND_STORE_URI", "valueFrom": {"secretKeyRef": {
+                            {"name": URI_ENV, "valueFrom": {"secretKeyRef": {
                                 "name": spec.connection_secret, "key": "MLFLOW_BACKEND_STORE_URI"}}},
                             {"name": "HOME", "value": "/tmp"},
                         ],

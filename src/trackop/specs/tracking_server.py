@@ -131,6 +131,9 @@ def deployment(spec: BackendSpec, owner: Mapping[str, Any]) -> dict[str, Any]:
         },
         "spec": {
             "replicas": server.replicas,
+            # The deployment controller reports Progressing=False, ProgressDeadlineExceeded
+            # after this long without progress; trackop reads it (specs.progress).
+            "progressDeadlineSeconds": server.progress_deadline,
             "selector": {"matchLabels": selector},
             "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}},
             "template": {

@@ -4,7 +4,8 @@ its superuser Secret, and where the operator reaches it. Condition: PostgresRead
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+import datetime as dt
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from kubernetes.client import ApiException
@@ -23,7 +24,8 @@ from ...kube.client import Kube
 from ...kube.errors import refusal_message
 from ...settings import MANAGED_ADDRESS_POD
 from ...specs import managed_server, managed_server_status
-from ..outcome import Context, StepFailed
+from ...specs.progress import Progress, false_since
+from ..outcome import Context, StepFailed, progress_failure
 from ..passwords import generate_password
 
 
@@ -50,7 +52,7 @@ def ensure(ctx: Context, kube: Kube, managed_address: str) -> Condition:
                          f"{refusal_message(exc)}; check spec.postgres.managed (image, storage, resources)",
                          30) from None
     if not progress.ready:
-        raise StepFailed(cond.POSTGRES_READY, progress.reason, progress.message, 3, backoff=False)
+        raise progress_failure(progress)
     ctx.reach = _reach(spec, kube, managed_address)
     return Condition(cond.POSTGRES_READY, "True", progress.reason, progress.message)
 
@@ -66,7 +68,7 @@ def _container_args(statefulset: Mapping[str, Any]) -> list[str]:
     return list(containers[0].get("args") or []) if containers else []
 
 
-def _statefulset(ctx: Context, kube: Kube, settings: Mapping[str, str]) -> managed_server_status.Progress:
+def _statefulset(ctx: Context, kube: Kube, settings: Mapping[str, str]) -> Progress:
     spec = ctx.spec
     name = spec.managed.name
     _superuser_secret(ctx, kube)
@@ -84,7 +86,8 @@ def _statefulset(ctx: Context, kube: Kube, settings: Mapping[str, str]) -> manag
         if changed or removed:
             shown = ", ".join([f"{k}={v}" for k, v in sorted(changed.items())] + [f"{k} reset" for k in removed])
             ctx.did("PostgresRestarting", f"restarting PostgreSQL ({name}) to apply {shown}")
-    return managed_server_status.statefulset_progress(spec, after)
+    return _with_pods(ctx, after, managed_server_status.statefulset_progress,
+                      lambda: kube.pod_bodies(spec.namespace, name=managed_server.pod_name(spec)))
 
 
 def _apply_owned(spec: BackendSpec, kube: Kube, wanted: dict[str, Any]) -> tuple[dict[str, Any] | None, dict[str, Any]]:
@@ -129,7 +132,7 @@ def _superuser_secret(ctx: Context, kube: Kube) -> None:
         ctx.did("SuperuserSecretAdopted", f"adopted Secret {name} kept from an earlier backend of this name")
 
 
-def _cnpg_cluster(ctx: Context, kube: Kube, settings: Mapping[str, str]) -> managed_server_status.Progress:
+def _cnpg_cluster(ctx: Context, kube: Kube, settings: Mapping[str, str]) -> Progress:
     spec = ctx.spec
     name = spec.managed.name
     try:
@@ -148,7 +151,20 @@ def _cnpg_cluster(ctx: Context, kube: Kube, settings: Mapping[str, str]) -> mana
             (after.get("spec") or {}).get("postgresql", {}).get("parameters"):
         ctx.did("PostgresRestarting", f"updated the parameters of CloudNativePG Cluster {name}; CloudNativePG "
                                       "restarts the instances if a parameter needs it")
-    return managed_server_status.cluster_progress(spec, after)
+    return _with_pods(ctx, after, managed_server_status.cluster_progress,
+                      lambda: kube.pod_bodies(spec.namespace, selector=f"cnpg.io/cluster={name}"))
+
+
+def _with_pods(ctx: Context, body: Mapping[str, Any], verdict: Callable[..., Progress],
+               read_pods: Callable[[], list[dict[str, Any]]]) -> Progress:
+    """The verdict on the server object; when it is not ready, again with its pods (what
+    they wait for) and since when PostgresReady is False (how long it has stood still)."""
+    progress = verdict(ctx.spec, body)
+    if progress.ready:
+        return progress
+    return verdict(ctx.spec, body, read_pods(),
+                   false_since(ctx.previous_status.get("conditions"), cond.POSTGRES_READY),
+                   dt.datetime.now(dt.timezone.utc))
 
 
 def _reach(spec: BackendSpec, kube: Kube, managed_address: str) -> PostgresEndpoint:

@@ -1,7 +1,10 @@
 """The MLflow tracking server's Service and Deployment, rolled out once the schema is at
-the target revision. Condition: ServerReady."""
+the target revision; a rollout is polled, fast at first, slowly once it stands still
+(specs.progress). Condition: ServerReady."""
 
 from __future__ import annotations
+
+import datetime as dt
 
 from kubernetes.client import ApiException
 
@@ -11,7 +14,8 @@ from ...api.policy import Policy, server_refusal
 from ...kube.client import Kube
 from ...kube.errors import refusal_message
 from ...specs import tracking_server
-from ..outcome import Context, StepFailed
+from ...specs.progress import false_since, rollout_progress
+from ..outcome import Context, StepFailed, progress_failure
 
 
 def ensure(ctx: Context, kube: Kube, policy: Policy = Policy()) -> Condition:
@@ -39,12 +43,14 @@ def ensure(ctx: Context, kube: Kube, policy: Policy = Policy()) -> Condition:
     if server.replicas == 0:
         raise StepFailed(cond.SERVER_READY, "ScaledToZero", f"Deployment {spec.tracking_server_name} has 0 replicas",
                          60)
-    status = deployment.get("status") or {}
-    updated, available = status.get("updatedReplicas") or 0, status.get("availableReplicas") or 0
-    if (status.get("observedGeneration") or 0) < deployment["metadata"]["generation"] \
-            or updated < server.replicas or available < 1:
-        raise StepFailed(cond.SERVER_READY, "RollingOut",
-                         f"Deployment {spec.tracking_server_name}: {updated}/{server.replicas} updated, "
-                         f"{available} available", 3, backoff=False)
-    return Condition(cond.SERVER_READY, "True", "Available",
-                     f"{available}/{server.replicas} replicas available at {spec.tracking_server_uri}")
+    now = dt.datetime.now(dt.timezone.utc)
+    since = false_since(ctx.previous_status.get("conditions"), cond.SERVER_READY)
+    progress = rollout_progress(spec, deployment, [], now, since)
+    if progress.looks_stalled:
+        # Only a rollout that has stood still for a while costs a LIST of its pods.
+        pods = kube.pod_bodies(spec.namespace, selector=",".join(
+            f"{k}={v}" for k, v in tracking_server.selector_labels(spec).items()))
+        progress = rollout_progress(spec, deployment, pods, now, since)
+    if not progress.ready:
+        raise progress_failure(progress)
+    return Condition(cond.SERVER_READY, "True", progress.reason, progress.message)
