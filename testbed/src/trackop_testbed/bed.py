@@ -22,16 +22,14 @@ import signal
 import ssl
 import time
 import urllib.error
-import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
-
 from trackop import pki
 
-from . import binaries, postgres_server
+from . import binaries, loopback, postgres_server
+from .pki import kubeconfig as _kubeconfig
 from .pki import make_service_account_key, write_private
 from .procs import ProcessRecord, free_ports, is_alive, is_listening, spawn, stop, tail, wait_bindable, wait_until
 
@@ -416,9 +414,7 @@ class Testbed:
                    log_path=self.log_path(name))
 
     def _admin_tls(self) -> ssl.SSLContext:
-        ctx = ssl.create_default_context(cafile=str(self.pki_dir / "ca.crt"))
-        ctx.load_cert_chain(str(self.pki_dir / "admin.crt"), str(self.pki_dir / "admin.key"))
-        return ctx
+        return loopback.client_tls(self.pki_dir)
 
     def _wait_default_service_account(self) -> None:
         """Pods need their namespace's ``default`` ServiceAccount, which KCM creates."""
@@ -479,48 +475,8 @@ def _link(link: Path, target: Path) -> None:
     link.symlink_to(target)
 
 
-def _base_env() -> dict[str, str]:
-    # No proxy settings or credentials from the caller's environment leak into the servers.
-    keep = ("PATH", "HOME", "LANG", "LC_ALL", "TZ", "TMPDIR")
-    return {k: os.environ[k] for k in keep if k in os.environ}
-
-
-def _kubeconfig(server: str, ca_pem: bytes, client: pki.KeyPair, user: str) -> bytes:
-    b64 = lambda data: base64.b64encode(data).decode()  # noqa: E731
-    config = {
-        "apiVersion": "v1",
-        "kind": "Config",
-        "clusters": [{"name": "trackop-testbed",
-                      "cluster": {"server": server, "certificate-authority-data": b64(ca_pem)}}],
-        "users": [{"name": user, "user": {"client-certificate-data": b64(client.cert_pem),
-                                          "client-key-data": b64(client.key_pem)}}],
-        "contexts": [{"name": "trackop-testbed", "context": {"cluster": "trackop-testbed", "user": user}}],
-        "current-context": "trackop-testbed",
-    }
-    return yaml.safe_dump(config).encode()
-
-
-def _insecure_tls() -> ssl.SSLContext:
-    # KCM serves /healthz with a self-signed certificate it makes itself at start.
-    ctx = ssl.create_default_context()
-    ctx.check_hostname = False
-    ctx.verify_mode = ssl.CERT_NONE
-    return ctx
-
-
-def _open(url: str, context: ssl.SSLContext | None = None):
-    # Loopback only: never through a proxy named in the environment.
-    opener = urllib.request.build_opener(
-        urllib.request.ProxyHandler({}), urllib.request.HTTPSHandler(context=context)
-    )
-    return opener.open(url, timeout=2)
-
-
-def _http_get(url: str, context: ssl.SSLContext | None = None) -> bytes:
-    with _open(url, context) as response:
-        return response.read().strip()
-
-
-def _http_ok(url: str) -> bool:
-    with _open(url) as response:
-        return response.status == 200
+_base_env = loopback.base_env
+_insecure_tls = loopback.insecure_tls
+_open = loopback.open_url
+_http_get = loopback.http_get
+_http_ok = loopback.http_ok
