@@ -40,6 +40,25 @@ PORT_NAMES = ("kubelet", "kubelet-healthz", "kube-scheduler")
 Progress = Callable[[str], None]
 
 
+class _Steps:
+    """Wall time of each step of ``up``, for its last progress line."""
+
+    def __init__(self) -> None:
+        self.started = self.last = time.monotonic()
+        self.times: list[tuple[str, float]] = []
+
+    def done(self, step: str) -> None:
+        now = time.monotonic()
+        self.times.append((step, now - self.last))
+        self.last = now
+
+    def total(self) -> float:
+        return self.last - self.started
+
+    def __str__(self) -> str:
+        return ", ".join(f"{step} {seconds:.1f}s" for step, seconds in self.times)
+
+
 def _write_if_changed(path: Path, text: str) -> None:
     """Write ``path`` only if its content differs, in one rename (no reader sees it half-written)."""
     if path.exists() and path.read_text() == text:
@@ -82,11 +101,11 @@ class NodeRunner:
     # ---- up ------------------------------------------------------------------------------
     def up(self, kubectl: Path) -> dict:
         """Start (or reuse) the node; return what testbed.json says of it."""
-        started = time.monotonic()
+        steps = _Steps()
         bins, built_images = prepare(self.progress)
         (pause_ref, pause_tar), (dns_ref, dns_tar), (training_ref, training_tar) = (
             built_images["pause"], built_images["coredns"], built_images["training"])
-        built = time.monotonic()
+        steps.done("builds")
         self._write_pki()
         self._write_configs(pause_ref)
         p = self.plan
@@ -98,19 +117,24 @@ class NodeRunner:
             self.progress(f"node: kernel settings for the kubelet (put back at down): "
                           f"{', '.join(f'{k}={v}' for k, v in changed.items())}")
         teardown.create_cgroup(p.cgroup_root)
+        steps.done("network")
         self._start_if_stopped("kube-scheduler", bins)
         self._start_if_stopped("containerd", bins)
+        steps.done("scheduler+containerd")
         present = containerd.image_refs(self.paths)
         for ref, archive in ((pause_ref, pause_tar), (dns_ref, dns_tar), (training_ref, training_tar)):
             if ref not in present:
                 self.progress(f"node: importing {ref}")
                 containerd.import_image(self.paths, archive)
+        steps.done("images")
         self._start_if_stopped("kubelet", bins)
+        steps.done("kubelet")
         self._start_if_stopped("kube-proxy", bins)
+        steps.done("kube-proxy")
         self._apply(kubectl, [*cluster.coredns(p, dns_ref), *cluster.bed_services(p, self.ports)])
         self._wait_dns()
-        self.progress(f"node {p.name} ready in {time.monotonic() - built:.1f}s "
-                      f"(builds and cache checks {built - started:.1f}s)")
+        steps.done("dns")
+        self.progress(f"node {p.name} ready in {steps.total():.1f}s ({steps})")
         return {"node": {"name": p.name}, "images": {"training": training_ref}}
 
     def _write_pki(self) -> None:
