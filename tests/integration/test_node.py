@@ -1,6 +1,7 @@
 """A bed with a real node, in a directory of its own: the kubelet, containerd and runc run
 real containers from the bed's images; cluster DNS, the kubernetes Service and the bed's
-PostgreSQL and S3 work from inside Pods; and ``down`` leaves nothing behind.
+PostgreSQL and S3 work from inside Pods; the PostgreSQL image keeps the official image's
+contract; and ``down`` leaves nothing behind.
 
 The tests run in file order on one bed; the last one takes it down and checks the host.
 """
@@ -112,7 +113,7 @@ def test_the_node_is_ready_and_published_in_testbed_json(node_bed, core):
     assert any(c.type == "Ready" and c.status == "True" for c in node.status.conditions)
     assert node.status.node_info.kubelet_version == "v1.35.4"
     assert node.status.node_info.container_runtime_version.startswith("containerd://1.6")
-    assert set(info["images"]) == {"training"}
+    assert set(info["images"]) == {"postgres", "training"}
     assert info["postgres"]["in_cluster"] == {"host": "postgres.trackop-testbed.svc.cluster.local", "port": 5432}
     assert info["s3"]["in_cluster_endpoint"] == "http://s3.trackop-testbed.svc.cluster.local:9000"
     # Every listener of the node on the host is on loopback.
@@ -218,6 +219,52 @@ def test_a_service_of_its_own_reaches_its_pod_through_kube_proxy(node_bed, core,
                 print("retry:", exc); time.sleep(0.5)
     """, automountServiceAccountToken=False))
     assert "hello from web" in logs
+
+
+def test_the_postgres_image_honours_the_official_entrypoint_contract(node_bed, core, ns):
+    """POSTGRES_USER, POSTGRES_PASSWORD, POSTGRES_DB, PGDATA and ``-c`` args, run as the
+    image's uid 999 with an fsGroup volume, as trackop's managed StatefulSet runs it; ready by
+    an exec probe; reached through a Service by name; ``kubectl exec`` works (the API server,
+    the kubelet, containerd's streaming server)."""
+    info = node_bed[1]
+    core.create_namespaced_secret(ns, {"metadata": {"name": "pg"}, "stringData": {"password": "s3cret-Pw"}})
+    ready = ["pg_isready", "-h", "127.0.0.1", "-p", "5433", "-U", "admin", "-d", "postgres"]
+    server = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "pg", "labels": {"app": "pg"}}, "spec": {
+        "securityContext": {"runAsUser": 999, "runAsGroup": 999, "fsGroup": 999},
+        "automountServiceAccountToken": False,
+        "containers": [{
+            "name": "postgres", "image": info["images"]["postgres"], "imagePullPolicy": "Never",
+            "command": ["docker-entrypoint.sh"],
+            "args": ["postgres", "-c", "port=5433", "-c", "max_connections=42"],
+            "env": [{"name": "POSTGRES_USER", "value": "admin"},
+                    {"name": "POSTGRES_PASSWORD", "valueFrom": {"secretKeyRef": {"name": "pg", "key": "password"}}},
+                    {"name": "POSTGRES_DB", "value": "app"},
+                    {"name": "PGDATA", "value": "/var/lib/postgresql/data/pgdata"}],
+            "ports": [{"containerPort": 5433}],
+            "readinessProbe": {"exec": {"command": ready}, "periodSeconds": 1},
+            "volumeMounts": [{"name": "data", "mountPath": "/var/lib/postgresql/data"}],
+        }],
+        "volumes": [{"name": "data", "emptyDir": {}}],
+    }}
+    core.create_namespaced_pod(ns, server)
+    core.create_namespaced_service(ns, {"metadata": {"name": "pg"}, "spec": {
+        "selector": {"app": "pg"}, "ports": [{"port": 5432, "targetPort": 5433}]}})
+    deadline = time.monotonic() + 120
+    while not any(c.type == "Ready" and c.status == "True"
+                  for c in core.read_namespaced_pod("pg", ns).status.conditions or []):
+        assert time.monotonic() < deadline, _kubectl(node_bed, "logs", "-n", ns, "pg")
+        time.sleep(0.5)
+    assert "accepting connections" in _kubectl(node_bed, "exec", "-n", ns, "pg", "--", *ready)
+    logs = _run_to_completion(node_bed, core, ns, _pod("client", info["images"]["training"], f"""
+        import psycopg
+        with psycopg.connect(host="pg.{ns}.svc.cluster.local", user="admin", password="s3cret-Pw", dbname="app",
+                             connect_timeout=10) as conn:
+            print("database", conn.execute("SELECT current_database()").fetchone()[0])
+            print("max_connections", conn.execute("SHOW max_connections").fetchone()[0])
+            print("data", conn.execute("SHOW data_directory").fetchone()[0])
+    """, automountServiceAccountToken=False))
+    assert "database app" in logs and "max_connections 42" in logs
+    assert "data /var/lib/postgresql/data/pgdata" in logs
 
 
 def test_down_leaves_no_bridge_rule_listener_mount_or_cgroup_and_puts_kernel_settings_back(node_bed):

@@ -70,3 +70,37 @@ def test_the_image_build_drops_the_hosts_pip_settings(monkeypatch):
 def test_keys_change_with_any_input():
     assert images._key("a", "b") != images._key("a", "c") != images._key("ab")
     assert images._key("a", "b") == images._key("a", "b")
+
+
+def test_postgres_image_has_the_official_uid_no_cluster_of_its_own_and_the_entrypoint(tmp_path):
+    argv = images.postgres_argv(tmp_path / "rootfs.tar", tmp_path / "entrypoint.sh")
+    assert "--include=postgresql-15" in argv
+    hooks = [arg for arg in argv if arg.startswith("--essential-hook=")]
+    assert any("postgres:x:999:999:" in hook and "/etc/passwd" in hook for hook in hooks)
+    assert any("postgres:x:999:" in hook and "/etc/group" in hook for hook in hooks)
+    assert any("create_main_cluster = false" in hook for hook in hooks)
+    assert f"--customize-hook=upload {tmp_path / 'entrypoint.sh'} /usr/local/bin/docker-entrypoint.sh" in argv
+    assert not any('"$1"/var/run' in arg for arg in argv), "an absolute link in the root leads to the host's /run"
+
+
+def test_a_directory_layer_holds_the_socket_directory_as_the_official_image_has_it(tmp_path):
+    images.directory_layer(tmp_path / "run.tar", [("run/postgresql", 0o3777, 999)])
+    with tarfile.open(tmp_path / "run.tar") as tar:
+        (member,) = tar.getmembers()
+    assert member.isdir() and (member.name, member.mode, member.uid, member.gid) == ("run/postgresql", 0o3777, 999, 999)
+
+
+def test_the_stop_signal_is_in_the_image_config():
+    config = images.image_config(["sha256:x"], entrypoint=["docker-entrypoint.sh"], cmd=["postgres"],
+                                 stop_signal="SIGINT")["config"]
+    assert config["StopSignal"] == "SIGINT" and config["Cmd"] == ["postgres"]
+    assert "StopSignal" not in images.image_config(["sha256:x"])["config"]
+
+
+def test_the_entrypoint_honours_the_official_contract():
+    script = images.postgres_entrypoint().read_text()
+    for name in ("POSTGRES_PASSWORD", "POSTGRES_USER", "POSTGRES_DB", "PGDATA", "POSTGRES_HOST_AUTH_METHOD",
+                 "POSTGRES_INITDB_ARGS"):
+        assert name in script
+    assert "listen_addresses = '*'" in script
+    assert 'set -- postgres "$@"' in script, "flags alone (-c name=value) are the server's"

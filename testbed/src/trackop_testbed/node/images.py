@@ -6,6 +6,9 @@ covers every input of the build; the reference is ``trackop.local/<name>:<key>``
 
 - ``pause``: the sandbox process (pause.c), ``gcc -static``, one file.
 - ``coredns``: the CoreDNS binary built from the Go module proxy (static, CGO off), one file.
+- ``postgres``: Debian bookworm's PostgreSQL 15 server packages with an entrypoint of the
+  official image's contract (postgres-entrypoint.sh: POSTGRES_PASSWORD, POSTGRES_USER,
+  POSTGRES_DB, PGDATA, ``-c`` args), its postgres user at uid 999, STOPSIGNAL SIGINT.
 - ``training``: Debian bookworm's python3 (``mmdebstrap --variant=minbase`` from the
   machine's own apt sources) with a virtualenv in ``/opt/venv`` holding the MLflow client
   (``mlflow-skinny``, ``psycopg[binary]``, ``boto3``) at the versions of constraints.txt,
@@ -36,6 +39,10 @@ REGISTRY = "trackop.local"
 SUITE = "bookworm"
 TRAINING_PACKAGES = ("python3", "python3-venv", "ca-certificates")
 TRAINING_REQUIREMENTS = ("mlflow-skinny", "psycopg[binary]", "boto3")
+# Debian bookworm's PostgreSQL server; the official image's uid and gid for its postgres user.
+POSTGRES_MAJOR = "15"
+POSTGRES_PACKAGES = (f"postgresql-{POSTGRES_MAJOR}",)
+POSTGRES_UID = 999
 BASE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 Progress = Callable[[str], None]
@@ -43,8 +50,10 @@ Progress = Callable[[str], None]
 
 # ---- docker-archive (pure parts) ------------------------------------------------------
 def image_config(diff_ids: list[str], *, entrypoint: list[str] | None = None, cmd: list[str] | None = None,
-                 env: list[str] | None = None, workdir: str = "/") -> dict:
+                 env: list[str] | None = None, workdir: str = "/", stop_signal: str | None = None) -> dict:
     config: dict = {"Env": env or [f"PATH={BASE_PATH}"], "WorkingDir": workdir}
+    if stop_signal:
+        config["StopSignal"] = stop_signal
     if entrypoint:
         config["Entrypoint"] = entrypoint
     if cmd:
@@ -84,6 +93,15 @@ def _add_bytes(archive: tarfile.TarFile, name: str, data: bytes, mode: int = 0o6
     info = tarfile.TarInfo(name)
     info.size, info.mode, info.mtime = len(data), mode, 0
     archive.addfile(info, io.BytesIO(data))
+
+
+def directory_layer(path: Path, directories: list[tuple[str, int, int]]) -> None:
+    """A layer of empty directories: (path in the image, mode, owner uid and gid)."""
+    with tarfile.open(path, "w", format=tarfile.PAX_FORMAT) as layer:
+        for name, mode, owner in directories:
+            info = tarfile.TarInfo(name)
+            info.type, info.mode, info.uid, info.gid, info.mtime = tarfile.DIRTYPE, mode, owner, owner, 0
+            layer.addfile(info)
 
 
 def single_file_layer(path: Path, name: str, data: bytes, mode: int = 0o755) -> None:
@@ -184,28 +202,49 @@ def build_env() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if not k.startswith("PIP_") and k not in HOST_PATH_SETTINGS}
 
 
-def mmdebstrap_argv(output: Path, requirements: Path, constraints: Path, ca_bundle: Path) -> list[str]:
-    """mmdebstrap with no mirror argument: it uses the machine's own apt sources."""
+def _mmdebstrap(packages: tuple[str, ...], hooks: list[str], output: Path) -> list[str]:
+    """mmdebstrap with no mirror argument: it uses the machine's own apt sources. (Hooks run
+    on the host with the root as ``$1``: an absolute link inside it, such as /var/run, would
+    lead out of it, so they name real paths only.)"""
     excluded = [f"--dpkgopt=path-exclude=/usr/share/{d}/*" for d in ("man", "doc", "locale", "info")]
+    return ["mmdebstrap", "--variant=minbase", "--mode=root", f"--include={','.join(packages)}", *excluded, *hooks,
+            '--customize-hook=rm -rf "$1"/tmp/* "$1"/var/lib/apt/lists/* "$1"/var/cache/apt/*', SUITE, str(output)]
+
+
+def mmdebstrap_argv(output: Path, requirements: Path, constraints: Path, ca_bundle: Path) -> list[str]:
+    """The training image's root: python3, and a virtualenv with the MLflow client."""
     pip = ("/opt/venv/bin/pip install --no-cache-dir --disable-pip-version-check --progress-bar off "
            "--cert /tmp/host-ca.crt -r /tmp/requirements.txt -c /tmp/constraints.txt")
-    return [
-        "mmdebstrap", "--variant=minbase", "--mode=root", f"--include={','.join(TRAINING_PACKAGES)}",
-        *excluded,
+    return _mmdebstrap(TRAINING_PACKAGES, [
         f"--customize-hook=copy-in {requirements} {constraints} /tmp",
         f"--customize-hook=upload {ca_bundle} /tmp/host-ca.crt",
         '--customize-hook=chroot "$1" python3 -m venv /opt/venv',
         f'--customize-hook=chroot "$1" {pip}',
-        '--customize-hook=rm -rf "$1"/tmp/* "$1"/var/lib/apt/lists/* "$1"/var/cache/apt/*',
-        SUITE, str(output),
-    ]
+    ], output)
+
+
+def postgres_argv(output: Path, entrypoint: Path) -> list[str]:
+    """The PostgreSQL image's root: Debian's server packages, the postgres user at the
+    official image's uid and gid (999) before the packages make one, no cluster of the
+    packages' own (createcluster.d), and the entrypoint."""
+    uid = POSTGRES_UID
+    return _mmdebstrap(POSTGRES_PACKAGES, [
+        f"--essential-hook=echo 'postgres:x:{uid}:{uid}:PostgreSQL administrator:/var/lib/postgresql:/bin/bash'"
+        ' >> "$1"/etc/passwd',
+        f"--essential-hook=echo 'postgres:x:{uid}:' >> \"$1\"/etc/group",
+        '--essential-hook=mkdir -p "$1"/etc/postgresql-common/createcluster.d && '
+        'echo "create_main_cluster = false" > "$1"/etc/postgresql-common/createcluster.d/trackop.conf',
+        f"--customize-hook=upload {entrypoint} /usr/local/bin/docker-entrypoint.sh",
+        '--customize-hook=chmod 755 "$1"/usr/local/bin/docker-entrypoint.sh',
+        f'--customize-hook=mkdir -p "$1"/var/lib/postgresql/data && chown {uid}:{uid} "$1"/var/lib/postgresql/data',
+    ], output)
 
 
 def ensure_training(constraints_file: Path, progress: Progress) -> tuple[str, Path]:
     constraints = constraints_file.read_text()
     requirements = training_requirements(constraints)
-    key = _key(SUITE, ",".join(TRAINING_PACKAGES), "\n".join(requirements), constraints,
-               _tool_version(["mmdebstrap", "--version"]))
+    recipe = "\0".join(mmdebstrap_argv(Path("rootfs.tar"), Path("r"), Path("c"), Path("ca")))
+    key = _key(recipe, "\n".join(requirements), constraints, _tool_version(["mmdebstrap", "--version"]))
 
     def build(staging: Path, ref: str) -> None:
         (staging / "requirements.txt").write_text("\n".join(requirements) + "\n")
@@ -220,6 +259,34 @@ def ensure_training(constraints_file: Path, progress: Progress) -> tuple[str, Pa
         _tidy(staging)
 
     return _cached("training", key, build)
+
+
+def postgres_entrypoint() -> Path:
+    return Path(__file__).with_name("postgres-entrypoint.sh")
+
+
+def ensure_postgres(progress: Progress) -> tuple[str, Path]:
+    entrypoint = postgres_entrypoint()
+    # The recipe is part of the key: its argv with placeholder paths, and the /run layer.
+    recipe = "\0".join(postgres_argv(Path("rootfs.tar"), Path("entrypoint"))) + "run/postgresql 3777"
+    key = _key(recipe, entrypoint.read_bytes(), _tool_version(["mmdebstrap", "--version"]))
+
+    def build(staging: Path, ref: str) -> None:
+        rootfs = staging / "rootfs.tar"
+        # mmdebstrap empties /run at the end: the socket directory comes in a layer of its own,
+        # as the official image has it (postgres's, mode 3777).
+        directory_layer(staging / "run.tar", [("run/postgresql", 0o3777, POSTGRES_UID)])
+        binaries._run_build(postgres_argv(rootfs, entrypoint), cwd=staging, env=build_env(),
+                            what=f"the PostgreSQL image (mmdebstrap {SUITE} + postgresql-{POSTGRES_MAJOR})",
+                            progress=progress)
+        env = [f"PATH=/usr/lib/postgresql/{POSTGRES_MAJOR}/bin:{BASE_PATH}", "LANG=C.UTF-8",
+               "PGDATA=/var/lib/postgresql/data"]
+        # SIGINT: PostgreSQL's fast shutdown, the official image's STOPSIGNAL.
+        write_docker_archive(staging / "image.tar", ref, [rootfs, staging / "run.tar"], lambda ids: image_config(
+            ids, entrypoint=["docker-entrypoint.sh"], cmd=["postgres"], env=env, stop_signal="SIGINT"))
+        _tidy(staging)
+
+    return _cached("postgres", key, build)
 
 
 def _tidy(staging: Path) -> None:

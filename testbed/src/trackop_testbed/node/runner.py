@@ -37,6 +37,8 @@ from .plan import NodePaths, NodePlan
 # Start order; ``down`` stops in reverse.
 COMPONENTS = ("kube-scheduler", "containerd", "kubelet", "kube-proxy")
 PORT_NAMES = ("kubelet", "kubelet-healthz", "kube-scheduler")
+# testbed.json's "images" (DESIGN.md); the operator and MLflow server images come next.
+PUBLISHED_IMAGES = ("postgres", "training")
 Progress = Callable[[str], None]
 
 
@@ -76,6 +78,7 @@ def prepare(progress: Progress) -> tuple[dict[str, Path], dict[str, tuple[str, P
         "pause": images.ensure_pause(progress),
         "coredns": images.ensure_coredns(bins["coredns"], progress),
         "training": images.ensure_training(binaries.hack_dir().parent / "constraints.txt", progress),
+        "postgres": images.ensure_postgres(progress),
     }
     return bins, built
 
@@ -103,8 +106,7 @@ class NodeRunner:
         """Start (or reuse) the node; return what testbed.json says of it."""
         steps = _Steps()
         bins, built_images = prepare(self.progress)
-        (pause_ref, pause_tar), (dns_ref, dns_tar), (training_ref, training_tar) = (
-            built_images["pause"], built_images["coredns"], built_images["training"])
+        pause_ref, dns_ref = built_images["pause"][0], built_images["coredns"][0]
         steps.done("builds")
         self._write_pki()
         self._write_configs(pause_ref)
@@ -122,7 +124,7 @@ class NodeRunner:
         self._start_if_stopped("containerd", bins)
         steps.done("scheduler+containerd")
         present = containerd.image_refs(self.paths)
-        for ref, archive in ((pause_ref, pause_tar), (dns_ref, dns_tar), (training_ref, training_tar)):
+        for ref, archive in built_images.values():
             if ref not in present:
                 self.progress(f"node: importing {ref}")
                 containerd.import_image(self.paths, archive)
@@ -135,7 +137,8 @@ class NodeRunner:
         self._wait_dns()
         steps.done("dns")
         self.progress(f"node {p.name} ready in {steps.total():.1f}s ({steps})")
-        return {"node": {"name": p.name}, "images": {"training": training_ref}}
+        return {"node": {"name": p.name},
+                "images": {name: built_images[name][0] for name in PUBLISHED_IMAGES}}
 
     def _write_pki(self) -> None:
         d = self.paths.pki
