@@ -266,6 +266,9 @@ class NodeRunner:
         shims = containerd.kill_shims(paths)
         if shims:
             self.progress(f"node: killed {len(shims)} leftover shim(s)")
+        left = teardown.kill_cgroup(p.cgroup_root)
+        if left:
+            self.progress(f"node: killed {left} process(es) left in the node's cgroups")
         problems = []
         teardown.unmount_all([str(paths.base)], exact=netns_files)
         teardown.remove_netns_files(netns_files)
