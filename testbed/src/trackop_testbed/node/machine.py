@@ -2,10 +2,11 @@
 holds, and the global kernel settings the nodes share (kernel.py).
 
 Several beds may run nodes on one machine at once (developers' test runs in parallel), so
-what is global is counted here, under one lock: ``/run/trackop/nodes.json`` (a tmpfs, gone
-at reboot with the interfaces and settings it describes). A bed's slot stays its own for
-as long as its directory holds a state.json (its Service range is in its etcd) or its
-network namespace exists; after that the slot is free again.
+what is global is counted here, under one lock: ``/run/trackop/nodes.json``. A bed's slot
+stays its own for as long as its directory holds a state.json (its Service range is in its
+etcd) or its network namespace exists; after that the slot is free again. A namespace
+exists while its file in /run/netns is mounted: /run is not always a tmpfs (it is not on
+this project's machines), and after a reboot the file is left unmounted.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ DEFAULT_ROOT = Path("/run/trackop")
 
 
 def _netns_exists(node_id: str) -> bool:
-    return Path(f"/run/netns/trackop-{node_id}").exists()
+    return os.path.ismount(f"/run/netns/trackop-{node_id}")
 
 
 class Registry:

@@ -58,12 +58,19 @@ def host_routes() -> list[str]:
     return prefixes
 
 
+def create_namespace(plan: NodePlan) -> None:
+    """The node's network namespace (idempotent; a file left unmounted by a reboot is replaced)."""
+    if not os.path.ismount(plan.netns_path):
+        if Path(plan.netns_path).exists():
+            Path(plan.netns_path).unlink()
+        run(["ip", "netns", "add", plan.netns])
+    run(["ip", "-n", plan.netns, "link", "set", "lo", "up"])
+
+
 def set_up(plan: NodePlan, published_ports: list[int], apiserver_port: int) -> None:
     """Idempotent: what exists already is kept."""
-    if not Path(plan.netns_path).exists():
-        run(["ip", "netns", "add", plan.netns])
+    create_namespace(plan)
     ns = ["ip", "-n", plan.netns]
-    run([*ns, "link", "set", "lo", "up"])
     if not link_exists(plan.host_if):
         run(["ip", "link", "add", plan.host_if, "type", "veth", "peer", "name", plan.node_if, "netns", plan.netns])
     _sysctl(None, f"net.ipv6.conf.{plan.host_if}.disable_ipv6", "1")
@@ -163,6 +170,7 @@ def tear_down(plan: NodePlan) -> list[str]:
         time.sleep(0.1)
     if Path(plan.netns_path).exists():
         run(["ip", "netns", "del", plan.netns], check=False)
+        Path(plan.netns_path).unlink(missing_ok=True)
     for _ in range(50):  # the kernel frees a namespace's interfaces shortly after its last user
         if not link_exists(plan.host_if):
             break

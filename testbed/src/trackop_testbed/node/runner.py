@@ -112,9 +112,11 @@ class NodeRunner:
         self._write_configs(pause_ref)
         p = self.plan
         absent = [path for path in teardown.SHARED_HOST_PATHS if not Path(path).exists()]
+        # The namespace first: it is what shows the other beds this node exists (machine.py).
+        network.create_namespace(p)
+        changed = kernel.hold(self.registry, p.id, absent)
         network.set_up(p, [self.ports["kube-apiserver"], self.ports["postgres"], self.ports["s3"]],
                        self.ports["kube-apiserver"])
-        changed = kernel.hold(self.registry, p.id, absent)
         if changed:
             self.progress(f"node: kernel settings for the kubelet (put back at down): "
                           f"{', '.join(f'{k}={v}' for k, v in changed.items())}")
