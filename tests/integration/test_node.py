@@ -22,7 +22,7 @@ import pytest
 from kubernetes import client, config
 
 from trackop_testbed import bed as bedlib
-from trackop_testbed.node import kernel, network, teardown
+from trackop_testbed.node import kernel, network, rules, teardown
 from trackop_testbed.node.containerd import shim_pids
 from trackop_testbed.node.machine import Registry
 from trackop_testbed.node.plan import NodePaths, NodePlan
@@ -265,6 +265,34 @@ def test_the_postgres_image_honours_the_official_entrypoint_contract(node_bed, c
     """, automountServiceAccountToken=False))
     assert "database app" in logs and "max_connections 42" in logs
     assert "data /var/lib/postgresql/data/pgdata" in logs
+
+
+def test_a_second_bed_with_a_node_comes_and_goes_beside_this_one_without_touching_it(node_bed, core, ns):
+    """Developers' test runs share the machine: another bed's node gets its own slot, and its
+    down removes its own rules only, keeps the kernel settings this node needs, and leaves
+    this node's Pods, Services and DNS working."""
+    bed, info, _ = node_bed
+    mine = NodePlan.from_json(bed.load_state().node)
+    my_rules = sorted(rules.tagged_rules(network.saved_rules(), mine))
+    other_dir = Path(tempfile.mkdtemp(prefix="trackop-node-other-", dir="/tmp"))
+    other = bedlib.Testbed(other_dir, progress=_progress, node=True)
+    try:
+        other.up()
+        theirs = NodePlan.from_json(other.load_state().node)
+        assert theirs.slot != mine.slot and theirs.id != mine.id
+        assert rules.tagged_rules(network.saved_rules(), theirs)
+    finally:
+        other.down()
+        shutil.rmtree(other_dir, ignore_errors=True)
+    assert sorted(rules.tagged_rules(network.saved_rules(), mine)) == my_rules
+    assert not rules.tagged_rules(network.saved_rules(), theirs)
+    assert {key: kernel.read(key) for key in kernel.KUBELET_WANTS} == kernel.KUBELET_WANTS, "this node still runs"
+    service = core.create_namespaced_service(ns, {"metadata": {"name": "still"}, "spec": {"ports": [{"port": 80}]}})
+    logs = _run_to_completion(node_bed, core, ns, _pod("after", info["images"]["training"], f"""
+        import socket
+        print("still", socket.gethostbyname("still.{ns}.svc.cluster.local"))
+    """, automountServiceAccountToken=False))
+    assert f"still {service.spec.cluster_ip}" in logs
 
 
 def test_down_leaves_no_bridge_rule_listener_mount_or_cgroup_and_puts_kernel_settings_back(node_bed):
