@@ -80,7 +80,8 @@ def trackop_bin() -> str:
 
 def bed_up(directory: Path) -> dict:
     started = time.perf_counter()
-    out = subprocess.run([trackop_bin(), "testbed", "up", "--dir", str(directory)], check=True,
+    # --no-node: the benchmarks run their Pods on the stand-in kubelet (LocalKubelet) for now.
+    out = subprocess.run([trackop_bin(), "testbed", "up", "--dir", str(directory), "--no-node"], check=True,
                          stdout=subprocess.PIPE, text=True).stdout
     info_path = Path(json.loads(out.strip().splitlines()[-1])["testbed"])
     print(f"bed up in {time.perf_counter() - started:.1f} s: {info_path}", flush=True)

@@ -31,6 +31,23 @@ if ! ls /usr/lib/*/libnss_wrapper.so >/dev/null 2>&1 && [ ! -e /usr/lib/libnss_w
   as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libnss-wrapper >/dev/null
 fi
 
+# The test bed's real node (testbed/src/trackop_testbed/node): containerd, runc and the CNI
+# plugins run it; iptables and conntrack are kube-proxy's; mmdebstrap, gcc and libc6-dev build
+# its images (umoci and skopeo are there for the OCI images to come). None starts a service.
+node_pkgs=()
+for pair in /usr/bin/containerd:containerd /usr/sbin/runc:runc /usr/sbin/iptables:iptables \
+            /usr/sbin/conntrack:conntrack /usr/bin/mmdebstrap:mmdebstrap /usr/bin/umoci:umoci \
+            /usr/bin/skopeo:skopeo /usr/bin/gcc:gcc; do
+  [ -x "${pair%%:*}" ] || node_pkgs+=("${pair#*:}")
+done
+[ -x /usr/lib/cni/bridge ] || node_pkgs+=(containernetworking-plugins)
+[ -e /usr/lib/x86_64-linux-gnu/libc.a ] || node_pkgs+=(libc6-dev)
+if [ ${#node_pkgs[@]} -gt 0 ]; then
+  echo "setup: installing the test bed node's packages from Debian's: ${node_pkgs[*]}" >&2
+  as_root apt-get update -qq
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${node_pkgs[@]}" >/dev/null
+fi
+
 # Go builds the control plane and MinIO (Go >= 1.25: k8s.io/kubernetes v1.35 needs it).
 if ! command -v go >/dev/null; then
   echo "setup: Go >= 1.25 is needed to build the test bed's control plane; install it first" >&2
@@ -64,3 +81,13 @@ fi
 
 # The Go-built binaries (a no-op once cached).
 .venv/bin/python -c 'from trackop_testbed import binaries; binaries.ensure_all()'
+# The node's binaries and images, where the node can run (root, iptables); a no-op once cached.
+.venv/bin/python - <<'PY'
+import sys
+from trackop_testbed.node import availability, runner
+reason = availability.unavailable_reason()
+if reason:
+    print(f"setup: the test bed's node cannot run here ({reason}); not building it", file=sys.stderr)
+else:
+    runner.prepare(lambda message: print(message, file=sys.stderr, flush=True))
+PY

@@ -1,7 +1,8 @@
 """Session-scoped fixtures on the real local test bed.
 
 The bed (etcd, kube-apiserver, kube-controller-manager, PostgreSQL, MinIO) starts once
-per session in a fresh directory under /tmp and stops at the end. Variables:
+per session in a fresh directory under /tmp and stops at the end, without a node (see
+``testbed``). Variables:
 - ``TRACKOP_TESTBED_DIR``: use (and leave running) the bed in that directory.
 - ``TRACKOP_KUBECONFIG``: use that cluster (kind, or any kubeconfig) for the Kubernetes
   part; PostgreSQL and MinIO still run locally.
@@ -36,12 +37,15 @@ def _progress(message: str) -> None:
 def testbed() -> Testbed:
     existing = os.environ.get("TRACKOP_TESTBED_DIR")
     if existing:
-        bed = Testbed(existing, progress=_progress)
+        bed = Testbed(existing, progress=_progress, node=False)
         bed.up()
         yield bed
         return
     directory = Path(tempfile.mkdtemp(prefix="trackop-bed-", dir="/tmp"))
-    bed = Testbed(directory, progress=_progress)
+    # No real node on the session bed yet: its tests run Pods on the stand-in kubelet
+    # (LocalKubelet), which a real kubelet and scheduler would race for the same Pods.
+    # tests/integration/test_node.py starts a bed with a node of its own.
+    bed = Testbed(directory, progress=_progress, node=False)
     try:
         bed.up()
         yield bed

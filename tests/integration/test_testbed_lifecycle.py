@@ -1,4 +1,5 @@
-"""``trackop testbed up`` / ``down`` through the real CLI, on a second bed of its own."""
+"""``trackop testbed up`` / ``down`` through the real CLI, on a second bed of its own (without a
+node: tests/integration/test_node.py starts one)."""
 
 from __future__ import annotations
 
@@ -27,7 +28,7 @@ def test_up_reuses_a_running_bed_and_down_leaves_nothing(testbed):
     # ``testbed`` first: the session bed has built (or found) the binaries this one reuses.
     directory = Path(tempfile.mkdtemp(prefix="trackop-cli-", dir="/tmp"))
     try:
-        first = subprocess.run([*TRACKOP, "testbed", "up", "--dir", str(directory)],
+        first = subprocess.run([*TRACKOP, "testbed", "up", "--dir", str(directory), "--no-node"],
                                capture_output=True, text=True, timeout=300)
         assert first.returncode == 0, first.stderr
         info = json.loads((directory / "testbed.json").read_text())
@@ -43,7 +44,7 @@ def test_up_reuses_a_running_bed_and_down_leaves_nothing(testbed):
         assert set(before) == {"postgres", "s3", "gcs", "azure", "etcd", "kube-apiserver", "kube-controller-manager"}
         assert all(is_alive(r) for r in before.values())
 
-        again = subprocess.run([*TRACKOP, "testbed", "up", "--dir", str(directory)],
+        again = subprocess.run([*TRACKOP, "testbed", "up", "--dir", str(directory), "--no-node"],
                                capture_output=True, text=True, timeout=120)
         assert again.returncode == 0, again.stderr
         assert _records(directory) == before, "a running bed is reused, not restarted"

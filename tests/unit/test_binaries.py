@@ -1,5 +1,7 @@
 from pathlib import Path
 
+import pytest
+
 from trackop_testbed import binaries
 
 
@@ -53,3 +55,39 @@ def test_helm_is_keyed_by_its_ldflags(monkeypatch, tmp_path):
     assert built[0][built[0].index("-ldflags") + 1] == binaries._helm_ldflags()
     monkeypatch.setattr(binaries, "HELM_K8S_MINOR", "99")
     assert binaries.ensure_helm(lambda message: None) != first  # other stamps, another build
+
+
+def test_each_hack_set_is_keyed_by_its_own_mains(monkeypatch, tmp_path):
+    hack = tmp_path / "hack"
+    for name in (*binaries.CONTROL_PLANE, *binaries.NODE):
+        (hack / "cmd" / name).mkdir(parents=True)
+        (hack / "cmd" / name / "main.go").write_text(f"package main // {name}\n")
+    (hack / "go.mod").write_text("module x\n")
+    (hack / "go.sum").write_text("")
+    monkeypatch.setenv("TRACKOP_HACK_DIR", str(hack))
+    monkeypatch.setattr(binaries, "_go_version", lambda: "go1.25.0")
+    control_plane, node = binaries._hack_key(binaries.CONTROL_PLANE), binaries._hack_key(binaries.NODE)
+    assert control_plane != node
+    (hack / "cmd" / "kubelet" / "main.go").write_text("package main // changed\n")
+    assert binaries._hack_key(binaries.CONTROL_PLANE) == control_plane, "a node main does not rebuild the control plane"
+    assert binaries._hack_key(binaries.NODE) != node
+    (hack / "go.sum").write_text("changed")
+    assert binaries._hack_key(binaries.CONTROL_PLANE) != control_plane
+
+
+def test_the_node_set_is_kubelet_kube_proxy_and_kube_scheduler_from_hack():
+    for name in binaries.NODE:
+        assert (binaries.hack_dir() / "cmd" / name / "main.go").is_file()
+    go_mod = (binaries.hack_dir() / "go.mod").read_text()
+    # `go mod tidy` for the node's mains adds these (indirect only; no version moves).
+    assert "github.com/armon/circbuf" in go_mod and "sigs.k8s.io/knftables" in go_mod
+
+
+def test_prebuilt_node_binaries_are_taken_from_their_directory(monkeypatch, tmp_path):
+    for name in (*binaries.NODE, "coredns"):
+        (tmp_path / name).write_text("")
+    monkeypatch.setenv("TRACKOP_NODE_BIN_DIR", str(tmp_path))
+    assert binaries.ensure_node(lambda message: None) == {name: tmp_path / name for name in (*binaries.NODE, "coredns")}
+    (tmp_path / "coredns").unlink()
+    with pytest.raises(FileNotFoundError, match="coredns"):
+        binaries.ensure_node(lambda message: None)

@@ -8,6 +8,10 @@ restarts only what has stopped; ``down`` stops exactly the recorded processes.
 
 ``TRACKOP_KUBECONFIG`` swaps the Kubernetes part for an existing cluster (kind, or any
 kubeconfig): then only PostgreSQL and the object stores are started here.
+
+A real node (node/: kube-scheduler, containerd, the kubelet, kube-proxy, CoreDNS) starts
+after the control plane where the machine allows it (``node=`` or ``TRACKOP_TESTBED_NODE``
+say otherwise); bed_node.py is the glue.
 """
 
 from __future__ import annotations
@@ -22,16 +26,14 @@ import signal
 import ssl
 import time
 import urllib.error
-import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
-
 from trackop import pki
 
-from . import binaries, postgres_server
+from . import bed_node, binaries, loopback, postgres_server
+from .pki import kubeconfig as _kubeconfig
 from .pki import make_service_account_key, write_private
 from .procs import ProcessRecord, free_ports, is_alive, is_listening, spawn, stop, tail, wait_bindable, wait_until
 
@@ -67,6 +69,10 @@ class BedState:
     # written before the Azure part existed, filled in by ``up``.
     azure_account: str = ""
     azure_key: str = ""
+    # The node's plan (node.plan.NodePlan), chosen when the bed is made; None: no node.
+    node: dict | None = None
+    # The Service range: the node's own (unique on the machine) or the shared default.
+    service_cidr: str = SERVICE_CIDR
 
     def to_json(self) -> dict:
         data = dict(self.__dict__)
@@ -83,9 +89,12 @@ class BedState:
 class Testbed:
     """One bed in one directory. Safe to construct for a bed another process started."""
 
-    def __init__(self, directory: Path | str, progress: Progress = _quiet) -> None:
+    def __init__(self, directory: Path | str, progress: Progress = _quiet, node: bool | None = None) -> None:
+        """``node``: True, a real node or an error saying why not; False, none; None
+        (default): ``TRACKOP_TESTBED_NODE`` (0 or 1), else a node where the machine allows."""
         self.dir = Path(directory).resolve()
         self.progress = progress
+        self.node_mode = bed_node.mode(node)
 
     # ---- paths -------------------------------------------------------------------------
     @property
@@ -123,7 +132,7 @@ class Testbed:
         """The contents of testbed.json: how clients reach the bed."""
         return json.loads(self.info_path.read_text())
 
-    def _write_info(self, state: BedState) -> None:
+    def _write_info(self, state: BedState, node_info: dict | None = None) -> None:
         info = {
             "kubeconfig": str(self.kubeconfig),
             "postgres": {
@@ -149,6 +158,8 @@ class Testbed:
                 "connection_string": _azure_connection_string(state),
             },
         }
+        if node_info:
+            bed_node.add_to_info(info, node_info)
         write_private(self.info_path, json.dumps(info, indent=2).encode())
 
     def _components(self, state: BedState) -> tuple[str, ...]:
@@ -187,9 +198,11 @@ class Testbed:
                 self._save_state(state)
         for name in wanted:
             self._wait_ready(name, state)
+        node_info = None
         if kube:
             self._wait_default_service_account()
-        self._write_info(state)
+            node_info = bed_node.up(self, state, bins["kubectl"])
+        self._write_info(state, node_info)
         self.progress(f"test bed ready in {time.monotonic() - started:.1f}s: {self.info_path}")
         return self.info()
 
@@ -198,6 +211,7 @@ class Testbed:
         state = self.load_state()
         if state is None:
             return
+        node_error = bed_node.down(self, state)
         for name in reversed(COMPONENTS):
             record = state.processes.pop(name, None)
             if record is not None:
@@ -206,6 +220,8 @@ class Testbed:
         still = [f"{n}:{p}" for n, p in state.ports.items() if is_listening(p)]
         if still:
             raise RuntimeError(f"ports still listening after down: {', '.join(still)}")
+        if node_error:
+            raise node_error
 
     def stop_component(self, name: str, sig: int | None = None) -> None:
         """Stop one part (for fault tests: a PostgreSQL or API server outage), with its own
@@ -225,6 +241,9 @@ class Testbed:
     def start_component(self, name: str) -> None:
         """Start one stopped part again on its old port and data, and wait until it is ready."""
         state = self._require_state()
+        if name in bed_node.COMPONENTS:
+            bed_node.start_component(self, state, name)
+            return
         record = state.processes.get(name)
         if record is None or not is_alive(record):
             for port_name in (name, f"{name}-peer"):
@@ -253,6 +272,8 @@ class Testbed:
             s3_secret_key=secrets.token_urlsafe(30),
             external_kubeconfig=str(Path(external).resolve()) if external else None,
         )
+        if not external:
+            bed_node.plan_new(self, state)
         _complete_state(state)
         return state
 
@@ -265,17 +286,23 @@ class Testbed:
             ca, "kube-apiserver", server=True,
             dns_names=("localhost", "kubernetes", "kubernetes.default", "kubernetes.default.svc",
                        "kubernetes.default.svc.cluster.local"),
-            ip_addresses=("127.0.0.1", "10.0.0.1"),
+            ip_addresses=("127.0.0.1", bed_node.kubernetes_ip(state), *bed_node.extra_apiserver_ips(state)),
         )
         admin = pki.issue(ca, "trackop-admin", organizations=("system:masters",), client=True)
         kcm = pki.issue(ca, "system:kube-controller-manager", client=True)
         sa_private, sa_public = make_service_account_key()
-        for name, data in {
+        files = {
             "ca.crt": ca.cert_pem, "ca.key": ca.key_pem,
             "apiserver.crt": serving.cert_pem, "apiserver.key": serving.key_pem,
             "admin.crt": admin.cert_pem, "admin.key": admin.key_pem,
             "sa.key": sa_private, "sa.pub": sa_public,
-        }.items():
+        }
+        if state.node:
+            # The API server's client certificate for the kubelet (logs, exec, port-forward).
+            kubelet_client = pki.issue(ca, "kube-apiserver-kubelet-client", client=True)
+            files.update({"apiserver-kubelet-client.crt": kubelet_client.cert_pem,
+                          "apiserver-kubelet-client.key": kubelet_client.key_pem})
+        for name, data in files.items():
             write_private(d / name, data)
         server = f"https://127.0.0.1:{state.ports['kube-apiserver']}"
         write_private(self.dir / "kube-controller-manager.kubeconfig",
@@ -297,6 +324,8 @@ class Testbed:
                 postgres_server.check_reachable(self.dir, user)
             if not (data / "PG_VERSION").exists():
                 postgres_server.initdb(bindir, data, PG_SUPERUSER, state.pg_password, user)
+            for cidr in bed_node.client_networks(state):
+                postgres_server.allow_network(data, cidr)
             if user is not None:
                 # The server (running as ``user``) appends to its own log.
                 log.parent.mkdir(parents=True, exist_ok=True)
@@ -359,9 +388,9 @@ class Testbed:
                 f"--tls-cert-file={d / 'apiserver.crt'}",
                 f"--tls-private-key-file={d / 'apiserver.key'}",
                 f"--client-ca-file={d / 'ca.crt'}",
-                f"--service-cluster-ip-range={SERVICE_CIDR}",
+                f"--service-cluster-ip-range={state.service_cidr}",
                 "--allow-privileged=true",
-                "--authorization-mode=RBAC",
+                *bed_node.apiserver_flags(state, d),
                 "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
                 f"--service-account-key-file={d / 'sa.pub'}",
                 f"--service-account-signing-key-file={d / 'sa.key'}",
@@ -384,7 +413,7 @@ class Testbed:
                 f"--cluster-signing-cert-file={d / 'ca.crt'}",
                 f"--cluster-signing-key-file={d / 'ca.key'}",
                 "--use-service-account-credentials=true",
-                f"--service-cluster-ip-range={SERVICE_CIDR}",
+                f"--service-cluster-ip-range={state.service_cidr}",
                 "--controllers=*",
                 "--v=0",
             ]
@@ -416,9 +445,7 @@ class Testbed:
                    log_path=self.log_path(name))
 
     def _admin_tls(self) -> ssl.SSLContext:
-        ctx = ssl.create_default_context(cafile=str(self.pki_dir / "ca.crt"))
-        ctx.load_cert_chain(str(self.pki_dir / "admin.crt"), str(self.pki_dir / "admin.key"))
-        return ctx
+        return loopback.client_tls(self.pki_dir)
 
     def _wait_default_service_account(self) -> None:
         """Pods need their namespace's ``default`` ServiceAccount, which KCM creates."""
@@ -438,7 +465,7 @@ def _complete_state(state: BedState) -> None:
     A new port is one that is free now and not recorded for another part of this bed
     (a stopped part's port is free, yet still its own).
     """
-    missing = [name for name in PORT_NAMES if name not in state.ports]
+    missing = [name for name in (*PORT_NAMES, *bed_node.port_names(state)) if name not in state.ports]
     if missing:
         taken = set(state.ports.values())
         fresh = [port for port in free_ports(len(missing) + len(taken)) if port not in taken]
@@ -479,48 +506,8 @@ def _link(link: Path, target: Path) -> None:
     link.symlink_to(target)
 
 
-def _base_env() -> dict[str, str]:
-    # No proxy settings or credentials from the caller's environment leak into the servers.
-    keep = ("PATH", "HOME", "LANG", "LC_ALL", "TZ", "TMPDIR")
-    return {k: os.environ[k] for k in keep if k in os.environ}
-
-
-def _kubeconfig(server: str, ca_pem: bytes, client: pki.KeyPair, user: str) -> bytes:
-    b64 = lambda data: base64.b64encode(data).decode()  # noqa: E731
-    config = {
-        "apiVersion": "v1",
-        "kind": "Config",
-        "clusters": [{"name": "trackop-testbed",
-                      "cluster": {"server": server, "certificate-authority-data": b64(ca_pem)}}],
-        "users": [{"name": user, "user": {"client-certificate-data": b64(client.cert_pem),
-                                          "client-key-data": b64(client.key_pem)}}],
-        "contexts": [{"name": "trackop-testbed", "context": {"cluster": "trackop-testbed", "user": user}}],
-        "current-context": "trackop-testbed",
-    }
-    return yaml.safe_dump(config).encode()
-
-
-def _insecure_tls() -> ssl.SSLContext:
-    # KCM serves /healthz with a self-signed certificate it makes itself at start.
-    ctx = ssl.create_default_context()
-    ctx.check_hostname = False
-    ctx.verify_mode = ssl.CERT_NONE
-    return ctx
-
-
-def _open(url: str, context: ssl.SSLContext | None = None):
-    # Loopback only: never through a proxy named in the environment.
-    opener = urllib.request.build_opener(
-        urllib.request.ProxyHandler({}), urllib.request.HTTPSHandler(context=context)
-    )
-    return opener.open(url, timeout=2)
-
-
-def _http_get(url: str, context: ssl.SSLContext | None = None) -> bytes:
-    with _open(url, context) as response:
-        return response.read().strip()
-
-
-def _http_ok(url: str) -> bool:
-    with _open(url) as response:
-        return response.status == 200
+_base_env = loopback.base_env
+_insecure_tls = loopback.insecure_tls
+_open = loopback.open_url
+_http_get = loopback.http_get
+_http_ok = loopback.http_ok

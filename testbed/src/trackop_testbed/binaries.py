@@ -26,6 +26,13 @@ from pathlib import Path
 
 K8S_VERSION = "v1.35.4"
 CONTROL_PLANE = ("etcd", "kube-apiserver", "kube-controller-manager", "kubectl")
+# The node's programs, built by the same hack/ module as a second set (node/ runs them).
+NODE = ("kubelet", "kube-proxy", "kube-scheduler")
+# Cluster DNS for the node. v1.14.7 builds with Go 1.25 and client-go v0.35.4, the bed's
+# Kubernetes minor (v1.15 wants Go 1.26 and client-go v0.37); its go.mod has no replace
+# directives, so `go install` builds it in its own module graph.
+COREDNS_MODULE = "github.com/coredns/coredns"
+COREDNS_VERSION = "v1.14.7"
 MINIO_MODULE = "github.com/minio/minio"
 # MinIO publishes no semver tags; this is its last commit on the module proxy.
 MINIO_VERSION = "v0.0.0-20260212201848-7aac2a2c5b7c"
@@ -100,10 +107,13 @@ def _go_version() -> str:
     ).stdout.strip()
 
 
-def _control_plane_key() -> str:
+def _hack_key(commands: tuple[str, ...]) -> str:
+    """The build key of a set of hack/ programs: the version, Go, hack/'s go.mod and go.sum,
+    and those programs' own mains (another set's mains do not rebuild this one)."""
     digest = hashlib.sha256(K8S_VERSION.encode() + _go_version().encode())
     root = hack_dir()
-    for path in sorted([root / "go.mod", root / "go.sum", *root.glob("cmd/*/*.go")]):
+    mains = [path for command in commands for path in (root / "cmd" / command).glob("*.go")]
+    for path in sorted([root / "go.mod", root / "go.sum", *mains]):
         digest.update(str(path.relative_to(root)).encode())
         digest.update(path.read_bytes())
     return digest.hexdigest()[:12]
@@ -179,7 +189,20 @@ def _run_build(argv: list[str], cwd: Path | None, env: dict[str, str], what: str
 
 
 def control_plane_dir() -> Path:
-    return cache_root() / "bin" / f"k8s-{K8S_VERSION}-{_control_plane_key()}"
+    return cache_root() / "bin" / f"k8s-{K8S_VERSION}-{_hack_key(CONTROL_PLANE)}"
+
+
+def node_dir() -> Path:
+    return cache_root() / "bin" / f"k8s-node-{K8S_VERSION}-{_hack_key(NODE)}"
+
+
+def _build_hack_set(target: Path, commands: tuple[str, ...], what: str, progress: Progress) -> dict[str, Path]:
+    found = {name: target / name for name in commands}
+    _fill_once(target, lambda: all(p.is_file() for p in found.values()), lambda staging: _run_build(
+        ["go", "build", "-trimpath", "-ldflags", _version_ldflags(K8S_VERSION), "-o", str(staging) + "/",
+         *[f"./cmd/{name}" for name in commands]],
+        cwd=hack_dir(), env=_go_env(), what=f"{what} ({', '.join(commands)})", progress=progress))
+    return found
 
 
 def ensure_control_plane(progress: Progress = _stderr) -> dict[str, Path]:
@@ -190,13 +213,27 @@ def ensure_control_plane(progress: Progress = _stderr) -> dict[str, Path]:
         if missing:
             raise FileNotFoundError(f"TRACKOP_BIN_DIR lacks: {', '.join(missing)}")
         return found
-    target = control_plane_dir()
-    found = {name: target / name for name in CONTROL_PLANE}
-    _fill_once(target, lambda: all(p.is_file() for p in found.values()), lambda staging: _run_build(
-        ["go", "build", "-trimpath", "-ldflags", _version_ldflags(K8S_VERSION), "-o", str(staging) + "/", "./cmd/..."],
-        cwd=hack_dir(), env=_go_env(),
-        what=f"Kubernetes {K8S_VERSION} control plane ({', '.join(CONTROL_PLANE)})", progress=progress))
+    return _build_hack_set(control_plane_dir(), CONTROL_PLANE, f"Kubernetes {K8S_VERSION} control plane", progress)
+
+
+def ensure_node(progress: Progress = _stderr) -> dict[str, Path]:
+    """Paths of kubelet, kube-proxy, kube-scheduler and CoreDNS, built if missing
+    (``$TRACKOP_NODE_BIN_DIR`` names a directory of prebuilt ones)."""
+    if os.environ.get("TRACKOP_NODE_BIN_DIR"):
+        found = {name: Path(os.environ["TRACKOP_NODE_BIN_DIR"]) / name for name in (*NODE, "coredns")}
+        missing = [str(p) for p in found.values() if not p.is_file()]
+        if missing:
+            raise FileNotFoundError(f"TRACKOP_NODE_BIN_DIR lacks: {', '.join(missing)}")
+        return found
+    found = _build_hack_set(node_dir(), NODE, f"Kubernetes {K8S_VERSION} node", progress)
+    found["coredns"] = ensure_coredns(progress)
     return found
+
+
+def ensure_coredns(progress: Progress = _stderr) -> Path:
+    """Path of CoreDNS, built with ``go install`` if missing."""
+    return _go_install(COREDNS_MODULE, COREDNS_VERSION, "coredns", "TRACKOP_COREDNS",
+                       f"{COREDNS_MODULE}@{COREDNS_VERSION}", progress)
 
 
 def _go_install(module: str, version: str, binary_name: str, override_env: str, key_material: str,

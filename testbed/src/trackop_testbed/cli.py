@@ -19,7 +19,7 @@ def _progress(message: str) -> None:
 
 
 def _testbed_up(args: argparse.Namespace) -> int:
-    info = Testbed(args.dir, progress=_progress).up()
+    info = Testbed(args.dir, progress=_progress, node=args.node).up()
     print(json.dumps({"testbed": str(Path(args.dir).resolve() / "testbed.json"),
                       "kubeconfig": info["kubeconfig"]}))
     return 0
@@ -38,10 +38,13 @@ def _dev(args: argparse.Namespace) -> int:
 
 def register_testbed(commands: argparse._SubParsersAction) -> None:
     """``trackop testbed up|down --dir DIR``."""
-    testbed = commands.add_parser("testbed", help="the local test bed (control plane, PostgreSQL, S3)")
+    testbed = commands.add_parser("testbed", help="the local test bed (control plane, node, PostgreSQL, S3)")
     bed_commands = testbed.add_subparsers(dest="action", required=True)
     up = bed_commands.add_parser("up", help="start the bed in the background (reuses a running one)")
     up.add_argument("--dir", required=True, type=Path)
+    up.add_argument("--node", action=argparse.BooleanOptionalAction, default=None,
+                    help="a real node (kubelet, containerd, kube-proxy, CoreDNS); default: where the machine "
+                         "allows it, unless TRACKOP_TESTBED_NODE=0")
     up.set_defaults(func=_testbed_up)
     down = bed_commands.add_parser("down", help="stop exactly what 'up' started")
     down.add_argument("--dir", required=True, type=Path)

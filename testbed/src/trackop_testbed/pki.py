@@ -1,15 +1,18 @@
 """Keys and files of the local control plane that the CA primitives (:mod:`trackop.pki`)
-do not cover: the service-account signing key, and files readable by this user only."""
+do not cover: the service-account signing key, kubeconfigs with embedded client
+certificates, and files readable by this user only."""
 
 from __future__ import annotations
 
+import base64
 import os
 from pathlib import Path
 
+import yaml
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from trackop.pki import key_pem
+from trackop.pki import KeyPair, key_pem
 
 
 def make_service_account_key() -> tuple[bytes, bytes]:
@@ -28,3 +31,19 @@ def write_private(path: Path, data: bytes) -> Path:
     with os.fdopen(fd, "wb") as handle:
         handle.write(data)
     return path
+
+
+def kubeconfig(server: str, ca_pem: bytes, client: KeyPair, user: str) -> bytes:
+    """A kubeconfig for ``server`` with the CA and the client's certificate and key embedded."""
+    b64 = lambda data: base64.b64encode(data).decode()  # noqa: E731
+    config = {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [{"name": "trackop-testbed",
+                      "cluster": {"server": server, "certificate-authority-data": b64(ca_pem)}}],
+        "users": [{"name": user, "user": {"client-certificate-data": b64(client.cert_pem),
+                                          "client-key-data": b64(client.key_pem)}}],
+        "contexts": [{"name": "trackop-testbed", "context": {"cluster": "trackop-testbed", "user": user}}],
+        "current-context": "trackop-testbed",
+    }
+    return yaml.safe_dump(config).encode()

@@ -123,3 +123,13 @@ def is_ready(port: int, user: str, password: str) -> bool:
         host="127.0.0.1", port=port, user=user, password=password, dbname="postgres", connect_timeout=2
     ) as conn:
         return conn.execute("SELECT 1").fetchone() == (1,)
+
+
+def allow_network(data_dir: Path, cidr: str) -> None:
+    """Password logins from ``cidr`` too (the node's Pods, whose connections the bed DNATs
+    to the loopback listener with their own source address)."""
+    hba = data_dir / "pg_hba.conf"
+    line = f"host    all             all             {cidr:<23} scram-sha-256\n"
+    if line not in hba.read_text():
+        with open(hba, "a") as handle:
+            handle.write(line)

@@ -179,7 +179,9 @@ def _stop(proc: subprocess.Popen | None) -> None:
 
 
 def run(directory: Path, exit_after: bool, progress: Callable[[str], None]) -> int:
-    bed = Testbed(directory, progress=progress)
+    # No real node yet: the quickstart's Pod runs on the stand-in kubelet (kubelet.py), which a
+    # real kubelet would race for the same Pod.
+    bed = Testbed(directory, progress=progress, node=False)
     info = bed.up()
     operator: subprocess.Popen | None = None
     ui: subprocess.Popen | None = None
