@@ -303,6 +303,8 @@ def test_down_leaves_no_bridge_rule_listener_mount_or_cgroup_and_puts_kernel_set
     paths = NodePaths(bed.dir)
     others = [h for h in json.loads((Registry().root / "nodes.json").read_text())["kernel"]["holders"]
               if h != plan.id]
+    crashed = [name for name, record in state.processes.items() if not is_alive(record)]
+    assert not crashed, f"parts of the bed died during the tests: {crashed}"
     bed.down()
 
     assert not any(is_alive(r) for r in state.processes.values())
