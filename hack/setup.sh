@@ -32,12 +32,13 @@ if ! ls /usr/lib/*/libnss_wrapper.so >/dev/null 2>&1 && [ ! -e /usr/lib/libnss_w
 fi
 
 # The test bed's real node (testbed/src/trackop_testbed/node): containerd, runc and the CNI
-# plugins run it; iptables and conntrack are kube-proxy's; mmdebstrap, gcc and libc6-dev build
-# its images (umoci and skopeo are there for the OCI images to come). None starts a service.
+# plugins run it; iptables and conntrack are kube-proxy's (nft removes the empty tables
+# iptables leaves); mmdebstrap, gcc and libc6-dev build its images (umoci and skopeo are
+# there for the OCI images to come). None starts a service.
 node_pkgs=()
 for pair in /usr/bin/containerd:containerd /usr/sbin/runc:runc /usr/sbin/iptables:iptables \
             /usr/sbin/conntrack:conntrack /usr/bin/mmdebstrap:mmdebstrap /usr/bin/umoci:umoci \
-            /usr/bin/skopeo:skopeo /usr/bin/gcc:gcc; do
+            /usr/bin/skopeo:skopeo /usr/bin/gcc:gcc /usr/sbin/nft:nftables; do
   [ -x "${pair%%:*}" ] || node_pkgs+=("${pair#*:}")
 done
 [ -x /usr/lib/cni/bridge ] || node_pkgs+=(containernetworking-plugins)

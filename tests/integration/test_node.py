@@ -42,6 +42,7 @@ def _progress(message: str) -> None:
 @pytest.fixture(scope="module")
 def node_bed():
     before = {key: kernel.read(key) for key in SETTINGS}
+    before["nftables tables absent"] = network.absent_tables()
     directory = Path(tempfile.mkdtemp(prefix="trackop-node-", dir="/tmp"))
     bed = bedlib.Testbed(directory, progress=_progress, node=True)
     try:
@@ -302,6 +303,8 @@ def test_down_leaves_no_bridge_rule_listener_mount_or_cgroup_and_puts_kernel_set
     paths = NodePaths(bed.dir)
     others = [h for h in json.loads((Registry().root / "nodes.json").read_text())["kernel"]["holders"]
               if h != plan.id]
+    crashed = [name for name, record in state.processes.items() if not is_alive(record)]
+    assert not crashed, f"parts of the bed died during the tests: {crashed}"
     bed.down()
 
     assert not any(is_alive(r) for r in state.processes.values())
@@ -319,7 +322,8 @@ def test_down_leaves_no_bridge_rule_listener_mount_or_cgroup_and_puts_kernel_set
         assert not (hierarchy / plan.cgroup_root.lstrip("/")).exists()
     assert not shim_pids(paths)
     after = {key: kernel.read(key) for key in SETTINGS}
+    after["nftables tables absent"] = network.absent_tables()
     if others:  # another bed's node still runs: the kubelet's settings stay until it goes
         assert {k: after[k] for k in kernel.HOST_NETWORK_SETTINGS} == {k: before[k] for k in kernel.HOST_NETWORK_SETTINGS}
     else:
-        assert after == before
+        assert after == before, "kernel settings, and the nftables tables iptables made, as before"

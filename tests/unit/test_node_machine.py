@@ -53,8 +53,9 @@ def test_kernel_settings_are_recorded_by_the_first_node_and_returned_by_the_last
     assert registry.hold_shared("n1", values.__getitem__, list(values), ["/nonexistent/x"]) == {"vm.overcommit_memory": "0"}
     values["vm.overcommit_memory"] = "1"  # what the first node set
     assert registry.hold_shared("n2", values.__getitem__, list(values), []) == {"vm.overcommit_memory": "0"}
-    assert registry.release_shared("n1") is None, "n2 still runs"
-    assert registry.release_shared("n2") == ({"vm.overcommit_memory": "0"}, ["/nonexistent/x"])
+    assert registry.release_shared("n1", lambda *args: args) is None, "n2 still runs"
+    assert registry.release_shared("n2", lambda *args: args) == ({"vm.overcommit_memory": "0"}, ["/nonexistent/x"])
+    assert registry.release_shared("n2", lambda *args: args) == ({}, []), "recorded once, given back once"
 
 
 def test_a_holder_whose_namespace_is_gone_is_not_waited_for(tmp_path):
@@ -63,7 +64,7 @@ def test_a_holder_whose_namespace_is_gone_is_not_waited_for(tmp_path):
     registry.hold_shared("n1", lambda key: "0", ["k"], [])
     registry.hold_shared("n2", lambda key: "1", ["k"], [])
     live.discard("n1")  # crashed without down; its namespace was removed by hand
-    assert registry.release_shared("n2") == ({"k": "0"}, [])
+    assert registry.release_shared("n2", lambda *args: args) == ({"k": "0"}, [])
 
 
 def test_to_change_lists_only_what_differs():

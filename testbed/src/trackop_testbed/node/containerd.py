@@ -49,7 +49,10 @@ def image_refs(paths: NodePaths) -> set[str]:
 
 
 def import_image(paths: NodePaths, archive: Path) -> None:
-    ctr(paths, "images", "import", str(archive), timeout=600)
+    """Into the content store only: the CRI plugin unpacks an image for its first container
+    (containerd 1.6's WithNewSnapshot), so a bed pays for unpacking only the images it runs
+    (measured: 10 s for the four instead of 24-32 s)."""
+    ctr(paths, "images", "import", "--no-unpack", str(archive), timeout=600)
 
 
 def task_ids(paths: NodePaths) -> list[str]:

@@ -13,6 +13,7 @@ own veth, and go with them; the host's own values are never touched.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 from .machine import Registry
@@ -73,24 +74,25 @@ def restore_plan(original: dict[str, str], current: dict[str, str],
     return writes, left
 
 
-def hold(registry: Registry, node_id: str, absent_paths: list[str]) -> dict[str, str]:
+def hold(registry: Registry, node_id: str, absent: list[str]) -> dict[str, str]:
     """Record (first holder only) and set the kubelet's settings; return what was changed.
-    ``absent_paths``: the shared host paths that did not exist before this node began."""
-    registry.hold_shared(node_id, read, list(KUBELET_WANTS), absent_paths)
+    ``absent``: what nodes make on the host that did not exist before this node began."""
+    registry.hold_shared(node_id, read, list(KUBELET_WANTS), absent)
     changes = to_change({key: read(key) for key in KUBELET_WANTS}, KUBELET_WANTS)
     for key, value in changes.items():
         write(key, value)
     return changes
 
 
-def release(registry: Registry, node_id: str) -> tuple[dict[str, str], dict[str, str], list[str]] | None:
-    """If this node was the last that needed them, put the settings back: (written, left
-    alone, host paths that did not exist before the first node); None while others run."""
-    released = registry.release_shared(node_id)
-    if released is None:
-        return None
-    original, absent = released
-    writes, left = restore_plan(original, {key: read(key) for key in original}, KUBELET_WANTS)
-    for key, value in writes.items():
-        write(key, value)
-    return writes, left, absent
+def release(registry: Registry, node_id: str,
+            remove: Callable[[list[str]], list[str]]) -> tuple[dict[str, str], dict[str, str], list[str]] | None:
+    """If this node was the last that needed them, put the settings back and ``remove`` what
+    did not exist before the first node: (written, left alone, what ``remove`` could not
+    remove); None while other nodes run."""
+    def put_back(original: dict[str, str], absent: list[str]):
+        writes, left = restore_plan(original, {key: read(key) for key in original}, KUBELET_WANTS)
+        for key, value in writes.items():
+            write(key, value)
+        return writes, left, remove(absent)
+
+    return registry.release_shared(node_id, put_back)

@@ -18,8 +18,11 @@ import secrets
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TypeVar
 
 from . import plan
+
+R = TypeVar("R")
 
 DEFAULT_ROOT = Path("/run/trackop")
 
@@ -79,9 +82,10 @@ class Registry:
     def hold_shared(self, node_id: str, read: Callable[[str], str], keys: list[str],
                     absent: list[str]) -> dict[str, str]:
         """Count ``node_id`` among the nodes on this machine. The first one records the
-        kernel settings ``keys`` as it finds them, and ``absent``: the host paths (that a
-        kubelet, containerd or ``ip netns`` makes wherever the node's own directories are)
-        that did not exist before it began. Returns the recorded settings."""
+        kernel settings ``keys`` as it finds them, and ``absent``: what did not exist before
+        it began and nodes make (host paths that a kubelet, containerd or ``ip netns`` makes
+        wherever the node's own directories are; ``iptables:<table>`` for the nftables tables
+        iptables makes at its first rule). Returns the recorded settings."""
         with self._locked() as data:
             shared = data["kernel"]
             shared["holders"] = [h for h in shared["holders"] if h == node_id or self.netns_exists(h)]
@@ -94,14 +98,15 @@ class Registry:
                 shared["holders"].append(node_id)
             return dict(shared["original"])
 
-    def release_shared(self, node_id: str) -> tuple[dict[str, str], list[str]] | None:
-        """Stop counting ``node_id``. If it was the last: the settings to put back and the
-        paths that did not exist before the first node; else None."""
+    def release_shared(self, node_id: str, on_last: Callable[[dict[str, str], list[str]], R]) -> R | None:
+        """Stop counting ``node_id``. If it was the last, ``on_last(settings, absent)`` puts
+        the machine back, under the registry's lock (no node starts meanwhile), and its
+        result is returned; else None."""
         with self._locked() as data:
             shared = data["kernel"]
             shared["holders"] = [h for h in shared["holders"] if h != node_id and self.netns_exists(h)]
             if shared["holders"]:
                 return None
-            original, absent = shared.get("original", {}), shared.get("absent", [])
+            result = on_last(shared.get("original", {}), shared.get("absent", []))
             shared["original"], shared["absent"] = {}, []
-            return original, absent
+            return result

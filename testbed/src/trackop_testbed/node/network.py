@@ -12,6 +12,7 @@ from __future__ import annotations
 import ctypes
 import ipaddress
 import os
+import shutil
 import signal
 import subprocess
 import threading
@@ -56,6 +57,29 @@ def host_routes() -> list[str]:
         if words:
             prefixes.append(words[1] if words[0] in ROUTE_TYPES and len(words) > 1 else words[0])
     return prefixes
+
+
+def absent_tables() -> list[str]:
+    """The host's nftables tables (of TABLES) that do not exist yet (iptables-save cannot
+    tell: it prints a table's built-in chains whether it exists or not); none known without nft."""
+    if shutil.which("nft") is None:
+        return []
+    present = run(["nft", "list", "tables"]).stdout.split("\n")
+    return [table for table in TABLES if f"table ip {table}" not in present]
+
+
+def delete_table_if_empty(table: str) -> bool:
+    """Delete the host's nftables table if it holds nothing (built-in chains with policy
+    ACCEPT only, no rule); True if it is gone."""
+    if shutil.which("nft") is None:
+        return False
+    if run(["nft", "list", "table", "ip", table], check=False).returncode != 0:
+        return True
+    for line in run(["iptables-save", "-t", table]).stdout.splitlines():
+        if line.startswith("-A ") or (line.startswith(":") and (line[1:].split()[0] not in rules.BUILTIN_CHAINS
+                                                                or line.split()[1] != "ACCEPT")):
+            return False
+    return run(["nft", "delete", "table", "ip", table], check=False).returncode == 0
 
 
 def create_namespace(plan: NodePlan) -> None:

@@ -112,6 +112,7 @@ class NodeRunner:
         self._write_configs(pause_ref)
         p = self.plan
         absent = [path for path in teardown.SHARED_HOST_PATHS if not Path(path).exists()]
+        absent += [f"iptables:{table}" for table in network.absent_tables()]
         # The namespace first: it is what shows the other beds this node exists (machine.py).
         network.create_namespace(p)
         changed = kernel.hold(self.registry, p.id, absent)
@@ -249,6 +250,20 @@ class NodeRunner:
                    interval=0.25)
 
     # ---- down ----------------------------------------------------------------------------
+    @staticmethod
+    def _remove_shared(absent: list[str]) -> list[str]:
+        """What the machine's first node found absent, removed by its last (under the
+        registry's lock); says what had to stay."""
+        kept = []
+        for item in absent:
+            if item.startswith("iptables:"):
+                table = item.split(":", 1)[1]
+                if not network.delete_table_if_empty(table):
+                    kept.append(f"the host's iptables table {table} holds rules no node made: left")
+            elif not teardown.remove_if_only_leftovers(Path(item)):
+                kept.append(f"{item} holds files no node made: left")
+        return kept
+
     def down(self) -> None:
         p, paths = self.plan, self.paths
         netns_files: set[str] = set()
@@ -280,15 +295,14 @@ class NodeRunner:
         teardown.remove_cni_cache(p.cni_network, containerd.sandbox_ids(paths))
         # Every sandbox is gone: no address of the pool is in use any more.
         shutil.rmtree(paths.cni_ipam_dir, ignore_errors=True)
-        released = kernel.release(self.registry, p.id)
+        released = kernel.release(self.registry, p.id, self._remove_shared)
         if released is not None:
-            written, left, absent = released
+            written, left, kept = released
             if written:
                 self.progress(f"node: kernel settings put back: {', '.join(f'{k}={v}' for k, v in written.items())}")
             problems += [f"kernel setting {k} changed by someone else meanwhile (now {v}): left" for k, v in left.items()]
-            for path in absent:
-                if not teardown.remove_if_only_leftovers(Path(path)):
-                    self.progress(f"node: {path} holds files no node made: left")
+            for note in kept:
+                self.progress(f"node: {note}")
         problems += [f"port {self.ports[n]} ({n}) still listening" for n in PORT_NAMES if is_listening(self.ports[n])]
         mounts = teardown.mount_points(Path("/proc/self/mountinfo").read_text(), [str(paths.base)], netns_files)
         problems += [f"mount {m}" for m in mounts]
