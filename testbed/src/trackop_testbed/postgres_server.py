@@ -95,15 +95,17 @@ def server_argv(bindir: Path, data_dir: Path, port: int) -> list[str]:
     The settings live in a file that postgresql.conf includes, not on the command line,
     so that ``ALTER SYSTEM`` (postgresql.auto.conf) can override them as on a real server.
     TCP on loopback only and no Unix socket, so clients authenticate as they would on a
-    remote server. fsync is off because the bed's data is disposable; a killed server
-    still recovers (only an OS crash could lose commits).
+    remote server. fsync is off because the bed's data is disposable: a killed server
+    still recovers, since its writes reached the OS (only an OS crash could lose commits).
+    synchronous_commit stays on: off, a commit is acknowledged before its WAL leaves
+    PostgreSQL's own buffers, and a crash (immediate shutdown) loses it, so a test that
+    crashes the server would see acknowledged work vanish (a database's COMMENT did).
     """
     settings = {
         "listen_addresses": "'127.0.0.1'",
         "port": str(port),
         "unix_socket_directories": "''",
         "fsync": "off",
-        "synchronous_commit": "off",
         "full_page_writes": "off",
         "max_connections": "200",
         "logging_collector": "off",
