@@ -7,8 +7,13 @@
 # user, writing nothing outside /tmp (the chart mounts an emptyDir there and sets
 # readOnlyRootFilesystem). Both stages use the same base image, so the virtualenv's
 # interpreter path is the same in both.
+#
+# BASE_IMAGE is any image with CPython 3.11 as `python` and its venv module, useradd and
+# CA certificates. Its default is what users get; the test bed, which reaches no registry,
+# passes one it made from Debian bookworm's packages (trackop_testbed.node.images).
+ARG BASE_IMAGE=python:3.11-slim-bookworm
 
-FROM python:3.11-slim-bookworm AS builder
+FROM ${BASE_IMAGE} AS builder
 ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 RUN python -m venv /opt/trackop
@@ -26,17 +31,19 @@ RUN /opt/trackop/bin/pip wheel --no-deps --wheel-dir /tmp/wheels . \
  && /opt/trackop/bin/pip check \
  && cp constraints.txt /opt/trackop/constraints.txt
 
-FROM python:3.11-slim-bookworm
+FROM ${BASE_IMAGE}
 ARG VERSION=0.1.0
 ARG REVISION=unknown
 ARG CREATED=unknown
+# Declared again inside the stage, for the label below.
+ARG BASE_IMAGE
 LABEL org.opencontainers.image.title="trackop" \
       org.opencontainers.image.description="Kubernetes operator that provisions PostgreSQL for MLflow, applies its schema, tunes the server, runs the tracking server and injects MLFLOW_TRACKING_URI into training pods" \
       org.opencontainers.image.licenses="Apache-2.0" \
       org.opencontainers.image.version="${VERSION}" \
       org.opencontainers.image.revision="${REVISION}" \
       org.opencontainers.image.created="${CREATED}" \
-      org.opencontainers.image.base.name="docker.io/library/python:3.11-slim-bookworm"
+      org.opencontainers.image.base.name="${BASE_IMAGE}"
 # A fixed numeric uid/gid, so runAsNonRoot can verify it without a passwd lookup; the
 # entry exists anyway for libraries that ask for the user's name or home.
 RUN groupadd --system --gid 10001 trackop \

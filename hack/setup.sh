@@ -33,12 +33,13 @@ fi
 
 # The test bed's real node (testbed/src/trackop_testbed/node): containerd, runc and the CNI
 # plugins run it; iptables and conntrack are kube-proxy's (nft removes the empty tables
-# iptables leaves); mmdebstrap, gcc and libc6-dev build its images (umoci and skopeo are
-# there for the OCI images to come). None starts a service.
+# iptables leaves); mmdebstrap, gcc and libc6-dev build its images, buildah (daemonless)
+# the ones made from Dockerfiles: the operator's own and the MLflow server's (umoci and
+# skopeo are there for OCI layouts). None starts a service.
 node_pkgs=()
 for pair in /usr/bin/containerd:containerd /usr/sbin/runc:runc /usr/sbin/iptables:iptables \
             /usr/sbin/conntrack:conntrack /usr/bin/mmdebstrap:mmdebstrap /usr/bin/umoci:umoci \
-            /usr/bin/skopeo:skopeo /usr/bin/gcc:gcc /usr/sbin/nft:nftables; do
+            /usr/bin/skopeo:skopeo /usr/bin/gcc:gcc /usr/sbin/nft:nftables /usr/bin/buildah:buildah; do
   [ -x "${pair%%:*}" ] || node_pkgs+=("${pair#*:}")
 done
 [ -x /usr/lib/cni/bridge ] || node_pkgs+=(containernetworking-plugins)

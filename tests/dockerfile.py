@@ -5,6 +5,7 @@ installs from."""
 from __future__ import annotations
 
 import json
+import re
 import shlex
 import subprocess
 import sys
@@ -84,13 +85,28 @@ def instructions(text: str) -> list[Instruction]:
     return found
 
 
-def stages(path: Path = DOCKERFILE) -> list[Stage]:
+def global_args(path: Path = DOCKERFILE) -> dict[str, str | None]:
+    """The ARGs before the first FROM, with their defaults (None: no default)."""
+    found: dict[str, str | None] = {}
+    for instruction in instructions(path.read_text()):
+        if instruction.keyword == "FROM":
+            break
+        if instruction.keyword == "ARG":
+            name, eq, default = instruction.args.partition("=")
+            found[name.strip()] = default.strip() if eq else None
+    return found
+
+
+def stages(path: Path = DOCKERFILE, build_args: dict[str, str] | None = None) -> list[Stage]:
+    """The stages; a FROM's ``${NAME}`` is the build argument given, else the global ARG's default."""
+    defaults = {**global_args(path), **(build_args or {})}
     result: list[Stage] = []
     for instruction in instructions(path.read_text()):
         if instruction.keyword == "FROM":
             words = [w for w in instruction.words() if not w.startswith("--platform")]
             name = words[2] if len(words) == 3 and words[1].upper() == "AS" else None
-            result.append(Stage(words[0], name))
+            image = re.sub(r"\$\{(\w+)\}", lambda m: defaults.get(m.group(1)) or m.group(0), words[0])
+            result.append(Stage(image, name))
         elif instruction.keyword == "ARG" and not result:
             continue  # an ARG before the first FROM
         else:

@@ -26,19 +26,20 @@ from pathlib import Path
 import yaml
 
 from trackop import pki
+from trackop.schema import revisions
 
 from .. import binaries, loopback
 from ..pki import kubeconfig, write_private
 from ..procs import ProcessRecord, is_alive, is_listening, spawn, stop, wait_until
-from . import cluster, configs, containerd, images, kernel, network, teardown
+from . import cluster, configs, containerd, dockerfile_images, images, kernel, network, teardown
 from .machine import Registry
 from .plan import NodePaths, NodePlan
 
 # Start order; ``down`` stops in reverse.
 COMPONENTS = ("kube-scheduler", "containerd", "kubelet", "kube-proxy")
 PORT_NAMES = ("kubelet", "kubelet-healthz", "kube-scheduler")
-# testbed.json's "images" (DESIGN.md); the operator and MLflow server images come next.
-PUBLISHED_IMAGES = ("postgres", "training")
+# testbed.json's "images" (DESIGN.md).
+PUBLISHED_IMAGES = ("operator", "mlflow", "postgres", "training")
 Progress = Callable[[str], None]
 
 
@@ -79,6 +80,8 @@ def prepare(progress: Progress) -> tuple[dict[str, Path], dict[str, tuple[str, P
         "coredns": images.ensure_coredns(bins["coredns"], progress),
         "training": images.ensure_training(binaries.hack_dir().parent / "constraints.txt", progress),
         "postgres": images.ensure_postgres(progress),
+        "operator": dockerfile_images.ensure_operator(progress),
+        "mlflow": dockerfile_images.ensure_mlflow(revisions.BUNDLED_MLFLOW_VERSION, progress),
     }
     return bins, built
 

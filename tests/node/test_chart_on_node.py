@@ -1,0 +1,290 @@
+"""trackop as its users run it, on the bed's real node: ``helm install`` of the chart with the
+image built from the project's Dockerfile, the operator in two Pods (peering), its webhooks
+called by the API server through their Service, the MLflow server Deployment it creates
+running the MLflow image and Ready by its own probes, and training Jobs that carry only the
+opt-in label and annotation logging the seed's run through the injected
+``MLFLOW_TRACKING_URI`` (cluster DNS), in Server and in Direct mode; then ``helm upgrade``
+and ``helm uninstall``.
+
+The tests run in file order on one bed and one release: the last one uninstalls it.
+"""
+
+from __future__ import annotations
+
+import json
+import textwrap
+import time
+import uuid
+
+import boto3
+import psycopg
+import pytest
+from botocore.config import Config
+from nodekit import CHART, RELEASE, RELEASE_NAMESPACE, Helm, image_values, secret_data, wait_pod_phase
+from helpers import eventually
+from kubernetes import client
+from psycopg import sql
+
+from trackop.api.v1alpha1 import BACKEND_ANNOTATION, INJECT_LABEL
+
+pytestmark = [pytest.mark.bed, pytest.mark.timeout(2700)]
+
+GROUP, VERSION, PLURAL = "trackop.dev", "v1alpha1", "trackingbackends"
+OPERATOR_SELECTOR = f"app.kubernetes.io/instance={RELEASE},app.kubernetes.io/name=trackop"
+
+# The seed article's training script: a param, a metric and an artifact in a run.
+SEED_SCRIPT = textwrap.dedent("""
+    import json, os, mlflow
+    with open("/tmp/model.txt", "w") as handle:
+        handle.write("weights")
+    mlflow.set_experiment("seed")
+    with mlflow.start_run() as run:
+        mlflow.log_param("alpha", "0.5")
+        mlflow.log_metric("rmse", 0.78)
+        mlflow.log_artifact("/tmp/model.txt")
+    print(json.dumps({"run_id": run.info.run_id, "artifact_uri": run.info.artifact_uri,
+                      "tracking_uri": mlflow.get_tracking_uri().split("@")[-1]}))
+""")
+
+
+def _operator_pods(core: client.CoreV1Api) -> list[client.V1Pod]:
+    return core.list_namespaced_pod(RELEASE_NAMESPACE, label_selector=OPERATOR_SELECTOR).items
+
+
+def _ready(pod: client.V1Pod) -> bool:
+    return pod.metadata.deletion_timestamp is None and any(
+        c.type == "Ready" and c.status == "True" for c in pod.status.conditions or [])
+
+
+def _s3(node_info: dict):
+    s3 = node_info["s3"]
+    return boto3.client("s3", endpoint_url=s3["endpoint"], aws_access_key_id=s3["access_key"],
+                        aws_secret_access_key=s3["secret_key"], region_name=s3["region"],
+                        config=Config(proxies={}))
+
+
+class NodeBackends:
+    """TrackingBackends in one namespace of the node bed, reaching the bed's PostgreSQL and S3
+    through their in-cluster Services, as a platform team's would reach theirs."""
+
+    def __init__(self, api: client.ApiClient, namespace: str, node_info: dict, conn: psycopg.Connection) -> None:
+        self.core = client.CoreV1Api(api)
+        self.custom = client.CustomObjectsApi(api)
+        self.namespace = namespace
+        self.info = node_info
+        admin, password = f"adm_{uuid.uuid4().hex[:8]}", uuid.uuid4().hex
+        conn.execute(sql.SQL("CREATE ROLE {} LOGIN PASSWORD {} CREATEDB CREATEROLE").format(
+            sql.Identifier(admin), sql.Literal(password)))
+        self.secret("pg-admin", {"username": admin, "password": password})
+        s3 = node_info["s3"]
+        self.secret("s3-creds", {"accessKeyId": s3["access_key"], "secretAccessKey": s3["secret_key"]})
+
+    def secret(self, name: str, data: dict[str, str]) -> None:
+        self.core.create_namespaced_secret(self.namespace, {"metadata": {"name": name}, "stringData": data})
+
+    def spec(self, bucket: str, postgres_database: str | None = None, **extra) -> dict:
+        pg, s3 = self.info["postgres"]["in_cluster"], self.info["s3"]
+        database = {"database": postgres_database} if postgres_database else {}
+        return {"postgres": {"external": {"host": pg["host"], "port": pg["port"], "sslMode": "disable",
+                                          "adminSecretRef": {"name": "pg-admin"}}, **database},
+                "artifacts": {"s3": {"bucket": bucket, "prefix": "team-a", "endpoint": s3["in_cluster_endpoint"],
+                                     "region": s3["region"], "credentialsSecretRef": {"name": "s3-creds"},
+                                     "createBucket": True}},
+                **extra}
+
+    def apply(self, name: str, spec: dict) -> None:
+        self.custom.create_namespaced_custom_object(GROUP, VERSION, self.namespace, PLURAL, {
+            "apiVersion": f"{GROUP}/{VERSION}", "kind": "TrackingBackend", "metadata": {"name": name}, "spec": spec})
+
+    def get(self, name: str) -> dict | None:
+        try:
+            return self.custom.get_namespaced_custom_object(GROUP, VERSION, self.namespace, PLURAL, name)
+        except client.ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise
+
+    def delete(self, name: str) -> None:
+        self.custom.delete_namespaced_custom_object(GROUP, VERSION, self.namespace, PLURAL, name)
+
+    def wait_ready(self, name: str, timeout: float = 300) -> dict:
+        def ready():
+            obj = self.get(name)
+            conditions = obj.get("status", {}).get("conditions", [])
+            return obj if any(c["type"] == "Ready" and c["status"] == "True" for c in conditions) else None
+
+        try:
+            return eventually(ready, f"{name} Ready", timeout=timeout, interval=1)
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}; status: {self.get(name).get('status')}") from None
+
+    def run_training_job(self, backend: str, image: str, timeout: float = 300) -> tuple[dict, client.V1Pod]:
+        """A Job whose Pod carries only the opt-in label and the backend annotation runs the
+        seed script; what it printed, and its Pod."""
+        name = f"train-{uuid.uuid4().hex[:6]}"
+        client.BatchV1Api(self.core.api_client).create_namespaced_job(self.namespace, {
+            "metadata": {"name": name},
+            "spec": {"backoffLimit": 0, "template": {
+                "metadata": {"labels": {INJECT_LABEL: "true"}, "annotations": {BACKEND_ANNOTATION: backend}},
+                "spec": {"restartPolicy": "Never", "containers": [{
+                    "name": "train", "image": image, "command": ["python3", "-c", SEED_SCRIPT],
+                    "env": [{"name": "HOME", "value": "/tmp"}]}]}}}})
+        pod = wait_pod_phase(self.core, self.namespace, f"job-name={name}", {"Succeeded", "Failed"}, timeout)
+        log = self.core.read_namespaced_pod_log(pod.metadata.name, self.namespace)
+        assert pod.status.phase == "Succeeded", f"the training pod failed:\n{log[-3000:]}"
+        return json.loads(log.strip().splitlines()[-1]), pod
+
+
+def _run_in_database(node_info: dict, database: str, run_id: str) -> tuple[list, list]:
+    pg = node_info["postgres"]
+    with psycopg.connect(host=pg["host"], port=pg["port"], user=pg["user"], password=pg["password"],
+                         dbname=database) as db:
+        params = db.execute("SELECT key, value FROM params WHERE run_uuid = %s", (run_id,)).fetchall()
+        metrics = db.execute("SELECT key, value FROM metrics WHERE run_uuid = %s", (run_id,)).fetchall()
+    return params, metrics
+
+
+def _bucket_keys(node_info: dict, bucket: str) -> list[str]:
+    return [o["Key"] for o in _s3(node_info).list_objects_v2(Bucket=bucket).get("Contents", [])]
+
+
+# ---- the release ---------------------------------------------------------------------------
+def test_helm_install_runs_two_ready_operator_pods_from_the_built_image(installed, node_core, node_info, node_api):
+    pods = _operator_pods(node_core)
+    assert len(pods) == 2 and all(_ready(p) and p.status.phase == "Running" for p in pods), \
+        [(p.metadata.name, p.status.phase) for p in pods]
+    assert {p.spec.containers[0].image for p in pods} == {node_info["images"]["operator"]}
+    assert {p.spec.containers[0].image_pull_policy for p in pods} == {"Never"}
+    # The image's own user (the Dockerfile's USER), not root.
+    assert all(p.spec.security_context.run_as_user == 10001 for p in pods)
+    # Peering: both operators registered in the chart's peering object.
+    peering = client.CustomObjectsApi(node_api).get_cluster_custom_object("kopf.dev", "v1", "clusterkopfpeerings",
+                                                                          RELEASE)
+    assert len(peering.get("status") or {}) == 2, peering.get("status")
+    # The webhooks' configurations, made by the operator, point at the chart's Service,
+    # which has both Pods as endpoints.
+    admission = client.AdmissionregistrationV1Api(node_api)
+    mutating = admission.read_mutating_webhook_configuration("trackop-injection")
+    service = mutating.webhooks[0].client_config.service
+    assert service.namespace == RELEASE_NAMESPACE and mutating.webhooks[0].client_config.ca_bundle
+    endpoints = eventually(lambda: (lambda e: e if len(e) == 2 else None)(
+        [a for s in node_core.read_namespaced_endpoints(service.name, RELEASE_NAMESPACE).subsets or []
+         for a in s.addresses or []]), "both operator Pods behind the webhook Service", timeout=60)
+    assert {a.target_ref.name for a in endpoints} == {p.metadata.name for p in pods}
+    print(f"helm install to both operator Pods Ready: {installed['seconds']:.1f}s")
+
+
+def test_validating_webhook_answers_through_its_service(installed, node_api, node_info, node_namespace,
+                                                       node_superuser):
+    """A second backend on a database another one already uses is refused by the API server
+    with the webhook's message: only the operator's index knows it, so only a call through
+    the Service to a running operator Pod can refuse it."""
+    backends = NodeBackends(node_api, node_namespace, node_info, node_superuser)
+    database = f"mlflow_dup_{uuid.uuid4().hex[:8]}"
+    backends.apply("first", backends.spec(f"art-{uuid.uuid4().hex[:8]}", postgres_database=database))
+
+    def refused() -> str | None:
+        try:
+            backends.apply("second", backends.spec(f"art-{uuid.uuid4().hex[:8]}", postgres_database=database))
+        except client.ApiException as exc:
+            return exc.body if exc.status in (400, 403, 422) else None
+        backends.delete("second")  # admitted before the index saw "first": try again
+        eventually(lambda: backends.get("second") is None, "second gone", timeout=60)
+        return None
+
+    body = eventually(refused, "the second backend on the same database refused", timeout=60, interval=1)
+    assert 'admission webhook "validate.trackop.dev" denied the request' in body, body
+    assert f"already used by TrackingBackend {node_namespace}/first" in body, body
+
+
+# ---- the seed's journey ----------------------------------------------------------------------
+def test_server_mode_journey_on_the_node(installed, node_api, node_core, node_info, node_namespace, node_superuser):
+    backends = NodeBackends(node_api, node_namespace, node_info, node_superuser)
+    bucket = f"art-{uuid.uuid4().hex[:8]}"
+    started = time.monotonic()
+    backends.apply("stack", backends.spec(bucket, server={"image": node_info["images"]["mlflow"]}))
+    obj = backends.wait_ready("stack")
+    apply_to_ready = time.monotonic() - started
+    assert obj["status"]["trackingUri"] == f"http://stack-mlflow.{node_namespace}.svc:5000"
+    # The server's Pod is Ready by its own probes, on the node, from the MLflow image.
+    server = wait_pod_phase(node_core, node_namespace, "app.kubernetes.io/instance=stack,app.kubernetes.io/name=mlflow",
+                            {"Running"})
+    assert _ready(server) and server.spec.containers[0].image == node_info["images"]["mlflow"]
+    assert server.status.container_statuses[0].ready
+
+    created = time.monotonic()
+    out, pod = backends.run_training_job(f"{node_namespace}/stack", node_info["images"]["training"])
+    to_first_run = time.monotonic() - created
+    env = {e.name: e for e in pod.spec.containers[0].env}
+    assert env["MLFLOW_TRACKING_URI"].value == obj["status"]["trackingUri"]
+    assert "trackop.dev/injected" in pod.metadata.annotations
+    assert out["tracking_uri"] == obj["status"]["trackingUri"]
+    # Nothing secret is injected in Server mode: no copy of the Secret in the namespace's env.
+    assert not any(e.value_from for e in env.values())
+
+    database = obj["status"]["database"]["name"]
+    params, metrics = _run_in_database(node_info, database, out["run_id"])
+    assert params == [("alpha", "0.5")] and metrics == [("rmse", 0.78)]
+    assert out["artifact_uri"].startswith("mlflow-artifacts:")
+    keys = _bucket_keys(node_info, bucket)
+    assert any(k.startswith("team-a/") and k.endswith(f"{out['run_id']}/artifacts/model.txt") for k in keys), keys
+    print(f"Server mode: apply to Ready {apply_to_ready:.1f}s; training pod creation to its run {to_first_run:.1f}s")
+
+
+def test_direct_mode_journey_on_the_node(installed, node_api, node_core, node_info, node_namespace, node_superuser):
+    backends = NodeBackends(node_api, node_namespace, node_info, node_superuser)
+    bucket = f"art-{uuid.uuid4().hex[:8]}"
+    backends.apply("direct", backends.spec(bucket, injection={"mode": "Direct"}))
+    obj = backends.wait_ready("direct")
+    out, pod = backends.run_training_job(f"{node_namespace}/direct", node_info["images"]["training"])
+    env = {e.name: e for e in pod.spec.containers[0].env}
+    # The URI and the bucket's keys come from the connection Secret, by reference only.
+    secret_name = obj["status"]["connectionSecret"]
+    assert env["MLFLOW_TRACKING_URI"].value_from.secret_key_ref.name == secret_name
+    assert env["AWS_SECRET_ACCESS_KEY"].value_from.secret_key_ref.name == secret_name
+    data = secret_data(node_core, node_namespace, secret_name)
+    assert data["PGPASSWORD"] not in json.dumps(client.ApiClient().sanitize_for_serialization(pod.spec))
+    pg = node_info["postgres"]["in_cluster"]
+    assert out["tracking_uri"].startswith(f"{pg['host']}:{pg['port']}/")
+    params, metrics = _run_in_database(node_info, obj["status"]["database"]["name"], out["run_id"])
+    assert params == [("alpha", "0.5")] and metrics == [("rmse", 0.78)]
+    assert out["artifact_uri"] == f"s3://{bucket}/team-a/" + out["artifact_uri"].split("/team-a/", 1)[1]
+    keys = _bucket_keys(node_info, bucket)
+    assert any(k.endswith(f"{out['run_id']}/artifacts/model.txt") for k in keys), keys
+
+
+# ---- upgrade and uninstall -------------------------------------------------------------------
+def test_helm_upgrade_with_a_changed_value_rolls_the_operator(installed, helm: Helm, node_core, node_info):
+    before = {p.metadata.name for p in _operator_pods(node_core)}
+    helm("upgrade", RELEASE, str(CHART), "--namespace", RELEASE_NAMESPACE, *image_values(node_info["images"]["operator"]),
+         "--set", "operator.driftInterval=45", "--wait", "--timeout", "10m")
+
+    def rolled():
+        pods = _operator_pods(node_core)
+        names = {p.metadata.name for p in pods}
+        return pods if len(pods) == 2 and not names & before and all(_ready(p) for p in pods) else None
+
+    pods = eventually(rolled, "two new operator Pods Ready", timeout=300, interval=1)
+    args = pods[0].spec.containers[0].args or []
+    assert any("45" in a for a in args) or any(e.value == "45" for e in pods[0].spec.containers[0].env or []), args
+
+
+def test_helm_uninstall_removes_the_webhooks_and_keeps_crds_and_databases(installed, helm: Helm, node_api,
+                                                                          node_superuser):
+    databases_before = {row[0] for row in node_superuser.execute(
+        "SELECT datname FROM pg_database WHERE starts_with(datname, 'mlflow_')").fetchall()}
+    assert databases_before, "no backend database to keep"
+    helm("uninstall", RELEASE, "--namespace", RELEASE_NAMESPACE, "--wait", "--timeout", "5m")
+    admission = client.AdmissionregistrationV1Api(node_api)
+
+    def webhooks_gone():
+        names = {w.metadata.name for w in admission.list_mutating_webhook_configuration().items} | \
+            {w.metadata.name for w in admission.list_validating_webhook_configuration().items}
+        return not names & {"trackop-injection", "trackop-validation"}
+
+    eventually(webhooks_gone, "the webhook configurations to go with the release", timeout=120, interval=1)
+    crds = {c.metadata.name for c in client.ApiextensionsV1Api(node_api).list_custom_resource_definition().items}
+    assert "trackingbackends.trackop.dev" in crds
+    kept = {row[0] for row in node_superuser.execute(
+        "SELECT datname FROM pg_database WHERE starts_with(datname, 'mlflow_')").fetchall()}
+    assert kept == databases_before
