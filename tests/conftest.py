@@ -117,7 +117,7 @@ def kubelet(kube_api: client.ApiClient, tmp_path: Path) -> LocalKubelet:
     return LocalKubelet(kube_api, workdir=tmp_path / "kubelet")
 
 
-_TIERS = ("unit", "integration", "e2e", "node")
+_TIERS = ("unit", "integration", "node", "e2e")
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

@@ -57,7 +57,7 @@ STRINGS = (
     "spec.server.image",
     "spec.server.serviceAccountName",
 )
-BOOLEANS = ("spec.server.enabled", "spec.server.serveArtifacts", "spec.artifacts.s3.createBucket")
+BOOLEANS = ("spec.server.enabled", "spec.server.serveArtifacts", "spec.server.jobExecution", "spec.artifacts.s3.createBucket")
 OBJECTS = (
     "spec.postgres", "spec.postgres.external", "spec.postgres.external.adminSecretRef", "spec.postgres.tuning",
     "spec.postgres.tuning.pool", "spec.schema", "spec.artifacts", "spec.artifacts.s3", "spec.server",

@@ -227,7 +227,8 @@ def specs(draw) -> tuple[dict[str, Any], tuple[str, ...]]:
     if draw(st.booleans()):
         server = {"enabled": draw(st.booleans()), "replicas": draw(st.integers(0, 50)),
                   "workers": draw(st.integers(1, 32)), "port": draw(st.integers(1024, 65535)),
-                  "serveArtifacts": draw(st.booleans()), "allowedHosts": value("spec.server.allowedHosts"),
+                  "serveArtifacts": draw(st.booleans()), "jobExecution": draw(st.booleans()),
+                  "allowedHosts": value("spec.server.allowedHosts"),
                   "resources": value("spec.server.resources")}
         if draw(st.booleans()):
             server["image"] = value("spec.server.image")

@@ -2,7 +2,8 @@
 has none), trackop installed on it with ``helm install`` of the chart and the image built
 from the project's Dockerfile.
 
-The bed comes up once for the directory's tests and goes down after the last one.
+The bed (package-scoped) comes up for the first of these tests and goes down after the
+last one, before the e2e tier starts its own.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ def _progress(message: str) -> None:
     print(f"[node-e2e] {message}", file=sys.__stderr__, flush=True)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def node_bed():
     directory = Path(tempfile.mkdtemp(prefix="trackop-node-e2e-", dir="/tmp"))
     bed = Testbed(directory, progress=_progress, node=True)
@@ -38,27 +39,27 @@ def node_bed():
         shutil.rmtree(directory, ignore_errors=True)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def node_info(node_bed) -> dict:
     return node_bed[1]
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def node_api(node_info) -> client.ApiClient:
     return config.new_client_from_config(config_file=node_info["kubeconfig"])
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def node_core(node_api) -> client.CoreV1Api:
     return client.CoreV1Api(node_api)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def helm(node_info) -> Helm:
     return Helm(node_info["kubeconfig"])
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def installed(helm: Helm, node_info: dict) -> dict:
     """``helm install`` of the chart with the bed's operator image, as a user runs it; what
     it took (seconds) is returned for the report."""

@@ -187,14 +187,15 @@ def test_validating_webhook_answers_through_its_service(installed, node_api, nod
         try:
             backends.apply("second", backends.spec(f"art-{uuid.uuid4().hex[:8]}", postgres_database=database))
         except client.ApiException as exc:
-            return exc.body if exc.status in (400, 403, 422) else None
+            return json.loads(exc.body)["message"] if exc.status in (400, 403, 422) else None
         backends.delete("second")  # admitted before the index saw "first": try again
         eventually(lambda: backends.get("second") is None, "second gone", timeout=60)
         return None
 
-    body = eventually(refused, "the second backend on the same database refused", timeout=60, interval=1)
-    assert 'admission webhook "validate.trackop.dev" denied the request' in body, body
-    assert f"already used by TrackingBackend {node_namespace}/first" in body, body
+    message = eventually(refused, "the second backend on the same database refused", timeout=60, interval=1)
+    assert message.startswith('admission webhook "validate.trackop.dev" denied the request: '
+                              f"spec.postgres.database: {database} on "), message
+    assert message.endswith(f"is already used by TrackingBackend {node_namespace}/first"), message
 
 
 # ---- the seed's journey ----------------------------------------------------------------------

@@ -392,3 +392,26 @@ def test_the_step_reads_the_pods_only_of_a_rollout_that_stood_still():
                                                                             True)
     assert kube.pod_lists == ["app.kubernetes.io/name=mlflow,app.kubernetes.io/instance=team-a"]
     assert "cannot pull image" in stuck.message
+
+
+# ---- the server's memory and MLflow's jobs -------------------------------------------------
+def _server_container(server: dict) -> dict:
+    return tracking_server.deployment(make_spec({"server": server}), OWNER)["spec"]["template"]["spec"]["containers"][0]
+
+
+def test_jobs_are_off_unless_asked_for_and_the_memory_default_follows_workers_and_jobs():
+    default = _server_container({})
+    env = {e["name"]: e.get("value") for e in default["env"]}
+    assert env["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] == "false"
+    # Two workers: the 1 GiB limit the node showed enough without jobs (tests/node).
+    assert default["resources"] == {"requests": {"cpu": "100m", "memory": "512Mi"}, "limits": {"memory": "1024Mi"}}
+    four = _server_container({"workers": 4})["resources"]["limits"]["memory"]
+    assert four == "1536Mi"
+    jobs = _server_container({"jobExecution": True})
+    assert {e["name"]: e.get("value") for e in jobs["env"]}["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] == "true"
+    assert jobs["resources"]["limits"]["memory"] == "3072Mi"
+    # Resources given are taken as they are.
+    given = {"limits": {"memory": "6Gi"}}
+    assert _server_container({"jobExecution": True, "resources": given})["resources"] == given
+    with pytest.raises(SpecError, match="spec.server.jobExecution"):
+        make_spec({"server": {"jobExecution": "yes"}})

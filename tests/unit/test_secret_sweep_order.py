@@ -20,4 +20,4 @@ def test_the_secret_sweep_is_the_last_test_collected():
     ordered = [Path(item.fspath).relative_to(TESTS).as_posix() for item in items]
     assert ordered[-1] == "e2e/test_zz_secret_sweep.py", ordered[-5:]
     tiers = [path.split("/")[0] for path in ordered]
-    assert tiers == sorted(tiers, key=("unit", "integration", "e2e").index)
+    assert tiers == sorted(tiers, key=conftest._TIERS.index)

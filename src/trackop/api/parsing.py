@@ -354,4 +354,5 @@ def _parse_server(server: Mapping[str, Any] | None, mlflow_version: str) -> Trac
         allowed_hosts=allowed_hosts,
         resources=check_resources("spec.server.resources", _object(server, "resources", "spec.server.resources")),
         progress_deadline=bounded("progressDeadlineSeconds", DEFAULT_PROGRESS_DEADLINE, 10, 86400),
+        job_execution=_boolean(server, "jobExecution", "spec.server.jobExecution", False),
     )

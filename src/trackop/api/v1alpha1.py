@@ -173,6 +173,9 @@ class TrackingServerSpec:
     resources: Mapping[str, Any] | None
     # The Deployment's progressDeadlineSeconds: no progress for this long is a stuck rollout.
     progress_deadline: int = DEFAULT_PROGRESS_DEADLINE
+    # MLflow's server-side jobs (MLFLOW_SERVER_ENABLE_JOB_EXECUTION): a job runner and seven
+    # huey consumers of about 240 MiB each; off unless asked for.
+    job_execution: bool = False
 
 
 @dataclass(frozen=True)

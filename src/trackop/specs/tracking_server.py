@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from ..api import tuning
-from ..api.v1alpha1 import BackendSpec
+from ..api.v1alpha1 import BackendSpec, TrackingServerSpec
 from ..artifacts import locations
 from .common import labels, owner_reference
 
@@ -48,7 +48,17 @@ _DEFAULT_ALLOWED_HOSTS = (
     "10.*", "192.168.*", *[f"172.{i}.*" for i in range(16, 32)], "fc00:*", "fd00:*",
 )
 
-DEFAULT_RESOURCES = {"requests": {"cpu": "100m", "memory": "512Mi"}, "limits": {"memory": "1Gi"}}
+# Memory of `mlflow server` (MLflow 3.17.2, measured on the node: tests/node): the CLI's own
+# process and uvicorn's about 290 MiB, each worker about 250 MiB, and with job execution a
+# job runner and seven huey consumers of about 240 MiB each (1.9 GiB). The defaults leave a
+# quarter of headroom; the 1 GiB limit of two workers with jobs on was OOMKilled.
+BASE_MIB, WORKER_MIB, JOBS_MIB = 512, 256, 2048
+
+
+def default_resources(server: TrackingServerSpec) -> dict[str, Any]:
+    """Requests and limits when spec.server.resources is unset, by the server's own needs."""
+    limit = BASE_MIB + WORKER_MIB * server.workers + (JOBS_MIB if server.job_execution else 0)
+    return {"requests": {"cpu": "100m", "memory": f"{limit // 2}Mi"}, "limits": {"memory": f"{limit}Mi"}}
 
 
 def allowed_hosts(spec: BackendSpec) -> list[str]:
@@ -73,6 +83,7 @@ def deployment(spec: BackendSpec, owner: Mapping[str, Any]) -> dict[str, Any]:
             "name": spec.connection_secret, "key": "MLFLOW_BACKEND_STORE_URI"}}},
         {"name": "MLFLOW_SERVER_ALLOWED_HOSTS", "value": ",".join(allowed_hosts(spec))},
         {"name": "HOME", "value": "/tmp"},
+        {"name": "MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "value": "true" if server.job_execution else "false"},
         *({"name": k, "value": v} for k, v in tuning.pool_env(spec.effective_tuning).items()),
     ]
     args = ["--host", "0.0.0.0", "--port", str(server.port), "--workers", str(server.workers)]
@@ -107,7 +118,7 @@ def deployment(spec: BackendSpec, owner: Mapping[str, Any]) -> dict[str, Any]:
             "ports": [{"name": "http", "containerPort": server.port, "protocol": "TCP"}],
             "readinessProbe": {**probe, "periodSeconds": 5, "failureThreshold": 3},
             "livenessProbe": {**probe, "initialDelaySeconds": 30, "periodSeconds": 10, "failureThreshold": 6},
-            "resources": server.resources or DEFAULT_RESOURCES,
+            "resources": server.resources or default_resources(server),
             "securityContext": {
                 "allowPrivilegeEscalation": False,
                 "readOnlyRootFilesystem": True,
