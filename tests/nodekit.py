@@ -55,3 +55,8 @@ def wait_pod_phase(core: client.CoreV1Api, namespace: str, selector: str, phases
         states = [(p.metadata.name, p.status.phase, [(c.name, c.state.to_dict()) for c in p.status.container_statuses or []])
                   for p in pods]
         raise AssertionError(f"{exc}; pods: {states}") from None
+
+
+def pod_log(core: client.CoreV1Api, namespace: str, pod: str) -> str:
+    """A container's log as text (the client's own decoding returns a bytes repr for it)."""
+    return core.read_namespaced_pod_log(pod, namespace, _preload_content=False).data.decode()

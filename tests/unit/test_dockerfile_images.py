@@ -45,6 +45,10 @@ def test_the_key_changes_with_any_context_file_and_the_dockerfile_only(tmp_path)
     assert second != first
     (root / "Dockerfile").write_text("FROM y\n")
     assert di.context_digest(root, "Dockerfile") != second
+    # The MLflow image copies only constraints.txt: the operator's source is not its input.
+    mlflow = di.context_digest(root, "Dockerfile", di.MLFLOW_CONTEXT)
+    (root / "src/pkg/mod.py").write_text("X = 3\n")
+    assert di.context_digest(root, "Dockerfile", di.MLFLOW_CONTEXT) == mlflow
 
 
 def test_build_argv_mounts_the_ca_for_run_steps_only_and_names_the_base(tmp_path):
@@ -68,3 +72,4 @@ def test_the_mlflow_image_is_the_bundled_mlflow_with_the_operators_pins():
     assert re.search(r"pip install --constraint /tmp/constraints.txt\s", run.args)
     assert '"mlflow==${MLFLOW_VERSION}"' in run.args and '"psycopg[binary]"' in run.args and "boto3" in run.args
     assert "PATH=/opt/mlflow/bin:$PATH" in " ".join(i.args for i in stage.all("ENV"))
+    assert dockerfile.builder_copies(stage) == list(di.MLFLOW_CONTEXT)

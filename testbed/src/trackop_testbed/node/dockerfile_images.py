@@ -30,8 +30,10 @@ from . import images
 PYTHON_PACKAGES = ("python3", "python3-venv", "python-is-python3", "ca-certificates", "passwd")
 OPERATOR_DOCKERFILE = "Dockerfile"
 MLFLOW_DOCKERFILE = "deploy/images/mlflow/Dockerfile"
-# What the repository's .dockerignore lets into the context; the key hashes exactly these.
+# What the repository's .dockerignore lets into the context; the operator's key hashes
+# exactly these, the MLflow image's only what it copies.
 CONTEXT = ("constraints.txt", "pyproject.toml", "README.md", "src")
+MLFLOW_CONTEXT = ("constraints.txt",)
 # Where the host's CA bundle is mounted during RUN steps, and pip told so.
 CA_IN_BUILD = "/etc/ssl/certs/ca-certificates.crt"
 PIP_CONF = f"[global]\ncert = {CA_IN_BUILD}\n"
@@ -51,10 +53,10 @@ def context_files(root: Path, entries: Iterable[str] = CONTEXT) -> list[Path]:
     return found
 
 
-def context_digest(root: Path, dockerfile: str) -> str:
+def context_digest(root: Path, dockerfile: str, entries: Iterable[str] = CONTEXT) -> str:
     """A digest of the Dockerfile and every context file (their paths and contents)."""
     digest = hashlib.sha256()
-    for path in [root / dockerfile, *context_files(root)]:
+    for path in [root / dockerfile, *context_files(root, entries)]:
         digest.update(str(path.relative_to(root)).encode() + b"\0")
         digest.update(path.read_bytes())
         digest.update(b"\0")
@@ -101,11 +103,11 @@ def build_argv(root: Path, dockerfile: str, ref: str, base_ref: str, ca_bundle: 
     return [*argv, str(root)]
 
 
-def _build_from_dockerfile(name: str, dockerfile: str, build_args: dict[str, str],
+def _build_from_dockerfile(name: str, dockerfile: str, context: Iterable[str], build_args: dict[str, str],
                            progress: Progress) -> tuple[str, Path]:
     root = binaries.hack_dir().parent
     base_ref, base_archive = ensure_python(progress)
-    key = images._key(context_digest(root, dockerfile), base_ref, repr(sorted(build_args.items())),
+    key = images._key(context_digest(root, dockerfile, context), base_ref, repr(sorted(build_args.items())),
                       images._tool_version(["buildah", "--version"]))
 
     def build(staging: Path, ref: str) -> None:
@@ -129,9 +131,10 @@ def _build_from_dockerfile(name: str, dockerfile: str, build_args: dict[str, str
 
 def ensure_operator(progress: Progress) -> tuple[str, Path]:
     """The operator image from the project's own Dockerfile."""
-    return _build_from_dockerfile("operator", OPERATOR_DOCKERFILE, {}, progress)
+    return _build_from_dockerfile("operator", OPERATOR_DOCKERFILE, CONTEXT, {}, progress)
 
 
 def ensure_mlflow(mlflow_version: str, progress: Progress) -> tuple[str, Path]:
     """The MLflow server image at ``mlflow_version`` (the bundled one)."""
-    return _build_from_dockerfile("mlflow", MLFLOW_DOCKERFILE, {"MLFLOW_VERSION": mlflow_version}, progress)
+    return _build_from_dockerfile("mlflow", MLFLOW_DOCKERFILE, MLFLOW_CONTEXT, {"MLFLOW_VERSION": mlflow_version},
+                                  progress)
