@@ -12,9 +12,11 @@ The tests run in file order on one bed and one release: the last one uninstalls 
 from __future__ import annotations
 
 import json
+import os
 import textwrap
 import time
 import uuid
+from pathlib import Path
 
 import boto3
 import psycopg
@@ -26,6 +28,8 @@ from kubernetes import client
 from psycopg import sql
 
 from trackop.api.v1alpha1 import BACKEND_ANNOTATION, INJECT_LABEL
+from trackop.schema import revisions
+from trackop.specs import managed_server
 
 pytestmark = [pytest.mark.bed, pytest.mark.timeout(2700)]
 
@@ -104,6 +108,9 @@ class NodeBackends:
                 return None
             raise
 
+    def patch(self, name: str, patch: dict) -> None:
+        self.custom.patch_namespaced_custom_object(GROUP, VERSION, self.namespace, PLURAL, name, patch)
+
     def delete(self, name: str) -> None:
         self.custom.delete_namespaced_custom_object(GROUP, VERSION, self.namespace, PLURAL, name)
 
@@ -140,10 +147,13 @@ class NodeBackends:
         return json.loads(log.strip().splitlines()[-1]), pod
 
 
-def _run_in_database(node_info: dict, database: str, run_id: str) -> tuple[list, list]:
+def _superuser_params(node_info: dict) -> dict:
     pg = node_info["postgres"]
-    with psycopg.connect(host=pg["host"], port=pg["port"], user=pg["user"], password=pg["password"],
-                         dbname=database) as db:
+    return {"host": pg["host"], "port": pg["port"], "user": pg["user"], "password": pg["password"]}
+
+
+def _run_in_database(node_info: dict, database: str, run_id: str) -> tuple[list, list]:
+    with psycopg.connect(**_superuser_params(node_info), dbname=database) as db:
         params = db.execute("SELECT key, value FROM params WHERE run_uuid = %s", (run_id,)).fetchall()
         metrics = db.execute("SELECT key, value FROM metrics WHERE run_uuid = %s", (run_id,)).fetchall()
     return params, metrics
@@ -262,6 +272,89 @@ def test_direct_mode_journey_on_the_node(installed, node_api, node_core, node_in
     assert out["artifact_uri"] == f"s3://{bucket}/team-a/" + out["artifact_uri"].split("/team-a/", 1)[1]
     keys = _bucket_keys(node_info, bucket)
     assert any(k.endswith(f"{out['run_id']}/artifacts/model.txt") for k in keys), keys
+
+
+def test_job_migration_runs_mlflow_db_upgrade_in_the_mlflow_image(installed, node_api, node_info, node_namespace,
+                                                                  node_superuser):
+    backends = NodeBackends(node_api, node_namespace, node_info, node_superuser)
+    image = node_info["images"]["mlflow"]
+    backends.apply("jobmig", backends.spec(f"art-{uuid.uuid4().hex[:8]}",
+                                           schema={"migration": "Job", "image": image}))
+    obj = backends.wait_ready("jobmig")
+    jobs = client.BatchV1Api(node_api).list_namespaced_job(node_namespace).items
+    (job,) = [j for j in jobs if j.spec.template.spec.containers[0].image == image]
+    assert job.status.succeeded == 1
+    head = revisions.head_revision()
+    with psycopg.connect(**_superuser_params(node_info), dbname=obj["status"]["database"]["name"]) as db:
+        assert db.execute("SELECT version_num FROM alembic_version").fetchall() == [(head,)]
+        # MLflow's tables belong to the backend's role: the Job ran as it, not as an admin.
+        owners = {row[0] for row in db.execute(
+            "SELECT tableowner FROM pg_tables WHERE schemaname = 'public'").fetchall()}
+    assert owners == {obj["status"]["database"]["role"]}
+
+
+def _local_volume(core: client.CoreV1Api, node_bed_dir: Path, namespace: str, claim: str) -> str:
+    """A PersistentVolume for one claim, pre-bound to it, on a directory of the bed (the bed
+    has no storage provisioner), owned by the PostgreSQL image's uid: the kubelet mounts it
+    into the Pod as a real volume."""
+    directory = node_bed_dir / "volumes" / f"{namespace}-{claim}"
+    directory.mkdir(parents=True)
+    os.chown(directory, managed_server.POSTGRES_UID, managed_server.POSTGRES_UID)
+    directory.chmod(0o700)
+    name = f"pv-{uuid.uuid4().hex[:8]}"
+    core.create_persistent_volume({
+        "metadata": {"name": name},
+        "spec": {"capacity": {"storage": "1Gi"}, "accessModes": ["ReadWriteOnce"],
+                 "storageClassName": "trackop-bed-local", "persistentVolumeReclaimPolicy": "Retain",
+                 "hostPath": {"path": str(directory), "type": "Directory"},
+                 "claimRef": {"namespace": namespace, "name": claim}}})
+    return name
+
+
+def _setting(pod_ip: str, secret: dict[str, str], name: str) -> str | None:
+    try:
+        with psycopg.connect(host=pod_ip, port=int(secret["PGPORT"]), user=secret["PGUSER"],
+                             password=secret["PGPASSWORD"], dbname=secret["PGDATABASE"], connect_timeout=3) as conn:
+            return conn.execute(sql.SQL("SHOW {}").format(sql.Identifier(name))).fetchone()[0]
+    except psycopg.OperationalError:
+        return None
+
+
+def test_managed_postgres_statefulset_runs_the_postgres_image_and_keeps_data_across_a_restart(
+        installed, node_bed, node_api, node_core, node_info, node_namespace, node_superuser):
+    backends = NodeBackends(node_api, node_namespace, node_info, node_superuser)
+    _local_volume(node_core, node_bed[0].dir, node_namespace, "data-mpg-postgres-0")
+    backends.apply("mpg", {"postgres": {
+        "managed": {"version": "15", "image": node_info["images"]["postgres"],
+                    "storage": {"size": "1Gi", "storageClassName": "trackop-bed-local"}},
+        "tuning": {"scope": "Server", "maxConnections": 40, "sharedBuffers": "32MB"}}})
+    obj = backends.wait_ready("mpg")
+    assert obj["status"]["database"]["host"] == f"mpg-postgres.{node_namespace}.svc"
+    pod = node_core.read_namespaced_pod("mpg-postgres-0", node_namespace)
+    assert pod.spec.containers[0].image == node_info["images"]["postgres"] and _ready(pod)
+    secret = secret_data(node_core, node_namespace, obj["status"]["connectionSecret"])
+    assert _setting(pod.status.pod_ip, secret, "max_connections") == "40"
+    assert _setting(pod.status.pod_ip, secret, "shared_buffers") == "32MB"
+    # A run logged by a Pod through the injected URI (the managed server's Service, by DNS).
+    out, _ = backends.run_training_job(f"{node_namespace}/mpg", node_info["images"]["mlflow"])
+
+    backends.patch("mpg", {"spec": {"postgres": {"tuning": {"maxConnections": 60}}}})
+    first = pod.metadata.uid
+
+    def restarted():
+        now = node_core.read_namespaced_pod("mpg-postgres-0", node_namespace)
+        return now if now.metadata.uid != first and _ready(now) else None
+
+    pod = eventually(restarted, "mpg-postgres-0 replaced and Ready", timeout=240, interval=1)
+    eventually(lambda: _setting(pod.status.pod_ip, secret, "max_connections") == "60",
+               "the new server with max_connections 60", timeout=120, interval=1)
+    obj = backends.wait_ready("mpg")
+    conditions = {c["type"]: c for c in obj["status"]["conditions"]}
+    assert conditions["PendingRestart"]["status"] == "False"
+    with psycopg.connect(host=pod.status.pod_ip, port=int(secret["PGPORT"]), user=secret["PGUSER"],
+                         password=secret["PGPASSWORD"], dbname=secret["PGDATABASE"]) as conn:
+        runs = conn.execute("SELECT count(*) FROM runs WHERE run_uuid = %s", (out["run_id"],)).fetchone()[0]
+    assert runs == 1, "the run survives the restart (the same volume)"
 
 
 def test_no_secret_in_the_operator_pods_logs(installed, node_core, node_info):
