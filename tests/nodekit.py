@@ -1,14 +1,24 @@
-"""Helpers of the tests on the real node (tests/node): the chart, helm, Pods and Secrets."""
+"""Helpers of the tests on the real node (tests/node): the chart, helm, backends reaching the
+bed's servers through their Services, training Jobs, Pods and Secrets."""
 
 from __future__ import annotations
 
 import base64
+import json
 import subprocess
+import textwrap
+import uuid
 from pathlib import Path
 
+import boto3
+import psycopg
+from botocore.config import Config
 from helpers import eventually
 from kubernetes import client
+from psycopg import sql
 from trackop_testbed import binaries
+
+from trackop.api.v1alpha1 import BACKEND_ANNOTATION, INJECT_LABEL
 
 ROOT = Path(__file__).resolve().parents[1]
 CHART = ROOT / "deploy" / "helm" / "trackop"
@@ -52,11 +62,142 @@ def wait_pod_phase(core: client.CoreV1Api, namespace: str, selector: str, phases
         return eventually(found, f"a pod {selector} in {sorted(phases)}", timeout=timeout, interval=1)
     except AssertionError as exc:
         pods = core.list_namespaced_pod(namespace, label_selector=selector).items
-        states = [(p.metadata.name, p.status.phase, [(c.name, c.state.to_dict()) for c in p.status.container_statuses or []])
-                  for p in pods]
+        states = [(p.metadata.name, p.status.phase,
+                   [(c.name, c.state.to_dict()) for c in p.status.container_statuses or []]) for p in pods]
         raise AssertionError(f"{exc}; pods: {states}") from None
 
 
 def pod_log(core: client.CoreV1Api, namespace: str, pod: str) -> str:
     """A container's log as text (the client's own decoding returns a bytes repr for it)."""
     return core.read_namespaced_pod_log(pod, namespace, _preload_content=False).data.decode()
+
+
+GROUP, VERSION, PLURAL = "trackop.dev", "v1alpha1", "trackingbackends"
+OPERATOR_SELECTOR = f"app.kubernetes.io/instance={RELEASE},app.kubernetes.io/name=trackop"
+
+# The seed article's training script: a param, a metric and an artifact in a run.
+SEED_SCRIPT = textwrap.dedent("""
+    import json, os, mlflow
+    with open("/tmp/model.txt", "w") as handle:
+        handle.write("weights")
+    mlflow.set_experiment("seed")
+    with mlflow.start_run() as run:
+        mlflow.log_param("alpha", "0.5")
+        mlflow.log_metric("rmse", 0.78)
+        mlflow.log_artifact("/tmp/model.txt")
+    print(json.dumps({"run_id": run.info.run_id, "artifact_uri": run.info.artifact_uri,
+                      "tracking_uri": mlflow.get_tracking_uri().split("@")[-1]}))
+""")
+
+
+def operator_pods(core: client.CoreV1Api) -> list[client.V1Pod]:
+    return core.list_namespaced_pod(RELEASE_NAMESPACE, label_selector=OPERATOR_SELECTOR).items
+
+
+def ready(pod: client.V1Pod) -> bool:
+    return pod.metadata.deletion_timestamp is None and any(
+        c.type == "Ready" and c.status == "True" for c in pod.status.conditions or [])
+
+
+def s3_client(node_info: dict):
+    s3 = node_info["s3"]
+    return boto3.client("s3", endpoint_url=s3["endpoint"], aws_access_key_id=s3["access_key"],
+                        aws_secret_access_key=s3["secret_key"], region_name=s3["region"],
+                        config=Config(proxies={}))
+
+
+class NodeBackends:
+    """TrackingBackends in one namespace of the node bed, reaching the bed's PostgreSQL and S3
+    through their in-cluster Services, as a platform team's would reach theirs."""
+
+    def __init__(self, api: client.ApiClient, namespace: str, node_info: dict, conn: psycopg.Connection) -> None:
+        self.core = client.CoreV1Api(api)
+        self.custom = client.CustomObjectsApi(api)
+        self.namespace = namespace
+        self.info = node_info
+        admin, password = f"adm_{uuid.uuid4().hex[:8]}", uuid.uuid4().hex
+        conn.execute(sql.SQL("CREATE ROLE {} LOGIN PASSWORD {} CREATEDB CREATEROLE").format(
+            sql.Identifier(admin), sql.Literal(password)))
+        self.secret("pg-admin", {"username": admin, "password": password})
+        s3 = node_info["s3"]
+        self.secret("s3-creds", {"accessKeyId": s3["access_key"], "secretAccessKey": s3["secret_key"]})
+
+    def secret(self, name: str, data: dict[str, str]) -> None:
+        self.core.create_namespaced_secret(self.namespace, {"metadata": {"name": name}, "stringData": data})
+
+    def spec(self, bucket: str | None, postgres_database: str | None = None, **extra) -> dict:
+        """A backend on the bed's PostgreSQL, with ``bucket`` (created) for its artifacts if given."""
+        pg, s3 = self.info["postgres"]["in_cluster"], self.info["s3"]
+        database = {"database": postgres_database} if postgres_database else {}
+        artifacts = {"artifacts": {"s3": {
+            "bucket": bucket, "prefix": "team-a", "endpoint": s3["in_cluster_endpoint"], "region": s3["region"],
+            "credentialsSecretRef": {"name": "s3-creds"}, "createBucket": True}}} if bucket else {}
+        return {"postgres": {"external": {"host": pg["host"], "port": pg["port"], "sslMode": "disable",
+                                          "adminSecretRef": {"name": "pg-admin"}}, **database},
+                **artifacts, **extra}
+
+    def apply(self, name: str, spec: dict) -> None:
+        self.custom.create_namespaced_custom_object(GROUP, VERSION, self.namespace, PLURAL, {
+            "apiVersion": f"{GROUP}/{VERSION}", "kind": "TrackingBackend", "metadata": {"name": name}, "spec": spec})
+
+    def get(self, name: str) -> dict | None:
+        try:
+            return self.custom.get_namespaced_custom_object(GROUP, VERSION, self.namespace, PLURAL, name)
+        except client.ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise
+
+    def patch(self, name: str, patch: dict) -> None:
+        self.custom.patch_namespaced_custom_object(GROUP, VERSION, self.namespace, PLURAL, name, patch)
+
+    def delete(self, name: str) -> None:
+        self.custom.delete_namespaced_custom_object(GROUP, VERSION, self.namespace, PLURAL, name)
+
+    def wait_ready(self, name: str, timeout: float = 300) -> dict:
+        def ready():
+            obj = self.get(name)
+            conditions = obj.get("status", {}).get("conditions", [])
+            return obj if any(c["type"] == "Ready" and c["status"] == "True" for c in conditions) else None
+
+        try:
+            return eventually(ready, f"{name} Ready", timeout=timeout, interval=1)
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}; status: {self.get(name).get('status')}") from None
+
+    def run_training_job(self, backend: str, image: str, timeout: float = 300) -> tuple[dict, client.V1Pod]:
+        """A Job whose Pod carries only the opt-in label and the backend annotation runs the
+        seed script; what it printed, and its Pod."""
+        name = f"train-{uuid.uuid4().hex[:6]}"
+        client.BatchV1Api(self.core.api_client).create_namespaced_job(self.namespace, {
+            "metadata": {"name": name},
+            "spec": {"backoffLimit": 0, "template": {
+                "metadata": {"labels": {INJECT_LABEL: "true"}, "annotations": {BACKEND_ANNOTATION: backend}},
+                "spec": {"restartPolicy": "Never", "containers": [{
+                    "name": "train", "image": image, "command": ["python3", "-c", SEED_SCRIPT],
+                    "env": [{"name": "HOME", "value": "/tmp"}]}]}}}})
+        pod = wait_pod_phase(self.core, self.namespace, f"job-name={name}", {"Succeeded", "Failed"}, timeout)
+        log = pod_log(self.core, self.namespace, pod.metadata.name)
+        if pod.status.phase != "Succeeded":
+            # MLflow's own errors name the database URI, password included: not in a test report.
+            for secret in self.core.list_namespaced_secret(self.namespace).items:
+                for value in secret_data(self.core, self.namespace, secret.metadata.name).values():
+                    log = log.replace(value, "***") if len(value) >= 8 else log
+        assert pod.status.phase == "Succeeded", f"the training pod failed:\n{log[-3000:]}"
+        return json.loads(log.strip().splitlines()[-1]), pod
+
+
+def superuser_params(node_info: dict) -> dict:
+    pg = node_info["postgres"]
+    return {"host": pg["host"], "port": pg["port"], "user": pg["user"], "password": pg["password"]}
+
+
+def run_in_database(node_info: dict, database: str, run_id: str) -> tuple[list, list]:
+    with psycopg.connect(**superuser_params(node_info), dbname=database) as db:
+        params = db.execute("SELECT key, value FROM params WHERE run_uuid = %s", (run_id,)).fetchall()
+        metrics = db.execute("SELECT key, value FROM metrics WHERE run_uuid = %s", (run_id,)).fetchall()
+    return params, metrics
+
+
+def bucket_keys(node_info: dict, bucket: str) -> list[str]:
+    return [o["Key"] for o in s3_client(node_info).list_objects_v2(Bucket=bucket).get("Contents", [])]
