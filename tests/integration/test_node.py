@@ -23,7 +23,7 @@ from kubernetes import client, config
 
 from trackop_testbed import bed as bedlib
 from trackop_testbed.node import kernel, network, rules, teardown
-from trackop_testbed.node.containerd import shim_pids
+from trackop_testbed.node.containerd import image_refs, shim_pids
 from trackop_testbed.node.machine import Registry
 from trackop_testbed.node.plan import NodePaths, NodePlan
 from trackop_testbed.procs import is_alive, is_listening
@@ -114,7 +114,9 @@ def test_the_node_is_ready_and_published_in_testbed_json(node_bed, core):
     assert any(c.type == "Ready" and c.status == "True" for c in node.status.conditions)
     assert node.status.node_info.kubelet_version == "v1.35.4"
     assert node.status.node_info.container_runtime_version.startswith("containerd://1.6")
-    assert set(info["images"]) == {"postgres", "training"}
+    assert set(info["images"]) == {"operator", "mlflow", "postgres", "training"}
+    # Every image testbed.json names is in the node's containerd, under that name.
+    assert set(info["images"].values()) <= image_refs(NodePaths(bed.dir))
     assert info["postgres"]["in_cluster"] == {"host": "postgres.trackop-testbed.svc.cluster.local", "port": 5432}
     assert info["s3"]["in_cluster_endpoint"] == "http://s3.trackop-testbed.svc.cluster.local:9000"
     # Every listener of the node on the host is on loopback.
