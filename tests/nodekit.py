@@ -14,8 +14,8 @@ import boto3
 import psycopg
 from botocore.config import Config
 from helpers import eventually
+from kit import Backends, make_admin
 from kubernetes import client
-from psycopg import sql
 from trackop_testbed import binaries
 
 from trackop.api.v1alpha1 import BACKEND_ANNOTATION, INJECT_LABEL
@@ -72,7 +72,6 @@ def pod_log(core: client.CoreV1Api, namespace: str, pod: str) -> str:
     return core.read_namespaced_pod_log(pod, namespace, _preload_content=False).data.decode()
 
 
-GROUP, VERSION, PLURAL = "trackop.dev", "v1alpha1", "trackingbackends"
 OPERATOR_SELECTOR = f"app.kubernetes.io/instance={RELEASE},app.kubernetes.io/name=trackop"
 
 # The seed article's training script: a param, a metric and an artifact in a run.
@@ -106,26 +105,19 @@ def s3_client(node_info: dict):
                         config=Config(proxies={}))
 
 
-class NodeBackends:
+class NodeBackends(Backends):
     """TrackingBackends in one namespace of the node bed, reaching the bed's PostgreSQL and S3
-    through their in-cluster Services, as a platform team's would reach theirs."""
+    through their in-cluster Services, as a platform team's would reach theirs; with an admin
+    role (CREATEDB CREATEROLE) and the bucket's keys as Secrets there."""
 
     def __init__(self, api: client.ApiClient, namespace: str, node_info: dict, conn: psycopg.Connection) -> None:
-        self.core = client.CoreV1Api(api)
-        self.custom = client.CustomObjectsApi(api)
-        self.namespace = namespace
+        super().__init__(api, namespace, node_info)
         self.info = node_info
-        admin, password = f"adm_{uuid.uuid4().hex[:8]}", uuid.uuid4().hex
-        conn.execute(sql.SQL("CREATE ROLE {} LOGIN PASSWORD {} CREATEDB CREATEROLE").format(
-            sql.Identifier(admin), sql.Literal(password)))
-        self.secret("pg-admin", {"username": admin, "password": password})
+        self.admin_secret(make_admin(conn, "CREATEDB", "CREATEROLE"))
         s3 = node_info["s3"]
         self.secret("s3-creds", {"accessKeyId": s3["access_key"], "secretAccessKey": s3["secret_key"]})
 
-    def secret(self, name: str, data: dict[str, str]) -> None:
-        self.core.create_namespaced_secret(self.namespace, {"metadata": {"name": name}, "stringData": data})
-
-    def spec(self, bucket: str | None, postgres_database: str | None = None, **extra) -> dict:
+    def in_cluster_spec(self, bucket: str | None, postgres_database: str | None = None, **extra) -> dict:
         """A backend on the bed's PostgreSQL, with ``bucket`` (created) for its artifacts if given."""
         pg, s3 = self.info["postgres"]["in_cluster"], self.info["s3"]
         database = {"database": postgres_database} if postgres_database else {}
@@ -136,34 +128,9 @@ class NodeBackends:
                                           "adminSecretRef": {"name": "pg-admin"}}, **database},
                 **artifacts, **extra}
 
-    def apply(self, name: str, spec: dict) -> None:
-        self.custom.create_namespaced_custom_object(GROUP, VERSION, self.namespace, PLURAL, {
-            "apiVersion": f"{GROUP}/{VERSION}", "kind": "TrackingBackend", "metadata": {"name": name}, "spec": spec})
-
-    def get(self, name: str) -> dict | None:
-        try:
-            return self.custom.get_namespaced_custom_object(GROUP, VERSION, self.namespace, PLURAL, name)
-        except client.ApiException as exc:
-            if exc.status == 404:
-                return None
-            raise
-
-    def patch(self, name: str, patch: dict) -> None:
-        self.custom.patch_namespaced_custom_object(GROUP, VERSION, self.namespace, PLURAL, name, patch)
-
-    def delete(self, name: str) -> None:
-        self.custom.delete_namespaced_custom_object(GROUP, VERSION, self.namespace, PLURAL, name)
-
     def wait_ready(self, name: str, timeout: float = 300) -> dict:
-        def ready():
-            obj = self.get(name)
-            conditions = obj.get("status", {}).get("conditions", [])
-            return obj if any(c["type"] == "Ready" and c["status"] == "True" for c in conditions) else None
-
-        try:
-            return eventually(ready, f"{name} Ready", timeout=timeout, interval=1)
-        except AssertionError as exc:
-            raise AssertionError(f"{exc}; status: {self.get(name).get('status')}") from None
+        # Longer than the e2e default: the first backend on the node also pulls up its server's Pods.
+        return super().wait_ready(name, timeout)
 
     def run_training_job(self, backend: str, image: str, timeout: float = 300) -> tuple[dict, client.V1Pod]:
         """A Job whose Pod carries only the opt-in label and the backend annotation runs the

@@ -64,11 +64,11 @@ def test_validating_webhook_answers_through_its_service(installed, node_api, nod
     the Service to a running operator Pod can refuse it."""
     backends = NodeBackends(node_api, node_namespace, node_info, node_superuser)
     database = f"mlflow_dup_{uuid.uuid4().hex[:8]}"
-    backends.apply("first", backends.spec(f"art-{uuid.uuid4().hex[:8]}", postgres_database=database))
+    backends.apply("first", backends.in_cluster_spec(None, postgres_database=database))
 
     def refused() -> str | None:
         try:
-            backends.apply("second", backends.spec(f"art-{uuid.uuid4().hex[:8]}", postgres_database=database))
+            backends.apply("second", backends.in_cluster_spec(None, postgres_database=database))
         except client.ApiException as exc:
             return json.loads(exc.body)["message"] if exc.status in (400, 403, 422) else None
         backends.delete("second")  # admitted before the index saw "first": try again
@@ -86,7 +86,7 @@ def test_server_mode_journey_on_the_node(installed, node_api, node_core, node_in
     backends = NodeBackends(node_api, node_namespace, node_info, node_superuser)
     bucket = f"art-{uuid.uuid4().hex[:8]}"
     started = time.monotonic()
-    backends.apply("stack", backends.spec(bucket, server={"image": node_info["images"]["mlflow"]}))
+    backends.apply("stack", backends.in_cluster_spec(bucket, server={"image": node_info["images"]["mlflow"]}))
     obj = backends.wait_ready("stack")
     apply_to_ready = time.monotonic() - started
     assert obj["status"]["trackingUri"] == f"http://stack-mlflow.{node_namespace}.svc:5000"
@@ -118,7 +118,7 @@ def test_server_mode_journey_on_the_node(installed, node_api, node_core, node_in
 def test_direct_mode_journey_on_the_node(installed, node_api, node_core, node_info, node_namespace, node_superuser):
     backends = NodeBackends(node_api, node_namespace, node_info, node_superuser)
     bucket = f"art-{uuid.uuid4().hex[:8]}"
-    backends.apply("direct", backends.spec(bucket, injection={"mode": "Direct"}))
+    backends.apply("direct", backends.in_cluster_spec(bucket, injection={"mode": "Direct"}))
     obj = backends.wait_ready("direct")
     # A client on a database URI needs the full mlflow package (mlflow-skinny, the training
     # image's, has no database store), psycopg and boto3: the MLflow image has all three.
@@ -146,7 +146,7 @@ def test_job_migration_runs_mlflow_db_upgrade_in_the_mlflow_image(installed, nod
                                                                   node_superuser):
     backends = NodeBackends(node_api, node_namespace, node_info, node_superuser)
     image = node_info["images"]["mlflow"]
-    backends.apply("jobmig", backends.spec(f"art-{uuid.uuid4().hex[:8]}",
+    backends.apply("jobmig", backends.in_cluster_spec(f"art-{uuid.uuid4().hex[:8]}",
                                            schema={"migration": "Job", "image": image}))
     obj = backends.wait_ready("jobmig")
     jobs = client.BatchV1Api(node_api).list_namespaced_job(node_namespace).items

@@ -35,7 +35,7 @@ def test_active_operator_pod_deleted_while_20_backends_provision(installed, node
     active = active_peer(node_api)
     assert active in {p.metadata.name for p in operator_pods(node_core)}
     for name in names:
-        backends.apply(name, backends.spec(None))
+        backends.apply(name, backends.in_cluster_spec(None))
     eventually(lambda: any(backends.get(n).get("status", {}).get("database") for n in names),
                "the first backend provisioning", timeout=120, interval=0.2)
     # Killed, as a node losing the Pod would: no grace, no chance to release the peering.
@@ -93,7 +93,7 @@ def test_pods_created_while_no_operator_pod_is_up(installed, helm: Helm, node_ap
     """Ignore (the chart's default): admitted uninjected, and reported once an operator is
     back; Fail: refused."""
     backends = NodeBackends(node_api, node_namespace, node_info, node_superuser)
-    backends.apply("resilient", backends.spec(None))
+    backends.apply("resilient", backends.in_cluster_spec(None))
     backends.wait_ready("resilient")
     image = node_info["images"]["training"]
     _scale_operator(node_api, node_core, 0)
