@@ -19,7 +19,7 @@ import psycopg
 import pytest
 from helpers import eventually
 from kubernetes import client, config
-from nodekit import CHART, RELEASE, RELEASE_NAMESPACE, Helm, image_values
+from nodekit import CHART, RELEASE, RELEASE_NAMESPACE, Helm, image_values, superuser_params
 from trackop_testbed.bed import Testbed
 
 
@@ -80,8 +80,6 @@ def node_namespace(node_core) -> str:
 
 @pytest.fixture
 def node_superuser(node_info) -> psycopg.Connection:
-    pg = node_info["postgres"]
-    conn = psycopg.connect(host=pg["host"], port=pg["port"], user=pg["user"], password=pg["password"],
-                           dbname="postgres", autocommit=True)
+    conn = psycopg.connect(**superuser_params(node_info), dbname="postgres", autocommit=True)
     yield conn
     conn.close()

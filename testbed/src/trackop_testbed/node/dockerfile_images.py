@@ -13,8 +13,8 @@ buildah keeps its own storage under the cache (``~/.cache/trackop/buildah``); th
 image is written out as a ``docker-archive`` (what the node imports) and removed from that
 storage. ``RUN`` steps download from PyPI on the host's network; the host's CA bundle and a
 pip.conf naming it are mounted for those steps only (``--volume``), so the image keeps its
-own bundle. The cache key covers the Dockerfile, every file of the build context, the base
-image and buildah's version.
+own bundle. The cache key covers the Dockerfile, every file of the build context, the
+buildah command line (the base and build arguments with it) and buildah's version.
 """
 
 from __future__ import annotations
@@ -107,17 +107,22 @@ def _build_from_dockerfile(name: str, dockerfile: str, context: Iterable[str], b
                            progress: Progress) -> tuple[str, Path]:
     root = binaries.hack_dir().parent
     base_ref, base_archive = ensure_python(progress)
-    key = images._key(context_digest(root, dockerfile, context), base_ref, repr(sorted(build_args.items())),
+    # The recipe is part of the key, as for the mmdebstrap images: buildah's command line with
+    # placeholder paths (it names the base and the build arguments) and the pip.conf it mounts.
+    recipe = "\0".join(build_argv(Path("root"), dockerfile, "ref", base_ref, Path("ca"), Path("pip.conf"), build_args))
+    key = images._key(context_digest(root, dockerfile, context), recipe, PIP_CONF,
                       images._tool_version(["buildah", "--version"]))
 
     def build(staging: Path, ref: str) -> None:
         env = images.build_env()
-        run = lambda argv, what: binaries._run_build(argv, cwd=staging, env=env, what=what, progress=progress)  # noqa: E731
+
+        def run(argv: list[str], what: str) -> None:
+            binaries._run_build(argv, cwd=staging, env=env, what=what, progress=progress)
+
         run(buildah_argv("pull", "--quiet", f"docker-archive:{base_archive}"), f"buildah pull of {base_ref}")
         pip_conf = staging / "pip.conf"
         pip_conf.write_text(PIP_CONF)
-        run(build_argv(root, dockerfile, ref, base_ref, images.host_ca_bundle(), pip_conf,
-                       build_args),
+        run(build_argv(root, dockerfile, ref, base_ref, images.host_ca_bundle(), pip_conf, build_args),
             f"the {name} image (buildah build of {dockerfile})")
         try:
             run(buildah_argv("push", "--quiet", ref, f"docker-archive:{staging / 'image.tar'}:{ref}"),
